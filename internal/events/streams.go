@@ -1,0 +1,70 @@
+package events
+
+import (
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// StreamOptions tunes the stream definitions; zero values take the defaults.
+type StreamOptions struct {
+	Replicas        int           // 1 for a single node, 3 on a cluster
+	DuplicateWindow time.Duration // SN_EVENTS de-duplication window (default 1h)
+	MaxAge          time.Duration // retention of event streams (default 7 days)
+	DLQMaxAge       time.Duration // retention of dead letters (default 30 days)
+}
+
+func (o StreamOptions) withDefaults() StreamOptions {
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.DuplicateWindow <= 0 {
+		o.DuplicateWindow = time.Hour
+	}
+	if o.MaxAge <= 0 {
+		o.MaxAge = 7 * 24 * time.Hour
+	}
+	if o.DLQMaxAge <= 0 {
+		o.DLQMaxAge = 30 * 24 * time.Hour
+	}
+	return o
+}
+
+// Streams returns the bridge's stream definitions (SPEC §3). The JSON files in
+// deploy/nats/ are these, rendered with the default options; a test keeps
+// them equal.
+func Streams(o StreamOptions) []jetstream.StreamConfig {
+	o = o.withDefaults()
+	base := func(name, desc string, subjects ...string) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:        name,
+			Description: desc,
+			Subjects:    subjects,
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.Replicas,
+			MaxAge:      o.MaxAge,
+			Duplicates:  o.DuplicateWindow,
+			Discard:     jetstream.DiscardOld,
+			MaxMsgSize:  2 << 20,
+			AllowDirect: true,
+		}
+	}
+	dlq := base(StreamDLQ, "Dead letters of both pipelines, with the reason in headers", DLQSubjects)
+	dlq.MaxAge = o.DLQMaxAge
+	return []jetstream.StreamConfig{
+		base(StreamSN, "ServiceNow record changes from business-rule webhooks and reconcile", SNSubjects),
+		base(StreamApp, "SaaS app changes to write back to ServiceNow", AppSubjects),
+		base(StreamApply, "ServiceNow changes mapped for the SaaS app (NATS applier)", ApplySubjects),
+		dlq,
+	}
+}
+
+// Buckets returns the bridge's KV bucket definitions.
+func Buckets(o StreamOptions) []jetstream.KeyValueConfig {
+	o = o.withDefaults()
+	return []jetstream.KeyValueConfig{
+		{Bucket: BucketLinks, Description: "external_id <-> table/sys_id links", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas},
+		{Bucket: BucketState, Description: "last seen versions, reconcile watermarks, leases", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, LimitMarkerTTL: time.Second},
+	}
+}

@@ -1,0 +1,252 @@
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-playground/validator/v10"
+)
+
+// MaxBatch is the largest array of events one webhook body may carry.
+const MaxBatch = 500
+
+var (
+	tableRe = regexp.MustCompile(`^[a-z][a-z0-9_]{0,79}$`)
+	sysIDRe = regexp.MustCompile(`^[0-9a-f]{32}$`)
+)
+
+// ValidTable reports whether s is a well-formed ServiceNow table name.
+func ValidTable(s string) bool { return tableRe.MatchString(s) }
+
+// ValidSysID reports whether s is 32 lowercase hex characters.
+func ValidSysID(s string) bool { return sysIDRe.MatchString(s) }
+
+// ErrEmptyBody, ErrNotJSON and ErrShape are decoding failures (HTTP 400).
+var (
+	ErrEmptyBody = errors.New("empty body")
+	ErrNotJSON   = errors.New("body is not valid JSON")
+	ErrShape     = errors.New("body has the wrong shape")
+)
+
+// Problem names one invalid field.
+type Problem struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+// ValidationError lists every invalid field of a body (HTTP 422).
+type ValidationError struct {
+	Problems []Problem
+}
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, 0, len(e.Problems))
+	for _, p := range e.Problems {
+		parts = append(parts, p.Field+": "+p.Message)
+	}
+	return "invalid event: " + strings.Join(parts, "; ")
+}
+
+// ShapeError is a decoding failure that names where the shape was wrong.
+type ShapeError struct {
+	Field string
+	Msg   string
+}
+
+func (e *ShapeError) Error() string {
+	if e.Field == "" {
+		return ErrShape.Error() + ": " + e.Msg
+	}
+	return fmt.Sprintf("%s: %s: %s", ErrShape, e.Field, e.Msg)
+}
+
+func (e *ShapeError) Unwrap() error { return ErrShape }
+
+// Validator validates SNEvents. It is safe for concurrent use.
+type Validator struct {
+	v      *validator.Validate
+	tables map[string]bool
+}
+
+// NewValidator returns a validator that accepts only the given tables.
+func NewValidator(tables []string) *Validator {
+	v := validator.New(validator.WithRequiredStructEnabled())
+	v.RegisterTagNameFunc(func(f reflect.StructField) string {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			return ""
+		}
+		return name
+	})
+	must(v.RegisterValidation("sntable", func(fl validator.FieldLevel) bool { return ValidTable(fl.Field().String()) }))
+	must(v.RegisterValidation("sysid", func(fl validator.FieldLevel) bool { return ValidSysID(fl.Field().String()) }))
+	must(v.RegisterValidation("sntime", func(fl validator.FieldLevel) bool {
+		_, err := time.ParseInLocation(SNTimeLayout, fl.Field().String(), time.UTC)
+		return err == nil
+	}))
+	t := make(map[string]bool, len(tables))
+	for _, name := range tables {
+		t[name] = true
+	}
+	return &Validator{v: v, tables: t}
+}
+
+func must(err error) {
+	if err != nil {
+		panic(err) // only reachable through a programming error in this file
+	}
+}
+
+// Validate checks one event; prefix ("[3].") is prepended to field names.
+func (v *Validator) Validate(e *SNEvent, prefix string) []Problem {
+	var out []Problem
+	if err := v.v.Struct(e); err != nil {
+		var verrs validator.ValidationErrors
+		if !errors.As(err, &verrs) {
+			return []Problem{{Field: strings.TrimSuffix(prefix, "."), Message: err.Error()}}
+		}
+		for _, fe := range verrs {
+			field := fe.Namespace()
+			if i := strings.IndexByte(field, '.'); i >= 0 {
+				field = field[i+1:] // drop the struct name
+			}
+			out = append(out, Problem{Field: prefix + field, Message: message(fe)})
+		}
+	}
+	if ValidTable(e.Table) && !v.tables[e.Table] {
+		out = append(out, Problem{Field: prefix + "table", Message: fmt.Sprintf("table %q is not synced by this bridge (configured: %s)", e.Table, v.tableList())})
+	}
+	return out
+}
+
+func (v *Validator) tableList() string {
+	names := make([]string, 0, len(v.tables))
+	for n := range v.tables {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ",")
+}
+
+func message(fe validator.FieldError) string {
+	switch fe.Tag() {
+	case "required":
+		return "is required"
+	case "sntable":
+		return "must match ^[a-z][a-z0-9_]{0,79}$"
+	case "sysid":
+		return "must be 32 lowercase hex characters"
+	case "sntime":
+		return "must be UTC in the form YYYY-MM-DD HH:MM:SS"
+	case "oneof":
+		return "must be one of: " + fe.Param()
+	case "max":
+		return "must be at most " + fe.Param() + " long"
+	case "gte":
+		return "must be at least " + fe.Param()
+	}
+	return "fails the " + fe.Tag() + " rule"
+}
+
+// DecodeBody parses a webhook body: one event object or an array of up to
+// MaxBatch events. It validates every event and returns either all of them or
+// an error: *ShapeError / ErrNotJSON / ErrEmptyBody (400) or *ValidationError
+// (422) naming each bad field with its array index.
+func (v *Validator) DecodeBody(body []byte) ([]SNEvent, error) {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil, ErrEmptyBody
+	}
+	if !json.Valid(body) {
+		return nil, ErrNotJSON
+	}
+	var elems []json.RawMessage
+	array := body[0] == '['
+	switch body[0] {
+	case '[':
+		if err := json.Unmarshal(body, &elems); err != nil {
+			return nil, &ShapeError{Msg: err.Error()}
+		}
+		if len(elems) == 0 {
+			return nil, ErrEmptyBody
+		}
+		if len(elems) > MaxBatch {
+			return nil, &ShapeError{Msg: fmt.Sprintf("array holds %d events, at most %d allowed", len(elems), MaxBatch)}
+		}
+	case '{':
+		elems = []json.RawMessage{body}
+	default:
+		return nil, &ShapeError{Msg: "expected an event object or an array of events"}
+	}
+	out := make([]SNEvent, len(elems))
+	var problems []Problem
+	for i, raw := range elems {
+		prefix := ""
+		if array {
+			prefix = fmt.Sprintf("[%d].", i)
+		}
+		if err := decodeOne(raw, &out[i], prefix); err != nil {
+			var p *Problem
+			if errors.As(err, &p) {
+				problems = append(problems, *p)
+				continue
+			}
+			return nil, err
+		}
+		problems = append(problems, v.Validate(&out[i], prefix)...)
+	}
+	if len(problems) > 0 {
+		return nil, &ValidationError{Problems: problems}
+	}
+	return out, nil
+}
+
+func (p *Problem) Error() string { return p.Field + ": " + p.Message }
+
+func decodeOne(raw json.RawMessage, e *SNEvent, prefix string) error {
+	if len(raw) == 0 || raw[0] != '{' {
+		return &ShapeError{Field: strings.TrimSuffix(prefix, "."), Msg: "each event must be a JSON object"}
+	}
+	// Decode the count separately so a bad value is a 422 naming the field,
+	// not a 400 for the whole body.
+	var probe struct {
+		SysModCount json.RawMessage `json:"sys_mod_count"`
+	}
+	if err := json.Unmarshal(raw, &probe); err != nil {
+		return &ShapeError{Field: strings.TrimSuffix(prefix, "."), Msg: err.Error()}
+	}
+	if len(probe.SysModCount) == 0 {
+		return &Problem{Field: prefix + "sys_mod_count", Message: "is required"}
+	}
+	var mc ModCount
+	if err := mc.UnmarshalJSON(probe.SysModCount); err != nil {
+		return &Problem{Field: prefix + "sys_mod_count", Message: err.Error()}
+	}
+	if err := json.Unmarshal(raw, e); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return &Problem{Field: prefix + te.Field, Message: "must be a JSON " + kindName(te.Type) + ", got " + te.Value}
+		}
+		return &Problem{Field: strings.TrimSuffix(prefix, "."), Message: err.Error()}
+	}
+	return nil
+}
+
+func kindName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "string"
+	case reflect.Slice:
+		return "array"
+	case reflect.Map, reflect.Struct:
+		return "object"
+	}
+	return t.Kind().String()
+}
