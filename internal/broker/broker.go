@@ -1,0 +1,182 @@
+// Package broker owns the bridge's connection to NATS JetStream: it starts the
+// embedded server when no URL is configured, connects with endless reconnects,
+// and creates or updates the streams and buckets the bridge needs.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+)
+
+// EmbeddedConfig configures the embedded JetStream server.
+type EmbeddedConfig struct {
+	Listen  string // host:port, e.g. 127.0.0.1:4222; port 0 or -1 picks a free one
+	DataDir string // the file store lives in DataDir/jetstream
+	Logger  *slog.Logger
+}
+
+// StartEmbedded starts a single-node JetStream server and waits until it
+// accepts connections. Shut it down with Shutdown + WaitForShutdown.
+func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
+	host, portStr, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS listen address %q: %w", cfg.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS listen port %q: not a number", portStr)
+	}
+	if port == 0 {
+		port = -1
+	}
+	opts := &server.Options{
+		ServerName: "nowbridge-embedded",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   cfg.DataDir,
+		NoSigs:     true, // the bridge handles signals and shuts the server down itself
+		NoLog:      true,
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(15 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("embedded NATS did not become ready on %s within 15s (is the port in use? set BRIDGE_EMBEDDED_NATS_LISTEN)", cfg.Listen)
+	}
+	if cfg.Logger != nil {
+		cfg.Logger.Info("embedded NATS JetStream started", "url", s.ClientURL(), "store", cfg.DataDir)
+	}
+	return s, nil
+}
+
+// Connect dials NATS and keeps reconnecting forever with jittered backoff, so
+// a restarted server or a cluster failover never needs a bridge restart.
+func Connect(ctx context.Context, url, name string, logger *slog.Logger) (*nats.Conn, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.CustomReconnectDelay(func(attempts int) time.Duration {
+			d := 250 * time.Millisecond << min(attempts, 5) // caps at 8s
+			return d/2 + rand.N(d/2+1)
+		}),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			logger.Warn("NATS disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			logger.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			logger.Error("NATS async error", "subject", subject, "err", err)
+		}),
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	// With RetryOnFailedConnect the first dial may still be pending; wait a
+	// little so start-up fails loudly on a wrong URL rather than hanging.
+	deadline := time.Now().Add(10 * time.Second)
+	for !nc.IsConnected() {
+		if time.Now().After(deadline) {
+			nc.Close()
+			return nil, fmt.Errorf("connect to NATS at %s: not reachable within 10s", redactURL(url))
+		}
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nc, nil
+}
+
+func redactURL(u string) string {
+	// Credentials in a URL must never reach a log line or error message.
+	for i := 0; i+3 <= len(u); i++ {
+		if u[i:i+3] == "://" {
+			rest := u[i+3:]
+			for j := 0; j < len(rest); j++ {
+				if rest[j] == '@' {
+					return u[:i+3] + "[redacted]@" + rest[j+1:]
+				}
+				if rest[j] == '/' {
+					break
+				}
+			}
+			break
+		}
+	}
+	return u
+}
+
+// EnsureStreams creates each stream or updates it to the given config.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfgs []jetstream.StreamConfig) error {
+	for _, cfg := range cfgs {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+// EnsureBuckets creates each KV bucket or updates it.
+func EnsureBuckets(ctx context.Context, js jetstream.JetStream, cfgs []jetstream.KeyValueConfig) error {
+	for _, cfg := range cfgs {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			return fmt.Errorf("create or update KV bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// EnsureAll creates the bridge's streams and buckets (SPEC §3).
+func EnsureAll(ctx context.Context, js jetstream.JetStream, opts events.StreamOptions) error {
+	if err := EnsureStreams(ctx, js, events.Streams(opts)); err != nil {
+		return err
+	}
+	return EnsureBuckets(ctx, js, events.Buckets(opts))
+}
+
+// ErrNotReady is returned by Ready when NATS or a stream is missing.
+var ErrNotReady = errors.New("not ready")
+
+// Ready reports whether the connection is up and every named stream exists.
+func Ready(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, streams ...string) error {
+	if !nc.IsConnected() {
+		return fmt.Errorf("%w: NATS is %s", ErrNotReady, nc.Status())
+	}
+	for _, name := range streams {
+		if _, err := js.Stream(ctx, name); err != nil {
+			return fmt.Errorf("%w: stream %s: %v", ErrNotReady, name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,452 @@
+// Package config loads the bridge's settings from flags, environment variables
+// and an optional YAML file (flags beat env, env beats file), with defaults and
+// validation. Secrets are wrapped so they never print.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/webhook"
+)
+
+// Secret is a string that prints as [redacted] in logs, errors and %v.
+type Secret string
+
+// Reveal returns the secret value; call it only where the secret is used.
+func (s Secret) Reveal() string             { return string(s) }
+func (Secret) String() string               { return "[redacted]" }
+func (Secret) GoString() string             { return "[redacted]" }
+func (Secret) LogValue() slog.Value         { return slog.StringValue("[redacted]") }
+func (s Secret) IsZero() bool               { return s == "" }
+func (Secret) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
+
+// Config holds every setting of the bridge (SPEC §4 plus tuning knobs).
+type Config struct {
+	Listen             string
+	NATSURL            Secret // may embed credentials
+	DataDir            string
+	EmbeddedNATSListen string
+	StreamReplicas     int
+
+	SNInstanceURL  string
+	SNClientID     string
+	SNClientSecret Secret
+	SNRateLimit    float64 // client-side requests/s towards ServiceNow; 0 = unlimited
+
+	WebhookSecrets    Secret // comma-separated whsec_ list
+	WebhookTolerance  time.Duration
+	MaxBodyBytes      int64
+	PublishTimeout    time.Duration
+	Tables            []string
+	ReconcileInterval time.Duration
+	Applier           string
+	ApplyURL          string
+	ApplySecret       Secret // whsec_ secret signing HTTP applier requests
+	MappingDir        string
+	DedupeSize        int
+	DedupeTTL         time.Duration
+	LogFormat         string
+	LogLevel          string
+	ShutdownTimeout   time.Duration
+}
+
+// Default returns the documented defaults.
+func Default() Config {
+	return Config{
+		Listen:             ":8080",
+		DataDir:            "./data",
+		EmbeddedNATSListen: "127.0.0.1:4222",
+		StreamReplicas:     1,
+		WebhookTolerance:   5 * time.Minute,
+		MaxBodyBytes:       1 << 20,
+		PublishTimeout:     5 * time.Second,
+		Tables:             []string{"incident"},
+		ReconcileInterval:  5 * time.Minute,
+		Applier:            "nats",
+		DedupeSize:         100_000,
+		DedupeTTL:          time.Hour,
+		LogFormat:          "json",
+		LogLevel:           "info",
+		ShutdownTimeout:    20 * time.Second,
+	}
+}
+
+// Setting describes one configuration name in all three sources.
+type Setting struct {
+	Key    string // YAML key and flag name (with - instead of _)
+	Env    string
+	Secret bool
+	Usage  string
+	set    func(*Config, string) error
+	get    func(*Config) string
+}
+
+// Flag is the setting's command-line flag name.
+func (s Setting) Flag() string { return strings.ReplaceAll(s.Key, "_", "-") }
+
+func str(p func(*Config) *string) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error { *p(c) = v; return nil }, func(c *Config) string { return *p(c) }
+}
+
+func secret(p func(*Config) *Secret) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error { *p(c) = Secret(v); return nil }, func(*Config) string { return "" }
+}
+
+func dur(p func(*Config) *time.Duration) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return fmt.Errorf("not a duration like 30s or 5m: %q", v)
+			}
+			*p(c) = d
+			return nil
+		}, func(c *Config) string {
+			return p(c).String()
+		}
+}
+
+func integer[T int | int64](p func(*Config) *T) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return fmt.Errorf("not an integer: %q", v)
+			}
+			*p(c) = T(n)
+			return nil
+		}, func(c *Config) string {
+			return strconv.FormatInt(int64(*p(c)), 10)
+		}
+}
+
+func float(p func(*Config) *float64) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error {
+			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				return fmt.Errorf("not a number: %q", v)
+			}
+			*p(c) = n
+			return nil
+		}, func(c *Config) string {
+			return strconv.FormatFloat(*p(c), 'g', -1, 64)
+		}
+}
+
+func list(p func(*Config) *[]string) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error {
+			var out []string
+			for _, part := range strings.Split(v, ",") {
+				if part = strings.TrimSpace(part); part != "" {
+					out = append(out, part)
+				}
+			}
+			*p(c) = out
+			return nil
+		}, func(c *Config) string {
+			return strings.Join(*p(c), ",")
+		}
+}
+
+func setting(key, env, usage string, secretValue bool, fns func() (func(*Config, string) error, func(*Config) string)) Setting {
+	s, g := fns()
+	return Setting{Key: key, Env: env, Usage: usage, Secret: secretValue, set: s, get: g}
+}
+
+// Settings lists every setting with its env name and flag.
+func Settings() []Setting {
+	return []Setting{
+		setting("listen", "BRIDGE_LISTEN", "HTTP listen address", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.Listen })
+		}),
+		setting("nats_url", "BRIDGE_NATS_URL", "NATS server or cluster URL(s); empty starts an embedded JetStream server", true, func() (func(*Config, string) error, func(*Config) string) {
+			return secret(func(c *Config) *Secret { return &c.NATSURL })
+		}),
+		setting("data_dir", "BRIDGE_DATA_DIR", "embedded server's store and other local state", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.DataDir })
+		}),
+		setting("embedded_nats_listen", "BRIDGE_EMBEDDED_NATS_LISTEN", "where the embedded NATS server listens", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.EmbeddedNATSListen })
+		}),
+		setting("stream_replicas", "BRIDGE_STREAM_REPLICAS", "JetStream replicas of the bridge's streams and buckets (3 on a cluster)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return integer(func(c *Config) *int { return &c.StreamReplicas })
+		}),
+		setting("sn_instance_url", "BRIDGE_SN_INSTANCE_URL", "ServiceNow instance URL, e.g. https://dev12345.service-now.com", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.SNInstanceURL })
+		}),
+		setting("sn_client_id", "BRIDGE_SN_CLIENT_ID", "OAuth 2.0 client id", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.SNClientID })
+		}),
+		setting("sn_client_secret", "BRIDGE_SN_CLIENT_SECRET", "OAuth 2.0 client secret", true, func() (func(*Config, string) error, func(*Config) string) {
+			return secret(func(c *Config) *Secret { return &c.SNClientSecret })
+		}),
+		setting("sn_rate_limit", "BRIDGE_SN_RATE_LIMIT", "client-side requests per second towards ServiceNow (0 = unlimited)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return float(func(c *Config) *float64 { return &c.SNRateLimit })
+		}),
+		setting("webhook_secrets", "BRIDGE_WEBHOOK_SECRETS", "comma-separated whsec_ secrets (first signs, all verify)", true, func() (func(*Config, string) error, func(*Config) string) {
+			return secret(func(c *Config) *Secret { return &c.WebhookSecrets })
+		}),
+		setting("webhook_tolerance", "BRIDGE_WEBHOOK_TOLERANCE", "allowed webhook-timestamp skew", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.WebhookTolerance })
+		}),
+		setting("max_body_bytes", "BRIDGE_MAX_BODY_BYTES", "largest webhook body accepted", false, func() (func(*Config, string) error, func(*Config) string) {
+			return integer(func(c *Config) *int64 { return &c.MaxBodyBytes })
+		}),
+		setting("publish_timeout", "BRIDGE_PUBLISH_TIMEOUT", "how long a webhook waits for JetStream acks before answering 503", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.PublishTimeout })
+		}),
+		setting("tables", "BRIDGE_TABLES", "comma-separated ServiceNow tables synced", false, func() (func(*Config, string) error, func(*Config) string) {
+			return list(func(c *Config) *[]string { return &c.Tables })
+		}),
+		setting("reconcile_interval", "BRIDGE_RECONCILE_INTERVAL", "how often reconcile runs; 0 disables", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.ReconcileInterval })
+		}),
+		setting("applier", "BRIDGE_APPLIER", "how changes reach the SaaS app: nats or http", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.Applier })
+		}),
+		setting("apply_url", "BRIDGE_APPLY_URL", "target of the HTTP applier", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.ApplyURL })
+		}),
+		setting("apply_secret", "BRIDGE_APPLY_SECRET", "whsec_ secret signing HTTP applier requests (default: the first webhook secret)", true, func() (func(*Config, string) error, func(*Config) string) {
+			return secret(func(c *Config) *Secret { return &c.ApplySecret })
+		}),
+		setting("mapping_dir", "BRIDGE_MAPPING_DIR", "directory of <table>.yaml field mappings (empty: the built-in incident mapping)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.MappingDir })
+		}),
+		setting("dedupe_size", "BRIDGE_DEDUPE_SIZE", "entries in the echo-suppression LRU", false, func() (func(*Config, string) error, func(*Config) string) {
+			return integer(func(c *Config) *int { return &c.DedupeSize })
+		}),
+		setting("dedupe_ttl", "BRIDGE_DEDUPE_TTL", "how long a written version is remembered for echo suppression", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.DedupeTTL })
+		}),
+		setting("log_format", "BRIDGE_LOG_FORMAT", "json or text", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.LogFormat })
+		}),
+		setting("log_level", "BRIDGE_LOG_LEVEL", "debug, info, warn or error", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.LogLevel })
+		}),
+		setting("shutdown_timeout", "BRIDGE_SHUTDOWN_TIMEOUT", "how long shutdown waits for in-flight work", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })
+		}),
+	}
+}
+
+// BindFlags registers a flag for every setting plus --config.
+func BindFlags(fs *pflag.FlagSet) {
+	def := Default()
+	fs.String("config", "", "optional YAML file with settings (keys as the flag names with _; env: BRIDGE_CONFIG)")
+	for _, s := range Settings() {
+		d := ""
+		if !s.Secret {
+			d = s.get(&def)
+		}
+		fs.String(s.Flag(), d, s.Usage+" (env "+s.Env+")")
+	}
+}
+
+// Load builds the config from defaults, the YAML file, the environment and
+// the flags that were set, in that order of precedence (last wins), then
+// validates it. Errors name the setting and never contain a secret value.
+func Load(fs *pflag.FlagSet, getenv func(string) string) (Config, error) {
+	cfg := Default()
+	settings := Settings()
+	path := getenv("BRIDGE_CONFIG")
+	if f := fs.Lookup("config"); f != nil && f.Changed {
+		path = f.Value.String()
+	}
+	if path != "" {
+		if err := loadFile(&cfg, path, settings); err != nil {
+			return cfg, err
+		}
+	}
+	for _, s := range settings {
+		if v := getenv(s.Env); v != "" {
+			if err := s.set(&cfg, v); err != nil {
+				return cfg, settingErr(s.Env, s, err)
+			}
+		}
+		if s.Secret {
+			if file := getenv(s.Env + "_FILE"); file != "" {
+				b, err := os.ReadFile(file)
+				if err != nil {
+					return cfg, fmt.Errorf("%s_FILE: cannot read %s: %v", s.Env, file, errors.Unwrap(err))
+				}
+				if err := s.set(&cfg, strings.TrimSpace(string(b))); err != nil {
+					return cfg, settingErr(s.Env+"_FILE", s, err)
+				}
+			}
+		}
+		if f := fs.Lookup(s.Flag()); f != nil && f.Changed {
+			if err := s.set(&cfg, f.Value.String()); err != nil {
+				return cfg, settingErr("--"+s.Flag(), s, err)
+			}
+		}
+	}
+	return cfg, cfg.Validate()
+}
+
+func settingErr(source string, s Setting, err error) error {
+	if s.Secret {
+		return fmt.Errorf("%s: invalid value", source)
+	}
+	return fmt.Errorf("%s: %v", source, err)
+}
+
+func loadFile(cfg *Config, path string, settings []Setting) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %v", err)
+	}
+	var raw map[string]yaml.Node
+	if err := yaml.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("config file %s: %v", path, err)
+	}
+	byKey := make(map[string]Setting, len(settings))
+	for _, s := range settings {
+		byKey[s.Key] = s
+		if s.Secret {
+			byKey[s.Key+"_file"] = s
+		}
+	}
+	for key, node := range raw {
+		s, ok := byKey[key]
+		if !ok {
+			return fmt.Errorf("config file %s line %d: unknown setting %q", path, node.Line, key)
+		}
+		var value string
+		switch node.Kind {
+		case yaml.ScalarNode:
+			value = node.Value
+		case yaml.SequenceNode:
+			parts := make([]string, 0, len(node.Content))
+			for _, c := range node.Content {
+				parts = append(parts, c.Value)
+			}
+			value = strings.Join(parts, ",")
+		default:
+			return fmt.Errorf("config file %s line %d: %s must be a value or a list", path, node.Line, key)
+		}
+		if strings.HasSuffix(key, "_file") {
+			b, err := os.ReadFile(value)
+			if err != nil {
+				return fmt.Errorf("config file %s line %d: %s: %v", path, node.Line, key, errors.Unwrap(err))
+			}
+			value = strings.TrimSpace(string(b))
+		}
+		if err := s.set(cfg, value); err != nil {
+			return settingErr(fmt.Sprintf("config file %s line %d: %s", path, node.Line, key), s, err)
+		}
+	}
+	return nil
+}
+
+// Validate checks values and their combinations.
+func (c *Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("BRIDGE_LISTEN: %q is not host:port", c.Listen)
+	}
+	if c.NATSURL == "" {
+		if _, _, err := net.SplitHostPort(c.EmbeddedNATSListen); err != nil {
+			return fmt.Errorf("BRIDGE_EMBEDDED_NATS_LISTEN: %q is not host:port", c.EmbeddedNATSListen)
+		}
+		if c.DataDir == "" {
+			return errors.New("BRIDGE_DATA_DIR: must be set for the embedded NATS server")
+		}
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		return fmt.Errorf("BRIDGE_STREAM_REPLICAS: must be 1 to 5, got %d", c.StreamReplicas)
+	}
+	if len(c.Tables) == 0 {
+		return errors.New("BRIDGE_TABLES: at least one table is required")
+	}
+	for _, t := range c.Tables {
+		if !events.ValidTable(t) {
+			return fmt.Errorf("BRIDGE_TABLES: %q is not a ServiceNow table name", t)
+		}
+	}
+	if c.SNInstanceURL != "" {
+		u, err := url.Parse(c.SNInstanceURL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("BRIDGE_SN_INSTANCE_URL: %q is not an http(s) URL", c.SNInstanceURL)
+		}
+	}
+	if c.WebhookSecrets != "" {
+		if _, err := webhook.ParseSecrets(c.WebhookSecrets.Reveal()); err != nil {
+			return fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %v", err)
+		}
+	}
+	if c.ApplySecret != "" {
+		if _, err := webhook.ParseSecret(c.ApplySecret.Reveal()); err != nil {
+			return fmt.Errorf("BRIDGE_APPLY_SECRET: %v", err)
+		}
+	}
+	if c.WebhookTolerance <= 0 {
+		return errors.New("BRIDGE_WEBHOOK_TOLERANCE: must be positive")
+	}
+	if c.MaxBodyBytes < 1024 {
+		return fmt.Errorf("BRIDGE_MAX_BODY_BYTES: must be at least 1024, got %d", c.MaxBodyBytes)
+	}
+	if c.PublishTimeout <= 0 {
+		return errors.New("BRIDGE_PUBLISH_TIMEOUT: must be positive")
+	}
+	if c.ReconcileInterval < 0 {
+		return errors.New("BRIDGE_RECONCILE_INTERVAL: must be 0 (off) or positive")
+	}
+	switch c.Applier {
+	case "nats":
+	case "http":
+		u, err := url.Parse(c.ApplyURL)
+		if c.ApplyURL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return errors.New("BRIDGE_APPLY_URL: an http(s) URL is required when BRIDGE_APPLIER=http")
+		}
+	default:
+		return fmt.Errorf("BRIDGE_APPLIER: must be nats or http, got %q", c.Applier)
+	}
+	if c.DedupeSize < 1 {
+		return errors.New("BRIDGE_DEDUPE_SIZE: must be at least 1")
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		return fmt.Errorf("BRIDGE_LOG_FORMAT: must be json or text, got %q", c.LogFormat)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("BRIDGE_LOG_LEVEL: must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	return nil
+}
+
+// RequireServiceNow checks the settings needed to talk to ServiceNow.
+func (c *Config) RequireServiceNow() error {
+	switch {
+	case c.SNInstanceURL == "":
+		return errors.New("BRIDGE_SN_INSTANCE_URL: required (e.g. https://dev12345.service-now.com)")
+	case c.SNClientID == "":
+		return errors.New("BRIDGE_SN_CLIENT_ID: required (the OAuth client id from the Application Registry)")
+	case c.SNClientSecret == "":
+		return errors.New("BRIDGE_SN_CLIENT_SECRET: required (or BRIDGE_SN_CLIENT_SECRET_FILE)")
+	}
+	return nil
+}
+
+// Logger builds the slog logger the config asks for.
+func (c *Config) Logger(w interface{ Write([]byte) (int, error) }) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
