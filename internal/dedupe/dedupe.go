@@ -1,0 +1,293 @@
+// Package dedupe suppresses echo loops in bidirectional sync. It remembers the
+// record versions the bridge itself wrote to ServiceNow (and the field values
+// it handed to the SaaS app), so the webhook or app event those writes cause
+// is recognised as our own echo instead of being synced back again.
+package dedupe
+
+import (
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+)
+
+// Directions label the echo metrics.
+const (
+	DirServiceNow = "servicenow" // a webhook caused by our own ServiceNow write
+	DirSaaS       = "saas"       // an app event caused by our own apply
+)
+
+// Config sizes the cache.
+type Config struct {
+	Size int           // entries per LRU (default 100,000)
+	TTL  time.Duration // how long a written version is remembered (default 1h)
+	// PendingTTL bounds how long a write in flight waits for its response
+	// before it stops matching webhooks (default 2m).
+	PendingTTL time.Duration
+	// Derived lists ServiceNow fields the platform computes from others
+	// (priority from impact+urgency, active from state, ...): a webhook's
+	// change to them never makes it "not ours". Nil takes DefaultDerived.
+	Derived    []string
+	Registerer prometheus.Registerer
+}
+
+// DefaultDerived are incident fields ServiceNow sets as a side effect of a write.
+var DefaultDerived = []string{
+	"priority", "active", "closed_at", "closed_by", "resolved_at", "resolved_by",
+	"calendar_stc", "business_stc", "reopen_count", "sys_updated_on", "sys_updated_by", "sys_mod_count",
+}
+
+// Cache is safe for concurrent use.
+type Cache struct {
+	// TTLs are checked on read rather than by the expirable LRU, whose
+	// janitor goroutine cannot be stopped: expired entries just age out.
+	written *lru.Cache[string, int64]   // table:sys_id:mod_count of our own writes -> expiry (unix ns)
+	applied *lru.Cache[string, applied] // entity:id -> hash of fields we applied to the app
+	ttl     time.Duration
+	derived map[string]bool
+	pendTTL time.Duration
+
+	mu      sync.Mutex
+	pending map[string][]*Pending // table:sys_id or table#correlation -> writes in flight
+
+	echoes    *prometheus.CounterVec
+	evictions prometheus.Counter
+	entries   prometheus.GaugeFunc
+}
+
+// New builds a cache; metrics are registered when cfg.Registerer is set.
+func New(cfg Config) *Cache {
+	if cfg.Size <= 0 {
+		cfg.Size = 100_000
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = time.Hour
+	}
+	if cfg.PendingTTL <= 0 {
+		cfg.PendingTTL = 2 * time.Minute
+	}
+	if cfg.Derived == nil {
+		cfg.Derived = DefaultDerived
+	}
+	c := &Cache{
+		derived: make(map[string]bool, len(cfg.Derived)),
+		pendTTL: cfg.PendingTTL,
+		pending: make(map[string][]*Pending),
+		echoes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_echoes_suppressed_total",
+			Help: "Changes recognised as the bridge's own echo and not synced back, by direction.",
+		}, []string{"direction"}),
+		evictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_dedupe_evictions_total",
+			Help: "Entries evicted from the echo-suppression LRU by size before their TTL (raise BRIDGE_DEDUPE_SIZE if this grows).",
+		}),
+	}
+	for _, f := range cfg.Derived {
+		c.derived[f] = true
+	}
+	c.ttl = cfg.TTL
+	c.written, _ = lru.New[string, int64](cfg.Size) // only fails for size <= 0
+	c.applied, _ = lru.New[string, applied](cfg.Size)
+	c.entries = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "bridge_dedupe_entries",
+		Help: "Entries in the echo-suppression LRU.",
+	}, func() float64 { return float64(c.written.Len() + c.applied.Len()) })
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(c.echoes, c.evictions, c.entries)
+	}
+	return c
+}
+
+func versionKey(table, sysID string, modCount int64) string {
+	return table + ":" + sysID + ":" + strconv.FormatInt(modCount, 10)
+}
+
+// RecordWrite remembers that the bridge's own write produced this version.
+func (c *Cache) RecordWrite(table, sysID string, modCount int64) {
+	if c.written.Add(versionKey(table, sysID, modCount), time.Now().Add(c.ttl).UnixNano()) {
+		c.evictions.Inc() // capacity eviction, not TTL expiry
+	}
+}
+
+// Wrote reports whether the bridge itself wrote this version (reconcile uses
+// it so as not to resurrect our own writes).
+func (c *Cache) Wrote(table, sysID string, modCount int64) bool {
+	exp, ok := c.written.Peek(versionKey(table, sysID, modCount))
+	return ok && time.Now().UnixNano() < exp
+}
+
+// Pending is a write to ServiceNow in flight. Call Done with the version the
+// response reports, or Cancel when the write failed.
+type Pending struct {
+	c       *Cache
+	table   string
+	keys    []string
+	fields  map[string]string
+	expires time.Time
+	version int64 // set when a webhook matched before Done
+	matched bool
+}
+
+// BeginWrite registers a write before it is sent, so a webhook that arrives
+// before the response (fast business rules) is still recognised. sysID is
+// empty for an insert; correlation (the external id written to
+// correlation_id) then identifies it.
+func (c *Cache) BeginWrite(table, sysID, correlation string, fields map[string]string) *Pending {
+	p := &Pending{c: c, table: table, fields: fields, expires: time.Now().Add(c.pendTTL)}
+	if sysID != "" {
+		p.keys = append(p.keys, table+":"+sysID)
+	}
+	if correlation != "" {
+		p.keys = append(p.keys, table+"#"+correlation)
+	}
+	c.mu.Lock()
+	for _, k := range p.keys {
+		c.pending[k] = append(c.pending[k], p)
+	}
+	c.mu.Unlock()
+	return p
+}
+
+// Done records the version the write produced and ends the pending state.
+func (p *Pending) Done(sysID string, modCount int64) {
+	p.c.RecordWrite(p.table, sysID, modCount)
+	p.c.removePending(p)
+}
+
+// Cancel ends the pending state of a write that failed.
+func (p *Pending) Cancel() { p.c.removePending(p) }
+
+func (c *Cache) removePending(p *Pending) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, k := range p.keys {
+		list := slices.DeleteFunc(c.pending[k], func(q *Pending) bool { return q == p })
+		if len(list) == 0 {
+			delete(c.pending, k)
+		} else {
+			c.pending[k] = list
+		}
+	}
+}
+
+// IsEcho reports whether a ServiceNow event was caused by the bridge's own
+// write: a version we recorded, or a write still in flight whose fields the
+// event's changed fields match. A match is counted in the echo metric.
+func (c *Cache) IsEcho(ev *events.SNEvent) bool {
+	mc := int64(ev.SysModCount)
+	if exp, ok := c.written.Get(versionKey(ev.Table, ev.SysID, mc)); ok && time.Now().UnixNano() < exp {
+		c.echoes.WithLabelValues(DirServiceNow).Inc()
+		return true
+	}
+	if c.matchPending(ev) {
+		c.RecordWrite(ev.Table, ev.SysID, mc)
+		c.echoes.WithLabelValues(DirServiceNow).Inc()
+		return true
+	}
+	return false
+}
+
+func (c *Cache) matchPending(ev *events.SNEvent) bool {
+	if ev.Action == events.ActionDelete {
+		// A delete's webhook is matched by version only: its record may be empty.
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, p := range c.pending[ev.Table+":"+ev.SysID] {
+			if p.fields == nil && time.Now().Before(p.expires) {
+				return true
+			}
+		}
+		return false
+	}
+	keys := []string{ev.Table + ":" + ev.SysID}
+	if corr := ev.Record["correlation_id"]; corr != "" && ev.Action == events.ActionInsert {
+		keys = append(keys, ev.Table+"#"+corr)
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, k := range keys {
+		for _, p := range c.pending[k] {
+			if now.Before(p.expires) && p.fields != nil && c.fieldsMatch(p.fields, ev) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// fieldsMatch: every field the event says changed was written by us with the
+// value the event carries (derived fields aside), and something was changed.
+func (c *Cache) fieldsMatch(written map[string]string, ev *events.SNEvent) bool {
+	changed := ev.Changed
+	if len(changed) == 0 {
+		// No change list (older rules): compare every written field instead.
+		for f, v := range written {
+			if got, ok := ev.Record[f]; ok && got != v {
+				return false
+			}
+		}
+		return true
+	}
+	for _, f := range changed {
+		if c.derived[f] {
+			continue
+		}
+		v, ok := written[f]
+		if !ok {
+			return false
+		}
+		if got, ok := ev.Record[f]; ok && got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// RecordApplied remembers the SaaS-side fields the apply pipeline handed to
+// the app for an entity id, so the app republishing exactly that is ignored.
+func (c *Cache) RecordApplied(entity, id string, fields map[string]string) {
+	c.applied.Add(entity+":"+id, applied{hash: HashFields(fields), expires: time.Now().Add(c.ttl).UnixNano()})
+}
+
+// IsAppEcho reports whether an app change carries exactly the fields the
+// bridge last applied to that entity id (counted in the echo metric).
+func (c *Cache) IsAppEcho(entity, id string, fields map[string]string) bool {
+	a, ok := c.applied.Get(entity + ":" + id)
+	if ok && time.Now().UnixNano() < a.expires && a.hash == HashFields(fields) {
+		c.echoes.WithLabelValues(DirSaaS).Inc()
+		return true
+	}
+	return false
+}
+
+type applied struct {
+	hash    uint64
+	expires int64
+}
+
+// Len is the number of entries held (both directions).
+func (c *Cache) Len() int { return c.written.Len() + c.applied.Len() }
+
+// HashFields is an order-independent FNV-1a hash of field names and values.
+func HashFields(fields map[string]string) uint64 {
+	keys := make([]string, 0, len(fields))
+	for k := range fields {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	h := fnv.New64a()
+	for _, k := range keys {
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+		h.Write([]byte(fields[k]))
+		h.Write([]byte{0})
+	}
+	return h.Sum64()
+}

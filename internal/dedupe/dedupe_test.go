@@ -1,0 +1,234 @@
+package dedupe
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const sysID = "9d385017c611228701d22104cc95c371"
+
+func ev(action string, mc int64, changed []string, rec map[string]string) *events.SNEvent {
+	return &events.SNEvent{Table: "incident", SysID: sysID, Action: action, SysModCount: events.ModCount(mc), Changed: changed, Record: rec}
+}
+
+func TestIsEcho_RecordedVersionOnly(t *testing.T) {
+	c := New(Config{})
+	c.RecordWrite("incident", sysID, 4)
+	if !c.IsEcho(ev("update", 4, nil, nil)) {
+		t.Error("version 4 was written by the bridge but was not recognised as an echo")
+	}
+	for _, mc := range []int64{3, 5} {
+		if c.IsEcho(ev("update", mc, nil, nil)) {
+			t.Errorf("version %d was not written by the bridge but was treated as an echo", mc)
+		}
+	}
+	if c.IsEcho(&events.SNEvent{Table: "problem", SysID: sysID, SysModCount: 4}) {
+		t.Error("same sys_id and version on another table must not be an echo")
+	}
+}
+
+func TestIsEcho_WebhookBeforeResponse(t *testing.T) {
+	tests := []struct {
+		name    string
+		changed []string
+		record  map[string]string
+		want    bool
+	}{
+		{"changed fields match what we wrote", []string{"state", "short_description"}, map[string]string{"state": "2", "short_description": "Email down"}, true},
+		{"subset of our fields changed", []string{"state"}, map[string]string{"state": "2"}, true},
+		{"derived field changed too", []string{"urgency", "priority"}, map[string]string{"urgency": "1", "priority": "2"}, true},
+		{"a field we did not write changed", []string{"state", "assigned_to"}, map[string]string{"state": "2", "assigned_to": "abc"}, false},
+		{"our field with another value", []string{"state"}, map[string]string{"state": "3"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := New(Config{})
+			p := c.BeginWrite("incident", sysID, "", map[string]string{"state": "2", "short_description": "Email down", "urgency": "1"})
+			got := c.IsEcho(ev("update", 7, tt.changed, tt.record))
+			if got != tt.want {
+				t.Fatalf("IsEcho = %v, want %v", got, tt.want)
+			}
+			p.Done(sysID, 7)
+			if !c.IsEcho(ev("update", 7, tt.changed, tt.record)) {
+				t.Fatal("after Done(7) the version must be recognised whatever its fields")
+			}
+		})
+	}
+}
+
+func TestIsEcho_InsertMatchedByCorrelation(t *testing.T) {
+	c := New(Config{})
+	p := c.BeginWrite("incident", "", "TCK-1042", map[string]string{"short_description": "New", "correlation_id": "TCK-1042"})
+	ins := ev("insert", 0, []string{"short_description", "correlation_id", "number"}, map[string]string{"short_description": "New", "correlation_id": "TCK-1042", "number": "INC0010001"})
+	// number is set by the platform; it is not ours, so it must be derived to match.
+	if c.IsEcho(ins) {
+		t.Fatal("number is not a derived field in the defaults; the match must fail")
+	}
+	c2 := New(Config{Derived: append([]string{"number"}, DefaultDerived...)})
+	p2 := c2.BeginWrite("incident", "", "TCK-1042", map[string]string{"short_description": "New", "correlation_id": "TCK-1042"})
+	if !c2.IsEcho(ins) {
+		t.Fatal("insert webhook carrying our correlation_id and fields was not recognised")
+	}
+	other := ev("insert", 0, []string{"short_description", "correlation_id"}, map[string]string{"short_description": "New", "correlation_id": "TCK-9"})
+	other.SysID = "00000000000000000000000000000001"
+	if c2.IsEcho(other) {
+		t.Fatal("an insert with another correlation id is not ours")
+	}
+	p.Cancel()
+	p2.Done(sysID, 0)
+}
+
+func TestPending_CancelAndExpiry(t *testing.T) {
+	c := New(Config{PendingTTL: 30 * time.Millisecond})
+	fields := map[string]string{"state": "2"}
+	p := c.BeginWrite("incident", sysID, "", fields)
+	p.Cancel()
+	if c.IsEcho(ev("update", 1, []string{"state"}, fields)) {
+		t.Fatal("a cancelled write must not match webhooks")
+	}
+	c.BeginWrite("incident", sysID, "", fields)
+	time.Sleep(50 * time.Millisecond)
+	if c.IsEcho(ev("update", 1, []string{"state"}, fields)) {
+		t.Fatal("an expired pending write must not match webhooks")
+	}
+}
+
+func TestAppEcho(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := New(Config{Registerer: reg})
+	applied := map[string]string{"title": "Email down", "status": "in_progress"}
+	c.RecordApplied("ticket", "TCK-1", applied)
+	if !c.IsAppEcho("ticket", "TCK-1", map[string]string{"status": "in_progress", "title": "Email down"}) {
+		t.Error("the app republishing exactly what was applied must be an echo")
+	}
+	if c.IsAppEcho("ticket", "TCK-1", map[string]string{"title": "Email down", "status": "resolved"}) {
+		t.Error("a real change by the app must not be an echo")
+	}
+	if got := testutil.ToFloat64(c.echoes.WithLabelValues(DirSaaS)); got != 1 {
+		t.Errorf("saas echo metric = %v, want 1", got)
+	}
+}
+
+func TestTTLAndEvictions(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := New(Config{Size: 2, TTL: 40 * time.Millisecond, Registerer: reg})
+	c.RecordWrite("incident", sysID, 1)
+	c.RecordWrite("incident", sysID, 2)
+	c.RecordWrite("incident", sysID, 3) // evicts 1
+	if c.Wrote("incident", sysID, 1) {
+		t.Error("oldest entry should have been evicted at size 2")
+	}
+	if got := testutil.ToFloat64(c.evictions); got < 1 {
+		t.Errorf("evictions metric = %v, want >= 1", got)
+	}
+	time.Sleep(80 * time.Millisecond)
+	if c.Wrote("incident", sysID, 3) {
+		t.Error("entry should have expired after its TTL")
+	}
+}
+
+func TestConcurrentUse(t *testing.T) {
+	c := New(Config{Size: 1000})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 500 {
+				id := fmt.Sprintf("%032x", w*1000+i)
+				p := c.BeginWrite("incident", id, "", map[string]string{"state": "2"})
+				e := &events.SNEvent{Table: "incident", SysID: id, Action: "update", SysModCount: 1, Changed: []string{"state"}, Record: events.Fields{"state": "2"}}
+				if !c.IsEcho(e) {
+					t.Errorf("worker %d: pending write %d not matched", w, i)
+					return
+				}
+				p.Done(id, 1)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestHashFieldsOrderIndependent(t *testing.T) {
+	a := HashFields(map[string]string{"a": "1", "b": "2"})
+	b := HashFields(map[string]string{"b": "2", "a": "1"})
+	if a != b {
+		t.Fatal("hash depends on map order")
+	}
+	if HashFields(map[string]string{"a": "1b", "": "2"}) == HashFields(map[string]string{"a": "1", "b": "2"}) {
+		t.Fatal("field boundaries must be part of the hash")
+	}
+}
+
+// BenchmarkLRU measures Add and Get on a cache holding 1M entries and the
+// memory each entry costs.
+func BenchmarkLRU(b *testing.B) {
+	const n = 1_000_000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	c := New(Config{Size: n})
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%032x", i)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i, id := range ids {
+		c.RecordWrite("incident", id, int64(i))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perEntry := float64(after.HeapAlloc-before.HeapAlloc) / n
+	b.Run("Add", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			c.RecordWrite("incident", ids[i%n], int64(n+i))
+			i++
+		}
+		b.ReportMetric(perEntry, "bytes/entry")
+	})
+	b.Run("Get", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			c.Wrote("incident", ids[i%n], int64(i%n))
+			i++
+		}
+	})
+	runtime.KeepAlive(ids)
+}
+
+// BenchmarkIsEcho is the cost the echo check adds to every ingested event.
+func BenchmarkIsEcho(b *testing.B) {
+	c := New(Config{Size: 100_000})
+	for i := range 100_000 {
+		c.RecordWrite("incident", fmt.Sprintf("%032x", i), 3)
+	}
+	hit := &events.SNEvent{Table: "incident", SysID: fmt.Sprintf("%032x", 42), Action: "update", SysModCount: 3, Changed: []string{"state"}, Record: events.Fields{"state": "2"}}
+	miss := &events.SNEvent{Table: "incident", SysID: fmt.Sprintf("%032x", 42), Action: "update", SysModCount: 4, Changed: []string{"state"}, Record: events.Fields{"state": "2"}}
+	b.Run("hit", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			c.IsEcho(hit)
+		}
+	})
+	b.Run("miss", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			c.IsEcho(miss)
+		}
+	})
+}
