@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,8 +34,29 @@ type Config struct {
 	// Derived lists ServiceNow fields the platform computes from others
 	// (priority from impact+urgency, active from state, ...): a webhook's
 	// change to them never makes it "not ours". Nil takes DefaultDerived.
-	Derived    []string
+	Derived []string
+	// Journal lists journal fields (comments, work_notes): a write appends
+	// an entry, and the webhook renders the field as "" or as formatted
+	// entries, so a written journal field matches whatever the event holds.
+	// Nil takes DefaultJournal.
+	Journal    []string
 	Registerer prometheus.Registerer
+}
+
+// DefaultJournal are incident's journal fields.
+var DefaultJournal = []string{"comments", "work_notes"}
+
+// insertSet are the fields ServiceNow fills on an insert whatever was sent
+// (number, defaults, audit fields): an insert webhook matched by its
+// correlation id may list them as changed.
+var insertSet = map[string]bool{
+	"number": true, "sys_id": true, "sys_created_on": true, "sys_created_by": true,
+	"opened_at": true, "opened_by": true, "sys_class_name": true, "sys_domain": true,
+	"sys_domain_path": true, "state": true, "impact": true, "urgency": true,
+	"incident_state": true, "escalation": true, "severity": true, "approval": true,
+	"upon_approval": true, "upon_reject": true, "made_sla": true, "notify": true,
+	"contact_type": true, "task_effective_number": true, "knowledge": true,
+	"child_incidents": true, "caller_id": true, "company": true, "location": true,
 }
 
 // DefaultDerived are incident fields ServiceNow sets as a side effect of a write.
@@ -51,6 +73,7 @@ type Cache struct {
 	applied *lru.Cache[string, applied] // entity:id -> hash of fields we applied to the app
 	ttl     time.Duration
 	derived map[string]bool
+	journal map[string]bool
 	pendTTL time.Duration
 
 	mu      sync.Mutex
@@ -75,8 +98,12 @@ func New(cfg Config) *Cache {
 	if cfg.Derived == nil {
 		cfg.Derived = DefaultDerived
 	}
+	if cfg.Journal == nil {
+		cfg.Journal = DefaultJournal
+	}
 	c := &Cache{
 		derived: make(map[string]bool, len(cfg.Derived)),
+		journal: make(map[string]bool, len(cfg.Journal)),
 		pendTTL: cfg.PendingTTL,
 		pending: make(map[string][]*Pending),
 		echoes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -90,6 +117,9 @@ func New(cfg Config) *Cache {
 	}
 	for _, f := range cfg.Derived {
 		c.derived[f] = true
+	}
+	for _, f := range cfg.Journal {
+		c.journal[f] = true
 	}
 	c.ttl = cfg.TTL
 	c.written, _ = lru.New[string, int64](cfg.Size) // only fails for size <= 0
@@ -205,21 +235,34 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 		}
 		return false
 	}
-	keys := []string{ev.Table + ":" + ev.SysID}
-	if corr := ev.Record["correlation_id"]; corr != "" && ev.Action == events.ActionInsert {
-		keys = append(keys, ev.Table+"#"+corr)
-	}
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, k := range keys {
-		for _, p := range c.pending[k] {
-			if now.Before(p.expires) && p.fields != nil && c.fieldsMatch(p.fields, ev) {
+	for _, p := range c.pending[ev.Table+":"+ev.SysID] {
+		if now.Before(p.expires) && p.fields != nil && c.fieldsMatch(p.fields, ev) {
+			return true
+		}
+	}
+	// An insert is matched by the correlation id we wrote: the platform
+	// fills number, defaults and audit fields, so "changed" lists more than
+	// we sent, but every value we sent must be there.
+	if corr := ev.Record["correlation_id"]; corr != "" && ev.Action == events.ActionInsert {
+		for _, p := range c.pending[ev.Table+"#"+corr] {
+			if now.Before(p.expires) && p.fields != nil && c.insertMatch(p.fields, ev) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// valueMatch compares a written value with the event's; a journal field
+// matches when the event renders it empty or as entries holding our text.
+func (c *Cache) valueMatch(field, written, got string) bool {
+	if got == written {
+		return true
+	}
+	return c.journal[field] && (got == "" || strings.Contains(got, written))
 }
 
 // fieldsMatch: every field the event says changed was written by us with the
@@ -229,7 +272,7 @@ func (c *Cache) fieldsMatch(written map[string]string, ev *events.SNEvent) bool 
 	if len(changed) == 0 {
 		// No change list (older rules): compare every written field instead.
 		for f, v := range written {
-			if got, ok := ev.Record[f]; ok && got != v {
+			if got, ok := ev.Record[f]; ok && !c.valueMatch(f, v, got) {
 				return false
 			}
 		}
@@ -243,7 +286,23 @@ func (c *Cache) fieldsMatch(written map[string]string, ev *events.SNEvent) bool 
 		if !ok {
 			return false
 		}
-		if got, ok := ev.Record[f]; ok && got != v {
+		if got, ok := ev.Record[f]; ok && !c.valueMatch(f, v, got) {
+			return false
+		}
+	}
+	return true
+}
+
+// insertMatch: every value we sent is in the inserted record, and every
+// other changed field is one the platform fills on insert (or derived).
+func (c *Cache) insertMatch(written map[string]string, ev *events.SNEvent) bool {
+	for f, v := range written {
+		if got, ok := ev.Record[f]; ok && !c.valueMatch(f, v, got) {
+			return false
+		}
+	}
+	for _, f := range ev.Changed {
+		if _, ours := written[f]; !ours && !c.derived[f] && !insertSet[f] && ev.Record[f] != "" {
 			return false
 		}
 	}

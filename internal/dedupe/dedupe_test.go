@@ -69,24 +69,47 @@ func TestIsEcho_WebhookBeforeResponse(t *testing.T) {
 
 func TestIsEcho_InsertMatchedByCorrelation(t *testing.T) {
 	c := New(Config{})
-	p := c.BeginWrite("incident", "", "TCK-1042", map[string]string{"short_description": "New", "correlation_id": "TCK-1042"})
-	ins := ev("insert", 0, []string{"short_description", "correlation_id", "number"}, map[string]string{"short_description": "New", "correlation_id": "TCK-1042", "number": "INC0010001"})
-	// number is set by the platform; it is not ours, so it must be derived to match.
-	if c.IsEcho(ins) {
-		t.Fatal("number is not a derived field in the defaults; the match must fail")
-	}
-	c2 := New(Config{Derived: append([]string{"number"}, DefaultDerived...)})
-	p2 := c2.BeginWrite("incident", "", "TCK-1042", map[string]string{"short_description": "New", "correlation_id": "TCK-1042"})
-	if !c2.IsEcho(ins) {
+	p := c.BeginWrite("incident", "", "TCK-1042", map[string]string{"short_description": "New", "correlation_id": "TCK-1042", "comments": "first"})
+	// The platform fills number, defaults and audit fields on insert, and a
+	// raw read renders the journal field empty: still our insert.
+	ins := ev("insert", 0, []string{"short_description", "correlation_id", "number", "state", "opened_at", "comments"},
+		map[string]string{"short_description": "New", "correlation_id": "TCK-1042", "number": "INC0010001", "state": "1", "opened_at": "2026-11-28 10:00:00", "comments": ""})
+	if !c.IsEcho(ins) {
 		t.Fatal("insert webhook carrying our correlation_id and fields was not recognised")
 	}
 	other := ev("insert", 0, []string{"short_description", "correlation_id"}, map[string]string{"short_description": "New", "correlation_id": "TCK-9"})
 	other.SysID = "00000000000000000000000000000001"
-	if c2.IsEcho(other) {
+	if c.IsEcho(other) {
 		t.Fatal("an insert with another correlation id is not ours")
 	}
-	p.Cancel()
-	p2.Done(sysID, 0)
+	foreign := ev("insert", 0, []string{"short_description", "correlation_id", "assigned_to"}, map[string]string{"short_description": "New", "correlation_id": "TCK-1042", "assigned_to": "abc"})
+	foreign.SysID = "00000000000000000000000000000002"
+	if c.IsEcho(foreign) {
+		t.Fatal("an insert that sets a field we did not send is not ours")
+	}
+	differs := ev("insert", 0, []string{"short_description", "correlation_id"}, map[string]string{"short_description": "Other", "correlation_id": "TCK-1042"})
+	differs.SysID = "00000000000000000000000000000003"
+	if c.IsEcho(differs) {
+		t.Fatal("an insert whose values differ from what we sent is not ours")
+	}
+	p.Done(sysID, 0)
+}
+
+func TestIsEcho_JournalFieldRendering(t *testing.T) {
+	for _, rendered := range []string{"", "Looking into it", "2026-11-28 10:00:00 - System Administrator (Additional comments)\nLooking into it\n\n"} {
+		c := New(Config{})
+		p := c.BeginWrite("incident", sysID, "", map[string]string{"comments": "Looking into it", "state": "2"})
+		if !c.IsEcho(ev("update", 5, []string{"comments", "state"}, map[string]string{"comments": rendered, "state": "2"})) {
+			t.Errorf("journal field rendered as %q: our comment was not recognised", rendered)
+		}
+		p.Cancel()
+	}
+	c := New(Config{})
+	p := c.BeginWrite("incident", sysID, "", map[string]string{"comments": "Looking into it"})
+	defer p.Cancel()
+	if c.IsEcho(ev("update", 5, []string{"comments"}, map[string]string{"comments": "2026-11-28 10:00:00 - Beth Anglin (Additional comments)\nSomething else\n\n"})) {
+		t.Error("another user's comment matched our pending write")
+	}
 }
 
 func TestPending_CancelAndExpiry(t *testing.T) {
