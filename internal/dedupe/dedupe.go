@@ -145,6 +145,13 @@ func (c *Cache) RecordWrite(table, sysID string, modCount int64) {
 	}
 }
 
+// Forget drops a recorded version: the writeback un-claims a write whose
+// version carries changes the app has not seen, so its webhook (or reconcile)
+// delivers them.
+func (c *Cache) Forget(table, sysID string, modCount int64) {
+	c.written.Remove(versionKey(table, sysID, modCount))
+}
+
 // Wrote reports whether the bridge itself wrote this version (reconcile uses
 // it so as not to resurrect our own writes).
 func (c *Cache) Wrote(table, sysID string, modCount int64) bool {

@@ -1,0 +1,51 @@
+package outbound
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	messages  *prometheus.CounterVec // by outcome
+	writes    *prometheus.CounterVec // by method
+	conflicts *prometheus.CounterVec // by field
+	retries   *prometheus.CounterVec // by reason
+	dlq       prometheus.Counter
+	paused    prometheus.Gauge
+	latency   prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_writeback_messages_total",
+			Help: "App changes handled by the writeback, by outcome (updated, created, deleted, no_change, echo, stale, skipped).",
+		}, []string{"outcome"}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_writeback_writes_total",
+			Help: "Writes sent to ServiceNow by the writeback, by HTTP method.",
+		}, []string{"method"}),
+		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "conflicts_total",
+			Help: "Fields changed on both sides since the last sync, resolved by policy, by ServiceNow field.",
+		}, []string{"field"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_writeback_retries_total",
+			Help: "App changes handed back to JetStream for a later retry, by reason (rate_limited, server_error, network, breaker_open, other).",
+		}, []string{"reason"}),
+		dlq: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_writeback_dead_letters_total",
+			Help: "App changes ServiceNow rejected for good, sent to BRIDGE_DLQ (bridge dlq ls).",
+		}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bridge_writeback_paused",
+			Help: "1 while the writeback stopped fetching because the ServiceNow circuit breaker is open.",
+		}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "bridge_writeback_apply_seconds",
+			Help:    "Time to apply one app change to ServiceNow, reads and writes included.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.messages, m.writes, m.conflicts, m.retries, m.dlq, m.paused, m.latency)
+	}
+	return m
+}

@@ -1,0 +1,59 @@
+// Package outbound writes the SaaS app's changes back to ServiceNow: a
+// durable JetStream consumer on APP_EVENTS turns each app.<entity>.<action>
+// message into the smallest PATCH, POST or delete, resolving conflicts by
+// per-field policy. It claims every write in the echo-suppression cache
+// before sending, so the business-rule webhook each write causes is not
+// synced back to the app.
+package outbound
+
+import (
+	"context"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+)
+
+// TableAPI is the part of ServiceNow's Table API the writeback calls.
+// Records come back as ServiceNow renders them (string values, sys_id and
+// sys_mod_count included).
+type TableAPI interface {
+	Get(ctx context.Context, table, sysID string) (events.Fields, error)
+	Create(ctx context.Context, table string, fields map[string]string) (events.Fields, error)
+	Update(ctx context.Context, table, sysID string, fields map[string]string) (events.Fields, error)
+	Delete(ctx context.Context, table, sysID string) error
+	// FindByCorrelation returns the sys_id of the record whose
+	// correlation_id is id, or "" when there is none.
+	FindByCorrelation(ctx context.Context, table, id string) (string, error)
+}
+
+// Mapping translates the app's entities and fields to ServiceNow's.
+type Mapping interface {
+	// Table is the ServiceNow table an entity syncs with.
+	Table(entity string) (string, bool)
+	// ToServiceNow maps field names and values (value maps applied);
+	// fields the mapping does not know are left out.
+	ToServiceNow(entity string, fields map[string]string) (map[string]string, error)
+}
+
+// RecordState is what the bridge last knew of a ServiceNow record: the
+// version and field values ServiceNow last told it (or that it wrote).
+type RecordState struct {
+	Version   int64
+	Fields    map[string]string
+	UpdatedOn string
+}
+
+// States reads and compare-and-sets per-record state (bridge_state).
+type States interface {
+	// Get returns the state and its revision; ok is false when none exists.
+	Get(ctx context.Context, table, sysID string) (st RecordState, rev uint64, ok bool, err error)
+	// Put stores st if the entry is still at rev (0: must not exist yet),
+	// and does nothing when a newer version is already stored.
+	Put(ctx context.Context, table, sysID string, st RecordState, rev uint64) error
+}
+
+// Links maps external ids to ServiceNow records (bridge_links).
+type Links interface {
+	SysID(ctx context.Context, entity, externalID string) (table, sysID string, ok bool, err error)
+	Link(ctx context.Context, entity, externalID, table, sysID string) error
+	Unlink(ctx context.Context, entity, externalID string) error
+}

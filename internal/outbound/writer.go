@@ -1,0 +1,385 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"strconv"
+	"time"
+
+	"github.com/nowbridge/nowbridge/internal/dedupe"
+	"github.com/nowbridge/nowbridge/internal/events"
+)
+
+// Outcome says what one app change did.
+type Outcome string
+
+// Outcomes, also the "outcome" label of bridge_writeback_messages_total.
+const (
+	OutcomeUpdated  Outcome = "updated"   // PATCH sent
+	OutcomeCreated  Outcome = "created"   // POST sent, link stored
+	OutcomeDeleted  Outcome = "deleted"   // DELETE sent, or resolved/closed
+	OutcomeNoChange Outcome = "no_change" // nothing differed from ServiceNow
+	OutcomeEcho     Outcome = "echo"      // the app republished what the bridge applied
+	OutcomeStale    Outcome = "stale"     // older than the version already written
+	OutcomeSkipped  Outcome = "skipped"   // e.g. delete of a record never linked
+)
+
+// Change is one app message to write back.
+type Change struct {
+	Entity string
+	Action string // events.AppUpsert or events.AppDelete
+	events.AppChange
+}
+
+// Result describes what Apply did.
+type Result struct {
+	Outcome   Outcome
+	Table     string
+	SysID     string
+	ModCount  int64
+	Sent      map[string]string // the fields written
+	Conflicts []Conflict
+}
+
+// Writer applies app changes to ServiceNow. It is safe for concurrent use
+// for different entity ids; changes to one id must be applied one at a time
+// (the consumer guarantees it).
+type Writer struct {
+	cfg      Config
+	api      TableAPI
+	mapping  Mapping
+	states   States
+	links    Links
+	progress progressStore
+	dedupe   *dedupe.Cache
+	log      *slog.Logger
+	metrics  *metrics
+}
+
+// permanentError marks a change that can never succeed as it is (bad
+// mapping, a value ServiceNow rejects): it goes to the dead-letter stream.
+type permanentError struct {
+	err    error
+	status int
+	body   string
+	hint   string
+}
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+func permanent(format string, a ...any) error {
+	return &permanentError{err: fmt.Errorf(format, a...)}
+}
+
+// Apply writes one app change to ServiceNow. Errors are classified by the
+// consumer: permanent (dead letter), breaker open (pause), else retry.
+func (w *Writer) Apply(ctx context.Context, ch Change) (Result, error) {
+	if ch.ExternalID == "" {
+		return Result{}, permanent("app change without external_id")
+	}
+	table, ok := w.mapping.Table(ch.Entity)
+	if !ok {
+		return Result{}, permanent("entity %q is not mapped to a ServiceNow table (check the mapping files)", ch.Entity)
+	}
+	res := Result{Table: table}
+	prog, progRev, err := w.progress.get(ctx, ch.Entity, ch.ExternalID)
+	if err != nil {
+		return res, err
+	}
+	if ch.Version > 0 && ch.Version <= prog.Version {
+		res.Outcome, res.SysID = OutcomeStale, prog.SysID
+		return res, nil
+	}
+	sysID, err := w.resolveLink(ctx, ch, table)
+	if err != nil {
+		return res, err
+	}
+	res.SysID = sysID
+	switch ch.Action {
+	case events.AppDelete:
+		err = w.delete(ctx, ch, &res)
+	case events.AppUpsert:
+		if sysID == "" {
+			err = w.create(ctx, ch, &res)
+		} else {
+			err = w.update(ctx, ch, &res)
+		}
+	default:
+		return res, permanent("unknown app action %q (want upsert or delete)", ch.Action)
+	}
+	if err != nil {
+		return res, err
+	}
+	if ch.Version > 0 {
+		p := progress{Version: ch.Version, UpdatedAt: ch.UpdatedAt, Table: table, SysID: res.SysID, Deleted: res.Outcome == OutcomeDeleted}
+		if err := w.progress.put(ctx, ch.Entity, ch.ExternalID, p, progRev); err != nil {
+			// The write happened; a redelivery finds nothing to change.
+			w.log.Warn("writeback progress not stored", "external_id", ch.ExternalID, "err", err)
+		}
+	}
+	return res, nil
+}
+
+// resolveLink finds the record an external id is linked to: the message's
+// own sys_id, the link bucket, or ServiceNow's correlation_id (so a lost
+// bucket never creates duplicates). "" means not in ServiceNow.
+func (w *Writer) resolveLink(ctx context.Context, ch Change, table string) (string, error) {
+	if events.ValidSysID(ch.SysID) {
+		_, linked, ok, err := w.links.SysID(ctx, ch.Entity, ch.ExternalID)
+		if err != nil {
+			return "", err
+		}
+		if !ok || linked != ch.SysID {
+			if err := w.links.Link(ctx, ch.Entity, ch.ExternalID, table, ch.SysID); err != nil {
+				return "", err
+			}
+		}
+		return ch.SysID, nil
+	}
+	t, sysID, ok, err := w.links.SysID(ctx, ch.Entity, ch.ExternalID)
+	if err != nil {
+		return "", err
+	}
+	if ok && (t == "" || t == table) {
+		return sysID, nil
+	}
+	sysID, err = w.api.FindByCorrelation(ctx, table, ch.ExternalID)
+	if err != nil {
+		return "", fmt.Errorf("look up %s by correlation_id %s: %w", table, ch.ExternalID, err)
+	}
+	if sysID != "" {
+		w.log.Info("link restored from correlation_id", "table", table, "sys_id", sysID, "external_id", ch.ExternalID)
+		if err := w.links.Link(ctx, ch.Entity, ch.ExternalID, table, sysID); err != nil {
+			return "", err
+		}
+	}
+	return sysID, nil
+}
+
+// split maps the app's fields to ServiceNow's and separates journal fields.
+func (w *Writer) split(ch Change) (plain, journal map[string]string, err error) {
+	sn, err := w.mapping.ToServiceNow(ch.Entity, ch.Fields)
+	if err != nil {
+		return nil, nil, &permanentError{err: fmt.Errorf("map %s %s: %w", ch.Entity, ch.ExternalID, err)}
+	}
+	plain, journal = map[string]string{}, map[string]string{}
+	for f, v := range sn {
+		if w.cfg.isJournal(f) {
+			journal[f] = v
+		} else {
+			plain[f] = v
+		}
+	}
+	// The link is the bridge's, not the app's to change.
+	delete(plain, "correlation_id")
+	delete(plain, "sys_id")
+	return plain, journal, nil
+}
+
+func (w *Writer) create(ctx context.Context, ch Change, res *Result) error {
+	plain, journal, err := w.split(ch)
+	if err != nil {
+		return err
+	}
+	body := maps.Clone(plain)
+	maps.Copy(body, journal)
+	body["correlation_id"] = ch.ExternalID
+	if w.cfg.CorrelationDisplay != "" {
+		body["correlation_display"] = w.cfg.CorrelationDisplay
+	}
+	addCloseFields(body, nil, w.cfg.CloseStates, w.cfg.CloseCode, w.closeNotes(ch))
+	pend := w.dedupe.BeginWrite(res.Table, "", ch.ExternalID, body)
+	rec, err := w.api.Create(ctx, res.Table, body)
+	if err != nil {
+		pend.Cancel()
+		return fmt.Errorf("create %s for %s: %w", res.Table, ch.ExternalID, err)
+	}
+	w.metrics.writes.WithLabelValues("POST").Inc()
+	sysID := rec["sys_id"]
+	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
+	res.Outcome, res.SysID, res.ModCount, res.Sent = OutcomeCreated, sysID, mc, body
+	if !events.ValidSysID(sysID) {
+		pend.Cancel()
+		return permanent("create %s for %s: response has no valid sys_id", res.Table, ch.ExternalID)
+	}
+	if err := w.links.Link(ctx, ch.Entity, ch.ExternalID, res.Table, sysID); err != nil {
+		// ServiceNow has the record; the correlation_id lookup finds it on redelivery.
+		pend.Done(sysID, mc)
+		return fmt.Errorf("store link %s -> %s/%s: %w", ch.ExternalID, res.Table, sysID, err)
+	}
+	w.finish(ctx, pend, res, body, rec, 0, false)
+	return nil
+}
+
+func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
+	plain, journal, err := w.split(ch)
+	if err != nil {
+		return err
+	}
+	if w.dedupe.IsAppEcho(ch.Entity, ch.ExternalID, ch.Fields) {
+		res.Outcome = OutcomeEcho
+		return nil
+	}
+	st, stRev, haveState, err := w.states.Get(ctx, res.Table, res.SysID)
+	if err != nil {
+		return err
+	}
+	in := planInput{Desired: plain, Journal: journal, AppUpdatedAt: ch.UpdatedAt, Policy: w.cfg.policy}
+	if haveState {
+		in.Base = st.Fields
+	}
+	if needsCurrent(in) && (!w.cfg.BlindWrites || !haveState) {
+		cur, err := w.api.Get(ctx, res.Table, res.SysID)
+		if err != nil {
+			return fmt.Errorf("read %s/%s before writing: %w", res.Table, res.SysID, err)
+		}
+		in.Current = cur
+		in.SNUpdatedAt, _ = time.ParseInLocation(events.SNTimeLayout, cur["sys_updated_on"], time.UTC)
+	}
+	p := plan(in)
+	for _, c := range p.Conflicts {
+		w.metrics.conflicts.WithLabelValues(c.Field).Inc()
+		w.log.Info("conflict: field changed on both sides since the last sync",
+			"table", res.Table, "sys_id", res.SysID, "external_id", ch.ExternalID, "field", c.Field,
+			"base", c.Base, "servicenow", c.ServiceNow, "saas", c.SaaS, "policy", string(c.Policy), "winner", c.Winner,
+			"sys_updated_on", in.SNUpdatedAt, "updated_at", ch.UpdatedAt)
+	}
+	res.Conflicts = p.Conflicts
+	if len(p.Patch) == 0 {
+		res.Outcome = OutcomeNoChange
+		return nil
+	}
+	cur := in.Current
+	if cur == nil {
+		cur = in.Base
+	}
+	addCloseFields(p.Patch, cur, w.cfg.CloseStates, w.cfg.CloseCode, w.closeNotes(ch))
+	pend := w.dedupe.BeginWrite(res.Table, res.SysID, "", p.Patch)
+	rec, err := w.api.Update(ctx, res.Table, res.SysID, p.Patch)
+	if err != nil {
+		pend.Cancel()
+		return fmt.Errorf("patch %s/%s: %w", res.Table, res.SysID, err)
+	}
+	w.metrics.writes.WithLabelValues("PATCH").Inc()
+	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
+	res.Outcome, res.ModCount, res.Sent = OutcomeUpdated, mc, p.Patch
+	var prev int64 = -1
+	if haveState {
+		prev = st.Version
+	}
+	if haveState && mc == st.Version {
+		// ServiceNow found nothing to change: no new version, no webhook.
+		pend.Cancel()
+		res.Outcome = OutcomeNoChange
+		return nil
+	}
+	w.finish(ctx, pend, res, p.Patch, rec, stRev, haveState && mc == prev+1)
+	return nil
+}
+
+// finish settles a successful write. When the new version follows the one
+// the bridge last knew directly and ServiceNow kept every value as sent, the
+// version is purely ours: its webhook is an echo and bridge_state moves to
+// it, so reconcile does not resurrect it either. Otherwise ServiceNow holds
+// something the app has not seen (a change by someone else in between, or a
+// value the platform computed, like priority): the webhook must flow to the
+// app, so the version is not claimed and the state is left to the apply
+// pipeline.
+func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, sent, rec map[string]string, stRev uint64, contiguous bool) {
+	created := res.Outcome == OutcomeCreated
+	if (!created && !contiguous) || !w.keptAsSent(sent, rec) {
+		pend.Cancel()
+		w.dedupe.Forget(res.Table, res.SysID, res.ModCount)
+		w.log.Debug("write not claimed as an echo: ServiceNow holds changes the app has not seen",
+			"table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount)
+		return
+	}
+	pend.Done(res.SysID, res.ModCount)
+	st := RecordState{Version: res.ModCount, Fields: maps.Clone(rec), UpdatedOn: rec["sys_updated_on"]}
+	if err := w.states.Put(ctx, res.Table, res.SysID, st, stRev); err != nil {
+		// The echo is suppressed by the cache; reconcile will re-read the
+		// record and find the version in the cache too.
+		w.log.Warn("state not advanced after write", "table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount, "err", err)
+	}
+}
+
+// keptAsSent reports whether the record holds every plain value we sent
+// (journal fields append and are rendered differently; omitted fields are
+// an ACL matter, not a change).
+func (w *Writer) keptAsSent(sent, rec map[string]string) bool {
+	for f, v := range sent {
+		if w.cfg.isJournal(f) {
+			continue
+		}
+		if got, ok := rec[f]; ok && got != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
+	if res.SysID == "" {
+		res.Outcome = OutcomeSkipped
+		return nil
+	}
+	if w.cfg.DeleteMode == DeleteRecord {
+		pend := w.dedupe.BeginWrite(res.Table, res.SysID, "", nil)
+		err := w.api.Delete(ctx, res.Table, res.SysID)
+		pend.Cancel()
+		var nf interface{ NotFound() bool }
+		if err != nil && !(errors.As(err, &nf) && nf.NotFound()) && !isNotFound(err) {
+			return fmt.Errorf("delete %s/%s: %w", res.Table, res.SysID, err)
+		}
+		w.metrics.writes.WithLabelValues("DELETE").Inc()
+		res.Outcome = OutcomeDeleted
+		if err := w.links.Unlink(ctx, ch.Entity, ch.ExternalID); err != nil {
+			w.log.Warn("link not removed after delete", "external_id", ch.ExternalID, "err", err)
+		}
+		return nil
+	}
+	// Resolve (or close/cancel) instead of deleting: the record, its history
+	// and its SLA stay in ServiceNow.
+	ch.Fields = nil
+	st, stRev, haveState, err := w.states.Get(ctx, res.Table, res.SysID)
+	if err != nil {
+		return err
+	}
+	cur, err := w.api.Get(ctx, res.Table, res.SysID)
+	if err != nil {
+		if isNotFound(err) {
+			res.Outcome = OutcomeSkipped
+			return nil
+		}
+		return fmt.Errorf("read %s/%s before resolving: %w", res.Table, res.SysID, err)
+	}
+	if cur["state"] == w.cfg.DeleteState {
+		res.Outcome = OutcomeNoChange
+		return nil
+	}
+	patch := map[string]string{"state": w.cfg.DeleteState}
+	addCloseFields(patch, cur, w.cfg.CloseStates, w.cfg.CloseCode, w.closeNotes(ch))
+	pend := w.dedupe.BeginWrite(res.Table, res.SysID, "", patch)
+	rec, err := w.api.Update(ctx, res.Table, res.SysID, patch)
+	if err != nil {
+		pend.Cancel()
+		return fmt.Errorf("resolve %s/%s: %w", res.Table, res.SysID, err)
+	}
+	w.metrics.writes.WithLabelValues("PATCH").Inc()
+	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
+	res.Outcome, res.ModCount, res.Sent = OutcomeDeleted, mc, patch
+	w.finish(ctx, pend, res, patch, rec, stRev, haveState && mc == st.Version+1)
+	res.Outcome = OutcomeDeleted
+	return nil
+}
+
+func (w *Writer) closeNotes(ch Change) string {
+	if w.cfg.CloseNotes != "" {
+		return w.cfg.CloseNotes
+	}
+	return fmt.Sprintf("Resolved in %s %s (synced by nowbridge)", ch.Entity, ch.ExternalID)
+}
