@@ -7,7 +7,6 @@ package dedupe
 import (
 	"hash/fnv"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -69,7 +68,7 @@ var DefaultDerived = []string{
 type Cache struct {
 	// TTLs are checked on read rather than by the expirable LRU, whose
 	// janitor goroutine cannot be stopped: expired entries just age out.
-	written *lru.Cache[string, int64]   // table:sys_id:mod_count of our own writes -> expiry (unix ns)
+	written *lru.Cache[verKey, int64]   // table:sys_id:mod_count of our own writes -> expiry (unix ns)
 	applied *lru.Cache[string, applied] // entity:id -> hash of fields we applied to the app
 	ttl     time.Duration
 	derived map[string]bool
@@ -77,7 +76,7 @@ type Cache struct {
 	pendTTL time.Duration
 
 	mu      sync.Mutex
-	pending map[string][]*Pending // table:sys_id or table#correlation -> writes in flight
+	pending map[pendKey][]*Pending // table:sys_id or table#correlation -> writes in flight
 
 	echoes    *prometheus.CounterVec
 	evictions prometheus.Counter
@@ -105,7 +104,7 @@ func New(cfg Config) *Cache {
 		derived: make(map[string]bool, len(cfg.Derived)),
 		journal: make(map[string]bool, len(cfg.Journal)),
 		pendTTL: cfg.PendingTTL,
-		pending: make(map[string][]*Pending),
+		pending: make(map[pendKey][]*Pending),
 		echoes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_echoes_suppressed_total",
 			Help: "Changes recognised as the bridge's own echo and not synced back, by direction.",
@@ -122,7 +121,7 @@ func New(cfg Config) *Cache {
 		c.journal[f] = true
 	}
 	c.ttl = cfg.TTL
-	c.written, _ = lru.New[string, int64](cfg.Size) // only fails for size <= 0
+	c.written, _ = lru.New[verKey, int64](cfg.Size) // only fails for size <= 0
 	c.applied, _ = lru.New[string, applied](cfg.Size)
 	c.entries = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "bridge_dedupe_entries",
@@ -134,8 +133,21 @@ func New(cfg Config) *Cache {
 	return c
 }
 
-func versionKey(table, sysID string, modCount int64) string {
-	return table + ":" + sysID + ":" + strconv.FormatInt(modCount, 10)
+// verKey identifies one version of a record. A struct key costs no
+// allocation on the ingest hot path (a concatenated string did).
+type verKey struct {
+	table, sysID string
+	modCount     int64
+}
+
+func versionKey(table, sysID string, modCount int64) verKey {
+	return verKey{table, sysID, modCount}
+}
+
+// pendKey finds writes in flight: by sys_id, or by correlation id for inserts.
+type pendKey struct {
+	table, id string
+	byCorr    bool
 }
 
 // RecordWrite remembers that the bridge's own write produced this version.
@@ -164,7 +176,7 @@ func (c *Cache) Wrote(table, sysID string, modCount int64) bool {
 type Pending struct {
 	c       *Cache
 	table   string
-	keys    []string
+	keys    []pendKey
 	fields  map[string]string
 	expires time.Time
 	version int64 // set when a webhook matched before Done
@@ -178,10 +190,10 @@ type Pending struct {
 func (c *Cache) BeginWrite(table, sysID, correlation string, fields map[string]string) *Pending {
 	p := &Pending{c: c, table: table, fields: fields, expires: time.Now().Add(c.pendTTL)}
 	if sysID != "" {
-		p.keys = append(p.keys, table+":"+sysID)
+		p.keys = append(p.keys, pendKey{table, sysID, false})
 	}
 	if correlation != "" {
-		p.keys = append(p.keys, table+"#"+correlation)
+		p.keys = append(p.keys, pendKey{table, correlation, true})
 	}
 	c.mu.Lock()
 	for _, k := range p.keys {
@@ -235,7 +247,7 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 		// A delete's webhook is matched by version only: its record may be empty.
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		for _, p := range c.pending[ev.Table+":"+ev.SysID] {
+		for _, p := range c.pending[pendKey{ev.Table, ev.SysID, false}] {
 			if p.fields == nil && time.Now().Before(p.expires) {
 				return true
 			}
@@ -245,7 +257,7 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, p := range c.pending[ev.Table+":"+ev.SysID] {
+	for _, p := range c.pending[pendKey{ev.Table, ev.SysID, false}] {
 		if now.Before(p.expires) && p.fields != nil && c.fieldsMatch(p.fields, ev) {
 			return true
 		}
@@ -254,7 +266,7 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 	// fills number, defaults and audit fields, so "changed" lists more than
 	// we sent, but every value we sent must be there.
 	if corr := ev.Record["correlation_id"]; corr != "" && ev.Action == events.ActionInsert {
-		for _, p := range c.pending[ev.Table+"#"+corr] {
+		for _, p := range c.pending[pendKey{ev.Table, corr, true}] {
 			if now.Before(p.expires) && p.fields != nil && c.insertMatch(p.fields, ev) {
 				return true
 			}
