@@ -1,0 +1,121 @@
+package reconcile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Watermark is how far reconcile has read a table: the newest
+// sys_updated_on of the records (and of the sys_audit_delete rows) that it
+// has fully published. Passes start an overlap window before it.
+type Watermark struct {
+	Records time.Time `json:"records"`
+	Deletes time.Time `json:"deletes,omitzero"`
+}
+
+// WatermarkKey is the bridge_state key of a table's watermark.
+func WatermarkKey(table string) string { return "reconcile.watermark." + table }
+
+// PassKey is the bridge_state key of the summary of a table's last pass.
+func PassKey(table string) string { return "reconcile.pass." + table }
+
+// Summary describes one reconcile pass of one table. The last one of each
+// table is stored in bridge_state for `bridge status`.
+type Summary struct {
+	Table    string        `json:"table"`
+	Holder   string        `json:"holder,omitempty"`
+	Started  time.Time     `json:"started"`
+	Finished time.Time     `json:"finished"`
+	Duration time.Duration `json:"duration_ns"`
+	// From is where the scan started: the watermark minus the overlap, the
+	// backfill start or --since; zero for a full scan.
+	From      time.Time `json:"from,omitzero"`
+	Watermark time.Time `json:"watermark,omitzero"`
+	Pages     int       `json:"pages"`
+	Requests  int       `json:"requests"`
+	Scanned   int       `json:"records_scanned"`
+	Total     int       `json:"total,omitempty"` // rows ServiceNow counted for the scan, when it said
+	// Gaps are events published that SN_EVENTS did not hold yet.
+	Gaps int `json:"gaps"`
+	// InFlight are findings SN_EVENTS already held (published, not yet
+	// applied): the stream dropped them as duplicates.
+	InFlight int `json:"in_flight"`
+	UpToDate int `json:"up_to_date"`
+	Echoes   int `json:"echoes"` // versions the bridge itself wrote
+	Deletes  int `json:"deletes"`
+	// DeleteScan is "ok", "off" or why sys_audit_delete could not be read.
+	DeleteScan string `json:"delete_scan,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+// Store reads and writes reconcile's entries in bridge_state.
+type Store struct{ KV jetstream.KeyValue }
+
+// Watermark returns the table's watermark; ok is false when there is none.
+func (s Store) Watermark(ctx context.Context, table string) (Watermark, bool, error) {
+	var w Watermark
+	ok, err := s.get(ctx, WatermarkKey(table), &w)
+	return w, ok, err
+}
+
+// SetWatermark stores w, never moving either part backwards.
+func (s Store) SetWatermark(ctx context.Context, table string, w Watermark) error {
+	old, ok, err := s.Watermark(ctx, table)
+	if err != nil {
+		return err
+	}
+	if ok {
+		if old.Records.After(w.Records) {
+			w.Records = old.Records
+		}
+		if old.Deletes.After(w.Deletes) {
+			w.Deletes = old.Deletes
+		}
+		if w == old {
+			return nil
+		}
+	}
+	return s.put(ctx, WatermarkKey(table), w)
+}
+
+// LastPass returns the summary of the table's last pass.
+func (s Store) LastPass(ctx context.Context, table string) (Summary, bool, error) {
+	var sum Summary
+	ok, err := s.get(ctx, PassKey(table), &sum)
+	return sum, ok, err
+}
+
+// SavePass stores the summary of a finished pass.
+func (s Store) SavePass(ctx context.Context, sum Summary) error {
+	return s.put(ctx, PassKey(sum.Table), sum)
+}
+
+func (s Store) get(ctx context.Context, key string, v any) (bool, error) {
+	e, err := s.KV.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %s from bridge_state: %w", key, err)
+	}
+	if err := json.Unmarshal(e.Value(), v); err != nil {
+		return false, fmt.Errorf("decode %s from bridge_state: %w", key, err)
+	}
+	return true, nil
+}
+
+func (s Store) put(ctx context.Context, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if _, err := s.KV.Put(ctx, key, b); err != nil {
+		return fmt.Errorf("write %s to bridge_state: %w", key, err)
+	}
+	return nil
+}
