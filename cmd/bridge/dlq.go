@@ -1,11 +1,277 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nowbridge/nowbridge/internal/dlq"
+	"github.com/nowbridge/nowbridge/internal/events"
+)
 
 func newDLQCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "dlq",
-		Short: "dlq (not yet built)",
-		RunE:  func(*cobra.Command, []string) error { return errNotBuilt },
+		Short: "Dead letters: ls, show SEQ, retry SEQ|--all, purge",
+		Long: `Dead letters are messages a pipeline gave up on (a permanent ServiceNow or
+SaaS error, or too many deliveries). They wait in BRIDGE_DLQ on
+bridge.dlq.<pipeline> (apply: ServiceNow -> SaaS, writeback: SaaS -> ServiceNow)
+with the reason in headers. Fix the cause, then retry them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageError{errors.New("dlq needs a subcommand: ls, show SEQ, retry SEQ|--all, purge")}
+		},
 	}
+	bindToolFlags(cmd.PersistentFlags())
+	cmd.AddCommand(newDLQLsCmd(a), newDLQShowCmd(a), newDLQRetryCmd(a), newDLQPurgeCmd(a))
+	return cmd
+}
+
+func newDLQLsCmd(a *app) *cobra.Command {
+	var pipeline string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List dead letters: seq, pipeline, record, status, reason, age",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, nc, js, err := connectTool(cmd.Context(), a, cmd, "bridge dlq")
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			if _, err := needStream(cmd.Context(), js, events.StreamDLQ); err != nil {
+				return err
+			}
+			entries, err := dlq.List(cmd.Context(), js, pipeline)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if entries == nil {
+					entries = []dlq.Entry{}
+				}
+				return writeJSON(a.stdout, entries)
+			}
+			if len(entries) == 0 {
+				fmt.Fprintln(a.stdout, "no dead letters")
+				return nil
+			}
+			now := time.Now()
+			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "SEQ\tPIPELINE\tRECORD\tSTATUS\tREASON\tAGE")
+			for _, e := range entries {
+				st := "-"
+				if e.Status != 0 {
+					st = strconv.Itoa(e.Status)
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Pipeline, e.Record, st, oneLine(e.Reason, 80), e.Age(now).Round(time.Second))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "\n%d dead letters; `bridge dlq show SEQ` for details, `bridge dlq retry SEQ|--all` once the cause is fixed\n", len(entries))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pipeline, "pipeline", "", "only this pipeline (apply or writeback)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
+	return cmd
+}
+
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return s[:n-1] + "…"
+	}
+	return s
+}
+
+func parseSeq(arg string) (uint64, error) {
+	n, err := strconv.ParseUint(arg, 10, 64)
+	if err != nil || n == 0 {
+		return 0, usageError{fmt.Errorf("%q is not a dead-letter sequence number (see `bridge dlq ls`)", arg)}
+	}
+	return n, nil
+}
+
+func newDLQShowCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show SEQ",
+		Short: "Show one dead letter: headers, body, ServiceNow's error, hint",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			seq, err := parseSeq(args[0])
+			if err != nil {
+				return err
+			}
+			_, nc, js, err := connectTool(cmd.Context(), a, cmd, "bridge dlq")
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			e, err := dlq.Get(cmd.Context(), js, seq)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(a.stdout, struct {
+					dlq.Entry
+					Body json.RawMessage `json:"body"`
+				}{e, rawOrString(e.Data)})
+			}
+			w := a.stdout
+			fmt.Fprintf(w, "seq:       %d\npipeline:  %s\nrecord:    %s\n", e.Seq, e.Pipeline, e.Record)
+			fmt.Fprintf(w, "origin:    %s (%s seq %d)\n", e.Origin, e.Stream, e.OrigSeq)
+			fmt.Fprintf(w, "dead since %s (%s ago)\n", e.Time.Format(time.RFC3339), e.Age(time.Now()).Round(time.Second))
+			if e.Status != 0 {
+				fmt.Fprintf(w, "status:    %d\n", e.Status)
+			}
+			fmt.Fprintf(w, "error:     %s\n", e.Reason)
+			if e.Hint != "" {
+				fmt.Fprintf(w, "hint:      %s\n", e.Hint)
+			}
+			fmt.Fprintln(w, "headers:")
+			keys := make([]string, 0, len(e.Headers))
+			for k := range e.Headers {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				for _, v := range e.Headers[k] {
+					fmt.Fprintf(w, "  %s: %s\n", k, v)
+				}
+			}
+			fmt.Fprintln(w, "body:")
+			var pretty bytes.Buffer
+			if json.Indent(&pretty, e.Data, "  ", "  ") == nil {
+				fmt.Fprintf(w, "  %s\n", pretty.String())
+			} else {
+				fmt.Fprintf(w, "  %q\n", e.Data)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
+	return cmd
+}
+
+func rawOrString(b []byte) json.RawMessage {
+	if json.Valid(b) {
+		return b
+	}
+	s, _ := json.Marshal(string(b))
+	return s
+}
+
+func newDLQRetryCmd(a *app) *cobra.Command {
+	var all, asJSON bool
+	var pipeline string
+	cmd := &cobra.Command{
+		Use:   "retry SEQ | --all [--pipeline P]",
+		Short: "Republish dead letters to the subject they came from; each is removed once stored again",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) == 1) {
+				return usageError{errors.New("retry takes either a sequence number or --all")}
+			}
+			if pipeline != "" && !all {
+				return usageError{errors.New("--pipeline goes with --all")}
+			}
+			_, nc, js, err := connectTool(cmd.Context(), a, cmd, "bridge dlq")
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			var results []dlq.RetryResult
+			var rerr error
+			if all {
+				results, rerr = dlq.RetryAll(cmd.Context(), js, pipeline)
+			} else {
+				seq, err := parseSeq(args[0])
+				if err != nil {
+					return err
+				}
+				res, err := dlq.Retry(cmd.Context(), js, seq)
+				if err != nil {
+					return err
+				}
+				results = []dlq.RetryResult{res}
+			}
+			if asJSON {
+				if results == nil {
+					results = []dlq.RetryResult{}
+				}
+				if err := writeJSON(a.stdout, results); err != nil {
+					return err
+				}
+			} else {
+				for _, r := range results {
+					fmt.Fprintf(a.stdout, "retried %d -> %s (%s seq %d)\n", r.Seq, r.Subject, r.Stream, r.StreamSeq)
+				}
+				fmt.Fprintf(a.stdout, "%d dead letters retried\n", len(results))
+			}
+			return rerr
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "retry every dead letter (of --pipeline)")
+	cmd.Flags().StringVar(&pipeline, "pipeline", "", "with --all: only this pipeline (apply or writeback)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
+	return cmd
+}
+
+func newDLQPurgeCmd(a *app) *cobra.Command {
+	var yes bool
+	var pipeline string
+	cmd := &cobra.Command{
+		Use:   "purge [--pipeline P] [--yes]",
+		Short: "Delete dead letters for good, after a confirmation",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, nc, js, err := connectTool(cmd.Context(), a, cmd, "bridge dlq")
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			counts, err := dlq.Count(cmd.Context(), js)
+			if err != nil {
+				return err
+			}
+			var n uint64
+			for p, c := range counts {
+				if pipeline == "" || p == pipeline {
+					n += c
+				}
+			}
+			if n == 0 {
+				fmt.Fprintln(a.stdout, "no dead letters to purge")
+				return nil
+			}
+			what := "all pipelines"
+			if pipeline != "" {
+				what = "pipeline " + pipeline
+			}
+			if err := confirm(a, yes, fmt.Sprintf("Delete %d dead letters of %s for good?", n, what)); err != nil {
+				return err
+			}
+			purged, err := dlq.Purge(cmd.Context(), js, pipeline)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "purged %d dead letters\n", purged)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pipeline, "pipeline", "", "only this pipeline (apply or writeback)")
+	cmd.Flags().BoolVar(&yes, "yes", false, "do not ask (scripts)")
+	return cmd
 }
