@@ -171,11 +171,18 @@ func (c *Consumer) sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// work handles one shard's messages in order. blocked holds, per entity id,
-// the stream sequence of a change handed back for retry: later changes of
-// the same id wait behind it rather than overtaking it.
+// block is a change of one entity id handed back for retry: later changes
+// of the same id wait behind it rather than overtaking it, until it is
+// written or the block lapses (another bridge instance may have taken it).
+type block struct {
+	seq     uint64
+	retryAt time.Time // when JetStream redelivers the blocked change
+	until   time.Time // when the block lapses
+}
+
+// work handles one shard's messages in order.
 func (c *Consumer) work(ctx context.Context, q <-chan jetstream.Msg) {
-	blocked := map[string]uint64{}
+	blocked := map[string]block{}
 	for msg := range q {
 		if ctx.Err() != nil {
 			_ = msg.Nak()
@@ -185,7 +192,7 @@ func (c *Consumer) work(ctx context.Context, q <-chan jetstream.Msg) {
 	}
 }
 
-func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg, blocked map[string]uint64) {
+func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg, blocked map[string]block) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		c.log.Error("writeback message without metadata", "subject", msg.Subject(), "err", err)
@@ -199,10 +206,14 @@ func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg, blocked map[st
 		return
 	}
 	key := ch.Entity + "\x00" + ch.ExternalID
-	if b, ok := blocked[key]; ok && seq > b {
-		// An earlier change of this id is waiting for a retry: keep order.
-		_ = msg.NakWithDelay(c.w.cfg.RetryBase)
-		return
+	if b, ok := blocked[key]; ok && seq > b.seq {
+		if time.Now().Before(b.until) {
+			// An earlier change of this id is waiting for a retry: keep
+			// order, and come back just after it.
+			_ = msg.NakWithDelay(max(time.Until(b.retryAt), 0) + c.cfg.RetryBase/2)
+			return
+		}
+		delete(blocked, key)
 	}
 	for d := c.pauseLeft(); d > 0 && ctx.Err() == nil; d = c.pauseLeft() {
 		_ = msg.InProgress()
@@ -235,12 +246,13 @@ func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg, blocked map[st
 		delete(blocked, key)
 		c.deadLetter(ctx, msg, meta, fmt.Errorf("gave up after %d deliveries: %w", meta.NumDelivered, err))
 	default:
-		blocked[key] = seq
 		delay := c.backoff(meta.NumDelivered)
 		if class.breakerOpen {
 			c.pause(c.cfg.BreakerPause)
 			delay = c.cfg.BreakerPause
 		}
+		now := time.Now()
+		blocked[key] = block{seq: seq, retryAt: now.Add(delay), until: now.Add(delay + c.cfg.AckWait)}
 		c.w.metrics.retries.WithLabelValues(class.reason).Inc()
 		c.log.Warn("writeback will retry", "subject", msg.Subject(), "seq", seq, "external_id", ch.ExternalID,
 			"reason", class.reason, "delivered", meta.NumDelivered, "retry_in", delay, "err", err)
