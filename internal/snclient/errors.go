@@ -1,0 +1,273 @@
+package snclient
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Sentinels for errors.Is. *APIError matches the one for its status;
+// *TokenError matches ErrTokenExchange (and ErrUnauthorized for a 401).
+var (
+	ErrUnauthorized  = errors.New("servicenow: unauthorized")
+	ErrForbidden     = errors.New("servicenow: forbidden")
+	ErrNotFound      = errors.New("servicenow: not found")
+	ErrBadRequest    = errors.New("servicenow: bad request")
+	ErrRateLimited   = errors.New("servicenow: rate limited")
+	ErrServer        = errors.New("servicenow: server error")
+	ErrBreakerOpen   = errors.New("servicenow: circuit breaker open")
+	ErrTokenExchange = errors.New("servicenow: OAuth token exchange failed")
+	// ErrInvalidQuery is a query the client refuses to send: it names a
+	// field the table does not have, or cannot be encoded faithfully.
+	ErrInvalidQuery = errors.New("invalid ServiceNow query")
+	// ErrACLHidden matches *ACLWarning.
+	ErrACLHidden = errors.New("servicenow: ACL may be hiding rows or fields")
+	// ErrClosed is returned by calls on a closed Client.
+	ErrClosed = errors.New("servicenow client closed")
+)
+
+// Hints: what a person should do about an error. Tests match on them.
+const (
+	HintTokenRejected = "client id/secret wrong or the client-credentials grant is not enabled " +
+		"(glide.oauth.inbound.client.credential.grant_type.enabled); ServiceNow answers the same when the " +
+		"Application Registry record has no OAuth Application User"
+	HintAppUser = "token exchange works but the API rejects it: set the OAuth Application User on the " +
+		"Application Registry record"
+	HintRoles = "the OAuth application user likely lacks a role: grant snc_platform_rest_api_access " +
+		"(REST API access) and itil (incident and task tables)"
+	HintQueryRights = "the query uses fields the OAuth application user may not read: grant it read access " +
+		"(role itil for incident) or leave those fields out of the query"
+	HintDataPolicy = "a data policy rejected the write: e.g. resolving an incident (state 6) needs close_code " +
+		"and close_notes"
+	HintACLHidden = "ACL may be hiding rows/fields: the OAuth application user needs read access " +
+		"(role itil for incident, snc_platform_rest_api_access)"
+	HintNotFound      = "the record does not exist or an ACL hides it from the OAuth application user"
+	HintRateLimited   = "a rate limit rule (sys_rate_limit_rules) is exhausted: set RateLimit to the rule's quota or ask for a higher one"
+	HintServer        = "the instance failed or shed load (semaphores exhausted); retried with backoff"
+	HintUnknownField  = "ServiceNow silently drops a clause on a field the table does not have (and may return everything): fix the field name or the mapping"
+	HintTokenEndpoint = "no OAuth token endpoint answered at this URL: check BRIDGE_SN_INSTANCE_URL (a hibernating developer instance answers with a web page)"
+)
+
+// APIError is an error answer from ServiceNow, with ServiceNow's own
+// message and detail and a hint saying what to fix.
+type APIError struct {
+	Status  int
+	Method  string
+	Table   string
+	SysID   string
+	Message string // error.message of ServiceNow's body
+	Detail  string // error.detail
+	Hint    string
+	// RetryAfter is the wait a 429 asked for (0 when it gave none).
+	RetryAfter time.Duration
+	// RateLimitRule is X-RateLimit-Rule of a 429.
+	RateLimitRule string
+}
+
+func (e *APIError) Error() string {
+	var b strings.Builder
+	b.WriteString("servicenow: ")
+	if e.Method != "" {
+		b.WriteString(e.Method)
+		b.WriteString(" ")
+	}
+	if e.Table != "" {
+		b.WriteString(e.Table)
+		if e.SysID != "" {
+			b.WriteString("/")
+			b.WriteString(e.SysID)
+		}
+		b.WriteString(": ")
+	}
+	fmt.Fprintf(&b, "%d", e.Status)
+	if e.Message != "" {
+		b.WriteString(" ")
+		b.WriteString(e.Message)
+	}
+	if e.Detail != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Detail)
+	}
+	if e.Hint != "" {
+		b.WriteString(" (hint: ")
+		b.WriteString(e.Hint)
+		b.WriteString(")")
+	}
+	return b.String()
+}
+
+// HTTPStatus is the response status, for callers that classify by it.
+func (e *APIError) HTTPStatus() int { return e.Status }
+
+// Is maps the status to a sentinel.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrUnauthorized:
+		return e.Status == 401
+	case ErrForbidden:
+		return e.Status == 403
+	case ErrNotFound:
+		return e.Status == 404
+	case ErrBadRequest:
+		return e.Status == 400
+	case ErrRateLimited:
+		return e.Status == 429
+	case ErrServer:
+		return e.Status >= 500
+	}
+	return false
+}
+
+// TokenError is a failed token exchange at /oauth_token.do.
+type TokenError struct {
+	Status      int    // 0 for a network error
+	Code        string // OAuth "error"
+	Description string // OAuth "error_description"
+	Hint        string
+	Err         error // the underlying cause, without credentials
+	transient   bool
+}
+
+func (e *TokenError) Error() string {
+	var b strings.Builder
+	b.WriteString("servicenow: OAuth token exchange failed")
+	if e.Status != 0 {
+		fmt.Fprintf(&b, ": %d", e.Status)
+	}
+	if e.Code != "" || e.Description != "" {
+		fmt.Fprintf(&b, " %s/%s", e.Code, e.Description)
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	if e.Hint != "" {
+		b.WriteString(" (hint: ")
+		b.WriteString(e.Hint)
+		b.WriteString(")")
+	}
+	return b.String()
+}
+
+func (e *TokenError) Unwrap() error { return e.Err }
+
+// HTTPStatus is the token endpoint's status.
+func (e *TokenError) HTTPStatus() int { return e.Status }
+
+// Is matches ErrTokenExchange, and ErrUnauthorized for a 401.
+func (e *TokenError) Is(target error) bool {
+	return target == ErrTokenExchange || (target == ErrUnauthorized && e.Status == 401)
+}
+
+// Temporary reports a failure worth retrying (network, 5xx, 429).
+func (e *TokenError) Temporary() bool { return e.transient }
+
+// FieldError is a query or field list naming fields the table does not
+// have. The client refuses to send it because ServiceNow would drop the
+// clause silently and answer as if it were not there.
+type FieldError struct {
+	Table   string
+	Unknown []string
+	Source  string // "sys_dictionary" or "configured known fields"
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("invalid ServiceNow query on %s: unknown field(s) %s (per %s) (hint: %s)",
+		e.Table, strings.Join(e.Unknown, ", "), e.Source, HintUnknownField)
+}
+
+// Is matches ErrInvalidQuery.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalidQuery }
+
+// ACL warning kinds.
+const (
+	ACLRows   = "rows"
+	ACLFields = "fields"
+)
+
+// ACLWarning says a list answer looks filtered by ACLs: fewer rows than
+// X-Total-Count promises, or asked-for fields missing. It is not returned as
+// a call's error (the rows that came are good); pages and pagers carry it.
+type ACLWarning struct {
+	Table    string
+	Kind     string   // ACLRows or ACLFields
+	Total    int      // X-Total-Count, for ACLRows
+	Returned int      // rows returned, for ACLRows
+	Fields   []string // missing fields, for ACLFields
+	Hint     string
+}
+
+func (w *ACLWarning) Error() string {
+	if w.Kind == ACLFields {
+		return fmt.Sprintf("servicenow: %s: fields %s asked for but missing from the answer (hint: %s)",
+			w.Table, strings.Join(w.Fields, ", "), w.Hint)
+	}
+	return fmt.Sprintf("servicenow: %s: %d rows returned while X-Total-Count is %d (hint: %s)",
+		w.Table, w.Returned, w.Total, w.Hint)
+}
+
+// Is matches ErrACLHidden.
+func (w *ACLWarning) Is(target error) bool { return target == ErrACLHidden }
+
+// BreakerOpenError is returned without sending while the circuit breaker is
+// open (or half-open and busy).
+type BreakerOpenError struct {
+	OpenFor time.Duration // the configured open period
+}
+
+func (e *BreakerOpenError) Error() string {
+	return fmt.Sprintf("servicenow: circuit breaker open after repeated failures; requests resume on a trial basis within %s", e.OpenFor)
+}
+
+// Is matches ErrBreakerOpen.
+func (e *BreakerOpenError) Is(target error) bool { return target == ErrBreakerOpen }
+
+// Hint returns the actionable hint carried by any error of this package
+// in err's chain, or "".
+func Hint(err error) string {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.Hint
+	}
+	var te *TokenError
+	if errors.As(err, &te) {
+		return te.Hint
+	}
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		return HintUnknownField
+	}
+	var aw *ACLWarning
+	if errors.As(err, &aw) {
+		return aw.Hint
+	}
+	return ""
+}
+
+// hintFor picks the hint of a ServiceNow error answer. A 401 gets its hint
+// from the caller, which alone knows whether the token was fresh.
+func hintFor(status int, method, message, detail string) string {
+	low := strings.ToLower(message + " " + detail)
+	switch {
+	case status == 403 && strings.Contains(low, "insufficient rights to query"):
+		return HintQueryRights
+	case status == 403 && (strings.Contains(low, "data policy") || strings.Contains(low, "mandatory")):
+		return HintDataPolicy
+	case status == 403:
+		return HintRoles
+	case status == 404:
+		return HintNotFound
+	case status == 400 && strings.Contains(low, "invalid table"):
+		return "the table does not exist on this instance (or the user cannot see it): check BRIDGE_TABLES"
+	case status == 400 && strings.Contains(low, "not valid json"):
+		return "ServiceNow could not read the request body as JSON"
+	case status == 429:
+		return HintRateLimited
+	case status >= 500:
+		return HintServer
+	}
+	return ""
+}
+
+func asAPIError(err error, target **APIError) bool { return errors.As(err, target) }
