@@ -1,0 +1,44 @@
+package replay
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nowbridge/nowbridge/internal/outbound"
+)
+
+// Writeback replays APP_EVENTS through the writeback's Writer, the code the
+// live consumer runs for each message.
+type Writeback struct{ W *outbound.Writer }
+
+// Check asks the writeback's version guard (its per-entity bookmark).
+func (h Writeback) Check(ctx context.Context, m Message) (Check, error) {
+	ch, err := outbound.DecodeChange(m.Subject, m.Data)
+	if err != nil {
+		return Check{Record: "?"}, err
+	}
+	c := Check{Record: fmt.Sprintf("%s/%s v%d", ch.Entity, ch.ExternalID, ch.Version), Verdict: VerdictApply}
+	stale, written, err := h.W.Stale(ctx, ch)
+	if err != nil {
+		return c, err
+	}
+	if stale {
+		c.Verdict, c.Reason = VerdictSkip, fmt.Sprintf("version %d already written back", written)
+	}
+	return c, nil
+}
+
+// Handle applies the change; force goes around the guard.
+func (h Writeback) Handle(ctx context.Context, m Message, force bool) (string, error) {
+	ch, err := outbound.DecodeChange(m.Subject, m.Data)
+	if err != nil {
+		return "", err
+	}
+	var res outbound.Result
+	if force {
+		res, err = h.W.ApplyForced(ctx, ch)
+	} else {
+		res, err = h.W.Apply(ctx, ch)
+	}
+	return string(res.Outcome), err
+}
