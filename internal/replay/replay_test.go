@@ -80,7 +80,7 @@ func TestRun_SelectsTheWindowAndHonoursTheGuard(t *testing.T) {
 	for i := range 10 {
 		publish(t, js, "incident", i, 1, events.ActionUpdate) // seq 1..10
 	}
-	publish(t, js, "problem", 1, 0, events.ActionInsert) // seq 11
+	publish(t, js, "problem", 1, 0, events.ActionInsert)  // seq 11
 	publish(t, js, "incident", 3, 1, events.ActionDelete) // seq 12
 	g := &guarded{last: map[string]int64{}}
 	for i := range 5 {
