@@ -10,6 +10,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,10 +35,10 @@ const AuditDeleteTable = "sys_audit_delete"
 // Query asks for the rows of a table changed at or after Since.
 type Query struct {
 	Table    string
-	Filter   string    // extra encoded query ANDed to the scan ("tablename=incident"), may be empty
-	Since    time.Time // sys_updated_on >= Since; zero reads the whole table
-	Fields   []string  // sysparm_fields
-	PageSize int       // sysparm_limit
+	Equals   map[string]string // field=value conditions ANDed to the scan (tablename=incident)
+	Since    time.Time         // sys_updated_on >= Since; zero reads the whole table
+	Fields   []string          // sysparm_fields
+	PageSize int               // sysparm_limit
 }
 
 // Pager reads a table in (sys_updated_on, sys_id) order, one request per
@@ -484,7 +485,7 @@ func (r *Reconciler) publish(ctx context.Context, evs []*events.SNEvent, sum *Su
 		batch := evs[start:min(start+publishBatch, len(evs))]
 		futures := make([]jetstream.PubAckFuture, 0, len(batch))
 		for _, ev := range batch {
-			body, err := events.EncodeWebhookBody(ev)
+			body, err := json.Marshal(ev)
 			if err != nil {
 				return fmt.Errorf("encode %s/%s: %w", ev.Table, ev.SysID, err)
 			}
@@ -529,7 +530,7 @@ func (r *Reconciler) reconcileDeletes(ctx context.Context, table string, wm Wate
 	newestSeen := wm.Deletes
 	q := Query{
 		Table:    AuditDeleteTable,
-		Filter:   "tablename=" + table,
+		Equals:   map[string]string{"tablename": table},
 		Since:    from,
 		Fields:   []string{"sys_id", "tablename", "documentkey", "sys_created_on", "sys_updated_on", "payload"},
 		PageSize: r.cfg.PageSize,

@@ -57,7 +57,11 @@ func (m *memTable) Scan(ctx context.Context, q Query, fn func([]events.Fields, i
 		if !q.Since.IsZero() && r["sys_updated_on"] < since {
 			continue
 		}
-		if k, v, ok := strings.Cut(q.Filter, "="); ok && r[k] != v {
+		skip := false
+		for k, v := range q.Equals {
+			skip = skip || r[k] != v
+		}
+		if skip {
 			continue
 		}
 		match = append(match, r)
