@@ -32,8 +32,9 @@ type Config struct {
 	MaxDeliver int           // 0 = unlimited: retryable failures never dead-letter (default)
 	RetryBase  time.Duration // first nak delay after a retryable failure (default 500ms)
 	RetryMax   time.Duration // cap of the nak delay (default 1m)
-	// BreakerPause is how long fetching pauses when the client's breaker is
-	// open before one message probes it again (default 5s).
+	// BreakerPause is how long fetching pauses when the client's breaker
+	// is open and does not say for how long it stays open (default 5s);
+	// after it, one change probes the half-open breaker.
 	BreakerPause time.Duration
 
 	DeleteMode  DeleteMode // default DeleteResolve

@@ -248,8 +248,12 @@ func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg, blocked map[st
 	default:
 		delay := c.backoff(meta.NumDelivered)
 		if class.breakerOpen {
-			c.pause(c.cfg.BreakerPause)
-			delay = c.cfg.BreakerPause
+			d := c.cfg.BreakerPause
+			if class.pause > 0 {
+				d = min(class.pause, c.cfg.RetryMax)
+			}
+			c.pause(d)
+			delay = d
 		}
 		now := time.Now()
 		blocked[key] = block{seq: seq, retryAt: now.Add(delay), until: now.Add(delay + c.cfg.AckWait)}

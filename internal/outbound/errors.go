@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"net"
+	"time"
+
+	"github.com/nowbridge/nowbridge/internal/snclient"
 )
 
 // errClass is how the consumer treats a failed change.
 type errClass struct {
-	permanent   bool   // dead letter
-	breakerOpen bool   // pause the consumer
-	reason      string // retry metric label
+	permanent   bool          // dead letter
+	breakerOpen bool          // pause the consumer
+	pause       time.Duration // how long the breaker stays open, when known
+	reason      string        // retry metric label
 }
 
 // classify: ServiceNow's 400/403/404/422 and undecodable or unmappable
@@ -21,8 +25,16 @@ func classify(err error) errClass {
 	if errors.As(err, &pe) {
 		return errClass{permanent: true}
 	}
-	if isBreakerOpen(err) {
-		return errClass{breakerOpen: true, reason: "breaker_open"}
+	if d, ok := breakerPause(err); ok {
+		return errClass{breakerOpen: true, pause: d, reason: "breaker_open"}
+	}
+	if errors.Is(err, snclient.ErrInvalidQuery) {
+		return errClass{permanent: true} // a field ServiceNow would silently drop
+	}
+	if isAuth(err) && statusOf(err) != 403 {
+		// Credentials or the token endpoint: an operator fixes them, the
+		// change itself is fine.
+		return errClass{reason: "auth"}
 	}
 	status := statusOf(err)
 	switch {

@@ -2,7 +2,6 @@ package outbound
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -331,8 +330,7 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 		pend := w.dedupe.BeginWrite(res.Table, res.SysID, "", nil)
 		err := w.api.Delete(ctx, res.Table, res.SysID)
 		pend.Cancel()
-		var nf interface{ NotFound() bool }
-		if err != nil && !(errors.As(err, &nf) && nf.NotFound()) && !isNotFound(err) {
+		if err != nil && !isNotFound(err) {
 			return fmt.Errorf("delete %s/%s: %w", res.Table, res.SysID, err)
 		}
 		w.metrics.writes.WithLabelValues("DELETE").Inc()
