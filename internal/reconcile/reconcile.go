@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/nowbridge/nowbridge/internal/events"
 )
@@ -601,4 +602,17 @@ func (r *Reconciler) reconcileDeletes(ctx context.Context, table string, wm Wate
 	}
 	sum.DeleteScan = "ok"
 	return nil
+}
+
+// RateShare is the part of the client-side ServiceNow rate that
+// reconcile paces itself to, leaving the rest to the writeback.
+const RateShare = 0.5
+
+// SharedLimiter paces reconcile to RateShare of perSecond (the
+// client's own rate limit, BRIDGE_SN_RATE_LIMIT); nil when unlimited.
+func SharedLimiter(perSecond float64) Limiter {
+	if perSecond <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(perSecond*RateShare), 1)
 }
