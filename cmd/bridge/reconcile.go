@@ -1,11 +1,203 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/nowbridge/nowbridge/internal/broker"
+	"github.com/nowbridge/nowbridge/internal/config"
+	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
+	"github.com/nowbridge/nowbridge/internal/reconcile"
+	"github.com/nowbridge/nowbridge/internal/replay"
+	"github.com/nowbridge/nowbridge/internal/snclient"
+	"github.com/nowbridge/nowbridge/internal/state"
+)
 
 func newReconcileCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "reconcile",
-		Short: "reconcile (not yet built)",
-		RunE:  func(*cobra.Command, []string) error { return errNotBuilt },
+	var once, full, asJSON bool
+	var since string
+	var pageSize int
+	var overlap time.Duration
+	cmd := &cobra.Command{
+		Use:   "reconcile [--once] [--since T | --full] [--json]",
+		Short: "Find ServiceNow changes the webhooks lost and publish them to SN_EVENTS",
+		Long: `reconcile scans each table in BRIDGE_TABLES by (sys_updated_on, sys_id) from its
+watermark (minus a 2-minute overlap), publishes every version bridge_state has
+not seen to SN_EVENTS under the webhook's own Nats-Msg-Id, and publishes deletes
+found in sys_audit_delete. --once runs one pass and prints a summary; without it
+the command runs a pass every BRIDGE_RECONCILE_INTERVAL, like bridge serve does.
+--since (RFC 3339 or a duration back from now, e.g. 24h) and --full choose where
+the pass starts instead of the watermark; neither moves the watermark back.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cfg, err := config.Load(cmd.Flags(), a.getenv)
+			if err != nil {
+				return usageError{err}
+			}
+			if err := cfg.RequireServiceNow(); err != nil {
+				return usageError{err}
+			}
+			if full && since != "" {
+				return usageError{errors.New("--since and --full exclude each other")}
+			}
+			if (full || since != "") && !once {
+				return usageError{errors.New("--since and --full go with --once")}
+			}
+			opts := reconcile.PassOptions{Full: full}
+			if opts.Since, err = replay.ParseTime(since, time.Now()); err != nil {
+				return usageError{fmt.Errorf("--since: %w", err)}
+			}
+			logger := cfg.Logger(a.stderr)
+			if once {
+				// The summary is the output; keep the log to problems.
+				logger = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			}
+			nc, js, err := connectNATS(ctx, cfg, "bridge reconcile")
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			if err := broker.EnsureAll(ctx, js, events.StreamOptions{Replicas: cfg.StreamReplicas}); err != nil {
+				return err
+			}
+			r, closeFn, err := newReconciler(ctx, cfg, js, logger, func(c *reconcile.Config) {
+				c.PageSize, c.Overlap = pageSize, overlap
+			})
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			if !once {
+				if cfg.ReconcileInterval <= 0 {
+					return usageError{errors.New("BRIDGE_RECONCILE_INTERVAL is 0: nothing to run in a loop (use --once)")}
+				}
+				return r.Run(ctx)
+			}
+			var bar interface {
+				ChangeMax(int)
+				Set(int) error
+				Describe(string)
+				Finish() error
+			}
+			if b := newProgress(a, -1, "reconcile"); b != nil {
+				bar = b
+				defer func() { _ = b.Finish() }()
+			}
+			if bar != nil {
+				opts.Progress = func(table string, scanned, total int) {
+					bar.Describe("reconcile " + table)
+					if total >= scanned && total > 0 {
+						bar.ChangeMax(total)
+					}
+					_ = bar.Set(scanned)
+				}
+			}
+			sums, err := r.Once(ctx, opts)
+			if bar != nil {
+				_ = bar.Finish()
+			}
+			if asJSON {
+				if sums == nil {
+					sums = []reconcile.Summary{}
+				}
+				if jerr := writeJSON(a.stdout, sums); jerr != nil {
+					return jerr
+				}
+			} else {
+				writeReconcileSummary(a.stdout, sums)
+			}
+			return err
+		},
 	}
+	config.BindFlags(cmd.Flags())
+	f := cmd.Flags()
+	f.BoolVar(&once, "once", false, "run one pass of every table, print a summary and exit")
+	f.StringVar(&since, "since", "", "with --once: start at this time (RFC 3339 or a duration like 24h) instead of the watermark")
+	f.BoolVar(&full, "full", false, "with --once: read the whole table")
+	f.BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	f.IntVar(&pageSize, "page-size", 1000, "rows per ServiceNow request")
+	f.DurationVar(&overlap, "overlap", 2*time.Minute, "re-read window before the watermark (late commits)")
+	return cmd
 }
+
+// newReconciler builds the reconciler bridge serve and bridge reconcile run:
+// the ServiceNow client paced to reconcile's share of BRIDGE_SN_RATE_LIMIT,
+// bridge_state for versions, watermarks and leases, the mapping's fields.
+func newReconciler(ctx context.Context, cfg config.Config, js jetstream.JetStream, logger *slog.Logger, tune func(*reconcile.Config)) (*reconcile.Reconciler, func(), error) {
+	mset, err := mapping.Load(mappingFS(cfg), logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	sn, err := snclient.New(snclient.Config{
+		InstanceURL:  cfg.SNInstanceURL,
+		ClientID:     cfg.SNClientID,
+		ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()),
+		RateLimit:    cfg.SNRateLimit,
+		Logger:       logger,
+	})
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	store, _, err := state.Open(ctx, js)
+	if err != nil {
+		_ = sn.Close()
+		return nil, nil, err
+	}
+	rc := reconcile.Config{
+		Tables:   cfg.Tables,
+		Fields:   mset.Fields,
+		Interval: cfg.ReconcileInterval,
+		Limiter:  reconcile.SharedLimiter(cfg.SNRateLimit),
+		Logger:   logger,
+	}
+	if tune != nil {
+		tune(&rc)
+	}
+	r, err := reconcile.New(js, store.KV(), &reconcile.SNPager{Client: sn}, store, rc)
+	if err != nil {
+		_ = sn.Close()
+		return nil, nil, err
+	}
+	return r, func() { _ = sn.Close() }, nil
+}
+
+// mappingFS is BRIDGE_MAPPING_DIR as a file system, nil for the built-in mapping.
+func mappingFS(cfg config.Config) fs.FS {
+	if cfg.MappingDir == "" {
+		return nil
+	}
+	return os.DirFS(cfg.MappingDir)
+}
+
+func writeReconcileSummary(w io.Writer, sums []reconcile.Summary) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TABLE\tFROM\tPAGES\tSCANNED\tGAPS\tDELETES\tIN FLIGHT\tDURATION\tRESULT")
+	for _, s := range sums {
+		from := "start of table"
+		if !s.From.IsZero() {
+			from = s.From.Format(events.SNTimeLayout)
+		}
+		result := "ok"
+		switch {
+		case s.Error != "":
+			result = "error: " + s.Error
+		case s.DeleteScan != "" && s.DeleteScan != "ok" && s.DeleteScan != "off":
+			result = "ok; deletes not checked (" + s.DeleteScan + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Table, from, s.Pages, s.Scanned, s.Gaps, s.Deletes, s.InFlight, s.Duration.Round(time.Millisecond), result)
+	}
+	_ = tw.Flush()
+}
+

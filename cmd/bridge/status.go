@@ -74,6 +74,13 @@ func connectTool(ctx context.Context, a *app, cmd *cobra.Command, name string) (
 	if err != nil {
 		return cfg, nil, nil, usageError{err}
 	}
+	nc, js, err := connectNATS(ctx, cfg, name)
+	return cfg, nc, js, err
+}
+
+// connectNATS dials BRIDGE_NATS_URL, or the embedded server of a running
+// `bridge serve` when it is empty.
+func connectNATS(ctx context.Context, cfg config.Config, name string) (*nats.Conn, jetstream.JetStream, error) {
 	url := cfg.NATSURL.Reveal()
 	if url == "" {
 		host, port, _ := net.SplitHostPort(cfg.EmbeddedNATSListen)
@@ -83,21 +90,21 @@ func connectTool(ctx context.Context, a *app, cmd *cobra.Command, name string) (
 		addr := net.JoinHostPort(host, port)
 		conn, derr := (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "tcp", addr)
 		if derr != nil {
-			return cfg, nil, nil, fmt.Errorf("no NATS server listens at %s: BRIDGE_NATS_URL is empty, so %s expects the embedded server of a running `bridge serve` there (BRIDGE_EMBEDDED_NATS_LISTEN); start `bridge serve`, or set BRIDGE_NATS_URL to your NATS server", addr, name)
+			return nil, nil, fmt.Errorf("no NATS server listens at %s: BRIDGE_NATS_URL is empty, so %s expects the embedded server of a running `bridge serve` there (BRIDGE_EMBEDDED_NATS_LISTEN); start `bridge serve`, or set BRIDGE_NATS_URL to your NATS server", addr, name)
 		}
 		_ = conn.Close()
 		url = "nats://" + addr
 	}
 	nc, err := broker.Connect(ctx, url, name, nil)
 	if err != nil {
-		return cfg, nil, nil, err
+		return nil, nil, err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		return cfg, nil, nil, err
+		return nil, nil, err
 	}
-	return cfg, nc, js, nil
+	return nc, js, nil
 }
 
 // needStream fails with advice when a stream the command reads is missing.
