@@ -200,4 +200,3 @@ func writeReconcileSummary(w io.Writer, sums []reconcile.Summary) {
 	}
 	_ = tw.Flush()
 }
-
