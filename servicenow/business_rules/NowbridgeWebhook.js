@@ -1,0 +1,283 @@
+/*
+ * NowbridgeWebhook (Script Include, global scope, ES5 for ServiceNow's Rhino engine)
+ *
+ * Sends one record change to the nowbridge receiver (POST /webhooks/servicenow, SPEC §2), signed with
+ * the Standard Webhooks scheme. The business rules "nowbridge webhook (insert/update)" and
+ * "nowbridge webhook (delete)" call it; their condition is shouldSend().
+ *
+ * The body must be byte-identical to Go's events.EncodeWebhookBody for the same record (the bridge's
+ * simulator emulates this script): keep the property order below, sort `changed` and the record keys,
+ * send every value as a string, and use JSON.stringify. servicenow/testdata/webhook_vectors.json holds
+ * the shared vectors; `go test ./servicenow/` runs this file against them through Node.js.
+ *
+ * System properties (created by the update set):
+ *   nowbridge.webhook_url            the receiver, e.g. https://bridge.example.com/webhooks/servicenow
+ *   nowbridge.webhook_secret         password2: whsec_<base64>; several, comma-separated, sign with each
+ *   nowbridge.fields.<table>         comma-separated fields sent in `record` (incident has a default)
+ *   nowbridge.http_timeout_ms        RESTMessageV2 timeout (default 10000)
+ *   nowbridge.response_wait_seconds  0 (default): fire and forget; N: wait up to N s and log failures
+ *   nowbridge.skip_user              optional user name whose changes are not sent (the integration user)
+ *   nowbridge.enabled                "false" stops all webhooks
+ * The secret is never logged, never put in a header and never leaves the instance.
+ */
+var NowbridgeWebhook = Class.create();
+
+NowbridgeWebhook.PROPERTY_PREFIX = 'nowbridge.';
+
+// Fields sent when nowbridge.fields.<table> is not set: the bridge's default incident mapping
+// (SPEC §3), plus number, the close fields and active.
+NowbridgeWebhook.DEFAULT_FIELDS = {
+    incident: 'number,short_description,description,state,priority,urgency,impact,correlation_id,' +
+        'close_code,close_notes,active,comments,work_notes'
+};
+
+NowbridgeWebhook.prototype = {
+    initialize: function () {},
+
+    // Business-rule condition. False when webhooks are disabled, or when nowbridge.skip_user names
+    // the user making this change (see docs/servicenow-setup.md for the trade-off).
+    shouldSend: function () {
+        if (this._prop('enabled', 'true') === 'false') {
+            return false;
+        }
+        var skip = this._prop('skip_user', '');
+        return skip === '' || this._str(gs.getUserName()) !== skip;
+    },
+
+    // Builds, signs and sends the event for gr. action is 'insert', 'update' or 'delete'.
+    // Returns true when the request was handed to the platform.
+    send: function (gr, action) {
+        var table = this._str(gr.getTableName());
+        if (action === 'update' && !gr.changes()) {
+            return false; // nothing was written: no new version to report
+        }
+        var url = this._prop('webhook_url', '');
+        if (url === '') {
+            gs.error('nowbridge: property ' + NowbridgeWebhook.PROPERTY_PREFIX +
+                'webhook_url is empty; no webhook sent for ' + table + ' ' + gr.getUniqueValue());
+            return false;
+        }
+        var keys = this._keys();
+        if (keys.length === 0) {
+            gs.error('nowbridge: property ' + NowbridgeWebhook.PROPERTY_PREFIX +
+                'webhook_secret is empty or not whsec_<base64>; no webhook sent for ' + table + ' ' + gr.getUniqueValue());
+            return false;
+        }
+        var event = this.buildEvent(gr, action);
+        if (event === null) {
+            return false;
+        }
+        var body = this.encode(event);
+        var id = this.webhookId(event);
+        var ts = String(Math.floor(new GlideDateTime().getNumericValue() / 1000));
+        var sigs = [];
+        for (var i = 0; i < keys.length; i++) {
+            sigs.push(this.signature(keys[i], id, ts, body));
+        }
+
+        var request = new sn_ws.RESTMessageV2();
+        request.setEndpoint(url);
+        request.setHttpMethod('post');
+        request.setHttpTimeout(this._int('http_timeout_ms', 10000));
+        request.setRequestHeader('Content-Type', 'application/json');
+        request.setRequestHeader('Accept', 'application/json');
+        request.setRequestHeader('webhook-id', id);
+        request.setRequestHeader('webhook-timestamp', ts);
+        request.setRequestHeader('webhook-signature', sigs.join(' '));
+        request.setRequestBody(body);
+        try {
+            // executeAsync: the HTTP call runs outside this transaction, so a slow or unreachable
+            // bridge never slows the form save. ServiceNow does not retry it; reconcile does.
+            var response = request.executeAsync();
+            var wait = this._int('response_wait_seconds', 0);
+            if (wait > 0) {
+                response.waitForResponse(wait);
+                this._logOutcome(response, id, url);
+            }
+        } catch (e) {
+            gs.error('nowbridge: webhook ' + id + ' to ' + url + ' was not sent: ' + this._errText(e));
+            return false;
+        }
+        return true;
+    },
+
+    // buildEvent returns the SPEC §2 event object in the canonical property order, or null when
+    // the table has no field list.
+    buildEvent: function (gr, action) {
+        var table = this._str(gr.getTableName());
+        var fields = this._fields(table);
+        if (fields.length === 0) {
+            gs.error('nowbridge: no field list for table ' + table + ': set property ' +
+                NowbridgeWebhook.PROPERTY_PREFIX + 'fields.' + table);
+            return null;
+        }
+        var record = {};
+        var changed = [];
+        var names = [];
+        for (var i = 0; i < fields.length; i++) {
+            var f = fields[i];
+            if (!gr.isValidField(f)) {
+                gs.warn('nowbridge: table ' + table + ' has no field ' + f + ' (listed in ' +
+                    NowbridgeWebhook.PROPERTY_PREFIX + 'fields.' + table + '); it is not sent');
+                continue;
+            }
+            var el = gr.getElement(f);
+            var didChange = action !== 'delete' && el.changes() === true;
+            if (didChange) {
+                changed.push(f);
+            }
+            if (this._isJournal(el)) {
+                // Journal fields read as "" through getValue; send the entry this change added.
+                record[f] = didChange ? this._str(el.getJournalEntry(1)) : '';
+            } else {
+                record[f] = this._str(gr.getValue(f));
+            }
+            names.push(f);
+        }
+        names.sort();
+        changed.sort();
+        var sorted = {};
+        for (var j = 0; j < names.length; j++) {
+            sorted[names[j]] = record[names[j]];
+        }
+
+        var event = {};
+        var instance = this._str(gs.getProperty('instance_name', ''));
+        if (instance !== '') {
+            event.instance = instance;
+        }
+        event.table = table;
+        event.sys_id = this._str(gr.getUniqueValue());
+        event.action = action;
+        event.sys_mod_count = this._str(gr.getValue('sys_mod_count'));
+        event.sys_updated_on = this._str(gr.getValue('sys_updated_on'));
+        var by = this._str(gr.getValue('sys_updated_by'));
+        if (by !== '') {
+            event.sys_updated_by = by;
+        }
+        if (changed.length > 0) {
+            event.changed = changed;
+        }
+        event.record = sorted;
+        return event;
+    },
+
+    encode: function (event) {
+        return JSON.stringify(event);
+    },
+
+    // The webhook-id, also the bridge's Nats-Msg-Id: <table>:<sys_id>:<sys_mod_count>:<action>.
+    webhookId: function (event) {
+        return event.table + ':' + event.sys_id + ':' + event.sys_mod_count + ':' + event.action;
+    },
+
+    // One "v1,<base64 HMAC-SHA256>" entry over "<id>.<timestamp>.<body>"; keyBase64 is the secret
+    // after its whsec_ prefix, which is the form generateMac takes.
+    signature: function (keyBase64, id, ts, body) {
+        var mac = new GlideCertificateEncryption().generateMac(keyBase64, 'HmacSHA256', id + '.' + ts + '.' + body);
+        return 'v1,' + this._str(mac);
+    },
+
+    _logOutcome: function (response, id, url) {
+        var status = parseInt(this._str(response.getStatusCode()), 10) || 0;
+        if (!response.haveError() && status >= 200 && status < 300) {
+            return;
+        }
+        var detail = response.haveError() ? this._str(response.getErrorMessage()) : this._str(response.getBody());
+        if (detail.length > 300) {
+            detail = detail.substring(0, 300) + '...';
+        }
+        var msg = 'nowbridge: webhook ' + id + ' to ' + url + ' failed: HTTP ' + status + ' (' +
+            this._hint(status) + ') ' + detail;
+        if (status === 429 || status === 503) {
+            gs.warn(msg); // transient: the bridge's reconcile picks the change up
+        } else {
+            gs.error(msg);
+        }
+    },
+
+    _hint: function (status) {
+        switch (status) {
+        case 0:
+            return 'no response: the bridge is unreachable or slower than nowbridge.http_timeout_ms';
+        case 401:
+            return 'signature or clock rejected: nowbridge.webhook_secret must be one of BRIDGE_WEBHOOK_SECRETS ' +
+                'and the instance clock within 5 minutes of the bridge';
+        case 413:
+            return 'body too large for the bridge (BRIDGE_MAX_BODY_BYTES)';
+        case 422:
+            return 'the bridge does not sync this table (BRIDGE_TABLES) or a field is invalid';
+        case 429:
+        case 503:
+            return 'the bridge could not store it now; reconcile will pick the change up';
+        }
+        return 'unexpected answer from the bridge';
+    },
+
+    _keys: function () {
+        var raw = this._prop('webhook_secret', '');
+        var parts = raw.split(',');
+        var keys = [];
+        for (var i = 0; i < parts.length; i++) {
+            var s = parts[i].replace(/^\s+|\s+$/g, '');
+            if (s.indexOf('whsec_') === 0) {
+                s = s.substring(6);
+            }
+            if (s !== '' && /^[A-Za-z0-9+\/]+=*$/.test(s)) {
+                keys.push(s);
+            }
+        }
+        return keys;
+    },
+
+    _fields: function (table) {
+        var list = this._prop('fields.' + table, '');
+        if (list === '') {
+            list = NowbridgeWebhook.DEFAULT_FIELDS[table] || '';
+        }
+        var out = [];
+        var seen = {};
+        var parts = list.split(',');
+        for (var i = 0; i < parts.length; i++) {
+            var f = parts[i].replace(/^\s+|\s+$/g, '');
+            if (f !== '' && !seen[f]) {
+                seen[f] = true;
+                out.push(f);
+            }
+        }
+        return out;
+    },
+
+    _isJournal: function (el) {
+        var ed = el.getED();
+        if (!ed) {
+            return false;
+        }
+        return this._str(ed.getInternalType()).indexOf('journal') === 0;
+    },
+
+    _prop: function (name, def) {
+        var v = gs.getProperty(NowbridgeWebhook.PROPERTY_PREFIX + name, def);
+        return v === null || v === undefined ? def : this._str(v);
+    },
+
+    _int: function (name, def) {
+        var n = parseInt(this._prop(name, String(def)), 10);
+        return isNaN(n) || n < 0 ? def : n;
+    },
+
+    // _str turns a Java string, a GlideElement or null into a JavaScript string; JSON.stringify
+    // must only ever see JavaScript strings.
+    _str: function (v) {
+        return v === null || v === undefined ? '' : '' + v;
+    },
+
+    _errText: function (e) {
+        if (e && typeof e.getMessage === 'function') {
+            return this._str(e.getMessage());
+        }
+        return this._str(e && e.message ? e.message : e);
+    },
+
+    type: 'NowbridgeWebhook'
+};

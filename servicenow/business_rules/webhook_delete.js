@@ -1,0 +1,11 @@
+/*
+ * nowbridge webhook (delete): business rule, When = after, Delete, one per synced table.
+ * Condition: new NowbridgeWebhook().shouldSend()
+ *
+ * A delete cannot be async: by the time a worker would run it the record is gone and there is
+ * nothing to load as current. In an after-delete rule current still holds the last values, which
+ * are sent as the record; the request itself goes out through executeAsync().
+ */
+(function executeRule(current, previous /*null when async*/) {
+    new NowbridgeWebhook().send(current, 'delete');
+})(current, previous);

@@ -1,0 +1,315 @@
+package servicenow
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+)
+
+// UpdateSetName is the name the update set shows under Retrieved Update Sets.
+const UpdateSetName = "nowbridge webhooks"
+
+// UpdateSetVersion is bumped when the shipped records change in a way an
+// admin should notice; it is part of the update set's name and description.
+const UpdateSetVersion = "1.0.0"
+
+// stamp is every record's created/updated time: fixed, so regenerating from
+// unchanged sources gives byte-identical XML.
+const stamp = "2026-11-29 00:00:00"
+
+// ConditionScript is the condition of every shipped business rule.
+const ConditionScript = "new NowbridgeWebhook().shouldSend()"
+
+// DefaultIncidentFields mirrors NowbridgeWebhook.DEFAULT_FIELDS.incident.
+const DefaultIncidentFields = "number,short_description,description,state,priority,urgency,impact,correlation_id," +
+	"close_code,close_notes,active,comments,work_notes"
+
+// Options selects what the update set contains.
+type Options struct {
+	// Tables gets one insert/update and one delete business rule each, and a
+	// nowbridge.fields.<table> property. Default: incident.
+	Tables []string
+}
+
+// Property is one system property the update set creates.
+type Property struct {
+	Name        string
+	Type        string // string, password2, integer, boolean
+	Value       string
+	Description string
+	Roles       string // read and write roles; "" for the platform default
+}
+
+// Rule is one business rule the update set creates.
+type Rule struct {
+	Name    string
+	Table   string
+	File    string // script under business_rules/
+	Insert  bool
+	Update  bool
+	Delete  bool
+	Comment string
+}
+
+// Properties lists the system properties for the given tables.
+func Properties(tables []string) []Property {
+	props := []Property{
+		{Name: "nowbridge.webhook_url", Type: "string", Description: "URL of the nowbridge receiver, e.g. https://bridge.example.com/webhooks/servicenow. Empty: no webhook is sent (an error is logged)."},
+		{Name: "nowbridge.webhook_secret", Type: "password2", Roles: "admin", Description: "Standard Webhooks signing secret, whsec_<base64>: one of the bridge's BRIDGE_WEBHOOK_SECRETS. During a rotation, list the new and the old secret comma-separated: each signs. Never logged."},
+		{Name: "nowbridge.http_timeout_ms", Type: "integer", Value: "10000", Description: "Timeout of the webhook request in milliseconds (RESTMessageV2.setHttpTimeout)."},
+		{Name: "nowbridge.response_wait_seconds", Type: "integer", Value: "0", Description: "0: send and do not wait (failures show in the outbound HTTP log; the bridge's reconcile recovers them). N > 0: wait up to N seconds for the bridge's answer and log failures with their HTTP status to the system log; the saving transaction waits that long at most."},
+		{Name: "nowbridge.skip_user", Type: "string", Description: "Optional user name (the bridge's integration user) whose changes are not sent. Saves traffic; the bridge already suppresses its own echoes, and skipping hides integration writes from the bridge's other listeners and from reconcile's webhook path."},
+		{Name: "nowbridge.enabled", Type: "boolean", Value: "true", Description: "false stops every nowbridge webhook."},
+	}
+	for _, t := range tables {
+		v := ""
+		if t == "incident" {
+			v = DefaultIncidentFields
+		}
+		props = append(props, Property{
+			Name: "nowbridge.fields." + t, Type: "string", Value: v,
+			Description: "Comma-separated fields of " + t + " sent in each webhook's record (journal fields send the entry the change added). Must cover every field the bridge's mapping uses.",
+		})
+	}
+	return props
+}
+
+// Rules lists the business rules for the given tables.
+func Rules(tables []string) []Rule {
+	var rules []Rule
+	for _, t := range tables {
+		rules = append(rules,
+			Rule{Name: "nowbridge webhook (insert/update)", Table: t, File: "webhook_insert_update.js", Insert: true, Update: true,
+				Comment: "Sends each insert and update of " + t + " to nowbridge (after rule; the request goes out through executeAsync)."},
+			Rule{Name: "nowbridge webhook (delete)", Table: t, File: "webhook_delete.js", Delete: true,
+				Comment: "Sends each delete of " + t + " to nowbridge with the record's last values."},
+		)
+	}
+	return rules
+}
+
+// sysID derives a stable sys_id from a record's identity, so re-importing a
+// newer update set updates the same records instead of adding copies.
+func sysID(parts ...string) string {
+	h := sha256.Sum256([]byte("nowbridge:" + strings.Join(parts, ":")))
+	return hex.EncodeToString(h[:16])
+}
+
+var xmlText = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
+
+type field struct{ name, value string }
+
+// record renders <table action="INSERT_OR_UPDATE">fields</table>; a field
+// whose name holds a space carries its attributes (e.g. display_value).
+func record(table string, fields []field) string {
+	var b strings.Builder
+	b.WriteString("<" + table + ` action="INSERT_OR_UPDATE">`)
+	for _, f := range fields {
+		name, attrs, _ := strings.Cut(f.name, " ")
+		if attrs != "" {
+			attrs = " " + attrs
+		}
+		if f.value == "" {
+			b.WriteString("<" + name + attrs + "/>")
+			continue
+		}
+		b.WriteString("<" + name + attrs + ">" + xmlText.Replace(f.value) + "</" + name + ">")
+	}
+	b.WriteString("</" + table + ">")
+	return b.String()
+}
+
+func boolStr(v bool) string {
+	if v {
+		return "true"
+	}
+	return "false"
+}
+
+type update struct {
+	table, sysID, target, typ, payload string
+}
+
+// BuildUpdateSet renders the update set XML (an <unload> with one
+// sys_remote_update_set and one sys_update_xml per record) from the embedded
+// scripts. The output depends only on the sources and opt.
+func BuildUpdateSet(opt Options) ([]byte, error) {
+	tables := opt.Tables
+	if len(tables) == 0 {
+		tables = []string{"incident"}
+	}
+	for _, t := range tables {
+		if !events.ValidTable(t) {
+			return nil, fmt.Errorf("table %q is not a ServiceNow table name", t)
+		}
+	}
+	setID := sysID("sys_remote_update_set", UpdateSetName)
+	var updates []update
+
+	include, err := Script("NowbridgeWebhook.js")
+	if err != nil {
+		return nil, err
+	}
+	id := sysID("sys_script_include", "NowbridgeWebhook")
+	updates = append(updates, update{"sys_script_include", id, "NowbridgeWebhook", "Script Include", record("sys_script_include", []field{
+		{"access", "package_private"},
+		{"active", "true"},
+		{"api_name", "global.NowbridgeWebhook"},
+		{"caller_access", ""},
+		{"client_callable", "false"},
+		{"description", "nowbridge: builds, signs (Standard Webhooks) and sends record changes to the nowbridge receiver. Generated from servicenow/business_rules/NowbridgeWebhook.js; do not edit here."},
+		{"name", "NowbridgeWebhook"},
+		{"script", include},
+		{"sys_class_name", "sys_script_include"},
+		{"sys_created_by", "admin"},
+		{"sys_created_on", stamp},
+		{"sys_id", id},
+		{"sys_mod_count", "0"},
+		{"sys_name", "NowbridgeWebhook"},
+		{`sys_package display_value="Global" source="global"`, "global"},
+		{`sys_scope display_value="Global"`, "global"},
+		{"sys_update_name", "sys_script_include_" + id},
+		{"sys_updated_by", "admin"},
+		{"sys_updated_on", stamp},
+	})})
+
+	for _, r := range Rules(tables) {
+		script, err := Script(r.File)
+		if err != nil {
+			return nil, err
+		}
+		id := sysID("sys_script", r.Table, r.File)
+		updates = append(updates, update{"sys_script", id, r.Name, "Business Rule", record("sys_script", []field{
+			{"abort_action", "false"},
+			{"access", "package_private"},
+			{"action_delete", boolStr(r.Delete)},
+			{"action_insert", boolStr(r.Insert)},
+			{"action_query", "false"},
+			{"action_update", boolStr(r.Update)},
+			{"active", "true"},
+			{"add_message", "false"},
+			{"advanced", "true"},
+			{"collection", r.Table},
+			{"condition", ConditionScript},
+			{"description", r.Comment + " Generated from servicenow/business_rules/" + r.File + "."},
+			{"execute_function", "false"},
+			{"filter_condition", ""},
+			{"is_rest", "false"},
+			{"name", r.Name},
+			{"order", "10000"},
+			{"priority", "100"},
+			{"role_conditions", ""},
+			{"script", script},
+			{"sys_class_name", "sys_script"},
+			{"sys_created_by", "admin"},
+			{"sys_created_on", stamp},
+			{"sys_domain", "global"},
+			{"sys_domain_path", "/"},
+			{"sys_id", id},
+			{"sys_mod_count", "0"},
+			{"sys_name", r.Name},
+			{`sys_package display_value="Global" source="global"`, "global"},
+			{`sys_scope display_value="Global"`, "global"},
+			{"sys_update_name", "sys_script_" + id},
+			{"sys_updated_by", "admin"},
+			{"sys_updated_on", stamp},
+			{"when", "after"},
+		})})
+	}
+
+	for _, p := range Properties(tables) {
+		id := sysID("sys_properties", p.Name)
+		updates = append(updates, update{"sys_properties", id, p.Name, "System Property", record("sys_properties", []field{
+			{"choices", ""},
+			{"description", p.Description},
+			{"ignore_cache", "false"},
+			{"is_private", "false"},
+			{"name", p.Name},
+			{"read_roles", p.Roles},
+			{"suffix", strings.TrimPrefix(p.Name, "nowbridge.")},
+			{"sys_class_name", "sys_properties"},
+			{"sys_created_by", "admin"},
+			{"sys_created_on", stamp},
+			{"sys_id", id},
+			{"sys_mod_count", "0"},
+			{"sys_name", p.Name},
+			{`sys_package display_value="Global" source="global"`, "global"},
+			{`sys_scope display_value="Global"`, "global"},
+			{"sys_update_name", "sys_properties_" + id},
+			{"sys_updated_by", "admin"},
+			{"sys_updated_on", stamp},
+			{"type", p.Type},
+			{"value", p.Value},
+			{"write_roles", p.Roles},
+		})})
+	}
+
+	var b bytes.Buffer
+	b.WriteString(`<?xml version="1.0" encoding="UTF-8"?>` + "\n")
+	b.WriteString(`<unload unload_date="` + stamp + `">` + "\n")
+	b.WriteString(record("sys_remote_update_set", []field{
+		{`application display_value="Global"`, "global"},
+		{"application_name", "Global"},
+		{"application_scope", "global"},
+		{"application_version", ""},
+		{"collisions", ""},
+		{"commit_date", ""},
+		{"deleted", ""},
+		{"description", "nowbridge " + UpdateSetVersion + ": the NowbridgeWebhook script include, after insert/update and after delete business rules for " + strings.Join(tables, ", ") + ", and the nowbridge.* system properties. Generated by `go generate ./servicenow` from servicenow/business_rules; see docs/servicenow-setup.md."},
+		{"inserted", ""},
+		{"name", UpdateSetName + " " + UpdateSetVersion},
+		{"origin_sys_id", ""},
+		{"parent", ""},
+		{"release_date", ""},
+		{"remote_base_update_set", ""},
+		{"remote_parent_id", ""},
+		{"remote_sys_id", setID},
+		{"state", "loaded"},
+		{"summary", ""},
+		{"sys_class_name", "sys_remote_update_set"},
+		{"sys_created_by", "admin"},
+		{"sys_created_on", stamp},
+		{"sys_id", setID},
+		{"sys_mod_count", "0"},
+		{"sys_updated_by", "admin"},
+		{"sys_updated_on", stamp},
+		{"update_set", ""},
+		{"update_source", ""},
+		{"updated", ""},
+	}))
+	b.WriteString("\n")
+	for _, u := range updates {
+		payload := `<?xml version="1.0" encoding="UTF-8"?><record_update table="` + u.table + `">` + u.payload + `</record_update>`
+		b.WriteString(record("sys_update_xml", []field{
+			{"action", "INSERT_OR_UPDATE"},
+			{`application display_value="Global"`, "global"},
+			{"category", "customer"},
+			{"comments", ""},
+			{"name", u.table + "_" + u.sysID},
+			{"payload", payload},
+			{`remote_update_set display_value="` + UpdateSetName + " " + UpdateSetVersion + `"`, setID},
+			{"replace_on_upgrade", "false"},
+			{"sys_created_by", "admin"},
+			{"sys_created_on", stamp},
+			{"sys_id", sysID("sys_update_xml", u.table, u.sysID)},
+			{"sys_mod_count", "0"},
+			{"sys_updated_by", "admin"},
+			{"sys_updated_on", stamp},
+			{"table", ""},
+			{"target_name", u.target},
+			{"type", u.typ},
+			{"update_domain", "global"},
+			{"update_guid", ""},
+			{"update_guid_history", ""},
+			{"update_set", ""},
+			{"view", ""},
+		}))
+		b.WriteString("\n")
+	}
+	b.WriteString("</unload>\n")
+	return b.Bytes(), nil
+}
