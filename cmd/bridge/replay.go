@@ -1,11 +1,212 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/nowbridge/nowbridge/internal/config"
+	"github.com/nowbridge/nowbridge/internal/dedupe"
+	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
+	"github.com/nowbridge/nowbridge/internal/outbound"
+	"github.com/nowbridge/nowbridge/internal/replay"
+	"github.com/nowbridge/nowbridge/internal/snclient"
+	"github.com/nowbridge/nowbridge/internal/state"
+)
 
 func newReplayCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "replay",
-		Short: "replay (not yet built)",
-		RunE:  func(*cobra.Command, []string) error { return errNotBuilt },
+	var stream, since, until, seq, table, entity, sysID, externalID string
+	var dryRun, force, yes, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "replay [--stream sn|app] [--since T] [--until T] [--seq A-B] [--table T] [--sys-id ID] [--external-id ID] [--dry-run | --force [--yes]]",
+		Short: "Re-run a window of SN_EVENTS (apply path) or APP_EVENTS (writeback path)",
+		Long: `replay reads the selected messages with an ordered ephemeral consumer (the
+durable consumers are not disturbed) and runs each through the live consumer's
+own per-message code. The version guard skips what the target already has;
+--dry-run lists each message with the guard's verdict and changes nothing;
+--force applies the skipped ones too, after a confirmation (--yes in scripts).
+Times are RFC 3339 or a duration back from now (2h).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			now := time.Now()
+			sel := replay.Selection{SysID: sysID, ExternalID: externalID}
+			switch stream {
+			case "sn", events.StreamSN:
+				sel.Stream, sel.Name = events.StreamSN, table
+				if entity != "" {
+					return usageError{errors.New("--entity goes with --stream app; use --table")}
+				}
+			case "app", events.StreamApp:
+				sel.Stream, sel.Name = events.StreamApp, entity
+				if table != "" {
+					return usageError{errors.New("--table goes with --stream sn; use --entity")}
+				}
+			default:
+				return usageError{fmt.Errorf("--stream must be sn or app, got %q", stream)}
+			}
+			var err error
+			if sel.Since, err = replay.ParseTime(since, now); err != nil {
+				return usageError{fmt.Errorf("--since: %w", err)}
+			}
+			if sel.Until, err = replay.ParseTime(until, now); err != nil {
+				return usageError{fmt.Errorf("--until: %w", err)}
+			}
+			if sel.FromSeq, sel.ToSeq, err = replay.ParseSeqRange(seq); err != nil {
+				return usageError{err}
+			}
+			if err := sel.Validate(); err != nil {
+				return usageError{err}
+			}
+			if dryRun && force {
+				return usageError{errors.New("--dry-run and --force exclude each other")}
+			}
+			cfg, err := config.Load(cmd.Flags(), a.getenv)
+			if err != nil {
+				return usageError{err}
+			}
+			if force {
+				if err := confirm(a, yes, fmt.Sprintf("--force re-applies messages of %s the version guard would skip.", sel.Stream)); err != nil {
+					return err
+				}
+			}
+			nc, js, err := connectNATS(ctx, cfg, "bridge replay")
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			if _, err := needStream(ctx, js, sel.Stream); err != nil {
+				return err
+			}
+			logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			h, closeFn, err := newReplayHandler(ctx, cfg, js, sel.Stream, logger)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			opts := replay.Options{DryRun: dryRun, Force: force}
+			if bar := newProgress(a, -1, "replay "+sel.Stream); bar != nil {
+				opts.Progress = func(done, total int) {
+					if total > 0 {
+						bar.ChangeMax(total)
+					}
+					_ = bar.Set(done)
+				}
+				defer func() { _ = bar.Finish() }()
+			}
+			sum, err := replay.Run(ctx, js, sel, h, opts)
+			if asJSON {
+				if jerr := writeJSON(a.stdout, sum); jerr != nil {
+					return jerr
+				}
+			} else {
+				writeReplaySummary(a.stdout, sum)
+			}
+			return err
+		},
 	}
+	bindToolFlags(cmd.Flags(), "sn-instance-url", "sn-client-id", "sn-client-secret", "sn-rate-limit", "mapping-dir", "applier", "apply-url", "apply-secret", "webhook-secrets", "tables")
+	f := cmd.Flags()
+	f.StringVar(&stream, "stream", "sn", "sn (SN_EVENTS -> the SaaS app) or app (APP_EVENTS -> ServiceNow)")
+	f.StringVar(&since, "since", "", "messages stored at or after (RFC 3339 or a duration like 2h)")
+	f.StringVar(&until, "until", "", "messages stored at or before (RFC 3339 or a duration)")
+	f.StringVar(&seq, "seq", "", "stream sequence range A-B (or A-, or A)")
+	f.StringVar(&table, "table", "", "only this ServiceNow table (--stream sn)")
+	f.StringVar(&entity, "entity", "", "only this SaaS entity (--stream app)")
+	f.StringVar(&sysID, "sys-id", "", "only this record")
+	f.StringVar(&externalID, "external-id", "", "only this SaaS id (correlation_id on the ServiceNow side)")
+	f.BoolVar(&dryRun, "dry-run", false, "list what would be applied and what the version guard would skip")
+	f.BoolVar(&force, "force", false, "apply what the version guard would skip (asks first)")
+	f.BoolVar(&yes, "yes", false, "with --force: do not ask (scripts)")
+	f.BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	return cmd
+}
+
+// newReplayHandler builds the live consumer's per-message path for stream.
+func newReplayHandler(ctx context.Context, cfg config.Config, js jetstream.JetStream, stream string, logger *slog.Logger) (replay.Handler, func(), error) {
+	mset, err := mapping.Load(mappingFS(cfg), logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, links, err := state.Open(ctx, js)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch stream {
+	case events.StreamApp:
+		if err := cfg.RequireServiceNow(); err != nil {
+			return nil, nil, usageError{fmt.Errorf("replay --stream app writes to ServiceNow: %w", err)}
+		}
+		sn, err := snclient.New(snclient.Config{
+			InstanceURL: cfg.SNInstanceURL, ClientID: cfg.SNClientID,
+			ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()), RateLimit: cfg.SNRateLimit, Logger: logger,
+		})
+		if err != nil {
+			return nil, nil, usageError{err}
+		}
+		w, err := newWriter(sn, mset, store, links, dedupe.New(dedupe.Config{}), outbound.Config{Logger: logger})
+		if err != nil {
+			_ = sn.Close()
+			return nil, nil, err
+		}
+		return replay.Writeback{W: w}, func() { _ = sn.Close() }, nil
+	}
+	return nil, nil, errors.New("replay --stream sn: the apply path is not wired yet")
+}
+
+// newWriter builds the writeback's per-change writer over the shared state
+// (bridge serve's writeback consumer and replay --stream app use the same).
+func newWriter(sn *snclient.Client, mset *mapping.Set, store *state.Store, links *state.Links, dd *dedupe.Cache, cfg outbound.Config) (*outbound.Writer, error) {
+	return outbound.NewWriter(outbound.Deps{
+		API: sn, Mapping: mset, States: writebackStates{store}, Links: links, StateKV: store.KV(), Dedupe: dd,
+	}, cfg)
+}
+
+// writebackStates adapts state.Store to outbound.States.
+type writebackStates struct{ s *state.Store }
+
+func (w writebackStates) Get(ctx context.Context, table, sysID string) (outbound.RecordState, uint64, bool, error) {
+	rec, rev, ok, err := w.s.Get(ctx, table, sysID)
+	return outbound.RecordState{Version: rec.Version, Fields: rec.Fields, UpdatedOn: rec.UpdatedOn}, rev, ok, err
+}
+
+func (w writebackStates) Put(ctx context.Context, table, sysID string, st outbound.RecordState, rev uint64) error {
+	return w.s.Put(ctx, table, sysID, state.Record{Version: st.Version, Fields: st.Fields, UpdatedOn: st.UpdatedOn}, rev)
+}
+
+func writeReplaySummary(w io.Writer, sum replay.Summary) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if len(sum.Items) > 0 {
+		head := "SEQ\tSUBJECT\tRECORD\tGUARD\tOUTCOME\tNOTE"
+		if sum.DryRun {
+			head = "SEQ\tSUBJECT\tRECORD\tWOULD\tNOTE"
+		}
+		fmt.Fprintln(tw, head)
+		for _, it := range sum.Items {
+			note := it.Reason
+			if it.Error != "" {
+				note = "error: " + it.Error
+			}
+			if sum.DryRun {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", it.Seq, it.Subject, it.Record, it.Verdict, note)
+			} else {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", it.Seq, it.Subject, it.Record, it.Verdict, it.Outcome, note)
+			}
+		}
+		_ = tw.Flush()
+		fmt.Fprintln(w)
+	}
+	if sum.DryRun {
+		fmt.Fprintf(w, "dry run of %s: %d selected, %d would be applied, %d skipped by the version guard (nothing changed)\n", sum.Stream, sum.Selected, sum.Apply, sum.Skip)
+		return
+	}
+	fmt.Fprintf(w, "replayed %s: %d selected, %d applied, %d skipped by the version guard, %d failed in %s\n", sum.Stream, sum.Selected, sum.Applied, sum.Skipped, sum.Failed, sum.Duration.Round(time.Millisecond))
 }
