@@ -10,6 +10,7 @@ import (
 	"context"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/state"
 )
 
 // TableAPI is the part of ServiceNow's Table API the writeback calls.
@@ -32,26 +33,23 @@ type Mapping interface {
 	// ToServiceNow maps field names and values (value maps applied);
 	// fields the mapping does not know are left out.
 	ToServiceNow(entity string, fields map[string]string) (map[string]string, error)
+	// Fields lists the ServiceNow fields of a table the mapping reads: the
+	// ones kept in bridge_state as the base of the next diff.
+	Fields(table string) []string
 }
 
-// RecordState is what the bridge last knew of a ServiceNow record: the
-// version and field values ServiceNow last told it (or that it wrote).
-type RecordState struct {
-	Version   int64
-	Fields    map[string]string
-	UpdatedOn string
-}
-
-// States reads and compare-and-sets per-record state (bridge_state).
+// States reads and advances per-record state (bridge_state); *state.Store
+// satisfies it.
 type States interface {
-	// Get returns the state and its revision; ok is false when none exists.
-	Get(ctx context.Context, table, sysID string) (st RecordState, rev uint64, ok bool, err error)
-	// Put stores st if the entry is still at rev (0: must not exist yet),
-	// and does nothing when a newer version is already stored.
-	Put(ctx context.Context, table, sysID string, st RecordState, rev uint64) error
+	// Get returns what the bridge last knew of a record; ok is false when
+	// it knows nothing.
+	Get(ctx context.Context, table, sysID string) (rec state.Record, rev uint64, ok bool, err error)
+	// Advance stores rec unless an equal or newer version is stored.
+	Advance(ctx context.Context, table, sysID string, rec state.Record) (advanced bool, err error)
 }
 
-// Links maps external ids to ServiceNow records (bridge_links).
+// Links maps external ids to ServiceNow records (bridge_links);
+// *state.Links satisfies it.
 type Links interface {
 	SysID(ctx context.Context, entity, externalID string) (table, sysID string, ok bool, err error)
 	Link(ctx context.Context, entity, externalID, table, sysID string) error

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/state"
 )
 
 // Outcome says what one app change did.
@@ -210,7 +211,7 @@ func (w *Writer) create(ctx context.Context, ch Change, res *Result) error {
 		pend.Done(sysID, mc)
 		return fmt.Errorf("store link %s -> %s/%s: %w", ch.ExternalID, res.Table, sysID, err)
 	}
-	w.finish(ctx, pend, res, body, rec, 0, false)
+	w.finish(ctx, pend, res, body, rec, false)
 	return nil
 }
 
@@ -223,9 +224,12 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		res.Outcome = OutcomeEcho
 		return nil
 	}
-	st, stRev, haveState, err := w.states.Get(ctx, res.Table, res.SysID)
+	st, _, haveState, err := w.states.Get(ctx, res.Table, res.SysID)
 	if err != nil {
 		return err
+	}
+	if haveState && st.Deleted {
+		return permanent("%s/%s was deleted in ServiceNow; the app's change to %s has nowhere to go", res.Table, res.SysID, ch.ExternalID)
 	}
 	in := planInput{Desired: plain, Journal: journal, AppUpdatedAt: ch.UpdatedAt, Policy: w.cfg.policy}
 	if haveState {
@@ -276,7 +280,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		res.Outcome = OutcomeNoChange
 		return nil
 	}
-	w.finish(ctx, pend, res, p.Patch, rec, stRev, haveState && mc == prev+1)
+	w.finish(ctx, pend, res, p.Patch, rec, haveState && mc == prev+1)
 	return nil
 }
 
@@ -288,7 +292,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 // value the platform computed, like priority): the webhook must flow to the
 // app, so the version is not claimed and the state is left to the apply
 // pipeline.
-func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, sent, rec map[string]string, stRev uint64, contiguous bool) {
+func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, sent, rec map[string]string, contiguous bool) {
 	created := res.Outcome == OutcomeCreated
 	if (!created && !contiguous) || !w.keptAsSent(sent, rec) {
 		pend.Cancel()
@@ -298,8 +302,14 @@ func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, 
 		return
 	}
 	pend.Done(res.SysID, res.ModCount)
-	st := RecordState{Version: res.ModCount, Fields: maps.Clone(rec), UpdatedOn: rec["sys_updated_on"]}
-	if err := w.states.Put(ctx, res.Table, res.SysID, st, stRev); err != nil {
+	fields := map[string]string{}
+	for _, f := range w.mapping.Fields(res.Table) {
+		if v, ok := rec[f]; ok {
+			fields[f] = v
+		}
+	}
+	st := state.Record{Version: res.ModCount, Fields: fields, UpdatedOn: rec["sys_updated_on"]}
+	if _, err := w.states.Advance(ctx, res.Table, res.SysID, st); err != nil {
 		// The echo is suppressed by the cache; reconcile will re-read the
 		// record and find the version in the cache too.
 		w.log.Warn("state not advanced after write", "table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount, "err", err)
@@ -343,7 +353,7 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 	// Resolve (or close/cancel) instead of deleting: the record, its history
 	// and its SLA stay in ServiceNow.
 	ch.Fields = nil
-	st, stRev, haveState, err := w.states.Get(ctx, res.Table, res.SysID)
+	st, _, haveState, err := w.states.Get(ctx, res.Table, res.SysID)
 	if err != nil {
 		return err
 	}
@@ -370,7 +380,7 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 	w.metrics.writes.WithLabelValues("PATCH").Inc()
 	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
 	res.Outcome, res.ModCount, res.Sent = OutcomeDeleted, mc, patch
-	w.finish(ctx, pend, res, patch, rec, stRev, haveState && mc == st.Version+1)
+	w.finish(ctx, pend, res, patch, rec, haveState && mc == st.Version+1)
 	res.Outcome = OutcomeDeleted
 	return nil
 }
