@@ -3,6 +3,7 @@ package snclient
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -61,6 +62,7 @@ func (f *fakeSN) config() Config {
 		RetryInitial: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond, RetryMaxElapsed: 5 * time.Second,
 		RequestTimeout: 5 * time.Second, BreakerOpenFor: 200 * time.Millisecond,
 		SkipFieldValidation: true,
+		Logger:              slog.New(slog.DiscardHandler),
 	}
 }
 

@@ -212,7 +212,7 @@ func (c *Client) aclWarnings(p *Page, table string, fields []string) {
 	}
 	for _, w := range p.Warnings {
 		c.m.aclWarnings.WithLabelValues(table, w.Kind).Inc()
-		c.log.Warn("servicenow answer looks ACL-filtered", "table", table, "warning", w.Error())
+		c.log.Debug("servicenow answer looks ACL-filtered", "table", table, "warning", w.Error())
 	}
 }
 
