@@ -32,6 +32,8 @@ type Change struct {
 	Entity string
 	Action string // events.AppUpsert or events.AppDelete
 	events.AppChange
+
+	linkedNow bool // the message's sys_id linked the record just now
 }
 
 // Result describes what Apply did.
@@ -94,11 +96,12 @@ func (w *Writer) Apply(ctx context.Context, ch Change) (Result, error) {
 		res.Outcome, res.SysID = OutcomeStale, prog.SysID
 		return res, nil
 	}
-	sysID, err := w.resolveLink(ctx, ch, table)
+	sysID, linkedNow, err := w.resolveLink(ctx, ch, table)
 	if err != nil {
 		return res, err
 	}
 	res.SysID = sysID
+	ch.linkedNow = linkedNow
 	switch ch.Action {
 	case events.AppDelete:
 		err = w.delete(ctx, ch, &res)
@@ -125,39 +128,43 @@ func (w *Writer) Apply(ctx context.Context, ch Change) (Result, error) {
 }
 
 // resolveLink finds the record an external id is linked to: the message's
-// own sys_id, the link bucket, or ServiceNow's correlation_id (so a lost
-// bucket never creates duplicates). "" means not in ServiceNow.
-func (w *Writer) resolveLink(ctx context.Context, ch Change, table string) (string, error) {
+// own sys_id (the app linking a record created in ServiceNow), the link
+// bucket, or ServiceNow's correlation_id (so a lost bucket never creates
+// duplicates). "" means not in ServiceNow. linkedNow says the message's
+// sys_id made a new link, whose correlation_id the write should carry.
+func (w *Writer) resolveLink(ctx context.Context, ch Change, table string) (sysID string, linkedNow bool, err error) {
 	if events.ValidSysID(ch.SysID) {
 		_, linked, ok, err := w.links.SysID(ctx, ch.Entity, ch.ExternalID)
 		if err != nil {
-			return "", err
+			return "", false, err
 		}
-		if !ok || linked != ch.SysID {
-			if err := w.links.Link(ctx, ch.Entity, ch.ExternalID, table, ch.SysID); err != nil {
-				return "", err
-			}
+		if ok && linked == ch.SysID {
+			return ch.SysID, false, nil
 		}
-		return ch.SysID, nil
+		if err := w.links.Link(ctx, ch.Entity, ch.ExternalID, table, ch.SysID); err != nil {
+			return "", false, err
+		}
+		w.log.Info("record linked by the app", "table", table, "sys_id", ch.SysID, "external_id", ch.ExternalID)
+		return ch.SysID, true, nil
 	}
 	t, sysID, ok, err := w.links.SysID(ctx, ch.Entity, ch.ExternalID)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	if ok && (t == "" || t == table) {
-		return sysID, nil
+		return sysID, false, nil
 	}
 	sysID, err = w.api.FindByCorrelation(ctx, table, ch.ExternalID)
 	if err != nil {
-		return "", fmt.Errorf("look up %s by correlation_id %s: %w", table, ch.ExternalID, err)
+		return "", false, fmt.Errorf("look up %s by correlation_id %s: %w", table, ch.ExternalID, err)
 	}
 	if sysID != "" {
 		w.log.Info("link restored from correlation_id", "table", table, "sys_id", sysID, "external_id", ch.ExternalID)
 		if err := w.links.Link(ctx, ch.Entity, ch.ExternalID, table, sysID); err != nil {
-			return "", err
+			return "", false, err
 		}
 	}
-	return sysID, nil
+	return sysID, false, nil
 }
 
 // split maps the app's fields to ServiceNow's and separates journal fields.
@@ -244,6 +251,16 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		in.SNUpdatedAt, _ = time.ParseInLocation(events.SNTimeLayout, cur["sys_updated_on"], time.UTC)
 	}
 	p := plan(in)
+	if ch.linkedNow {
+		cur := in.Current
+		if cur == nil {
+			cur = in.Base
+		}
+		if cur["correlation_id"] != ch.ExternalID {
+			// The link survives losing bridge_links only on the record.
+			p.Patch["correlation_id"] = ch.ExternalID
+		}
+	}
 	for _, c := range p.Conflicts {
 		w.metrics.conflicts.WithLabelValues(c.Field).Inc()
 		w.log.Info("conflict: field changed on both sides since the last sync",
@@ -382,6 +399,28 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 	res.Outcome, res.ModCount, res.Sent = OutcomeDeleted, mc, patch
 	w.finish(ctx, pend, res, patch, rec, haveState && mc == st.Version+1)
 	res.Outcome = OutcomeDeleted
+	return nil
+}
+
+// SetCorrelation writes the app's id to a record's correlation_id as a
+// write of the bridge's own (its webhook is an echo). The apply pipeline
+// calls it when a link exists only in bridge_links (apply.LinkWriter).
+func (w *Writer) SetCorrelation(ctx context.Context, table, sysID, externalID string) error {
+	st, _, haveState, err := w.states.Get(ctx, table, sysID)
+	if err != nil {
+		return err
+	}
+	patch := map[string]string{"correlation_id": externalID}
+	pend := w.dedupe.BeginWrite(table, sysID, "", patch)
+	rec, err := w.api.Update(ctx, table, sysID, patch)
+	if err != nil {
+		pend.Cancel()
+		return fmt.Errorf("write correlation_id of %s/%s: %w", table, sysID, err)
+	}
+	w.metrics.writes.WithLabelValues("PATCH").Inc()
+	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
+	res := &Result{Outcome: OutcomeUpdated, Table: table, SysID: sysID, ModCount: mc, Sent: patch}
+	w.finish(ctx, pend, res, patch, rec, haveState && mc == st.Version+1)
 	return nil
 }
 
