@@ -166,20 +166,8 @@ func newReplayHandler(ctx context.Context, cfg config.Config, js jetstream.JetSt
 // (bridge serve's writeback consumer and replay --stream app use the same).
 func newWriter(sn *snclient.Client, mset *mapping.Set, store *state.Store, links *state.Links, dd *dedupe.Cache, cfg outbound.Config) (*outbound.Writer, error) {
 	return outbound.NewWriter(outbound.Deps{
-		API: sn, Mapping: mset, States: writebackStates{store}, Links: links, StateKV: store.KV(), Dedupe: dd,
+		API: sn, Mapping: mset, States: store, Links: links, StateKV: store.KV(), Dedupe: dd,
 	}, cfg)
-}
-
-// writebackStates adapts state.Store to outbound.States.
-type writebackStates struct{ s *state.Store }
-
-func (w writebackStates) Get(ctx context.Context, table, sysID string) (outbound.RecordState, uint64, bool, error) {
-	rec, rev, ok, err := w.s.Get(ctx, table, sysID)
-	return outbound.RecordState{Version: rec.Version, Fields: rec.Fields, UpdatedOn: rec.UpdatedOn}, rev, ok, err
-}
-
-func (w writebackStates) Put(ctx context.Context, table, sysID string, st outbound.RecordState, rev uint64) error {
-	return w.s.Put(ctx, table, sysID, state.Record{Version: st.Version, Fields: st.Fields, UpdatedOn: st.UpdatedOn}, rev)
 }
 
 func writeReplaySummary(w io.Writer, sum replay.Summary) {
