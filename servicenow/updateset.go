@@ -25,7 +25,7 @@ const stamp = "2026-11-29 00:00:00"
 const ConditionScript = "new NowbridgeWebhook().shouldSend()"
 
 // DefaultIncidentFields mirrors NowbridgeWebhook.DEFAULT_FIELDS.incident.
-const DefaultIncidentFields = "number,short_description,description,state,priority,urgency,impact,correlation_id," +
+const DefaultIncidentFields = "number,short_description,description,state,priority,urgency,impact,correlation_id,correlation_display," +
 	"close_code,close_notes,active,comments,work_notes"
 
 // Options selects what the update set contains.

@@ -27,7 +27,7 @@ NowbridgeWebhook.PROPERTY_PREFIX = 'nowbridge.';
 // Fields sent when nowbridge.fields.<table> is not set: the bridge's default incident mapping
 // (SPEC §3), plus number, the close fields and active.
 NowbridgeWebhook.DEFAULT_FIELDS = {
-    incident: 'number,short_description,description,state,priority,urgency,impact,correlation_id,' +
+    incident: 'number,short_description,description,state,priority,urgency,impact,correlation_id,correlation_display,' +
         'close_code,close_notes,active,comments,work_notes'
 };
 
