@@ -1,0 +1,138 @@
+package apply
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nowbridge/nowbridge/internal/webhook"
+)
+
+// Headers of an HTTP apply request besides the Standard Webhooks ones.
+const (
+	HeaderIdempotencyKey = "Idempotency-Key"
+	HeaderEntity         = "Bridge-Entity"
+	HeaderAction         = "Bridge-Action"
+)
+
+// maxResponse bounds how much of the app's response is read and kept.
+const maxResponse = 64 << 10
+
+// HTTPApplier POSTs each message as JSON to the app, signed with the
+// Standard Webhooks scheme (webhook-id = Idempotency-Key = the message id,
+// stable across redeliveries). The app's answer decides:
+//
+//	2xx            applied; a JSON body {"external_id": "..."} links the record
+//	409            the app already holds a newer version: applied
+//	408, 425, 429  retried with backoff (Retry-After honoured)
+//	other 4xx      dead letter, with the response body
+//	5xx, timeouts  retried with backoff
+type HTTPApplier struct {
+	URL     string
+	Secret  webhook.Secret
+	Client  *http.Client // default: a client with Timeout
+	Timeout time.Duration
+	// UserAgent identifies the bridge (default "nowbridge").
+	UserAgent string
+}
+
+// NewHTTPApplier returns an applier posting to url with its own connection
+// pool sized for the pipeline's workers.
+func NewHTTPApplier(url string, secret webhook.Secret, timeout time.Duration, workers int) *HTTPApplier {
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = max(workers, 2)
+	return &HTTPApplier{URL: url, Secret: secret, Timeout: timeout, Client: &http.Client{Transport: tr}}
+}
+
+// Name implements Applier.
+func (a *HTTPApplier) Name() string { return "http" }
+
+// CloseIdleConnections releases pooled connections (at shutdown).
+func (a *HTTPApplier) CloseIdleConnections() {
+	if a.Client != nil {
+		a.Client.CloseIdleConnections()
+	}
+}
+
+// Apply implements Applier.
+func (a *HTTPApplier) Apply(ctx context.Context, m *Message) (Result, error) {
+	body, err := m.Body()
+	if err != nil {
+		return Result{}, permanentf("encode %s: %v", m.MsgID, err)
+	}
+	timeout := a.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.URL, bytes.NewReader(body))
+	if err != nil {
+		return Result{}, permanentf("apply request to %s: %v", a.URL, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	ua := a.UserAgent
+	if ua == "" {
+		ua = "nowbridge"
+	}
+	req.Header.Set("User-Agent", ua)
+	req.Header.Set(HeaderIdempotencyKey, m.MsgID)
+	req.Header.Set(HeaderEntity, m.Entity)
+	req.Header.Set(HeaderAction, m.Action)
+	webhook.SetHeaders(req.Header, a.Secret, m.MsgID, time.Now(), body)
+	client := a.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return Result{}, &Error{Err: fmt.Errorf("POST %s: %w", a.URL, err)}
+	}
+	defer resp.Body.Close()
+	respBody, rerr := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // let the connection be reused
+	switch s := resp.StatusCode; {
+	case s >= 200 && s < 300:
+		var out struct {
+			ExternalID string `json:"external_id"`
+		}
+		if rerr == nil && len(bytes.TrimSpace(respBody)) > 0 {
+			_ = json.Unmarshal(respBody, &out) // a body that is not this shape links nothing
+		}
+		return Result{ExternalID: strings.TrimSpace(out.ExternalID)}, nil
+	case s == http.StatusConflict:
+		return Result{AlreadyNewer: true}, nil
+	case s == http.StatusRequestTimeout || s == http.StatusTooEarly || s == http.StatusTooManyRequests || s >= 500:
+		return Result{}, &Error{Status: s, Body: string(respBody), RetryAfter: retryAfter(resp.Header.Get("Retry-After")),
+			Err: fmt.Errorf("POST %s: %s", a.URL, http.StatusText(s))}
+	default:
+		return Result{}, &Error{Status: s, Body: string(respBody), Permanent: true,
+			Err: fmt.Errorf("POST %s rejected %s: %s", a.URL, m.MsgID, http.StatusText(s))}
+	}
+}
+
+func retryAfter(v string) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
+		return time.Duration(n) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), 0)
+	}
+	return 0
+}
+
+var errNoURL = errors.New("BRIDGE_APPLY_URL is required with BRIDGE_APPLIER=http")
