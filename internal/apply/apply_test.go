@@ -277,6 +277,17 @@ func TestApply_OutOfOrderDuplicateAndReplayAreNeverAppliedTwice(t *testing.T) {
 	if n := len(e.appliedMsgs()); n != 2 {
 		t.Fatalf("BRIDGE_APPLY holds %d messages after a replay of v4, want 2", n)
 	}
+	// bridge replay: the guard's verdict, and --force around it.
+	ctx := context.Background()
+	if stale, at, err := r.Stale(ctx, &v4); !stale || at != 5 || err != nil {
+		t.Fatalf("Stale(v4) = %v %d %v, want true 5", stale, at, err)
+	}
+	if out, err := r.HandleForced(ctx, &v4); out != OutcomeApplied || err != nil {
+		t.Fatalf("HandleForced(v4) = %s %v, want applied", out, err)
+	}
+	if v, _, deleted, _ := e.states.LastVersion(ctx, "incident", sys); v != 5 || !deleted {
+		t.Fatalf("forced replay of v4 moved the state to v%d (deleted %v); want it left at v5 deleted", v, deleted)
+	}
 }
 
 // appServer is a SaaS endpoint that verifies every request and records it.

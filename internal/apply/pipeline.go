@@ -339,6 +339,28 @@ func (r *Runner) backoff(delivered uint64) time.Duration {
 // --stream sn` can call directly. Errors are *Error (see Permanent) or
 // bridge_state/bridge_links failures, which are worth retrying.
 func (r *Runner) Handle(ctx context.Context, ev *events.SNEvent) (Outcome, error) {
+	return r.handle(ctx, ev, false)
+}
+
+// HandleForced applies the event even when the version guard would skip it
+// (`bridge replay --force`). bridge_state still never moves backwards; and
+// the NATS applier's BRIDGE_APPLY drops a version it stored within its
+// duplicate window (outcome "duplicate").
+func (r *Runner) HandleForced(ctx context.Context, ev *events.SNEvent) (Outcome, error) {
+	return r.handle(ctx, ev, true)
+}
+
+// Stale asks the version guard alone: stale is true when bridge_state
+// already holds the event's version or a newer one (applied is that version).
+func (r *Runner) Stale(ctx context.Context, ev *events.SNEvent) (stale bool, applied int64, err error) {
+	cur, _, have, err := r.states.Get(ctx, ev.Table, ev.SysID)
+	if err != nil || !have {
+		return false, 0, err
+	}
+	return !cur.Supersedes(int64(ev.SysModCount), ev.Action), cur.Version, nil
+}
+
+func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool) (Outcome, error) {
 	tbl, ok := r.mapping.ForTable(ev.Table)
 	if !ok {
 		return "", permanentf("table %s has no mapping: add a file for it to BRIDGE_MAPPING_DIR or remove it from BRIDGE_TABLES", ev.Table)
@@ -348,7 +370,7 @@ func (r *Runner) Handle(ctx context.Context, ev *events.SNEvent) (Outcome, error
 	if err != nil {
 		return "", err
 	}
-	if have && !cur.Supersedes(version, ev.Action) {
+	if have && !cur.Supersedes(version, ev.Action) && !force {
 		r.metrics.stale.Inc()
 		r.log.Debug("stale event skipped", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", version, "applied_version", cur.Version)
 		return OutcomeStale, nil
@@ -397,6 +419,9 @@ func (r *Runner) Handle(ctx context.Context, ev *events.SNEvent) (Outcome, error
 	}
 	if r.cfg.Applied != nil && externalID != "" && !res.AlreadyNewer {
 		r.cfg.Applied.RecordApplied(entity, externalID, fields)
+	}
+	if have && !cur.Supersedes(version, ev.Action) {
+		return out, nil // forced replay of an older version: the state stays
 	}
 	next := state.Record{Version: version, UpdatedOn: ev.SysUpdatedOn, Fields: snFields(tbl, ev.Record), Deleted: ev.Action == events.ActionDelete}
 	if have && len(cur.Fields) > 0 {
