@@ -1,0 +1,98 @@
+// Package snsim simulates a ServiceNow instance over HTTP (OAuth client
+// credentials, the Table API, encoded queries, ACLs, rate limits, faults and
+// business-rule webhooks) faithful to the shared ServiceNow facts, so the bridge
+// is tested against ServiceNow's quirks without an instance.
+// Tests drive it through Go methods; `bridge sim` serves it alone.
+//
+// # Using it
+//
+//	sim := snsim.New(snsim.Config{ClientID: "id", ClientSecret: "secret"})
+//	defer sim.Close()                 // stops the business-rule workers
+//	srv := httptest.NewServer(sim)    // *Server is an http.Handler
+//	defer srv.Close()
+//	sim.Seed(20000)                   // incidents, ~50 per sys_updated_on second
+//
+// Reference links use the request's Host, so records point back at srv.URL.
+//
+// # Endpoints
+//
+//   - POST /oauth_token.do: form-encoded grant_type=client_credentials with
+//     client_id and client_secret in the body. Every failure is 401
+//     {"error_description":"access_denied","error":"server_error"}.
+//   - /api/now/table/{table}[/{sys_id}], /api/now/v1/table/..., /api/now/v2/table/...:
+//     GET list and one, POST (201 + Location), PUT/PATCH (200, fields sent
+//     only), DELETE (204). Tables: incident (with task's fields), sys_user,
+//     sys_user_group, sys_journal_field, sys_audit_delete, sys_dictionary
+//     (the last five are read-only through the API).
+//
+// List parameters: sysparm_query, sysparm_fields, sysparm_limit (default
+// 10000), sysparm_offset, sysparm_display_value (false/true/all),
+// sysparm_exclude_reference_link, sysparm_no_count,
+// sysparm_suppress_pagination_header. X-Total-Count and Link follow recorded
+// responses (comma without space, page 1's prev at a negative offset, no
+// next on the last page, last = total - limit). v1 answers a query without
+// matches 404 No Record found, v2 200 [].
+//
+// # Encoded queries
+//
+// ^ (AND), ^OR (binds to the previous clause: a^ORb^c = (a OR b) AND c),
+// ^NQ, ORDERBY/ORDERBYDESC (several, in order), ^EQ, ^^ for a literal ^,
+// operators = != > >= < <= IN NOT IN LIKE NOT LIKE STARTSWITH ENDSWITH
+// ISEMPTY ISNOTEMPTY BETWEEN ANYTHING, and javascript:gs.dateGenerate(d,t)
+// values. Text compares case-insensitively (= IN LIKE ...); integer fields
+// compare as numbers; empty values never satisfy > < BETWEEN. A clause on a
+// field the table lacks is dropped (default) or makes the query return no
+// rows (SetInvalidQueryReturnsNoRows), and is recorded in QueryProblems.
+// Syntax the simulator does not implement (dot-walks, INSTANCEOF, other
+// javascript:, GROUPBY, ...) is answered with 400 "snsim: unsupported
+// encoded query syntax", logged at error level and recorded: a test never
+// passes on a misread query.
+//
+// Lists walk the (sys_updated_on, sys_id) index: keyset queries
+// (sys_updated_on>T, sys_updated_on=T^sys_id>ID, with ORDERBYs) are binary
+// searches, while sysparm_offset walks and tests every skipped row, so deep
+// offsets cost more, as on the platform. Other orders sort the matches.
+//
+// # Behaviour
+//
+// Every value is a JSON string; references are {"link","value"} (plain with
+// sysparm_exclude_reference_link). System fields (sys_*) sent by a client are
+// ignored; sys_mod_count grows by one per update that changes something;
+// sys_updated_on is UTC at one-second resolution; sys_updated_by is the
+// writer's user name (Config.AppUser for API writes). Incident: numbers
+// INC0010001..., priority computed from impact and urgency (a sent priority
+// is overwritten), state 6/7 need close_code and close_notes (else 403
+// Operation Failed with a data-policy detail), active "false" in states 7
+// and 8, comments/work_notes append sys_journal_field rows (raw reads give
+// "", display values give the entries newest first). A delete writes a
+// sys_audit_delete row (tablename, documentkey, payload).
+//
+// # Knobs (all safe while requests run)
+//
+//   - SetOAuthMode(OAuthOK | OAuthGrantDisabled | OAuthNoAppUser |
+//     OAuthTokenNotAuthenticated), SetTokenTTL, RevokeTokens,
+//     TokenRequests, TokensIssued.
+//   - SetACL(ACL{NoRoles, DenyWrites, HideRow, HiddenFields}); HideRow runs
+//     after sysparm_limit (short or empty pages while more follow;
+//     X-Total-Count counts hidden rows); HideFraction(f) builds one.
+//   - SetInvalidQueryReturnsNoRows, QueryProblems.
+//   - SetRateLimitRules([]RateLimitRule) (per hour per user/role/everyone,
+//     most specific wins), SetUserRoles, SetBurstLimit(perSecond): 429 with
+//     Retry-After, X-RateLimit-Limit, X-RateLimit-Reset, X-RateLimit-Rule.
+//   - SetFaults(Faults{Latency, LatencyJitter, ErrorRate, CancelRate,
+//     DropRate, TokenErrorRate}); rates draw from Config.Seed's generator.
+//   - Business rules: SetWebhooks(targets...), SetWebhookOptions(
+//     WebhookOptions{DropRate, Delay, BeforeResponse, SkipUser, Fields}),
+//     WaitWebhooks(ctx), WebhookStats. After each insert/update/delete (API
+//     or direct call, unless written without workflow) the SPEC §2 event is
+//     encoded by events.EncodeWebhookBody, signed with every target secret
+//     and POSTed asynchronously, in order per record, never retried.
+//   - RequestCount(method, path, status), RequestStats, Requests, ResetStats.
+//
+// # Direct test API
+//
+// Insert, Update, Delete (as a named user, business rules run),
+// InsertNoWorkflow, UpdateNoWorkflow, DeleteNoWorkflow (setWorkflow(false)),
+// Get, Count, IDs, Journal, JournalDisplay, SetUpdatedOn (a late commit),
+// Seed, SeedWith.
+package snsim

@@ -1,0 +1,155 @@
+package snsim
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// OAuthMode selects how the token endpoint and the API treat credentials.
+type OAuthMode int
+
+const (
+	// OAuthOK issues tokens for the configured client id and secret.
+	OAuthOK OAuthMode = iota
+	// OAuthGrantDisabled: glide.oauth.inbound.client.credential.grant_type.enabled
+	// is false; every token request fails with the generic 401.
+	OAuthGrantDisabled
+	// OAuthNoAppUser: the registry record has no OAuth Application User and
+	// the token request fails (ServiceNow's documented behaviour).
+	OAuthNoAppUser
+	// OAuthTokenNotAuthenticated: tokens are issued, but every API call
+	// answers 401 User Not Authenticated (the field-reported form of a
+	// missing application user).
+	OAuthTokenNotAuthenticated
+)
+
+func (m OAuthMode) String() string {
+	switch m {
+	case OAuthGrantDisabled:
+		return "grant-disabled"
+	case OAuthNoAppUser:
+		return "no-app-user"
+	case OAuthTokenNotAuthenticated:
+		return "token-not-authenticated"
+	}
+	return "ok"
+}
+
+// SetOAuthMode switches the OAuth behaviour.
+func (s *Server) SetOAuthMode(m OAuthMode) {
+	s.knobMu.Lock()
+	s.oauth = m
+	s.knobMu.Unlock()
+}
+
+// SetTokenTTL changes expires_in of tokens issued from now on.
+func (s *Server) SetTokenTTL(d time.Duration) {
+	s.knobMu.Lock()
+	s.ttl = d
+	s.knobMu.Unlock()
+}
+
+// RevokeTokens invalidates every issued token: the next API call with one
+// answers 401 User Not Authenticated.
+func (s *Server) RevokeTokens() {
+	s.knobMu.Lock()
+	s.tokens = map[string]tokenInfo{}
+	s.knobMu.Unlock()
+}
+
+// TokenRequests counts requests to /oauth_token.do (successful or not).
+func (s *Server) TokenRequests() int {
+	s.knobMu.Lock()
+	defer s.knobMu.Unlock()
+	return s.tokReq
+}
+
+// TokensIssued counts tokens handed out.
+func (s *Server) TokensIssued() int {
+	s.knobMu.Lock()
+	defer s.knobMu.Unlock()
+	return s.tokIss
+}
+
+// Faults injects failures into API requests. Rates are probabilities in
+// [0,1], drawn from the seeded generator.
+type Faults struct {
+	Latency       time.Duration // added to every request, token requests included
+	LatencyJitter time.Duration // plus a uniform random part up to this
+	ErrorRate     float64       // Table API requests answered 503 Service Unavailable
+	CancelRate    float64       // Table API requests answered 503 Transaction cancelled
+	DropRate      float64       // Table API connections closed without an answer
+	// TokenErrorRate answers token requests with 503 (a failed refresh).
+	TokenErrorRate float64
+}
+
+func (f Faults) validate() error {
+	for name, v := range map[string]float64{"ErrorRate": f.ErrorRate, "CancelRate": f.CancelRate, "DropRate": f.DropRate, "TokenErrorRate": f.TokenErrorRate} {
+		if v < 0 || v > 1 {
+			return fmt.Errorf("snsim: fault %s must be within [0,1], got %g", name, v)
+		}
+	}
+	if f.Latency < 0 || f.LatencyJitter < 0 {
+		return fmt.Errorf("snsim: latency must not be negative")
+	}
+	return nil
+}
+
+// SetFaults replaces the fault injection settings.
+func (s *Server) SetFaults(f Faults) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	s.knobMu.Lock()
+	s.faults = f
+	s.knobMu.Unlock()
+	return nil
+}
+
+func (s *Server) currentFaults() Faults {
+	s.knobMu.Lock()
+	defer s.knobMu.Unlock()
+	return s.faults
+}
+
+// ACL restricts what the API user (the OAuth application user) sees and
+// may do. Direct test calls are never restricted.
+type ACL struct {
+	// NoRoles: the user has no roles on the tables: lists answer 200 with
+	// [] (X-Total-Count 0), single reads 404, writes 403.
+	NoRoles bool
+	// DenyWrites: POST/PUT/PATCH/DELETE answer 403 ACL Exception Update
+	// Failed due to security constraints.
+	DenyWrites bool
+	// HideRow hides rows the user may not read. It is applied after
+	// sysparm_limit, as the platform does: pages come back short or empty
+	// while more rows follow, and X-Total-Count still counts hidden rows.
+	HideRow func(table string, rec Record) bool
+	// HiddenFields are silently omitted per table; a query naming one
+	// answers 403 Insufficient rights to query records.
+	HiddenFields map[string][]string
+}
+
+// SetACL replaces the ACL settings.
+func (s *Server) SetACL(a ACL) {
+	s.knobMu.Lock()
+	s.acl = a
+	s.knobMu.Unlock()
+}
+
+func (s *Server) currentACL() ACL {
+	s.knobMu.Lock()
+	defer s.knobMu.Unlock()
+	return s.acl
+}
+
+// HideFraction returns an ACL.HideRow that hides about the given fraction
+// of rows, chosen by a hash of sys_id, so the same rows stay hidden.
+func HideFraction(f float64) func(table string, rec Record) bool {
+	return func(_ string, rec Record) bool {
+		h := sha256.Sum256([]byte(rec["sys_id"]))
+		return float64(binary.BigEndian.Uint64(h[:8])>>11)/float64(1<<53) < f
+	}
+}

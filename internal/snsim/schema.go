@@ -1,0 +1,250 @@
+package snsim
+
+import "strings"
+
+// fieldType is the dictionary's internal type, reduced to what changes how
+// the simulator compares, renders and writes a value.
+type fieldType int
+
+const (
+	typeString fieldType = iota
+	typeInteger
+	typeBoolean
+	typeDateTime
+	typeReference
+	typeJournal
+	typeChoice // an integer or string with labelled values
+	typeGUID
+)
+
+func (t fieldType) internal() string {
+	switch t {
+	case typeInteger:
+		return "integer"
+	case typeBoolean:
+		return "boolean"
+	case typeDateTime:
+		return "glide_date_time"
+	case typeReference:
+		return "reference"
+	case typeJournal:
+		return "journal_input"
+	case typeChoice:
+		return "integer"
+	case typeGUID:
+		return "GUID"
+	}
+	return "string"
+}
+
+type field struct {
+	name      string
+	label     string
+	typ       fieldType
+	ref       string            // referenced table of a reference field
+	choices   map[string]string // value -> label
+	numeric   bool              // compare and sort as numbers
+	system    bool              // sys_* fields: read-only through the API
+	maxLen    int
+	definedOn string // the dictionary row's table (task fields live on task)
+}
+
+// tableSchema describes one table: its fields in dictionary order.
+type tableSchema struct {
+	name     string
+	label    string
+	parent   string
+	fields   []*field
+	byName   map[string]int
+	display  string // the field whose value a reference to this table displays
+	readOnly bool   // the API may not write it (system tables)
+	prefix   string // number prefix (INC)
+}
+
+func (t *tableSchema) field(name string) (*field, int, bool) {
+	i, ok := t.byName[name]
+	if !ok {
+		return nil, -1, false
+	}
+	return t.fields[i], i, true
+}
+
+func (t *tableSchema) idx(name string) int {
+	i, ok := t.byName[name]
+	if !ok {
+		return -1
+	}
+	return i
+}
+
+func newSchema(name, label, parent, display string, fields []*field) *tableSchema {
+	t := &tableSchema{name: name, label: label, parent: parent, display: display, byName: map[string]int{}}
+	for i, f := range fields {
+		if f.definedOn == "" {
+			f.definedOn = name
+		}
+		if f.label == "" {
+			f.label = labelOf(f.name)
+		}
+		if f.maxLen == 0 {
+			f.maxLen = 40
+		}
+		f.system = strings.HasPrefix(f.name, "sys_")
+		if f.typ == typeInteger {
+			f.numeric = true
+		}
+		t.fields = append(t.fields, f)
+		t.byName[f.name] = i
+	}
+	return t
+}
+
+func labelOf(name string) string {
+	name = strings.TrimPrefix(name, "sys_")
+	parts := strings.Split(name, "_")
+	for i, p := range parts {
+		if p != "" {
+			parts[i] = strings.ToUpper(p[:1]) + p[1:]
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// sysFields are the fields every table has.
+func sysFields(on string) []*field {
+	return []*field{
+		{name: "sys_id", label: "Sys ID", typ: typeGUID, maxLen: 32, definedOn: on},
+		{name: "sys_created_on", label: "Created", typ: typeDateTime, definedOn: on},
+		{name: "sys_created_by", label: "Created by", definedOn: on},
+		{name: "sys_updated_on", label: "Updated", typ: typeDateTime, definedOn: on},
+		{name: "sys_updated_by", label: "Updated by", definedOn: on},
+		{name: "sys_mod_count", label: "Updates", typ: typeInteger, definedOn: on},
+	}
+}
+
+var (
+	stateChoices = map[string]string{"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolved", "7": "Closed", "8": "Canceled"}
+	impactLabels = map[string]string{"1": "1 - High", "2": "2 - Medium", "3": "3 - Low"}
+	prioLabels   = map[string]string{"1": "1 - Critical", "2": "2 - High", "3": "3 - Moderate", "4": "4 - Low", "5": "5 - Planning"}
+	categories   = map[string]string{"inquiry": "Inquiry / Help", "software": "Software", "hardware": "Hardware", "network": "Network", "database": "Database"}
+	closeCodes   = map[string]string{
+		"Solved (Work Around)": "Solved (Work Around)", "Solved (Permanently)": "Solved (Permanently)",
+		"Solved Remotely (Work Around)": "Solved Remotely (Work Around)", "Solved Remotely (Permanently)": "Solved Remotely (Permanently)",
+		"Not Solved (Not Reproducible)": "Not Solved (Not Reproducible)", "Not Solved (Too Costly)": "Not Solved (Too Costly)",
+		"Closed/Resolved by Caller": "Closed/Resolved by Caller",
+	}
+	contactTypes = map[string]string{"email": "Email", "phone": "Phone", "self-service": "Self-service", "walk-in": "Walk-in", "chat": "Chat"}
+	holdReasons  = map[string]string{"1": "Awaiting Caller", "3": "Awaiting Problem", "4": "Awaiting User Info", "5": "Awaiting Evidence"}
+)
+
+// incidentSchema is incident with the fields it inherits from task, in the
+// order a dictionary read lists them.
+func incidentSchema() *tableSchema {
+	task := func(f *field) *field { f.definedOn = "task"; return f }
+	inc := func(f *field) *field { f.definedOn = "incident"; return f }
+	fs := sysFields("task")
+	fs = append(fs,
+		task(&field{name: "sys_class_name", label: "Task type", maxLen: 80}),
+		task(&field{name: "sys_domain", label: "Domain", typ: typeReference, ref: "sys_user_group", maxLen: 32}),
+		task(&field{name: "number", label: "Number"}),
+		task(&field{name: "short_description", label: "Short description", maxLen: 160}),
+		task(&field{name: "description", label: "Description", maxLen: 4000}),
+		task(&field{name: "state", label: "State", typ: typeChoice, choices: stateChoices, numeric: true}),
+		task(&field{name: "impact", label: "Impact", typ: typeChoice, choices: impactLabels, numeric: true}),
+		task(&field{name: "urgency", label: "Urgency", typ: typeChoice, choices: impactLabels, numeric: true}),
+		task(&field{name: "priority", label: "Priority", typ: typeChoice, choices: prioLabels, numeric: true}),
+		task(&field{name: "active", label: "Active", typ: typeBoolean}),
+		task(&field{name: "assigned_to", label: "Assigned to", typ: typeReference, ref: "sys_user", maxLen: 32}),
+		task(&field{name: "assignment_group", label: "Assignment group", typ: typeReference, ref: "sys_user_group", maxLen: 32}),
+		task(&field{name: "opened_by", label: "Opened by", typ: typeReference, ref: "sys_user", maxLen: 32}),
+		task(&field{name: "opened_at", label: "Opened", typ: typeDateTime}),
+		task(&field{name: "closed_by", label: "Closed by", typ: typeReference, ref: "sys_user", maxLen: 32}),
+		task(&field{name: "closed_at", label: "Closed", typ: typeDateTime}),
+		task(&field{name: "close_notes", label: "Resolution notes", maxLen: 4000}),
+		task(&field{name: "contact_type", label: "Channel", typ: typeChoice, choices: contactTypes}),
+		task(&field{name: "comments", label: "Additional comments", typ: typeJournal, maxLen: 4000}),
+		task(&field{name: "work_notes", label: "Work notes", typ: typeJournal, maxLen: 4000}),
+		task(&field{name: "correlation_id", label: "Correlation ID", maxLen: 100}),
+		task(&field{name: "correlation_display", label: "Correlation display", maxLen: 100}),
+		task(&field{name: "escalation", label: "Escalation", typ: typeInteger}),
+		task(&field{name: "reassignment_count", label: "Reassignment count", typ: typeInteger}),
+		inc(&field{name: "caller_id", label: "Caller", typ: typeReference, ref: "sys_user", maxLen: 32}),
+		inc(&field{name: "category", label: "Category", typ: typeChoice, choices: categories}),
+		inc(&field{name: "subcategory", label: "Subcategory"}),
+		inc(&field{name: "close_code", label: "Resolution code", typ: typeChoice, choices: closeCodes}),
+		inc(&field{name: "incident_state", label: "Incident state", typ: typeChoice, choices: stateChoices, numeric: true}),
+		inc(&field{name: "hold_reason", label: "On hold reason", typ: typeChoice, choices: holdReasons, numeric: true}),
+		inc(&field{name: "resolved_by", label: "Resolved by", typ: typeReference, ref: "sys_user", maxLen: 32}),
+		inc(&field{name: "resolved_at", label: "Resolved", typ: typeDateTime}),
+		inc(&field{name: "severity", label: "Severity", typ: typeChoice, choices: map[string]string{"1": "1 - High", "2": "2 - Medium", "3": "3 - Low"}, numeric: true}),
+		inc(&field{name: "reopen_count", label: "Reopen count", typ: typeInteger}),
+	)
+	t := newSchema("incident", "Incident", "task", "number", fs)
+	t.prefix = "INC"
+	return t
+}
+
+func userSchema() *tableSchema {
+	fs := append(sysFields("sys_user"),
+		&field{name: "user_name", label: "User ID"},
+		&field{name: "name", label: "Name"},
+		&field{name: "first_name", label: "First name"},
+		&field{name: "last_name", label: "Last name"},
+		&field{name: "email", label: "Email", maxLen: 100},
+		&field{name: "active", label: "Active", typ: typeBoolean},
+	)
+	t := newSchema("sys_user", "User", "", "name", fs)
+	t.readOnly = true
+	return t
+}
+
+func groupSchema() *tableSchema {
+	fs := append(sysFields("sys_user_group"),
+		&field{name: "name", label: "Name", maxLen: 80},
+		&field{name: "description", label: "Description", maxLen: 1000},
+		&field{name: "active", label: "Active", typ: typeBoolean},
+	)
+	t := newSchema("sys_user_group", "Group", "", "name", fs)
+	t.readOnly = true
+	return t
+}
+
+func journalSchema() *tableSchema {
+	fs := append(sysFields("sys_journal_field"),
+		&field{name: "name", label: "Table name", maxLen: 80},
+		&field{name: "element", label: "Element", maxLen: 80},
+		&field{name: "element_id", label: "Element ID", maxLen: 32},
+		&field{name: "value", label: "Value", maxLen: 4000},
+	)
+	t := newSchema("sys_journal_field", "Journal Entry", "", "value", fs)
+	t.readOnly = true
+	return t
+}
+
+func auditDeleteSchema() *tableSchema {
+	fs := append(sysFields("sys_audit_delete"),
+		&field{name: "tablename", label: "Table", maxLen: 80},
+		&field{name: "documentkey", label: "Document key", maxLen: 32},
+		&field{name: "display_value", label: "Display value", maxLen: 255},
+		&field{name: "payload", label: "Payload", maxLen: 65000},
+	)
+	t := newSchema("sys_audit_delete", "Deleted record", "", "display_value", fs)
+	t.readOnly = true
+	return t
+}
+
+func dictionarySchema() *tableSchema {
+	fs := append(sysFields("sys_dictionary"),
+		&field{name: "name", label: "Table", maxLen: 80},
+		&field{name: "element", label: "Column name", maxLen: 80},
+		&field{name: "column_label", label: "Column label", maxLen: 80},
+		&field{name: "internal_type", label: "Type", maxLen: 40},
+		&field{name: "max_length", label: "Max length", typ: typeInteger},
+		&field{name: "reference", label: "Reference", maxLen: 80},
+		&field{name: "read_only", label: "Read only", typ: typeBoolean},
+		&field{name: "active", label: "Active", typ: typeBoolean},
+	)
+	t := newSchema("sys_dictionary", "Dictionary Entry", "", "element", fs)
+	t.readOnly = true
+	return t
+}

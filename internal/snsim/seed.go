@@ -1,0 +1,144 @@
+package snsim
+
+import (
+	"fmt"
+	mrand "math/rand/v2"
+	"strconv"
+	"time"
+)
+
+// SeedOptions shapes seeded incidents.
+type SeedOptions struct {
+	// PerSecond is how many records share each sys_updated_on second
+	// (default 50), so keyset cursors must tie-break on sys_id.
+	PerSecond int
+	// End is the newest sys_updated_on (default: the instance clock, minus
+	// one second).
+	End time.Time
+}
+
+var (
+	seedDescriptions = []string{
+		"Email down", "Cannot connect to VPN", "Laptop battery not charging", "Printer out of toner on floor 3",
+		"Password reset request", "SAP login fails with error 401", "Outlook keeps crashing", "Wi-Fi drops in meeting rooms",
+		"Request for new monitor", "Database backup job failed", "Slow network in Building B", "Phone line has static",
+		"Cannot access shared drive", "Software license expired", "Blue screen after update", "Website returns 503",
+		"Badge reader not working", "Need access to Salesforce", "Excel macro error", "Server disk space low",
+	}
+	seedCategories = []string{"inquiry", "software", "hardware", "network", "database"}
+	seedContact    = []string{"email", "phone", "self-service", "walk-in", "chat"}
+	seedStates     = []string{"1", "1", "1", "2", "2", "2", "3", "6", "6", "7", "7", "8"}
+	seedNotes      = []string{"Restarted the service.", "Replaced the device.", "User error, explained the procedure.", "Applied the vendor patch."}
+	seedCloseCodes = []string{"Solved (Permanently)", "Solved (Work Around)", "Solved Remotely (Permanently)", "Closed/Resolved by Caller"}
+)
+
+// Seed fills incident with n realistic records, about 50 per second of
+// sys_updated_on, ending now. It runs no business rules (an import).
+func (s *Server) Seed(n int) error { return s.SeedWith(n, SeedOptions{}) }
+
+// SeedWith is Seed with options.
+func (s *Server) SeedWith(n int, o SeedOptions) error {
+	if n < 0 {
+		return fmt.Errorf("snsim: seed count must not be negative, got %d", n)
+	}
+	if o.PerSecond <= 0 {
+		o.PerSecond = 50
+	}
+	if o.End.IsZero() {
+		o.End = s.now().Add(-time.Second)
+	}
+	end := o.End.UTC().Truncate(time.Second)
+	seconds := (n + o.PerSecond - 1) / o.PerSecond
+	start := end.Add(-time.Duration(seconds-1) * time.Second)
+
+	s.knobMu.Lock()
+	rng := mrand.New(mrand.NewPCG(s.rng.Uint64(), s.rng.Uint64()))
+	s.knobMu.Unlock()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tables["incident"]
+	userIDs := make([]string, 0, len(demoUsers))
+	logins := make([]string, 0, len(demoUsers))
+	for _, u := range demoUsers {
+		userIDs = append(userIDs, s.userID(u[0]))
+		logins = append(logins, u[0])
+	}
+	groupIDs := make([]string, 0, len(demoGroups))
+	for _, g := range demoGroups {
+		groupIDs = append(groupIDs, stableID("sys_user_group", g))
+	}
+	stamps := map[int64]string{}
+	stamp := func(tm time.Time) string {
+		k := tm.Unix()
+		if v, ok := stamps[k]; ok {
+			return v
+		}
+		v := tm.Format(snTimeLayout)
+		stamps[k] = v
+		return v
+	}
+	small := make([]string, 10)
+	for i := range small {
+		small[i] = strconv.Itoa(i)
+	}
+	idx := func(name string) int { return t.s.idx(name) }
+	iNum, iShort, iState, iImpact, iUrg, iPrio, iActive := idx("number"), idx("short_description"), idx("state"), idx("impact"), idx("urgency"), idx("priority"), idx("active")
+	iCaller, iAssigned, iGroup, iOpenedBy, iOpenedAt := idx("caller_id"), idx("assigned_to"), idx("assignment_group"), idx("opened_by"), idx("opened_at")
+	iCat, iContact, iCloseCode, iCloseNotes, iIncState := idx("category"), idx("contact_type"), idx("close_code"), idx("close_notes"), idx("incident_state")
+	iResAt, iResBy, iClosedAt, iClosedBy := idx("resolved_at"), idx("resolved_by"), idx("closed_at"), idx("closed_by")
+	iCreated, iCreatedBy, iUpdatedBy, iMod, iClass, iDomain := idx("sys_created_on"), idx("sys_created_by"), idx("sys_updated_by"), idx("sys_mod_count"), idx("sys_class_name"), idx("sys_domain")
+	iSev, iEsc, iReassign, iReopen, iDesc := idx("severity"), idx("escalation"), idx("reassignment_count"), idx("reopen_count"), idx("description")
+
+	rows := make([]*row, n)
+	for i := range n {
+		r := t.newRow()
+		updated := start.Add(time.Duration(i/o.PerSecond) * time.Second)
+		created := updated.Add(-time.Duration(rng.IntN(30*24*3600)) * time.Second)
+		v := r.vals
+		v[t.iID] = randHexFrom(rng, 32)
+		v[t.iUpdated] = stamp(updated)
+		v[iCreated] = stamp(created)
+		v[iNum] = fmt.Sprintf("%s%07d", t.s.prefix, t.next)
+		t.next++
+		v[iShort] = seedDescriptions[rng.IntN(len(seedDescriptions))]
+		if rng.IntN(3) == 0 {
+			v[iDesc] = v[iShort] + ". Reported by the caller; see work notes."
+		}
+		state := seedStates[rng.IntN(len(seedStates))]
+		v[iState], v[iIncState] = state, state
+		imp, urg := small[1+rng.IntN(3)], small[1+rng.IntN(3)]
+		v[iImpact], v[iUrg], v[iPrio] = imp, urg, priorityMatrix[[2]string{imp, urg}]
+		v[iActive] = "true"
+		u := rng.IntN(len(userIDs))
+		v[iCaller] = userIDs[u]
+		v[iOpenedBy] = userIDs[rng.IntN(len(userIDs))]
+		v[iOpenedAt] = v[iCreated]
+		v[iCreatedBy] = logins[rng.IntN(len(logins))]
+		v[iUpdatedBy] = logins[rng.IntN(len(logins))]
+		if state != "1" {
+			v[iAssigned] = userIDs[rng.IntN(len(userIDs))]
+			v[iGroup] = groupIDs[rng.IntN(len(groupIDs))]
+		}
+		v[iCat] = seedCategories[rng.IntN(len(seedCategories))]
+		v[iContact] = seedContact[rng.IntN(len(seedContact))]
+		v[iMod] = small[rng.IntN(9)]
+		v[iClass], v[iDomain] = "incident", "global"
+		v[iSev], v[iEsc], v[iReassign], v[iReopen] = "3", "0", "0", "0"
+		if state == "6" || state == "7" {
+			v[iCloseCode] = seedCloseCodes[rng.IntN(len(seedCloseCodes))]
+			v[iCloseNotes] = seedNotes[rng.IntN(len(seedNotes))]
+			v[iResAt], v[iResBy] = v[t.iUpdated], v[iAssigned]
+			if state == "7" {
+				v[iClosedAt], v[iClosedBy] = v[t.iUpdated], v[iAssigned]
+			}
+		}
+		if state == "7" || state == "8" {
+			v[iActive] = "false"
+		}
+		rows[i] = r
+	}
+	t.bulkAppend(rows)
+	s.log.Info("snsim seeded incidents", "count", n, "from", stamp(start), "to", stamp(end))
+	return nil
+}
