@@ -279,12 +279,16 @@ func (r *Runner) handleMsg(ctx context.Context, msg jetstream.Msg, w waiting) {
 	out, err := r.Handle(hctx, &ev)
 	cancel()
 	r.metrics.latency.Observe(time.Since(start).Seconds())
-	log := r.log.With("subject", msg.Subject(), "seq", seq, "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount))
+	log := func() *slog.Logger {
+		return r.log.With("subject", msg.Subject(), "seq", seq, "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount))
+	}
 	if err == nil {
 		w.done(key, seq)
-		log.Debug("event handled", "outcome", string(out))
+		if r.log.Enabled(ctx, slog.LevelDebug) {
+			log().Debug("event handled", "outcome", string(out))
+		}
 		if err := msg.Ack(); err != nil {
-			log.Warn("ack failed; the event will be redelivered and found applied", "err", err)
+			log().Warn("ack failed; the event will be redelivered and found applied", "err", err)
 		}
 		return
 	}
@@ -306,7 +310,7 @@ func (r *Runner) handleMsg(ctx context.Context, msg jetstream.Msg, w waiting) {
 	w.add(key, seq, delay, r.cfg.BackOff[0])
 	reason := retryReason(err)
 	r.metrics.retries.WithLabelValues(reason).Inc()
-	log.Warn("apply failed; will retry", "reason", reason, "delivered", meta.NumDelivered, "retry_in", delay, "err", err)
+	log().Warn("apply failed; will retry", "reason", reason, "delivered", meta.NumDelivered, "retry_in", delay, "err", err)
 	_ = msg.NakWithDelay(delay)
 }
 
@@ -444,7 +448,7 @@ func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool) (Ou
 // writeback compares the app's next change with.
 func snFields(tbl *mapping.Table, record events.Fields) map[string]string {
 	out := make(map[string]string, len(tbl.Fields)+2)
-	for _, f := range tbl.ServiceNowFields() {
+	for _, f := range tbl.ReadFields() {
 		if v, ok := record[f]; ok {
 			out[f] = v
 		}

@@ -90,8 +90,9 @@ type Table struct {
 	Fields           []Field
 	Source           string // file name, for messages
 
-	bySaaS map[string]*Field
-	bySN   map[string]*Field
+	bySaaS   map[string]*Field
+	bySN     map[string]*Field
+	snFields []string
 }
 
 // FieldBySaaS returns the pair of a SaaS field name.
@@ -161,7 +162,12 @@ func (t *Table) ToServiceNow(fields map[string]string) (out map[string]string, u
 // records (for sysparm_fields): every pair synced towards the app, the
 // link fields and number, sorted. System fields (sys_id, sys_mod_count,
 // sys_updated_on...) are the caller's to add.
-func (t *Table) ServiceNowFields() []string {
+func (t *Table) ServiceNowFields() []string { return slices.Clone(t.snFields) }
+
+// ReadFields is ServiceNowFields without the copy; callers must not modify it.
+func (t *Table) ReadFields() []string { return t.snFields }
+
+func (t *Table) computeFields() []string {
 	set := map[string]bool{"number": true}
 	if t.LinkField != "" {
 		set[t.LinkField] = true
@@ -266,6 +272,7 @@ func Parse(name string, data []byte) (*Table, error) {
 		t.bySaaS[f.SaaS] = f
 		t.bySN[f.ServiceNow] = f
 	}
+	t.snFields = t.computeFields()
 	return t, nil
 }
 
