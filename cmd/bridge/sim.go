@@ -1,11 +1,242 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nowbridge/nowbridge/internal/snsim"
+	"github.com/nowbridge/nowbridge/internal/webhook"
+)
+
+type simFlags struct {
+	listen, clientID, clientSecret, appUser, instance string
+	seed                                              int
+	webhookURLs                                       []string
+	webhookSecret, skipUser                           string
+	dropRate                                          float64
+	webhookDelay                                      time.Duration
+	rateLimit, burst                                  int
+	latency, jitter, tokenTTL                         time.Duration
+	errorRate, cancelRate, dropConnRate, tokenErrRate float64
+	aclMode, oauthMode                                string
+	hideFraction                                      float64
+	invalidNoRows                                     bool
+	rngSeed                                           uint64
+	logFormat                                         string
+}
 
 func newSimCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	var f simFlags
+	cmd := &cobra.Command{
 		Use:   "sim",
-		Short: "sim (not yet built)",
-		RunE:  func(*cobra.Command, []string) error { return errNotBuilt },
+		Short: "Run the ServiceNow instance simulator alone (OAuth, Table API, business-rule webhooks, faults)",
+		Long: `Run a simulated ServiceNow instance: OAuth client credentials at /oauth_token.do, the Table API
+(incident, sys_journal_field, sys_audit_delete, sys_dictionary, sys_user, sys_user_group) and business
+rules that POST signed webhooks to --webhook-url. Point the bridge's BRIDGE_SN_INSTANCE_URL at it.
+
+Credentials default to BRIDGE_SN_CLIENT_ID / BRIDGE_SN_CLIENT_SECRET and the webhook secret to the first
+of BRIDGE_WEBHOOK_SECRETS; a missing client secret or webhook secret is generated and printed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runSim(cmd.Context(), a, f)
+		},
 	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.listen, "listen", "127.0.0.1:8081", "address to listen on")
+	fl.StringVar(&f.clientID, "client-id", "", "OAuth client id (default $BRIDGE_SN_CLIENT_ID, else nowbridge)")
+	fl.StringVar(&f.clientSecret, "client-secret", "", "OAuth client secret (default $BRIDGE_SN_CLIENT_SECRET, else generated)")
+	fl.StringVar(&f.appUser, "app-user", snsim.DefaultAppUser, "OAuth application user: sys_updated_by of API writes")
+	fl.StringVar(&f.instance, "instance", "dev00000", "instance name sent in webhooks")
+	fl.IntVar(&f.seed, "seed", 0, "fill incident with N records (about 50 per sys_updated_on second)")
+	fl.StringSliceVar(&f.webhookURLs, "webhook-url", nil, "business-rule webhook endpoint, e.g. http://127.0.0.1:8080/webhooks/servicenow (repeatable)")
+	fl.StringVar(&f.webhookSecret, "webhook-secret", "", "whsec_... secrets signing webhooks, comma-separated (default first of $BRIDGE_WEBHOOK_SECRETS, else generated)")
+	fl.Float64Var(&f.dropRate, "drop-rate", 0, "share of webhooks never sent, 0..1 (exercises reconcile)")
+	fl.DurationVar(&f.webhookDelay, "webhook-delay", 0, "delay before each webhook is sent")
+	fl.StringVar(&f.skipUser, "skip-user", "", "send no webhook for changes by this user name (loop guard)")
+	fl.IntVar(&f.rateLimit, "rate-limit", 0, "Table API requests per hour per user (a sys_rate_limit_rules rule for all users); 0 = none")
+	fl.IntVar(&f.burst, "burst", 0, "Table API requests per second per user; 0 = unlimited")
+	fl.DurationVar(&f.latency, "latency", 0, "latency added to every request")
+	fl.DurationVar(&f.jitter, "latency-jitter", 0, "random extra latency up to this")
+	fl.Float64Var(&f.errorRate, "error-rate", 0, "share of Table API requests answered 503, 0..1")
+	fl.Float64Var(&f.cancelRate, "cancel-rate", 0, "share of Table API requests answered 503 Transaction cancelled, 0..1")
+	fl.Float64Var(&f.dropConnRate, "drop-conn-rate", 0, "share of Table API connections closed without an answer, 0..1")
+	fl.Float64Var(&f.tokenErrRate, "token-error-rate", 0, "share of token requests answered 503, 0..1")
+	fl.StringVar(&f.aclMode, "acl-mode", "none", "none | rows (hide --hide-fraction of rows after the limit) | no-roles (200 with []) | deny-writes (403)")
+	fl.Float64Var(&f.hideFraction, "hide-fraction", 0.25, "share of rows hidden in --acl-mode rows")
+	fl.StringVar(&f.oauthMode, "oauth-mode", "ok", "ok | grant-disabled | no-app-user | token-not-authenticated")
+	fl.DurationVar(&f.tokenTTL, "token-ttl", 1799*time.Second, "expires_in of issued tokens")
+	fl.BoolVar(&f.invalidNoRows, "invalid-query-no-rows", false, "glide.invalid_query.returns_no_rows: a clause on an unknown field returns no rows")
+	fl.Uint64Var(&f.rngSeed, "rng-seed", 0, "seed for generated ids and fault draws (0 = random)")
+	fl.StringVar(&f.logFormat, "log-format", "text", "json or text")
+	return cmd
+}
+
+func runSim(ctx context.Context, a *app, f simFlags) error {
+	cfg, opts, err := simConfig(a, &f)
+	if err != nil {
+		return err
+	}
+	var h slog.Handler = slog.NewTextHandler(a.stderr, nil)
+	if f.logFormat == "json" {
+		h = slog.NewJSONHandler(a.stderr, nil)
+	}
+	cfg.Logger = slog.New(h)
+	sim := snsim.New(cfg)
+	defer sim.Close()
+	if err := opts(sim); err != nil {
+		return usageError{err}
+	}
+	if f.seed > 0 {
+		start := time.Now()
+		if err := sim.Seed(f.seed); err != nil {
+			return usageError{err}
+		}
+		cfg.Logger.Info("seeded incidents", "count", f.seed, "took", time.Since(start).Round(time.Millisecond))
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("sim: listen on %s: %w (is another process using it? pick another with --listen)", f.listen, err)
+	}
+	srv := &http.Server{Handler: sim, ReadHeaderTimeout: 10 * time.Second}
+	url := "http://" + ln.Addr().String()
+	fmt.Fprintf(a.stdout, "ServiceNow simulator listening on %s\n", url)
+	fmt.Fprintf(a.stdout, "  BRIDGE_SN_INSTANCE_URL=%s\n", url)
+	fmt.Fprintf(a.stdout, "  BRIDGE_SN_CLIENT_ID=%s\n", cfg.ClientID)
+	fmt.Fprintf(a.stdout, "  BRIDGE_SN_CLIENT_SECRET=%s\n", cfg.ClientSecret)
+	fmt.Fprintf(a.stdout, "  application user: %s; incidents: %d\n", cfg.AppUser, sim.Count("incident"))
+	for _, w := range cfg.Webhooks {
+		fmt.Fprintf(a.stdout, "  business rules POST to %s\n", w.URL)
+	}
+	if len(cfg.Webhooks) > 0 {
+		fmt.Fprintf(a.stdout, "  BRIDGE_WEBHOOK_SECRETS=%s\n", cfg.Webhooks[0].Secrets[0].Encoded())
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("sim: serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("sim: shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("sim: serve: %w", err)
+	}
+	fmt.Fprintln(a.stdout, "ServiceNow simulator stopped")
+	return nil
+}
+
+// simConfig turns flags into the simulator's config and the knobs to set
+// once it exists; bad values are usage errors.
+func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, error) {
+	bad := func(format string, args ...any) (snsim.Config, func(*snsim.Server) error, error) {
+		return snsim.Config{}, nil, usageError{fmt.Errorf(format, args...)}
+	}
+	if f.clientID == "" {
+		f.clientID = a.getenv("BRIDGE_SN_CLIENT_ID")
+	}
+	if f.clientID == "" {
+		f.clientID = "nowbridge"
+	}
+	if f.clientSecret == "" {
+		f.clientSecret = a.getenv("BRIDGE_SN_CLIENT_SECRET")
+	}
+	if f.clientSecret == "" {
+		b := make([]byte, 16)
+		_, _ = rand.Read(b)
+		f.clientSecret = hex.EncodeToString(b)
+	}
+	if f.seed < 0 {
+		return bad("--seed must not be negative, got %d", f.seed)
+	}
+	for name, v := range map[string]float64{"--drop-rate": f.dropRate, "--error-rate": f.errorRate, "--cancel-rate": f.cancelRate,
+		"--drop-conn-rate": f.dropConnRate, "--token-error-rate": f.tokenErrRate, "--hide-fraction": f.hideFraction} {
+		if v < 0 || v > 1 {
+			return bad("%s must be between 0 and 1, got %g", name, v)
+		}
+	}
+	if f.logFormat != "json" && f.logFormat != "text" {
+		return bad("--log-format must be json or text, got %q", f.logFormat)
+	}
+	cfg := snsim.Config{
+		ClientID: f.clientID, ClientSecret: f.clientSecret, AppUser: f.appUser, TokenTTL: f.tokenTTL,
+		InstanceName: f.instance, Seed: f.rngSeed, InvalidQueryReturnsNoRows: f.invalidNoRows,
+		WebhookOptions: snsim.WebhookOptions{DropRate: f.dropRate, Delay: f.webhookDelay, SkipUser: f.skipUser},
+	}
+	if len(f.webhookURLs) > 0 {
+		secret := f.webhookSecret
+		if secret == "" {
+			secret, _, _ = strings.Cut(a.getenv("BRIDGE_WEBHOOK_SECRETS"), ",")
+		}
+		var secrets []webhook.Secret
+		if strings.TrimSpace(secret) == "" {
+			key := make([]byte, 32)
+			_, _ = rand.Read(key)
+			secrets = []webhook.Secret{webhook.NewSecret(key)}
+		} else {
+			var err error
+			if secrets, err = webhook.ParseSecrets(secret); err != nil {
+				return bad("--webhook-secret: %v", err)
+			}
+		}
+		for _, u := range f.webhookURLs {
+			if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+				return bad("--webhook-url %q must be an http(s) URL", u)
+			}
+			cfg.Webhooks = append(cfg.Webhooks, snsim.WebhookTarget{URL: u, Secrets: secrets})
+		}
+	}
+	var mode snsim.OAuthMode
+	switch f.oauthMode {
+	case "ok":
+	case "grant-disabled":
+		mode = snsim.OAuthGrantDisabled
+	case "no-app-user":
+		mode = snsim.OAuthNoAppUser
+	case "token-not-authenticated":
+		mode = snsim.OAuthTokenNotAuthenticated
+	default:
+		return bad("--oauth-mode must be ok, grant-disabled, no-app-user or token-not-authenticated, got %q", f.oauthMode)
+	}
+	var acl snsim.ACL
+	switch f.aclMode {
+	case "none":
+	case "rows":
+		acl.HideRow = snsim.HideFraction(f.hideFraction)
+	case "no-roles":
+		acl.NoRoles = true
+	case "deny-writes":
+		acl.DenyWrites = true
+	default:
+		return bad("--acl-mode must be none, rows, no-roles or deny-writes, got %q", f.aclMode)
+	}
+	if err := cfg.Validate(); err != nil {
+		return bad("%v", err)
+	}
+	apply := func(s *snsim.Server) error {
+		s.SetOAuthMode(mode)
+		s.SetACL(acl)
+		s.SetBurstLimit(f.burst)
+		if f.rateLimit > 0 {
+			if err := s.SetRateLimitRules([]snsim.RateLimitRule{{Count: f.rateLimit}}); err != nil {
+				return err
+			}
+		}
+		return s.SetFaults(snsim.Faults{Latency: f.latency, LatencyJitter: f.jitter, ErrorRate: f.errorRate,
+			CancelRate: f.cancelRate, DropRate: f.dropConnRate, TokenErrorRate: f.tokenErrRate})
+	}
+	return cfg, apply, nil
 }
