@@ -14,10 +14,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/nowbridge/nowbridge/internal/apply"
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/events"
-	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/reconcile"
 	"github.com/nowbridge/nowbridge/internal/replay"
 	"github.com/nowbridge/nowbridge/internal/snclient"
@@ -136,7 +136,7 @@ the pass starts instead of the watermark; neither moves the watermark back.`,
 // the ServiceNow client paced to reconcile's share of BRIDGE_SN_RATE_LIMIT,
 // bridge_state for versions, watermarks and leases, the mapping's fields.
 func newReconciler(ctx context.Context, cfg config.Config, js jetstream.JetStream, logger *slog.Logger, tune func(*reconcile.Config)) (*reconcile.Reconciler, func(), error) {
-	mset, err := mapping.Load(mappingFS(cfg), logger)
+	mset, err := apply.LoadMapping(cfg.MappingDir, logger)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -173,14 +173,6 @@ func newReconciler(ctx context.Context, cfg config.Config, js jetstream.JetStrea
 	return r, func() { _ = sn.Close() }, nil
 }
 
-// mappingFS is BRIDGE_MAPPING_DIR as a file system, nil for the built-in mapping.
-func mappingFS(cfg config.Config) fs.FS {
-	if cfg.MappingDir == "" {
-		return nil
-	}
-	return os.DirFS(cfg.MappingDir)
-}
-
 func writeReconcileSummary(w io.Writer, sums []reconcile.Summary) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TABLE\tFROM\tPAGES\tSCANNED\tGAPS\tDELETES\tIN FLIGHT\tDURATION\tRESULT")
@@ -199,4 +191,13 @@ func writeReconcileSummary(w io.Writer, sums []reconcile.Summary) {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Table, from, s.Pages, s.Scanned, s.Gaps, s.Deletes, s.InFlight, s.Duration.Round(time.Millisecond), result)
 	}
 	_ = tw.Flush()
+}
+
+// mappingFS is BRIDGE_MAPPING_DIR as a file system, nil for the built-in
+// mapping (mapping.Load's convention).
+func mappingFS(cfg config.Config) fs.FS {
+	if cfg.MappingDir == "" {
+		return nil
+	}
+	return os.DirFS(cfg.MappingDir)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/nowbridge/nowbridge/internal/apply"
 	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
@@ -132,7 +133,7 @@ Times are RFC 3339 or a duration back from now (2h).`,
 
 // newReplayHandler builds the live consumer's per-message path for stream.
 func newReplayHandler(ctx context.Context, cfg config.Config, js jetstream.JetStream, stream string, logger *slog.Logger) (replay.Handler, func(), error) {
-	mset, err := mapping.Load(mappingFS(cfg), logger)
+	mset, err := apply.LoadMapping(cfg.MappingDir, logger)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -159,7 +160,14 @@ func newReplayHandler(ctx context.Context, cfg config.Config, js jetstream.JetSt
 		}
 		return replay.Writeback{W: w}, func() { _ = sn.Close() }, nil
 	}
-	return nil, nil, errors.New("replay --stream sn: the apply path is not wired yet")
+	// The apply path with the configured applier (BRIDGE_APPLIER), exactly
+	// as bridge serve builds it, minus the correlation_id write-back (a
+	// replayed version's link is already known or comes with the next one).
+	r, err := apply.FromConfig(ctx, cfg, js, apply.Options{Logger: logger, Mapping: mset})
+	if err != nil {
+		return nil, nil, err
+	}
+	return replay.Apply{R: r}, func() {}, nil
 }
 
 // newWriter builds the writeback's per-change writer over the shared state
