@@ -1,11 +1,128 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/nowbridge/nowbridge/internal/config"
+	"github.com/nowbridge/nowbridge/internal/doctor"
+	"github.com/nowbridge/nowbridge/internal/mapping"
+	"github.com/nowbridge/nowbridge/internal/snclient"
+	"github.com/nowbridge/nowbridge/internal/webhook"
+)
+
+// doctorAliases are the short flag names of bridge doctor, normalised to
+// the shared configuration's flags.
+var doctorAliases = map[string]string{
+	"instance-url":  "sn-instance-url",
+	"client-id":     "sn-client-id",
+	"client-secret": "sn-client-secret",
+}
 
 func newDoctorCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "doctor",
-		Short: "doctor (not yet built)",
-		RunE:  func(*cobra.Command, []string) error { return errNotBuilt },
+	var writeProbe, asJSON bool
+	var webhookURL string
+	var maxSkew time.Duration
+	cmd := &cobra.Command{
+		Use:   "doctor [--write-probe] [--webhook-url URL] [--json]",
+		Short: "Check a ServiceNow instance's integration setup and say what to fix",
+		Long: `doctor checks what the bridge needs from ServiceNow and prints a checklist, ✓ or ✗
+with the fix for each ✗: the OAuth token exchange, an authenticated Table API
+read, a read of each table in BRIDGE_TABLES (sysparm_limit=1, X-Total-Count),
+every mapped field present, the clock skew from the instance's Date header, the
+rate-limit headers, and with --webhook-url the bridge's receiver (reachable,
+refuses unsigned requests, accepts ours). --write-probe also creates, updates
+and deletes a marked record in each table (its webhooks reach the bridge).
+It exits 1 when a check fails. Settings come from the usual flags, environment
+and --config file; --instance-url, --client-id and --client-secret are short
+for --sn-instance-url, --sn-client-id and --sn-client-secret.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(cmd.Flags(), a.getenv)
+			if err != nil {
+				return usageError{err}
+			}
+			if err := cfg.RequireServiceNow(); err != nil {
+				return usageError{err}
+			}
+			secrets, err := webhook.ParseSecrets(cfg.WebhookSecrets.Reveal())
+			if err != nil {
+				return usageError{fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)}
+			}
+			logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+			mset, err := mapping.Load(mappingFS(cfg), logger)
+			if err != nil {
+				return usageError{err}
+			}
+			report := doctor.Run(cmd.Context(), doctor.Options{
+				InstanceURL:    cfg.SNInstanceURL,
+				ClientID:       cfg.SNClientID,
+				ClientSecret:   snclient.Secret(cfg.SNClientSecret.Reveal()),
+				Tables:         cfg.Tables,
+				Fields:         mappedFields(mset, cfg.Tables),
+				WriteProbe:     writeProbe,
+				WebhookURL:     webhookURL,
+				WebhookSecrets: secrets,
+				MaxClockSkew:   maxSkew,
+				Logger:         logger,
+			})
+			if asJSON {
+				err = report.WriteJSON(a.stdout)
+			} else {
+				err = report.WriteText(a.stdout)
+			}
+			if err != nil {
+				return err
+			}
+			if !report.OK {
+				failed := 0
+				for _, c := range report.Checks {
+					if c.Status == doctor.Fail {
+						failed++
+					}
+				}
+				return fmt.Errorf("doctor: %d check(s) failed", failed)
+			}
+			return nil
+		},
 	}
+	config.BindFlags(cmd.Flags())
+	f := cmd.Flags()
+	f.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+		if to, ok := doctorAliases[name]; ok {
+			name = to
+		}
+		return pflag.NormalizedName(name)
+	})
+	f.BoolVar(&writeProbe, "write-probe", false, "create, update and delete a marked record in each table")
+	f.StringVar(&webhookURL, "webhook-url", "", "the bridge's receiver, e.g. https://bridge.example.com/webhooks/servicenow")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.DurationVar(&maxSkew, "max-clock-skew", time.Minute, "largest accepted difference between the instance's clock and this host's")
+	return cmd
+}
+
+// mappedFields lists, per table, every ServiceNow field its mapping reads
+// or writes.
+func mappedFields(mset *mapping.Set, tables []string) map[string][]string {
+	out := map[string][]string{}
+	for _, t := range tables {
+		mt, ok := mset.ForTable(t)
+		if !ok {
+			continue
+		}
+		fields := mt.ServiceNowFields()
+		for _, f := range mt.Fields {
+			if !slices.Contains(fields, f.ServiceNow) {
+				fields = append(fields, f.ServiceNow)
+			}
+		}
+		slices.Sort(fields)
+		out[t] = fields
+	}
+	return out
 }

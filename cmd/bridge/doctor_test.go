@@ -1,0 +1,64 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/nowbridge/nowbridge/internal/doctor"
+	"github.com/nowbridge/nowbridge/internal/snsim"
+)
+
+// doctorInstance starts a simulated instance with one incident and returns
+// it with its URL.
+func doctorInstance(t *testing.T) (*snsim.Server, string) {
+	t.Helper()
+	sim := snsim.New(snsim.Config{ClientID: "cli", ClientSecret: "s3cr3t-value", Seed: 3})
+	srv := httptest.NewServer(sim)
+	t.Cleanup(func() { srv.Close(); sim.Close() })
+	if _, err := sim.Insert("incident", map[string]string{"short_description": "Email down"}, "admin"); err != nil {
+		t.Fatal(err)
+	}
+	return sim, srv.URL
+}
+
+func TestDoctorCmd_ExitStatusAndJSON(t *testing.T) {
+	sim, url := doctorInstance(t)
+	env := map[string]string{
+		"BRIDGE_SN_INSTANCE_URL":  url,
+		"BRIDGE_SN_CLIENT_ID":     "cli",
+		"BRIDGE_SN_CLIENT_SECRET": "s3cr3t-value",
+	}
+	code, out, stderr := runTool(t, env, "", "doctor", "--json")
+	if code != 0 {
+		t.Fatalf("healthy instance: exit %d\n%s\n%s", code, out, stderr)
+	}
+	var r doctor.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil || !r.OK {
+		t.Fatalf("--json: %v %s", err, out)
+	}
+
+	sim.SetOAuthMode(snsim.OAuthGrantDisabled)
+	code, out, stderr = runTool(t, env, "", "doctor")
+	if code != 1 || !strings.Contains(out, "✗ OAuth token exchange") || !strings.Contains(out, "    fix: ") ||
+		strings.TrimSpace(stderr) != "bridge: doctor: 1 check(s) failed" {
+		t.Errorf("grant disabled: exit %d\nstdout %s\nstderr %q; want 1, a ✗ with its fix, one stderr line", code, out, stderr)
+	}
+	if strings.Contains(out+stderr, "s3cr3t-value") {
+		t.Error("the client secret was printed")
+	}
+}
+
+func TestDoctorCmd_ShortFlagsAndUsage(t *testing.T) {
+	_, url := doctorInstance(t)
+	code, out, stderr := runTool(t, map[string]string{}, "", "doctor",
+		"--instance-url", url, "--client-id", "cli", "--client-secret", "s3cr3t-value")
+	if code != 0 || !strings.Contains(out, "✓ Read incident") {
+		t.Errorf("short flags: exit %d\n%s\n%s", code, out, stderr)
+	}
+	code, _, stderr = runTool(t, map[string]string{}, "", "doctor")
+	if code != 2 || !strings.Contains(stderr, "BRIDGE_SN_INSTANCE_URL") {
+		t.Errorf("no instance: exit %d, stderr %q; want 2 naming BRIDGE_SN_INSTANCE_URL", code, stderr)
+	}
+}
