@@ -383,7 +383,7 @@ func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool) (Ou
 	if err != nil {
 		return "", permanentf("map %s/%s: %v", ev.Table, ev.SysID, err)
 	}
-	externalID, err := r.externalID(ctx, tbl, ev)
+	externalID, fixCorrelation, err := r.externalID(ctx, tbl, ev)
 	if err != nil {
 		return "", err
 	}
@@ -416,10 +416,14 @@ func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool) (Ou
 		r.metrics.applied.WithLabelValues(r.applier.Name(), ev.Action).Inc()
 	}
 	if res.ExternalID != "" && res.ExternalID != externalID {
-		if err := r.Link(ctx, entity, res.ExternalID, ev.Table, ev.SysID, ev.Record[tbl.LinkField]); err != nil {
+		// Linked before the state moves: a redelivery after a failure here
+		// must not find the version applied and skip the link.
+		if err := r.links.Link(ctx, entity, res.ExternalID, ev.Table, ev.SysID); err != nil {
 			return "", err
 		}
+		r.log.Info("record linked from the app's response", "table", ev.Table, "sys_id", ev.SysID, "entity", entity, "external_id", res.ExternalID)
 		externalID = res.ExternalID
+		fixCorrelation = strings.TrimSpace(ev.Record[tbl.LinkField]) != externalID
 	}
 	if r.cfg.Applied != nil && externalID != "" && !res.AlreadyNewer {
 		r.cfg.Applied.RecordApplied(entity, externalID, fields)
@@ -427,6 +431,20 @@ func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool) (Ou
 	if have && !cur.Supersedes(version, ev.Action) {
 		return out, nil // forced replay of an older version: the state stays
 	}
+	if err := r.advance(ctx, tbl, ev, cur, rev, have); err != nil {
+		return "", err
+	}
+	// After the state write, so the writeback finds the version it builds
+	// on and claims its correlation write as an echo.
+	if fixCorrelation && r.cfg.LinkWriter != nil && ev.Action != events.ActionDelete {
+		r.writeCorrelation(ctx, ev.Table, ev.SysID, externalID)
+	}
+	return out, nil
+}
+
+// advance moves bridge_state to the event's version, never backwards.
+func (r *Runner) advance(ctx context.Context, tbl *mapping.Table, ev *events.SNEvent, cur state.Record, rev uint64, have bool) error {
+	version := int64(ev.SysModCount)
 	next := state.Record{Version: version, UpdatedOn: ev.SysUpdatedOn, Fields: snFields(tbl, ev.Record), Deleted: ev.Action == events.ActionDelete}
 	if have && len(cur.Fields) > 0 {
 		merged := maps.Clone(cur.Fields)
@@ -435,13 +453,13 @@ func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool) (Ou
 	}
 	if err := r.states.Put(ctx, ev.Table, ev.SysID, next, rev); err != nil {
 		if !errors.Is(err, state.ErrConflict) {
-			return "", err
+			return err
 		}
 		if _, err := r.states.Advance(ctx, ev.Table, ev.SysID, next); err != nil {
-			return "", err
+			return err
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // snFields keeps the ServiceNow values the mapping reads: the base the
@@ -458,29 +476,27 @@ func snFields(tbl *mapping.Table, record events.Fields) map[string]string {
 
 // externalID finds the app's id for a record: bridge_links, else the
 // record's link field (correlation_id), which restores a lost link. "" means
-// the app has not linked the record yet.
-func (r *Runner) externalID(ctx context.Context, tbl *mapping.Table, ev *events.SNEvent) (string, error) {
+// the app has not linked the record yet. fixCorrelation is true when the
+// record shows a link field that disagrees with bridge_links (it lost, or
+// never got, its correlation_id).
+func (r *Runner) externalID(ctx context.Context, tbl *mapping.Table, ev *events.SNEvent) (id string, fixCorrelation bool, err error) {
 	_, id, ok, err := r.links.ExternalID(ctx, ev.Table, ev.SysID)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	corr, hasCorr := ev.Record[tbl.LinkField]
 	corr = strings.TrimSpace(corr)
 	if ok {
-		if hasCorr && corr != id && r.cfg.LinkWriter != nil && ev.Action != events.ActionDelete {
-			// The record lost (or never got) its correlation_id: write it again.
-			r.writeCorrelation(ctx, ev.Table, ev.SysID, id)
-		}
-		return id, nil
+		return id, tbl.LinkField != "" && hasCorr && corr != id, nil
 	}
 	if tbl.LinkField == "" || corr == "" {
-		return "", nil
+		return "", false, nil
 	}
 	if err := r.links.Link(ctx, tbl.Entity, corr, ev.Table, ev.SysID); err != nil {
-		return "", err
+		return "", false, err
 	}
 	r.log.Info("link restored from the record's link field", "table", ev.Table, "sys_id", ev.SysID, "external_id", corr, "field", tbl.LinkField)
-	return corr, nil
+	return corr, false, nil
 }
 
 // Link stores that the app's (entity, externalID) is the ServiceNow record
