@@ -1,0 +1,245 @@
+package outbound_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
+	"github.com/nowbridge/nowbridge/internal/outbound"
+	"github.com/nowbridge/nowbridge/internal/snclient"
+	"github.com/nowbridge/nowbridge/internal/snsim"
+)
+
+func TestWriteback_LinkedUpsertPatchesOnlyDifferingFieldsAndItsWebhookIsAnEcho(t *testing.T) {
+	h := newHarness(t, opts{})
+	rec := h.linkedIncident("TCK-1", nil)
+	id := rec["sys_id"]
+	echo0, other0 := h.hooks.counts(id)
+	h.sim.ResetStats()
+
+	v := h.publish(events.AppUpsert, "TCK-1", map[string]string{
+		"title": "Email down", "description": "Outlook cannot connect", // unchanged
+		"status": "in_progress", "urgency": "2", "comment": "Looking into it",
+	}, time.Time{})
+	h.waitWritten("TCK-1", v)
+	h.waitHooks()
+
+	if n := h.count("PATCH", pathOne, 200); n != 1 {
+		t.Fatalf("PATCH requests = %d, want exactly 1", n)
+	}
+	if n := h.count("POST", pathList, 0); n != 0 {
+		t.Errorf("POST requests = %d, want 0 for a linked record", n)
+	}
+	got := h.record(id)
+	if got["state"] != "2" || got["sys_mod_count"] != "1" {
+		t.Errorf("record after writeback: state %q, sys_mod_count %q; want state 2 at version 1", got["state"], got["sys_mod_count"])
+	}
+	if j := h.sim.Journal(id, "comments"); len(j) != 1 || j[0].Value != "Looking into it" {
+		t.Errorf("comments journal = %+v, want the one appended entry", j)
+	}
+	echo, other := h.hooks.counts(id)
+	if echo-echo0 != 1 || other-other0 != 0 {
+		t.Fatalf("webhooks for the write: %d echoes and %d others, want 1 echo and nothing to sync", echo-echo0, other-other0)
+	}
+	// Only the differing fields were sent: the webhook lists what changed.
+	h.hooks.mu.Lock()
+	last := h.hooks.echo[len(h.hooks.echo)-1]
+	h.hooks.mu.Unlock()
+	if strings.Join(last.Changed, ",") != "comments,state" {
+		t.Errorf("fields changed by the PATCH = %v, want only comments and state", last.Changed)
+	}
+	st, _, _, _ := h.store.Get(h.ctx, "incident", id)
+	if st.Version != 1 || st.Fields["state"] != "2" {
+		t.Errorf("bridge_state after the write = v%d state %q, want v1 state 2 (so reconcile does not resurrect the echo)", st.Version, st.Fields["state"])
+	}
+	if !h.cache.Wrote("incident", id, 1) {
+		t.Error("the written version is not in the echo cache for reconcile")
+	}
+}
+
+func TestWriteback_AppRepublishingWhatItWasSentWritesNothing(t *testing.T) {
+	h := newHarness(t, opts{})
+	rec := h.linkedIncident("TCK-2", nil)
+	// What the apply pipeline handed the app for this version.
+	tbl, _ := h.maps.ForEntity("ticket")
+	applied, _, _ := tbl.ToSaaS(rec)
+	h.cache.RecordApplied("ticket", "TCK-2", applied)
+	h.sim.ResetStats()
+
+	v := h.publish(events.AppUpsert, "TCK-2", applied, time.Time{})
+	h.waitWritten("TCK-2", v)
+	// A partial republish of the same values: no echo hash match, but no diff.
+	v = h.publish(events.AppUpsert, "TCK-2", map[string]string{"title": applied["title"], "status": applied["status"]}, time.Time{})
+	h.waitWritten("TCK-2", v)
+
+	if n := h.count("PATCH", "", 0) + h.count("POST", pathList, 0); n != 0 {
+		t.Fatalf("%d writes to ServiceNow for an app echo, want none", n)
+	}
+	if n := metric(t, h, "bridge_writeback_messages_total", "outcome", "echo"); n != 1 {
+		t.Errorf("echo outcomes = %v, want 1", n)
+	}
+}
+
+func TestWriteback_UnlinkedTicketCreatesOneRecordWithCorrelationID(t *testing.T) {
+	h := newHarness(t, opts{})
+	v := h.publish(events.AppUpsert, "TCK-NEW", map[string]string{"title": "Printer on fire", "status": "new", "impact": "1", "urgency": "1", "comment": "Smoke seen"}, time.Time{})
+	h.waitWritten("TCK-NEW", v)
+	h.waitHooks()
+	if n := h.count("POST", pathList, 201); n != 1 {
+		t.Fatalf("POST requests = %d, want exactly 1", n)
+	}
+	table, id, ok, err := h.links.SysID(h.ctx, "ticket", "TCK-NEW")
+	if err != nil || !ok || table != "incident" {
+		t.Fatalf("link not stored: %v %v %v", table, ok, err)
+	}
+	rec := h.record(id)
+	if rec["correlation_id"] != "TCK-NEW" || rec["short_description"] != "Printer on fire" || rec["priority"] != "1" {
+		t.Errorf("created record = %v", rec)
+	}
+	if echo, other := h.hooks.counts(id); echo != 1 || other != 0 {
+		t.Errorf("insert webhook: %d echoes, %d others; want it suppressed as an echo", echo, other)
+	}
+	// A later change is a PATCH; with the link bucket lost, the
+	// correlation_id lookup still finds the record: no duplicate.
+	if err := h.links.Unlink(h.ctx, "ticket", "TCK-NEW"); err != nil {
+		t.Fatal(err)
+	}
+	v = h.publish(events.AppUpsert, "TCK-NEW", map[string]string{"title": "Printer on fire", "status": "in_progress"}, time.Time{})
+	h.waitWritten("TCK-NEW", v)
+	if n := h.count("POST", pathList, 0); n != 1 {
+		t.Errorf("POST requests = %d after the link was lost, want still 1 (no duplicate)", n)
+	}
+	if got := h.record(id)["state"]; got != "2" {
+		t.Errorf("state = %q, want 2", got)
+	}
+	if h.sim.Count("incident") != 1 {
+		t.Errorf("incidents = %d, want 1", h.sim.Count("incident"))
+	}
+}
+
+func TestWriteback_WebhookBeforeResponseIsStillAnEcho(t *testing.T) {
+	h := newHarness(t, opts{})
+	rec := h.linkedIncident("TCK-3", nil)
+	if err := h.sim.SetWebhookOptions(snsim.WebhookOptions{BeforeResponse: true}); err != nil {
+		t.Fatal(err)
+	}
+	v := h.publish(events.AppUpsert, "TCK-3", map[string]string{"status": "on_hold", "comment": "waiting"}, time.Time{})
+	h.waitWritten("TCK-3", v)
+	v = h.publish(events.AppUpsert, "TCK-RACE", map[string]string{"title": "New one", "urgency": "1"}, time.Time{})
+	h.waitWritten("TCK-RACE", v)
+	h.waitHooks()
+	if echo, other := h.hooks.counts(rec["sys_id"]); echo != 1 || other != 1 { // the other is the human insert
+		t.Errorf("update webhook before the response: %d echoes, %d others; want the write's webhook to be an echo", echo, other-1)
+	}
+	_, newID, _, _ := h.links.SysID(h.ctx, "ticket", "TCK-RACE")
+	if echo, other := h.hooks.counts(newID); echo != 1 || other != 0 {
+		t.Errorf("insert webhook before the response: %d echoes, %d others; want an echo", echo, other)
+	}
+}
+
+func TestWriteback_DeleteResolvesWithCloseFieldsByDefault(t *testing.T) {
+	h := newHarness(t, opts{})
+	rec := h.linkedIncident("TCK-DEL", nil)
+	v := h.publish(events.AppDelete, "TCK-DEL", nil, time.Time{})
+	h.waitWritten("TCK-DEL", v)
+	got := h.record(rec["sys_id"])
+	if got["state"] != "6" || got["close_code"] == "" || got["close_notes"] == "" {
+		t.Fatalf("after an app delete: state %q close_code %q close_notes %q; want resolved with close fields", got["state"], got["close_code"], got["close_notes"])
+	}
+	if len(h.dlq()) != 0 {
+		t.Error("resolving went to the DLQ")
+	}
+}
+
+func TestWriteback_DeleteModeDeletes(t *testing.T) {
+	h := newHarness(t, opts{cfg: outbound.Config{DeleteMode: outbound.DeleteRecord}})
+	rec := h.linkedIncident("TCK-DEL2", nil)
+	v := h.publish(events.AppDelete, "TCK-DEL2", nil, time.Time{})
+	h.waitWritten("TCK-DEL2", v)
+	if _, ok := h.sim.Get("incident", rec["sys_id"]); ok {
+		t.Fatal("record still exists after an app delete in delete mode")
+	}
+	if _, _, ok, _ := h.links.SysID(h.ctx, "ticket", "TCK-DEL2"); ok {
+		t.Error("link kept after the record was deleted")
+	}
+}
+
+func TestWriteback_RejectedChangesGoToTheDLQWithTheirReason(t *testing.T) {
+	asset, err := mapping.Parse("asset.yaml", []byte("table: u_asset\nentity: asset\nfields:\n  - saas: name\n    servicenow: u_name\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, opts{extraMap: []*mapping.Table{asset}, snCfg: func(c *snclient.Config) {
+		c.KnownFields = map[string][]string{"u_asset": {"u_name", "correlation_id", "correlation_display", "sys_id"}}
+	}})
+	// 400: ServiceNow has no such table.
+	body := `{"external_id":"A-1","version":1,"fields":{"name":"laptop"}}`
+	if _, err := h.js.Publish(h.ctx, "app.asset.upsert", []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	// A value outside the mapping's value map.
+	h.publish(events.AppUpsert, "TCK-BAD", map[string]string{"title": "x", "status": "exploded"}, time.Time{})
+	// 403: the integration user may not write.
+	rec := h.linkedIncident("TCK-ACL", nil)
+	h.sim.SetACL(snsim.ACL{DenyWrites: true})
+	h.publish(events.AppUpsert, "TCK-ACL", map[string]string{"status": "in_progress"}, time.Time{})
+
+	var dl []string
+	h.eventually("three dead letters", 20*time.Second, func() (bool, string) {
+		msgs := h.dlq()
+		dl = dl[:0]
+		for _, m := range msgs {
+			dl = append(dl, m.Header.Get(events.HeaderDLQStatus)+" "+m.Header.Get(events.HeaderDLQReason)+" | "+m.Header.Get(events.HeaderDLQHint))
+		}
+		return len(msgs) == 3, strings.Join(dl, "\n")
+	})
+	joined := strings.Join(dl, "\n")
+	for _, want := range []string{"400 ", "Invalid table u_asset", "exploded", "403 ", "snc_platform_rest_api_access"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("dead letters do not mention %q:\n%s", want, joined)
+		}
+	}
+	for _, m := range h.dlq() {
+		if m.Subject != "bridge.dlq.writeback" || m.Header.Get(events.HeaderDLQStream) != events.StreamApp || m.Header.Get(events.HeaderDLQSeq) == "" || !strings.HasPrefix(m.Header.Get(events.HeaderDLQSubject), "app.") {
+			t.Errorf("dead letter on %s lacks its origin: %v", m.Subject, m.Header)
+		}
+	}
+	if h.record(rec["sys_id"])["state"] != "1" {
+		t.Error("a denied write changed the record")
+	}
+}
+
+// metric sums a metric's samples whose label matches (label "" sums all).
+func metric(t *testing.T, h *harness, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			ok := label == ""
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					ok = true
+				}
+			}
+			if !ok {
+				continue
+			}
+			if c := m.GetCounter(); c != nil {
+				sum += c.GetValue()
+			}
+			if g := m.GetGauge(); g != nil {
+				sum += g.GetValue()
+			}
+		}
+	}
+	return sum
+}
