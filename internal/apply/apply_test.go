@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -350,19 +349,6 @@ func httpApplier(t *testing.T, url string, secret webhook.Secret) *HTTPApplier {
 	return h
 }
 
-// linkRecorder stands in for the ServiceNow correlation write.
-type linkRecorder struct {
-	mu    sync.Mutex
-	calls []string
-}
-
-func (l *linkRecorder) SetCorrelation(_ context.Context, table, sysID, externalID string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.calls = append(l.calls, table+"/"+sysID+"="+externalID)
-	return nil
-}
-
 func TestApply_HTTPSignedIdempotentRetriedUntilSuccess(t *testing.T) {
 	e := newEnv(t)
 	secret := newSecret()
@@ -372,10 +358,7 @@ func TestApply_HTTPSignedIdempotentRetriedUntilSuccess(t *testing.T) {
 		}
 		return http.StatusCreated, `{"external_id":"TCK-9"}`
 	})
-	cfg := e.testConfig(httpApplier(t, app.URL, secret))
-	lw := &linkRecorder{}
-	cfg.LinkWriter = lw
-	r, _ := e.start(cfg)
+	r, _ := e.start(e.testConfig(httpApplier(t, app.URL, secret)))
 	sys := sysID(2)
 	e.publish(snEvent(sys, 0, events.ActionInsert), "")
 	e.waitDrained("apply", 10*time.Second)
@@ -391,9 +374,6 @@ func TestApply_HTTPSignedIdempotentRetriedUntilSuccess(t *testing.T) {
 	ctx := context.Background()
 	if _, ext, ok, _ := e.links.ExternalID(ctx, "incident", sys); !ok || ext != "TCK-9" {
 		t.Errorf("link = %q %v, want TCK-9 from the response", ext, ok)
-	}
-	if want := []string{"incident/" + sys + "=TCK-9"}; !slices.Equal(lw.calls, want) {
-		t.Errorf("correlation writes = %v, want %v", lw.calls, want)
 	}
 	if v, known, _, _ := e.states.LastVersion(ctx, "incident", sys); !known || v != 0 {
 		t.Errorf("state = v%d known %v, want v0", v, known)
