@@ -396,7 +396,35 @@ func (c *boundCond) cmp(v string, want string, wantNum float64) (int, bool) {
 			return 0, true
 		}
 	}
-	return strings.Compare(v, want), true
+	return foldCompare(v, want), true
+}
+
+// foldCompare orders text the way the platform's case-insensitive database
+// collation does (ASCII letters folded), without allocating.
+func foldCompare(a, b string) int {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			if x < y {
+				return -1
+			}
+			return 1
+		}
+	}
+	switch {
+	case len(a) < len(b):
+		return -1
+	case len(a) > len(b):
+		return 1
+	}
+	return 0
 }
 
 func (c *boundCond) eq(v, want, lower string, wantNum float64) bool {
@@ -498,10 +526,10 @@ func (p *plan) compareRows(a, b []string) int {
 					c = 1
 				}
 			default:
-				c = strings.Compare(x, y)
+				c = foldCompare(x, y)
 			}
 		} else {
-			c = strings.Compare(x, y)
+			c = foldCompare(x, y)
 		}
 		if o.desc {
 			c = -c

@@ -82,7 +82,8 @@ func parseParams(q url.Values) params {
 
 func baseURL(r *http.Request) string {
 	scheme := "http"
-	if r.TLS != nil {
+	// Behind a TLS-terminating proxy, links must say https like the instance's.
+	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
 		scheme = "https"
 	}
 	return scheme + "://" + r.Host
