@@ -23,9 +23,11 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/apply"
 	"github.com/nowbridge/nowbridge/internal/broker"
+	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/natstest"
+	"github.com/nowbridge/nowbridge/internal/outbound"
 	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/snsim"
 	"github.com/nowbridge/nowbridge/internal/state"
@@ -287,4 +289,24 @@ func (s *SaaS) Fail(status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fail = status
+}
+
+// RunWriteback runs the writeback consumer on APP_EVENTS until the test
+// ends, with dead-lettering after maxDeliver failed deliveries (0: only
+// permanent errors dead-letter).
+func (e *Env) RunWriteback(maxDeliver int) *outbound.Writer {
+	e.T.Helper()
+	w, err := outbound.NewWriter(outbound.Deps{
+		API: e.SN, Mapping: e.Mapping, States: e.Store, Links: e.Links, StateKV: e.Store.KV(),
+		Dedupe: dedupe.New(dedupe.Config{}),
+	}, outbound.Config{Logger: e.Log, MaxDeliver: maxDeliver, RetryBase: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond, BlindWrites: true})
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	c := outbound.NewConsumer(e.JS, w)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = c.Run(ctx) })
+	e.T.Cleanup(func() { cancel(); wg.Wait() })
+	return w
 }

@@ -1,0 +1,81 @@
+package dlq
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/recoverytest"
+	"github.com/nowbridge/nowbridge/internal/snsim"
+)
+
+func TestRetry_AfterServiceNowIsHealthyAgainEmptiesTheDLQAndWritesTheChanges(t *testing.T) {
+	env := recoverytest.Start(t, recoverytest.Options{Seed: 13})
+	ctx := context.Background()
+	var ids []string
+	for i := range 5 {
+		rec, err := env.Sim.Insert(recoverytest.Table, map[string]string{"short_description": fmt.Sprintf("Badge reader %d", i)}, "beth.anglin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, rec["sys_id"])
+	}
+	// ServiceNow refuses the integration user's writes (a role removed by
+	// mistake): every app change is a permanent 403 and dead-letters.
+	env.Sim.SetACL(snsim.ACL{DenyWrites: true})
+	env.RunWriteback(0)
+	for i, id := range ids {
+		body, _ := json.Marshal(events.AppChange{ExternalID: fmt.Sprintf("TCK-%d", i), SysID: id, Version: 2, UpdatedAt: time.Now().UTC(),
+			Fields: events.Fields{"title": fmt.Sprintf("Badge reader %d replaced", i)}})
+		m := nats.NewMsg(events.AppSubject("ticket", events.AppUpsert))
+		m.Data = body
+		m.Header.Set(events.HeaderMsgID, events.AppMsgID("ticket", fmt.Sprintf("TCK-%d", i), 2, events.AppUpsert))
+		if _, err := env.JS.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var entries []Entry
+	waitFor(t, "5 dead letters", func() bool {
+		var err error
+		entries, err = List(ctx, env.JS, "writeback")
+		return err == nil && len(entries) == 5
+	})
+	if entries[0].Status != 403 || entries[0].Origin != "app.ticket.upsert" {
+		t.Fatalf("dead letter = %+v; want status 403 from app.ticket.upsert", entries[0])
+	}
+
+	env.Sim.SetACL(snsim.ACL{}) // the role is back
+	res, err := RetryAll(ctx, env.JS, "writeback")
+	if err != nil || len(res) != 5 {
+		t.Fatalf("RetryAll = %d retried, %v", len(res), err)
+	}
+	waitFor(t, "the changes written to ServiceNow", func() bool {
+		for i, id := range ids {
+			rec, _ := env.Sim.Get(recoverytest.Table, id)
+			if rec["short_description"] != fmt.Sprintf("Badge reader %d replaced", i) {
+				return false
+			}
+		}
+		return true
+	})
+	counts, err := Count(ctx, env.JS)
+	if err != nil || counts["writeback"] != 0 {
+		t.Fatalf("dead letters left after a successful retry: %v, %v", counts, err)
+	}
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
