@@ -6,6 +6,8 @@ package natstest
 import (
 	"fmt"
 	"net"
+	"net/url"
+	"strconv"
 	"testing"
 	"time"
 
@@ -53,14 +55,25 @@ func RunServerWithOptions(t testing.TB, opts *server.Options) *server.Server {
 	return s
 }
 
-// Restart starts a stopped server again on the same port and store, as an
-// operator restarting a node would. The old server must be shut down first.
+// Restart starts a server again on the same port and store, as an operator
+// restarting a node would. It shuts old down first unless that already
+// happened (a test simulating an outage stops it, checks, then restarts).
 func Restart(t testing.TB, old *server.Server, opts *server.Options) *server.Server {
 	t.Helper()
+	// The port must be read from the client URL: Addr is nil once the
+	// server is down.
+	u, err := url.Parse(old.ClientURL())
+	if err != nil {
+		t.Fatalf("natstest: restart: client URL %q: %v", old.ClientURL(), err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil || port <= 0 {
+		t.Fatalf("natstest: restart: no port in client URL %q", old.ClientURL())
+	}
 	old.Shutdown()
 	old.WaitForShutdown()
 	o := opts.Clone()
-	o.Port = old.Addr().(*net.TCPAddr).Port
+	o.Port = port
 	return RunServerWithOptions(t, o)
 }
 

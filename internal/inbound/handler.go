@@ -1,0 +1,279 @@
+package inbound
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/webhook"
+)
+
+// Accepted is the body of a 202 answer.
+type Accepted struct {
+	Accepted   int `json:"accepted"`
+	Duplicates int `json:"duplicates"`
+	Echoes     int `json:"echoes"`
+}
+
+// ErrorBody is the body of every failure answer.
+type ErrorBody struct {
+	Error  string `json:"error"`
+	Detail any    `json:"detail,omitempty"`
+}
+
+// headerExpectedStream makes JetStream refuse a publish that would land in
+// any stream but SN_EVENTS (a misconfigured overlapping stream).
+const headerExpectedStream = "Nats-Expected-Stream"
+
+func (r *Receiver) handleWebhook(c echo.Context) error {
+	req := c.Request()
+	if !isJSON(req.Header.Get(echo.HeaderContentType)) {
+		return fail(c, http.StatusUnsupportedMediaType, "unsupported content type", "send Content-Type: application/json")
+	}
+	body, err := r.readBody(req)
+	if err != nil {
+		return err
+	}
+	if status, e := r.verify(req.Header, body); status != 0 {
+		return fail(c, status, e.Error, e.Detail)
+	}
+	evs, err := r.validator.DecodeBody(body)
+	if err != nil {
+		var verr *events.ValidationError
+		if errors.As(err, &verr) {
+			return fail(c, http.StatusUnprocessableEntity, "invalid event", verr.Problems)
+		}
+		return fail(c, http.StatusBadRequest, "malformed body", err.Error())
+	}
+	res, err := r.publish(req.Context(), evs)
+	if err != nil {
+		r.m.publishFailures.Inc()
+		r.log.Warn("webhook not stored: answering 503", "webhook_id", req.Header.Get(webhook.HeaderID), "events", len(evs), "err", err)
+		c.Response().Header().Set("Retry-After", r.retryAfter)
+		return fail(c, http.StatusServiceUnavailable, "event store unavailable",
+			"JetStream did not acknowledge every event; retry the whole body later (events already stored are de-duplicated)")
+	}
+	return c.JSON(http.StatusAccepted, res)
+}
+
+func isJSON(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && mt == "application/json"
+}
+
+// readBody reads at most MaxBodyBytes. Content-Length only serves to reject
+// early; the limit holds for chunked or lying bodies too.
+func (r *Receiver) readBody(req *http.Request) ([]byte, error) {
+	limit := r.cfg.MaxBodyBytes
+	tooLarge := &echo.HTTPError{Code: http.StatusRequestEntityTooLarge, Message: ErrorBody{
+		Error: "body too large", Detail: fmt.Sprintf("at most %d bytes", limit)}}
+	if req.ContentLength > limit {
+		return nil, tooLarge
+	}
+	size := req.ContentLength
+	if size < 0 || size > limit {
+		size = 512
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size+1))
+	n, err := buf.ReadFrom(io.LimitReader(req.Body, limit+1))
+	if err != nil {
+		return nil, &echo.HTTPError{Code: http.StatusBadRequest, Message: ErrorBody{Error: "unreadable body", Detail: "the request body could not be read"}, Internal: err}
+	}
+	if n > limit {
+		return nil, tooLarge
+	}
+	return buf.Bytes(), nil
+}
+
+// verify checks the signature; a non-zero status means rejected.
+func (r *Receiver) verify(h http.Header, body []byte) (int, ErrorBody) {
+	err := r.verifier.Verify(h.Get(webhook.HeaderID), h.Get(webhook.HeaderTimestamp), h.Get(webhook.HeaderSignature), body)
+	if err == nil {
+		return 0, ErrorBody{}
+	}
+	reason := "signature"
+	switch {
+	case errors.Is(err, webhook.ErrMissingHeaders):
+		reason = "missing_headers"
+	case errors.Is(err, webhook.ErrBadTimestamp):
+		reason = "bad_timestamp"
+	case errors.Is(err, webhook.ErrTimestampSkew):
+		reason = "timestamp_skew"
+	case errors.Is(err, webhook.ErrNoSecretsDefined):
+		reason = "no_secrets"
+	}
+	r.m.signatureFailures.WithLabelValues(reason).Inc()
+	r.log.Warn("webhook rejected", "reason", reason, "webhook_id", truncate(h.Get(webhook.HeaderID), 120))
+	// The webhook errors name what was wrong, never key material.
+	return http.StatusUnauthorized, ErrorBody{Error: "invalid signature", Detail: err.Error()}
+}
+
+// publish stores every event that is not an echo and waits for all acks.
+func (r *Receiver) publish(ctx context.Context, evs []events.SNEvent) (Accepted, error) {
+	var res Accepted
+	if !r.nc.IsConnected() {
+		return res, fmt.Errorf("NATS is %s", r.nc.Status())
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+	defer cancel()
+	start := time.Now()
+	futures := make([]jetstream.PubAckFuture, len(evs))
+	for i := range evs {
+		ev := &evs[i]
+		if r.cfg.Echoes != nil && r.cfg.Echoes.IsEcho(ev) {
+			res.Echoes++
+			r.m.echoes.WithLabelValues(ev.Table).Inc()
+			r.log.Debug("echo of our own write: not stored", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount))
+			continue
+		}
+		ev.Source = events.SourceWebhook
+		data, err := json.Marshal(ev)
+		if err != nil {
+			return res, fmt.Errorf("encode %s: %w", ev.MsgID(), err)
+		}
+		msg := &nats.Msg{Subject: ev.Subject(), Data: data, Header: nats.Header{
+			events.HeaderMsgID:   {ev.MsgID()},
+			events.HeaderSource:  {events.SourceWebhook},
+			headerExpectedStream: {events.StreamSN},
+		}}
+		f, err := r.js.PublishMsgAsync(msg)
+		if err != nil {
+			return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
+		}
+		futures[i] = f
+	}
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		ev := &evs[i]
+		select {
+		case ack := <-f.Ok():
+			if ack.Duplicate {
+				res.Duplicates++
+				r.m.duplicates.WithLabelValues(ev.Table).Inc()
+			} else {
+				res.Accepted++
+				r.m.published.WithLabelValues(ev.Table).Inc()
+			}
+			r.log.Debug("event stored", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount),
+				"subject", ev.Subject(), "seq", ack.Sequence, "duplicate", ack.Duplicate)
+		case err := <-f.Err():
+			return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
+		case <-ctx.Done():
+			return res, fmt.Errorf("publish %s: no ack within %s: %w", ev.MsgID(), r.cfg.PublishTimeout, ctx.Err())
+		}
+	}
+	r.m.publishSeconds.Observe(time.Since(start).Seconds())
+	return res, nil
+}
+
+func (r *Receiver) handleHealth(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (r *Receiver) handleReady(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	if err := r.Ready(ctx); err != nil {
+		c.Response().Header().Set("Retry-After", r.retryAfter)
+		return fail(c, http.StatusServiceUnavailable, "not ready", err.Error())
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func fail(c echo.Context, status int, msg string, detail any) error {
+	return c.JSON(status, ErrorBody{Error: msg, Detail: detail})
+}
+
+// handleError replaces Echo's default handler: every error answer has the
+// JSON error shape, and internal errors say nothing of their cause.
+func (r *Receiver) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	status, body := http.StatusInternalServerError, ErrorBody{Error: "internal error"}
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		status = he.Code
+		switch m := he.Message.(type) {
+		case ErrorBody:
+			body = m
+		default:
+			body = ErrorBody{Error: strings.ToLower(http.StatusText(status))}
+		}
+	}
+	if status >= 500 {
+		r.log.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path, "status", status, "err", err)
+	}
+	if c.Request().Method == http.MethodHead {
+		err = c.NoContent(status)
+	} else {
+		err = c.JSON(status, body)
+	}
+	if err != nil {
+		r.log.Warn("writing error response", "err", err)
+	}
+}
+
+// recoverJSON turns a panic into a logged 500 with the JSON error shape. The
+// log names the panic and where it happened, but carries no stack trace.
+func (r *Receiver) recoverJSON(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) (err error) {
+		defer func() {
+			v := recover()
+			if v == nil {
+				return
+			}
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			where := ""
+			if pc, file, line, ok := runtime.Caller(2); ok {
+				where = fmt.Sprintf("%s:%d", file, line)
+				if fn := runtime.FuncForPC(pc); fn != nil {
+					where = fn.Name() + " " + where
+				}
+			}
+			r.log.Error("panic while handling a request", "method", c.Request().Method, "path", c.Request().URL.Path,
+				"panic", truncate(fmt.Sprint(v), 200), "at", where)
+			err = &echo.HTTPError{Code: http.StatusInternalServerError, Message: ErrorBody{Error: "internal error"}}
+		}()
+		return next(c)
+	}
+}
+
+// countRequests records the status of every answer, errors included.
+func (r *Receiver) countRequests(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if err := next(c); err != nil {
+			c.Error(err)
+		}
+		path := c.Path()
+		if path == "" {
+			path = "unmatched"
+		}
+		r.m.requests.WithLabelValues(path, fmt.Sprint(c.Response().Status)).Inc()
+		return nil
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

@@ -1,0 +1,56 @@
+package inbound
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	requests          *prometheus.CounterVec // by path, code
+	published         *prometheus.CounterVec // by table
+	duplicates        *prometheus.CounterVec // by table
+	echoes            *prometheus.CounterVec // by table
+	signatureFailures *prometheus.CounterVec // by reason
+	publishFailures   prometheus.Counter
+	publishSeconds    prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_http_requests_total",
+			Help: "HTTP requests answered by the receiver, by route and status code.",
+		}, []string{"path", "code"}),
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_ingest_events_published_total",
+			Help: "Webhook events newly stored in SN_EVENTS, by table.",
+		}, []string{"table"}),
+		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_ingest_duplicates_total",
+			Help: "Webhook events JetStream already held (same Nats-Msg-Id within the duplicate window), by table.",
+		}, []string{"table"}),
+		echoes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_ingest_echoes_total",
+			Help: "Webhook events recognised as echoes of the bridge's own ServiceNow writes and not stored, by table.",
+		}, []string{"table"}),
+		signatureFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_ingest_signature_failures_total",
+			Help: "Webhooks rejected with 401, by reason (missing_headers, bad_timestamp, timestamp_skew, signature, no_secrets).",
+		}, []string{"reason"}),
+		publishFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_ingest_publish_failures_total",
+			Help: "Webhook bodies answered 503 because JetStream was unreachable or did not ack every event in time.",
+		}),
+		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "bridge_ingest_publish_seconds",
+			Help:    "Time from the first publish of a webhook body's events to the last JetStream ack.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs .. 3.3s
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.published, m.duplicates, m.echoes, m.signatureFailures, m.publishFailures, m.publishSeconds} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	for _, reason := range []string{"missing_headers", "bad_timestamp", "timestamp_skew", "signature", "no_secrets"} {
+		m.signatureFailures.WithLabelValues(reason) // export zeros so alerts see the series
+	}
+	return m, nil
+}
