@@ -604,4 +604,3 @@ func TestNew_RequiresConnAndSecrets(t *testing.T) {
 		t.Errorf("New without secrets: %v, want an error naming BRIDGE_WEBHOOK_SECRETS", err)
 	}
 }
-
