@@ -632,3 +632,32 @@ func TestFromConfig_BrokenMappingStopsStartUpNamingTheLine(t *testing.T) {
 		t.Fatalf("err = %v, want one naming incident.yaml line 15", err)
 	}
 }
+
+func TestApply_TwoReplicasNeverRegressTheState(t *testing.T) {
+	e := newEnv(t)
+	r1, _ := e.start(e.testConfig(&NATSApplier{JS: e.js}))
+	r2, _ := e.start(e.testConfig(&NATSApplier{JS: e.js}))
+	const records, versions = 6, 8
+	for v := range int64(versions) {
+		for i := range records {
+			e.publish(snEvent(sysID(60+i), v, events.ActionUpdate), "")
+		}
+	}
+	e.waitDrained("apply", 20*time.Second)
+	ids := map[string]bool{}
+	for _, m := range e.appliedMsgs() {
+		if ids[m.MsgID] {
+			t.Errorf("%s in BRIDGE_APPLY twice", m.MsgID)
+		}
+		ids[m.MsgID] = true
+	}
+	stale := testutil.ToFloat64(r1.metrics.stale) + testutil.ToFloat64(r2.metrics.stale)
+	if got := float64(len(ids)) + stale; got != records*versions {
+		t.Errorf("applied %d + stale %v = %v, want every one of the %d events accounted for", len(ids), stale, got, records*versions)
+	}
+	for i := range records {
+		if v, _, _, _ := e.states.LastVersion(context.Background(), "incident", sysID(60+i)); v != versions-1 {
+			t.Errorf("record %d: state v%d, want v%d", i, v, versions-1)
+		}
+	}
+}
