@@ -1,0 +1,111 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"testing"
+
+	"github.com/nowbridge/nowbridge/internal/broker"
+	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
+	"github.com/nowbridge/nowbridge/internal/natstest"
+	"github.com/nowbridge/nowbridge/internal/snclient"
+	"github.com/nowbridge/nowbridge/internal/snsim"
+)
+
+// BenchmarkReconcilePass measures one full pass over a seeded simulator
+// table (50 records per second of sys_updated_on, pages of 1,000).
+//
+//	steady:   bridge_state already holds every version (an in-memory
+//	          stand-in answers, so the figure is the ServiceNow scan):
+//	          keyset vs offset paging.
+//	backfill: nothing known yet, every record published to SN_EVENTS.
+//
+// 200k records only with NOWBRIDGE_BENCH_LARGE=1 (minutes on 2 cores):
+//
+//	NOWBRIDGE_BENCH_LARGE=1 go test -run '^$' -bench ReconcilePass -benchtime 1x ./internal/reconcile
+func BenchmarkReconcilePass(b *testing.B) {
+	sizes := []int{20_000}
+	if os.Getenv("NOWBRIDGE_BENCH_LARGE") != "" {
+		sizes = append(sizes, 200_000)
+	}
+	for _, n := range sizes {
+		sim, url := benchSim(b, n)
+		for _, mode := range []string{"steady/keyset", "steady/offset", "backfill/keyset"} {
+			b.Run(fmt.Sprintf("%s/%dk", mode, n/1000), func(b *testing.B) {
+				benchPass(b, sim, url, n, mode)
+			})
+		}
+	}
+}
+
+func benchSim(b *testing.B, n int) (*snsim.Server, string) {
+	b.Helper()
+	sim := snsim.New(snsim.Config{ClientID: "bridge", ClientSecret: "s3cret", Seed: 1, Logger: slog.New(slog.DiscardHandler)})
+	if err := sim.Seed(n); err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(sim)
+	b.Cleanup(func() { srv.Close(); sim.Close() })
+	return sim, srv.URL
+}
+
+// simVersions answers from the simulator's own records: everything is up to date.
+type simVersions map[string]int64
+
+func (v simVersions) LastVersion(_ context.Context, _, sysID string) (int64, bool, bool, error) {
+	mc, ok := v[sysID]
+	return mc, ok, false, nil
+}
+
+func benchPass(b *testing.B, sim *snsim.Server, url string, n int, mode string) {
+	s := natstest.RunServer(b)
+	_, js := natstest.Connect(b, s)
+	ctx := context.Background()
+	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, events.BucketState)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sn, err := snclient.New(snclient.Config{InstanceURL: url, ClientID: "bridge", ClientSecret: "s3cret", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sn.Close()
+	var versions Versions = simVersions{}
+	if mode != "backfill/keyset" {
+		vs := simVersions{}
+		for _, id := range sim.IDs("incident") {
+			rec, _ := sim.Get("incident", id)
+			vs[id], _ = strconv.ParseInt(rec["sys_mod_count"], 10, 64)
+		}
+		versions = vs
+	}
+	pager := &SNPager{Client: sn, Offset: mode == "steady/offset"}
+	m := mapping.Default(slog.New(slog.DiscardHandler))
+	r, err := New(js, kv, pager, versions, Config{Tables: []string{"incident"}, Fields: m.Fields, PageSize: 1000, SkipDeletes: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	var sum Summary
+	for range b.N {
+		sum, err = r.Pass(ctx, "incident", PassOptions{Full: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if sum.Scanned != n {
+		b.Fatalf("scanned %d of %d records", sum.Scanned, n)
+	}
+	b.ReportMetric(float64(pager.Requests())/float64(b.N), "requests/op")
+	b.ReportMetric(float64(sum.Gaps), "published/op")
+	b.ReportMetric(float64(n)/(b.Elapsed().Seconds()/float64(b.N)), "records/s")
+}
