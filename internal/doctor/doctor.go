@@ -757,6 +757,7 @@ func (r Report) WriteText(w io.Writer) error {
 // WriteJSON prints the report as one JSON document.
 func (r Report) WriteJSON(w io.Writer) error {
 	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	return enc.Encode(r)
 }
