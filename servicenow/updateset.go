@@ -132,6 +132,7 @@ func boolStr(v bool) string {
 
 type update struct {
 	table, sysID, target, typ, payload string
+	collection                         string // the table a business rule runs on
 }
 
 // BuildUpdateSet renders the update set XML (an <unload> with one
@@ -155,7 +156,7 @@ func BuildUpdateSet(opt Options) ([]byte, error) {
 		return nil, err
 	}
 	id := sysID("sys_script_include", "NowbridgeWebhook")
-	updates = append(updates, update{"sys_script_include", id, "NowbridgeWebhook", "Script Include", record("sys_script_include", []field{
+	updates = append(updates, update{table: "sys_script_include", sysID: id, target: "NowbridgeWebhook", typ: "Script Include", payload: record("sys_script_include", []field{
 		{"access", "package_private"},
 		{"active", "true"},
 		{"api_name", "global.NowbridgeWebhook"},
@@ -183,7 +184,7 @@ func BuildUpdateSet(opt Options) ([]byte, error) {
 			return nil, err
 		}
 		id := sysID("sys_script", r.Table, r.File)
-		updates = append(updates, update{"sys_script", id, r.Name, "Business Rule", record("sys_script", []field{
+		updates = append(updates, update{table: "sys_script", sysID: id, target: r.Name, typ: "Business Rule", collection: r.Table, payload: record("sys_script", []field{
 			{"abort_action", "false"},
 			{"access", "package_private"},
 			{"action_delete", boolStr(r.Delete)},
@@ -223,7 +224,7 @@ func BuildUpdateSet(opt Options) ([]byte, error) {
 
 	for _, p := range Properties(tables) {
 		id := sysID("sys_properties", p.Name)
-		updates = append(updates, update{"sys_properties", id, p.Name, "System Property", record("sys_properties", []field{
+		updates = append(updates, update{table: "sys_properties", sysID: id, target: p.Name, typ: "System Property", payload: record("sys_properties", []field{
 			{"choices", ""},
 			{"description", p.Description},
 			{"ignore_cache", "false"},
@@ -299,7 +300,7 @@ func BuildUpdateSet(opt Options) ([]byte, error) {
 			{"sys_mod_count", "0"},
 			{"sys_updated_by", "admin"},
 			{"sys_updated_on", stamp},
-			{"table", ""},
+			{"table", u.collection},
 			{"target_name", u.target},
 			{"type", u.typ},
 			{"update_domain", "global"},
