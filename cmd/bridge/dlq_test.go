@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/nowbridge/nowbridge/internal/broker"
+	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/natstest"
 )
@@ -78,5 +79,22 @@ func TestDLQCommands_LsShowRetryPurge(t *testing.T) {
 	code, out, _ = runTool(t, env, "", "status", "--json")
 	if code != 0 || !strings.Contains(out, `"dlq_total": 0`) || !strings.Contains(out, `"name": "APP_EVENTS"`) {
 		t.Fatalf("status --json: %d %q", code, out)
+	}
+}
+
+func TestStatus_ShowsTheReportOfARunningBridge(t *testing.T) {
+	s := natstest.RunServer(t)
+	_, js := natstest.Connect(t, s)
+	ctx := context.Background()
+	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rep := newStatusReporter(js, nil, config.Default(), nil)
+	if err := rep.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runTool(t, map[string]string{"BRIDGE_NATS_URL": s.ClientURL()}, "", "status")
+	if code != 0 || !strings.Contains(out, rep.ID) || !strings.Contains(out, "RECONCILE") || !strings.Contains(out, "incident") {
+		t.Fatalf("status: %d\n%s\n%s", code, out, stderr)
 	}
 }

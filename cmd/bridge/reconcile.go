@@ -7,17 +7,21 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/url"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/nowbridge/nowbridge/internal/apply"
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/reconcile"
 	"github.com/nowbridge/nowbridge/internal/replay"
 	"github.com/nowbridge/nowbridge/internal/snclient"
@@ -72,7 +76,7 @@ the pass starts instead of the watermark; neither moves the watermark back.`,
 			if err := broker.EnsureAll(ctx, js, events.StreamOptions{Replicas: cfg.StreamReplicas}); err != nil {
 				return err
 			}
-			r, closeFn, err := newReconciler(ctx, cfg, js, logger, func(c *reconcile.Config) {
+			r, closeFn, err := newReconciler(ctx, cfg, js, reconcileDeps{Logger: logger}, func(c *reconcile.Config) {
 				c.PageSize, c.Overlap = pageSize, overlap
 			})
 			if err != nil {
@@ -132,45 +136,85 @@ the pass starts instead of the watermark; neither moves the watermark back.`,
 	return cmd
 }
 
+// reconcileDeps are the parts bridge serve shares with its reconcile loop;
+// bridge reconcile leaves them zero and gets its own.
+type reconcileDeps struct {
+	// SN is the process's ServiceNow client: sharing it shares its rate
+	// limiter with the writeback. Nil: a client is built from cfg.
+	SN *snclient.Client
+	// Mapping is the process's mapping set; nil loads BRIDGE_MAPPING_DIR.
+	Mapping *mapping.Set
+	// Echoes is the process's echo-suppression cache (versions the
+	// writeback just wrote); nil relies on bridge_state alone.
+	Echoes     reconcile.Echoes
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
 // newReconciler builds the reconciler bridge serve and bridge reconcile run:
 // the ServiceNow client paced to reconcile's share of BRIDGE_SN_RATE_LIMIT,
 // bridge_state for versions, watermarks and leases, the mapping's fields.
-func newReconciler(ctx context.Context, cfg config.Config, js jetstream.JetStream, logger *slog.Logger, tune func(*reconcile.Config)) (*reconcile.Reconciler, func(), error) {
-	mset, err := apply.LoadMapping(cfg.MappingDir, logger)
-	if err != nil {
-		return nil, nil, err
+// bridge serve wires it as
+//
+//	r, closeRec, err := newReconciler(ctx, cfg, js, reconcileDeps{SN: sn, Mapping: mset, Echoes: dd, Registerer: reg, Logger: log}, nil)
+//	defer closeRec()
+//	g.Go(func() error { return r.Run(ctx) }) // returns at once when BRIDGE_RECONCILE_INTERVAL=0
+func newReconciler(ctx context.Context, cfg config.Config, js jetstream.JetStream, d reconcileDeps, tune func(*reconcile.Config)) (*reconcile.Reconciler, func(), error) {
+	logger := d.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
-	sn, err := snclient.New(snclient.Config{
-		InstanceURL:  cfg.SNInstanceURL,
-		ClientID:     cfg.SNClientID,
-		ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()),
-		RateLimit:    cfg.SNRateLimit,
-		Logger:       logger,
-	})
-	if err != nil {
-		return nil, nil, usageError{err}
+	mset := d.Mapping
+	if mset == nil {
+		var err error
+		if mset, err = apply.LoadMapping(cfg.MappingDir, logger); err != nil {
+			return nil, nil, err
+		}
+	}
+	sn, closeFn := d.SN, func() {}
+	if sn == nil {
+		if err := cfg.RequireServiceNow(); err != nil {
+			return nil, nil, usageError{err}
+		}
+		var err error
+		sn, err = snclient.New(snclient.Config{
+			InstanceURL:  cfg.SNInstanceURL,
+			ClientID:     cfg.SNClientID,
+			ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()),
+			RateLimit:    cfg.SNRateLimit,
+			Logger:       logger,
+		})
+		if err != nil {
+			return nil, nil, usageError{err}
+		}
+		closeFn = func() { _ = sn.Close() }
 	}
 	store, _, err := state.Open(ctx, js)
 	if err != nil {
-		_ = sn.Close()
+		closeFn()
 		return nil, nil, err
 	}
 	rc := reconcile.Config{
-		Tables:   cfg.Tables,
-		Fields:   mset.Fields,
-		Interval: cfg.ReconcileInterval,
-		Limiter:  reconcile.SharedLimiter(cfg.SNRateLimit),
-		Logger:   logger,
+		Tables:     cfg.Tables,
+		Fields:     mset.Fields,
+		Interval:   cfg.ReconcileInterval,
+		Limiter:    reconcile.SharedLimiter(cfg.SNRateLimit),
+		Echoes:     d.Echoes,
+		Logger:     logger,
+		Registerer: d.Registerer,
+	}
+	if u, err := url.Parse(cfg.SNInstanceURL); err == nil {
+		rc.Instance, _, _ = strings.Cut(u.Hostname(), ".")
 	}
 	if tune != nil {
 		tune(&rc)
 	}
 	r, err := reconcile.New(js, store.KV(), &reconcile.SNPager{Client: sn}, store, rc)
 	if err != nil {
-		_ = sn.Close()
+		closeFn()
 		return nil, nil, err
 	}
-	return r, func() { _ = sn.Close() }, nil
+	return r, closeFn, nil
 }
 
 func writeReconcileSummary(w io.Writer, sums []reconcile.Summary) {

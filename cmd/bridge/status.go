@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
+	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/status"
 )
 
@@ -161,4 +163,39 @@ func confirm(a *app, yes bool, question string) error {
 		return usageError{errors.New("not confirmed: no answer on stdin (pass --yes in scripts)")}
 	}
 	return errors.New("not confirmed; nothing was changed")
+}
+
+// newStatusReporter is what bridge serve runs so `bridge status` can show
+// this process's OAuth token expiry and circuit breaker: a report in
+// bridge_state (status.process.<host>-<pid>, refreshed every 10s, 30s TTL),
+// also served as JSON by its Handler. Wire it as
+//
+//	rep := newStatusReporter(js, sn, cfg)
+//	g.Go(func() error { return rep.Run(ctx) })
+//	mux.Handle("GET /status", rep.Handler())
+//
+// sn may be nil when ServiceNow is not configured.
+func newStatusReporter(js jetstream.JetStream, sn *snclient.Client, cfg config.Config, logger *slog.Logger) *status.Reporter {
+	host, _ := os.Hostname()
+	started := time.Now().UTC()
+	return &status.Reporter{
+		JS:     js,
+		ID:     status.DefaultID(),
+		Logger: logger,
+		Snapshot: func() status.Process {
+			p := status.Process{
+				Host: host, PID: os.Getpid(), Version: version, Started: started,
+				Extra: map[string]string{
+					"tables":             strings.Join(cfg.Tables, ","),
+					"applier":            cfg.Applier,
+					"reconcile_interval": cfg.ReconcileInterval.String(),
+				},
+			}
+			if sn != nil {
+				p.TokenExpiry = sn.TokenExpiry()
+				p.Breaker = sn.BreakerState()
+			}
+			return p
+		},
+	}
 }
