@@ -11,6 +11,7 @@ type scanResult struct {
 	total   int  // rows matching the query; -1 when not counted
 	more    bool // rows follow this page
 	visited int  // rows walked, for tests of the offset cost
+	skipped int  // matching rows walked past because of the offset
 }
 
 // keyRange is the part of the (sys_updated_on, sys_id) index a query part
@@ -146,19 +147,24 @@ func (t *table) scan(p *plan, offset, limit int, count bool) scanResult {
 		}
 		return res
 	}
-	from, to, exact := 0, len(t.index), false
+	from, to, exact := 0, len(t.index), true
+	exactTotal := len(t.index)
 	if len(p.parts) > 0 {
+		// Each part narrows to an index range; when every part is decided
+		// by its range alone (the keyset forms, ^NQ included), the count is
+		// the size of the ranges' union and costs nothing.
+		ranges := make([]keyRange, 0, len(p.parts))
 		from, to = len(t.index), 0
-		for i, part := range p.parts {
+		for _, part := range p.parts {
 			r := t.rangeOf(part)
+			ranges = append(ranges, r)
 			from, to = min(from, r.from), max(to, r.to)
-			exact = i == 0 && len(p.parts) == 1 && r.exact
+			exact = exact && r.exact
 		}
 		if to < from {
 			to = from
 		}
-	} else {
-		exact = true
+		exactTotal = unionSize(ranges)
 	}
 	dir := t.indexOrder(p, from, to)
 	var ordered []*row
@@ -172,7 +178,7 @@ func (t *table) scan(p *plan, offset, limit int, count bool) scanResult {
 			}
 		}
 		slices.SortStableFunc(ordered, func(a, b *row) int { return p.compareRows(a.vals, b.vals) })
-		exact = true // len(ordered) is the count
+		exact, exactTotal = true, len(ordered)
 		from, to, dir = 0, len(ordered), 1
 	}
 	at := func(i int) *row {
@@ -196,6 +202,7 @@ func (t *table) scan(p *plan, offset, limit int, count bool) scanResult {
 		}
 		matched++
 		if matched <= offset {
+			res.skipped++
 			continue // walked, not returned: the cost of an offset
 		}
 		if len(res.rows) < limit {
@@ -210,7 +217,7 @@ func (t *table) scan(p *plan, offset, limit int, count bool) scanResult {
 		return res
 	}
 	if exact {
-		res.total = to - from
+		res.total = exactTotal
 		return res
 	}
 	for ; i < to; i++ {
@@ -221,4 +228,19 @@ func (t *table) scan(p *plan, offset, limit int, count bool) scanResult {
 	}
 	res.total = matched
 	return res
+}
+
+// unionSize is the number of index positions covered by the ranges.
+func unionSize(rs []keyRange) int {
+	rs = slices.Clone(rs)
+	slices.SortFunc(rs, func(a, b keyRange) int { return a.from - b.from })
+	n, end := 0, 0
+	for _, r := range rs {
+		lo := max(r.from, end)
+		if r.to > lo {
+			n += r.to - lo
+		}
+		end = max(end, r.to)
+	}
+	return n
 }

@@ -43,6 +43,10 @@ type Config struct {
 	Webhooks []WebhookTarget
 	// WebhookOptions tunes the business-rule emulation (see SetWebhookOptions).
 	WebhookOptions WebhookOptions
+	// OffsetRowCost is the time each row skipped by sysparm_offset costs,
+	// on top of actually walking it: a database reads every skipped row, so
+	// deep offsets get slower as they grow. 0 takes 100ns; negative, none.
+	OffsetRowCost time.Duration
 	// WebhookClient sends webhooks. Default: a client with a 10 s timeout
 	// (the script's nowbridge.http_timeout_ms default).
 	WebhookClient *http.Client
@@ -91,6 +95,7 @@ type Server struct {
 	tokIss  int
 	qprobs  []QueryProblem
 	created time.Time
+	rowCost time.Duration
 
 	hooks *dispatcher
 }
@@ -138,6 +143,12 @@ func New(cfg Config) *Server {
 	}
 	for _, sc := range []*tableSchema{incidentSchema(), userSchema(), groupSchema(), journalSchema(), auditDeleteSchema(), dictionarySchema()} {
 		s.tables[sc.name] = newTable(sc)
+	}
+	switch {
+	case cfg.OffsetRowCost == 0:
+		s.rowCost = 100 * time.Nanosecond
+	case cfg.OffsetRowCost > 0:
+		s.rowCost = cfg.OffsetRowCost
 	}
 	s.seedReference()
 	s.seedDictionary()
@@ -266,6 +277,14 @@ func (s *Server) QueryProblems() []QueryProblem {
 func (s *Server) addQueryProblem(p QueryProblem) {
 	s.knobMu.Lock()
 	s.qprobs = append(s.qprobs, p)
+	s.knobMu.Unlock()
+}
+
+// SetOffsetRowCost changes the simulated cost of each row skipped by
+// sysparm_offset (0: only the real walk).
+func (s *Server) SetOffsetRowCost(d time.Duration) {
+	s.knobMu.Lock()
+	s.rowCost = max(d, 0)
 	s.knobMu.Unlock()
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nowbridge/nowbridge/internal/events"
 )
@@ -214,6 +215,12 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, t *table, ap apiPa
 	}
 	body = append(body, "]}"...)
 	s.mu.RUnlock()
+	s.knobMu.Lock()
+	cost := s.rowCost * time.Duration(min(p.offset, res.skipped))
+	s.knobMu.Unlock()
+	if cost > 0 {
+		_ = sleepCtx(r.Context(), cost)
+	}
 	if len(res.rows) == 0 && !ap.v2 {
 		// v1 answers a query without matches with 404; v2 with [].
 		writeError(w, http.StatusNotFound, "No Record found", "Records matching query not found. Check query parameter or offset parameter")

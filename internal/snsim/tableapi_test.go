@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -347,4 +348,58 @@ func TestKeyset_EveryRecordExactlyOnce(t *testing.T) {
 		}
 	}
 	_ = http.MethodGet
+}
+
+// TestScan_IndexedCountsMatchBruteForce checks the index shortcuts (ranges,
+// counts of ^NQ unions, index order) against evaluating every row.
+func TestScan_IndexedCountsMatchBruteForce(t *testing.T) {
+	s := New(Config{Seed: 3})
+	defer s.Close()
+	if err := s.SeedWith(3000, SeedOptions{PerSecond: 40}); err != nil {
+		t.Fatal(err)
+	}
+	tb := s.tables["incident"]
+	for i, pivot := range []int{0, 1, 39, 40, 1500, 2999} {
+		r := tb.index[pivot]
+		T, ID := r.updated(tb), r.id(tb)
+		for _, qs := range []string{
+			"sys_updated_on>" + T + "^NQsys_updated_on=" + T + "^sys_id>" + ID + "^ORDERBYsys_updated_on^ORDERBYsys_id",
+			"sys_updated_on=" + T + "^sys_id>=" + ID + "^ORDERBYsys_id",
+			"sys_updated_on<=" + T + "^ORDERBYDESCsys_updated_on^ORDERBYDESCsys_id",
+			"sys_updated_onBETWEEN" + T + "@" + T + "^sys_id<" + ID,
+			"sys_updated_on>=" + T + "^state=2^ORstate=3",
+			"sys_updated_on>" + T + "^NQstate=1^ORDERBYnumber",
+		} {
+			q, err := ParseQuery(qs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, _, _ := bind(q, tb.s, false, nil)
+			var want []*row
+			for _, r := range tb.index {
+				if p.match(r.vals) {
+					want = append(want, r)
+				}
+			}
+			if len(p.order) > 0 {
+				slices.SortStableFunc(want, func(a, b *row) int { return p.compareRows(a.vals, b.vals) })
+			}
+			for _, off := range []int{0, 7} {
+				got := tb.scan(p, off, 25, true)
+				if got.total != len(want) {
+					t.Errorf("pivot %d %q: total %d, want %d", i, qs, got.total, len(want))
+				}
+				exp := want[min(off, len(want)):min(off+25, len(want))]
+				if len(got.rows) != len(exp) {
+					t.Fatalf("pivot %d %q offset %d: %d rows, want %d", i, qs, off, len(got.rows), len(exp))
+				}
+				for k := range exp {
+					if got.rows[k] != exp[k] {
+						t.Errorf("pivot %d %q offset %d: row %d differs", i, qs, off, k)
+						break
+					}
+				}
+			}
+		}
+	}
 }
