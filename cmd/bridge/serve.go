@@ -1,11 +1,181 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nowbridge/nowbridge/internal/broker"
+	"github.com/nowbridge/nowbridge/internal/config"
+	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/inbound"
+	"github.com/nowbridge/nowbridge/internal/webhook"
+)
 
 func newServeCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "serve (not yet built)",
-		RunE:  func(*cobra.Command, []string) error { return errNotBuilt },
+		Short: "Run the bridge: the webhook receiver on JetStream (embedded unless BRIDGE_NATS_URL is set)",
+		Long: `serve runs the bridge until SIGINT or SIGTERM: the ServiceNow webhook receiver
+(POST /webhooks/servicenow, /healthz, /readyz, /metrics) storing events in SN_EVENTS.
+With BRIDGE_NATS_URL empty it starts an embedded JetStream server (store under
+BRIDGE_DATA_DIR, listening on BRIDGE_EMBEDDED_NATS_LISTEN). Every setting is a flag,
+an environment variable and a key of the --config YAML file (flags beat env, env beats file).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(cmd.Flags(), a.getenv)
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), a, cfg)
+		},
 	}
+	config.BindFlags(cmd.Flags())
+	return cmd
+}
+
+// component is one long-running part of `bridge serve`. Run blocks until
+// ctx is cancelled (returning nil) or the part fails; every component runs
+// in one errgroup, so a failure stops the others.
+type component struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// serve wires the bridge's parts from cfg and runs them until ctx ends.
+func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
+	log := cfg.Logger(a.stderr)
+	secrets, err := webhook.ParseSecrets(cfg.WebhookSecrets.Reveal())
+	if err != nil {
+		return fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)
+	}
+	if len(secrets) == 0 {
+		return errors.New("BRIDGE_WEBHOOK_SECRETS: required: every webhook must be signed; create a secret with `echo whsec_$(openssl rand -base64 32)` and give the same one to the business rule")
+	}
+
+	// Bind first, so a busy port stops start-up before anything else runs.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("BRIDGE_LISTEN %s: %w", cfg.Listen, err)
+	}
+	defer ln.Close() // no-op once the receiver has served and closed it
+
+	natsURL := cfg.NATSURL.Reveal()
+	if natsURL == "" {
+		srv, err := broker.StartEmbedded(broker.EmbeddedConfig{Listen: cfg.EmbeddedNATSListen, DataDir: cfg.DataDir, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer stopEmbedded(srv, log) // after the drain below: defers run last-in first-out
+		natsURL = srv.ClientURL()
+	}
+	nc, err := broker.Connect(ctx, natsURL, "nowbridge serve", log)
+	if err != nil {
+		return err
+	}
+	defer drain(nc, cfg.ShutdownTimeout, log)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = broker.EnsureAll(ectx, js, events.StreamOptions{Replicas: cfg.StreamReplicas})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("%w (BRIDGE_STREAM_REPLICAS=%d needs at least that many JetStream servers)", err, cfg.StreamReplicas)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var streams []string
+	for _, s := range events.Streams(events.StreamOptions{}) {
+		streams = append(streams, s.Name)
+	}
+	rcv, err := inbound.New(inbound.Config{
+		Conn:           nc,
+		Secrets:        secrets,
+		Tolerance:      cfg.WebhookTolerance,
+		Tables:         cfg.Tables,
+		MaxBodyBytes:   cfg.MaxBodyBytes,
+		PublishTimeout: cfg.PublishTimeout,
+		ReadyStreams:   streams,
+		Echoes:         nil, // the writeback's dedupe.Cache plugs in here
+		Logger:         log,
+		Registry:       reg,
+	})
+	if err != nil {
+		return err
+	}
+
+	components := []component{
+		{"webhook receiver", func(ctx context.Context) error { return rcv.Serve(ctx, ln, cfg.ShutdownTimeout) }},
+		// Later issues add their parts here, built above from cfg, js and reg:
+		// the SN_EVENTS apply consumer, the APP_EVENTS writeback consumer and
+		// the reconcile loop (each a Run(ctx) error).
+	}
+	if err := cfg.RequireServiceNow(); err != nil {
+		log.Warn("ServiceNow is not configured: writeback and reconcile are off, only the webhook receiver runs", "missing", err.Error())
+	}
+	log.Info("bridge serving", "listen", ln.Addr().String(), "nats", natsMode(cfg), "tables", cfg.Tables, "components", len(components))
+	return runComponents(ctx, components, log)
+}
+
+// runComponents runs every component until ctx ends or one fails.
+func runComponents(ctx context.Context, components []component, log *slog.Logger) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, c := range components {
+		g.Go(func() error {
+			if err := c.run(gctx); err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	if err != nil {
+		log.Error("bridge stopping after a failure", "err", err)
+	}
+	return err
+}
+
+func natsMode(cfg config.Config) string {
+	if cfg.NATSURL == "" {
+		return "embedded"
+	}
+	return "external"
+}
+
+// drain lets pending publishes and acks finish, then closes the connection.
+func drain(nc *nats.Conn, timeout time.Duration, log *slog.Logger) {
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	deadline := time.Now().Add(timeout)
+	for !nc.IsClosed() {
+		if time.Now().After(deadline) {
+			log.Warn("NATS drain did not finish in time; closing", "timeout", timeout)
+			nc.Close()
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func stopEmbedded(s *server.Server, log *slog.Logger) {
+	s.Shutdown()
+	s.WaitForShutdown()
+	log.Info("embedded NATS JetStream stopped")
 }
