@@ -26,7 +26,7 @@ type simFlags struct {
 	dropRate                                          float64
 	webhookDelay                                      time.Duration
 	rateLimit, burst                                  int
-	latency, jitter, tokenTTL                         time.Duration
+	latency, jitter, tokenTTL, offsetRowCost          time.Duration
 	errorRate, cancelRate, dropConnRate, tokenErrRate float64
 	aclMode, oauthMode                                string
 	hideFraction                                      float64
@@ -75,6 +75,7 @@ of BRIDGE_WEBHOOK_SECRETS; a missing client secret or webhook secret is generate
 	fl.Float64Var(&f.hideFraction, "hide-fraction", 0.25, "share of rows hidden in --acl-mode rows")
 	fl.StringVar(&f.oauthMode, "oauth-mode", "ok", "ok | grant-disabled | no-app-user | token-not-authenticated")
 	fl.DurationVar(&f.tokenTTL, "token-ttl", 1799*time.Second, "expires_in of issued tokens")
+	fl.DurationVar(&f.offsetRowCost, "offset-row-cost", 100*time.Nanosecond, "simulated cost of each row skipped by sysparm_offset (0 = only the real walk)")
 	fl.BoolVar(&f.invalidNoRows, "invalid-query-no-rows", false, "glide.invalid_query.returns_no_rows: a clause on an unknown field returns no rows")
 	fl.Uint64Var(&f.rngSeed, "rng-seed", 0, "seed for generated ids and fault draws (0 = random)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "json or text")
@@ -230,6 +231,7 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 		s.SetOAuthMode(mode)
 		s.SetACL(acl)
 		s.SetBurstLimit(f.burst)
+		s.SetOffsetRowCost(f.offsetRowCost)
 		if f.rateLimit > 0 {
 			if err := s.SetRateLimitRules([]snsim.RateLimitRule{{Count: f.rateLimit}}); err != nil {
 				return err

@@ -50,8 +50,10 @@
 //
 // Lists walk the (sys_updated_on, sys_id) index: keyset queries
 // (sys_updated_on>T, sys_updated_on=T^sys_id>ID, with ORDERBYs) are binary
-// searches, while sysparm_offset walks and tests every skipped row, so deep
-// offsets cost more, as on the platform. Other orders sort the matches.
+// searches (their X-Total-Count too, ^NQ unions included), while
+// sysparm_offset walks and tests every skipped row and adds OffsetRowCost
+// (default 100ns) per skipped row, so deep offsets cost more, as on the
+// platform. Other orders sort the matches.
 //
 // # Behaviour
 //
@@ -75,7 +77,7 @@
 //   - SetACL(ACL{NoRoles, DenyWrites, HideRow, HiddenFields}); HideRow runs
 //     after sysparm_limit (short or empty pages while more follow;
 //     X-Total-Count counts hidden rows); HideFraction(f) builds one.
-//   - SetInvalidQueryReturnsNoRows, QueryProblems.
+//   - SetInvalidQueryReturnsNoRows, QueryProblems, SetOffsetRowCost.
 //   - SetRateLimitRules([]RateLimitRule) (per hour per user/role/everyone,
 //     most specific wins), SetUserRoles, SetBurstLimit(perSecond): 429 with
 //     Retry-After, X-RateLimit-Limit, X-RateLimit-Reset, X-RateLimit-Rule.

@@ -126,6 +126,7 @@ type ACL struct {
 	// HideRow hides rows the user may not read. It is applied after
 	// sysparm_limit, as the platform does: pages come back short or empty
 	// while more rows follow, and X-Total-Count still counts hidden rows.
+	// It runs under the simulator's read lock: it must not call the Server.
 	HideRow func(table string, rec Record) bool
 	// HiddenFields are silently omitted per table; a query naming one
 	// answers 403 Insufficient rights to query records.

@@ -295,11 +295,9 @@ type boundOrder struct {
 
 // bind resolves a parsed query against a table. Clauses naming fields the
 // table lacks are dropped (GlideRecord's default) or, in invalidNoRows mode,
-// make the query match nothing. hidden reports fields the caller may not
-// read: querying one is an error (403 Insufficient rights to query records).
-func bind(q *Query, t *tableSchema, invalidNoRows bool, hidden func(string) bool) (*plan, []string, error) {
+// make the query match nothing.
+func bind(q *Query, t *tableSchema, invalidNoRows bool) *plan {
 	p := &plan{}
-	var denied []string
 	for _, part := range q.Parts {
 		var groups [][]boundCond
 		for _, g := range part.Groups {
@@ -312,9 +310,6 @@ func bind(q *Query, t *tableSchema, invalidNoRows bool, hidden func(string) bool
 						p.noRows = true
 					}
 					continue
-				}
-				if hidden != nil && hidden(c.Field) {
-					denied = append(denied, c.Field)
 				}
 				bc := boundCond{Cond: c, fi: fi, numeric: f.numeric}
 				if bc.numeric {
@@ -346,7 +341,7 @@ func bind(q *Query, t *tableSchema, invalidNoRows bool, hidden func(string) bool
 		}
 		p.order = append(p.order, boundOrder{fi: fi, desc: o.Desc, numeric: f.numeric, name: o.Field})
 	}
-	return p, denied, nil
+	return p
 }
 
 func (p *plan) match(vals []string) bool {

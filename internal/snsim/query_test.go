@@ -189,7 +189,7 @@ func FuzzParseQuery(f *testing.F) {
 			}
 			return
 		}
-		p, _, _ := bind(q, sc, false, nil)
+		p := bind(q, sc, false)
 		vals := make([]string, len(sc.fields))
 		_ = p.match(vals)
 		for _, part := range q.Parts {

@@ -196,7 +196,8 @@ func (s *Server) chance(p float64) bool {
 func (s *Server) nowStamp() string { return s.now().UTC().Format(snTimeLayout) }
 
 // RequestKey identifies a counter of served requests: the method, the path
-// with any sys_id replaced by {sys_id}, and the status.
+// with any sys_id replaced by {sys_id}, and the status (-1 for a connection
+// dropped by the DropRate fault).
 type RequestKey struct {
 	Method string
 	Path   string

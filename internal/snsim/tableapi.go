@@ -174,7 +174,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, t *table, ap apiPa
 	s.knobMu.Lock()
 	noRows := s.noRows
 	s.knobMu.Unlock()
-	pl, _, _ := bind(q, t.s, noRows, func(f string) bool { return hidden[f] })
+	pl := bind(q, t.s, noRows)
 	var denied []string
 	for _, part := range q.Parts {
 		for _, g := range part.Groups {
@@ -223,7 +223,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, t *table, ap apiPa
 	}
 	if len(res.rows) == 0 && !ap.v2 {
 		// v1 answers a query without matches with 404; v2 with [].
-		writeError(w, http.StatusNotFound, "No Record found", "Records matching query not found. Check query parameter or offset parameter")
+		writeError(w, errNotFound.status, errNotFound.message, errNotFound.detail)
 		return
 	}
 	if res.total >= 0 {

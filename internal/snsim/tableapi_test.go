@@ -280,7 +280,7 @@ func TestScan_OffsetWalksSkippedRows(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, _, _ := bind(q, tb.s, false, nil)
+		p := bind(q, tb.s, false)
 		return tb.scan(p, offset, 100, true)
 	}
 	shallow := run("ORDERBYsys_updated_on^ORDERBYsys_id", 0)
@@ -374,7 +374,7 @@ func TestScan_IndexedCountsMatchBruteForce(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, _, _ := bind(q, tb.s, false, nil)
+			p := bind(q, tb.s, false)
 			var want []*row
 			for _, r := range tb.index {
 				if p.match(r.vals) {
