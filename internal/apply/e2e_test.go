@@ -2,9 +2,7 @@ package apply
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -13,10 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/inbound"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/outbound"
 	"github.com/nowbridge/nowbridge/internal/snclient"
@@ -24,48 +21,26 @@ import (
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
-// receiver stores verified business-rule webhooks in SN_EVENTS under their
-// webhook-id, dropping the bridge's own echoes: what internal/inbound does,
-// reduced to the happy path, until that package lands.
-func receiver(t *testing.T, e *env, secret webhook.Secret, dd *dedupe.Cache) http.Handler {
-	v := webhook.Verifier{Secrets: []webhook.Secret{secret}}
-	val := events.NewValidator([]string{"incident"})
-	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		body, _ := io.ReadAll(req.Body)
-		if err := v.Verify(req.Header.Get(webhook.HeaderID), req.Header.Get(webhook.HeaderTimestamp), req.Header.Get(webhook.HeaderSignature), body); err != nil {
-			t.Errorf("webhook signature: %v", err)
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		evs, err := val.DecodeBody(body)
-		if err != nil {
-			t.Errorf("webhook body: %v", err)
-			w.WriteHeader(http.StatusUnprocessableEntity)
-			return
-		}
-		for i := range evs {
-			if dd.IsEcho(&evs[i]) {
-				continue
-			}
-			msg := &nats.Msg{Subject: evs[i].Subject(), Data: mustJSON(t, evs[i]), Header: nats.Header{}}
-			msg.Header.Set(events.HeaderMsgID, evs[i].MsgID())
-			if _, err := e.js.PublishMsg(req.Context(), msg); err != nil {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				return
-			}
-		}
-		w.WriteHeader(http.StatusAccepted)
-	})
+// receiver is the bridge's real webhook receiver (internal/inbound) on
+// httptest: verified, validated, echo-checked and stored in SN_EVENTS.
+func receiver(t *testing.T, e *env, secret webhook.Secret, dd *dedupe.Cache) *httptest.Server {
+	t.Helper()
+	rcv, err := inbound.New(inbound.Config{Conn: e.nc, Secrets: []webhook.Secret{secret}, Echoes: dd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(rcv.Handler())
+	t.Cleanup(srv.Close)
+	return srv
 }
 
 func TestEndToEnd_SimulatorChangesReachTheAppLinkedAndOnce(t *testing.T) {
 	e := newEnv(t)
 	secret := newSecret()
 	dd := dedupe.New(dedupe.Config{})
-	recv := httptest.NewServer(receiver(t, e, secret, dd))
-	t.Cleanup(recv.Close)
+	recv := receiver(t, e, secret, dd)
 	sim := snsim.New(snsim.Config{ClientID: "bridge", ClientSecret: "sim-secret-value", Seed: 7,
-		Webhooks: []snsim.WebhookTarget{{URL: recv.URL, Secrets: []webhook.Secret{secret}}}})
+		Webhooks: []snsim.WebhookTarget{{URL: recv.URL + inbound.Path, Secrets: []webhook.Secret{secret}}}})
 	t.Cleanup(sim.Close)
 	simSrv := httptest.NewServer(sim)
 	t.Cleanup(simSrv.Close)
@@ -142,15 +117,6 @@ func TestEndToEnd_SimulatorChangesReachTheAppLinkedAndOnce(t *testing.T) {
 	}
 }
 
-func mustJSON(t *testing.T, v any) []byte {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func mustInt(t *testing.T, s string) int64 {
 	t.Helper()
 	n, err := strconv.ParseInt(s, 10, 64)
@@ -163,10 +129,9 @@ func mustInt(t *testing.T, s string) int64 {
 func TestEndToEnd_SimulatorUpdateIsOneBridgeApplyMessage(t *testing.T) {
 	e := newEnv(t)
 	secret := newSecret()
-	recv := httptest.NewServer(receiver(t, e, secret, dedupe.New(dedupe.Config{})))
-	t.Cleanup(recv.Close)
+	recv := receiver(t, e, secret, dedupe.New(dedupe.Config{}))
 	sim := snsim.New(snsim.Config{ClientID: "bridge", ClientSecret: "sim-secret-value", Seed: 8,
-		Webhooks: []snsim.WebhookTarget{{URL: recv.URL, Secrets: []webhook.Secret{secret}}}})
+		Webhooks: []snsim.WebhookTarget{{URL: recv.URL + inbound.Path, Secrets: []webhook.Secret{secret}}}})
 	t.Cleanup(sim.Close)
 	e.start(e.testConfig(&NATSApplier{JS: e.js}))
 
