@@ -25,6 +25,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/inbound"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/natstest"
 	"github.com/nowbridge/nowbridge/internal/outbound"
@@ -78,37 +79,18 @@ func Start(t testing.TB, o Options) *Env {
 	e := &Env{T: t, NC: nc, JS: js, Store: store, Links: links, Mapping: mapping.Default(log), Log: log,
 		Secret: webhook.NewSecret([]byte("recovery-test-secret-0123456789ab"))}
 
-	// The receiver stands in for the inbound HTTP handler: it decodes and
-	// validates the business rule's body and stores each event in
-	// SN_EVENTS under its Nats-Msg-Id, as SPEC §2/§3 say inbound does.
-	validator := events.NewValidator([]string{Table})
-	e.hookSrv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		evs, err := validator.DecodeBody(body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		for i := range evs {
-			ev := &evs[i]
-			ev.Source = events.SourceWebhook
-			b, _ := json.Marshal(ev)
-			m := nats.NewMsg(ev.Subject())
-			m.Data = b
-			m.Header.Set(events.HeaderMsgID, ev.MsgID())
-			m.Header.Set(events.HeaderSource, events.SourceWebhook)
-			if _, err := js.PublishMsg(r.Context(), m); err != nil {
-				http.Error(w, err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-		}
-		w.WriteHeader(http.StatusAccepted)
-	}))
+	// The real webhook receiver: signature check, validation, SN_EVENTS
+	// under the webhook's Nats-Msg-Id.
+	recv, err := inbound.New(inbound.Config{Conn: nc, Secrets: []webhook.Secret{e.Secret}, Tables: []string{Table}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.hookSrv = httptest.NewServer(recv.Handler())
 	t.Cleanup(e.hookSrv.Close)
 
 	e.Sim = snsim.New(snsim.Config{
 		ClientID: "bridge", ClientSecret: "s3cret", Seed: o.Seed, Logger: log,
-		Webhooks:       []snsim.WebhookTarget{{URL: e.hookSrv.URL, Secrets: []webhook.Secret{e.Secret}}},
+		Webhooks:       []snsim.WebhookTarget{{URL: e.hookSrv.URL + "/webhooks/servicenow", Secrets: []webhook.Secret{e.Secret}}},
 		WebhookOptions: snsim.WebhookOptions{DropRate: o.DropRate},
 	})
 	simSrv := httptest.NewServer(e.Sim)
@@ -156,6 +138,9 @@ func (e *Env) Settle() {
 	defer cancel()
 	if err := e.Sim.WaitWebhooks(ctx); err != nil {
 		e.T.Fatalf("webhooks not delivered: %v", err)
+	}
+	if st := e.Sim.WebhookStats(); st.Failed > 0 {
+		e.T.Fatalf("the receiver refused %d webhooks: %+v", st.Failed, st)
 	}
 	for {
 		c, err := e.JS.Consumer(ctx, events.StreamSN, "apply")
