@@ -270,3 +270,68 @@ func TestLease_OneHolderAtATimeAndExpiry(t *testing.T) {
 		t.Fatalf("acquire after release: %v", err)
 	}
 }
+
+type countingLimiter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingLimiter) Wait(context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	return nil
+}
+
+type wrote map[string]bool
+
+func (w wrote) Wrote(_, sysID string, _ int64) bool { return w[sysID] }
+
+func TestPass_SkipsVersionsTheBridgeWroteAndPacesEveryRequest(t *testing.T) {
+	js, kv := setup(t)
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	sn := &memTable{}
+	ours := wrote{}
+	for i := range 20 {
+		sn.put("incident", events.Fields{"sys_id": sysID(i), "sys_mod_count": "1", "sys_updated_on": now.Format(events.SNTimeLayout)})
+		if i < 5 {
+			ours[sysID(i)] = true
+		}
+	}
+	lim := &countingLimiter{}
+	r, err := New(js, kv, sn, &memVersions{}, Config{Tables: []string{"incident"}, PageSize: 5, Echoes: ours, Limiter: lim, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := r.Pass(context.Background(), "incident", PassOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Echoes != 5 || sum.Gaps != 15 {
+		t.Fatalf("summary = %+v; want the 5 versions the bridge wrote left alone and 15 gaps", sum)
+	}
+	if lim.n < sn.reqs {
+		t.Fatalf("limiter asked %d times for %d ServiceNow requests; every request must be paced", lim.n, sn.reqs)
+	}
+}
+
+func TestPass_SecondReplicaSkipsWhileTheLeaseIsHeld(t *testing.T) {
+	js, kv := setup(t)
+	other, err := AcquireLease(context.Background(), js, kv, "incident", "replica-a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(js, kv, &memTable{}, &memVersions{}, Config{Tables: []string{"incident"}, Holder: "replica-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Pass(context.Background(), "incident", PassOptions{}); !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("pass while replica-a holds the lease: %v, want ErrLeaseHeld", err)
+	}
+	if err := other.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Pass(context.Background(), "incident", PassOptions{}); err != nil {
+		t.Fatalf("pass after release: %v", err)
+	}
+}
