@@ -18,7 +18,7 @@ import (
 // DefaultWebhookFields is what the shipped business rule sends in `record`
 // for incident (NowbridgeWebhook.DEFAULT_FIELDS).
 var DefaultWebhookFields = map[string][]string{
-	"incident": {"number", "short_description", "description", "state", "priority", "urgency", "impact", "correlation_id",
+	"incident": {"number", "short_description", "description", "state", "priority", "urgency", "impact", "correlation_id", "correlation_display",
 		"close_code", "close_notes", "active", "comments", "work_notes"},
 }
 
