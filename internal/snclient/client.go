@@ -363,7 +363,7 @@ func (c *Client) apiError(cl *call, resp *http.Response, body []byte) *APIError 
 		e.RetryAfter = retryAfter(resp.Header, time.Now())
 		e.RateLimitRule = resp.Header.Get("X-RateLimit-Rule")
 	}
-	e.Hint = hintFor(e.Status, cl.method, e.Message, e.Detail)
+	e.Hint = hintFor(e.Status, e.Message, e.Detail)
 	if e.Status == 401 {
 		e.Hint = "the access token was rejected; the client exchanged a new one and retried"
 	}

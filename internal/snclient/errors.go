@@ -247,7 +247,7 @@ func Hint(err error) string {
 
 // hintFor picks the hint of a ServiceNow error answer. A 401 gets its hint
 // from the caller, which alone knows whether the token was fresh.
-func hintFor(status int, method, message, detail string) string {
+func hintFor(status int, message, detail string) string {
 	low := strings.ToLower(message + " " + detail)
 	switch {
 	case status == 403 && strings.Contains(low, "insufficient rights to query"):

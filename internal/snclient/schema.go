@@ -128,7 +128,7 @@ func (c *Client) loadDictionary(ctx context.Context, table string) ([]string, er
 	for _, p := range c.cfg.TableParents[table] {
 		conds = append(conds, Field("name").EQ(p))
 	}
-	opts := ListOptions{Query: And(Or(conds...)), Fields: []string{"element"}, Limit: 10000, NoCount: false}
+	opts := ListOptions{Query: And(Or(conds...)), Fields: []string{"element"}, Limit: 10000}
 	var names []string
 	for {
 		page, err := c.list(ctx, "sys_dictionary", opts, false)
