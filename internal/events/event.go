@@ -99,13 +99,23 @@ func (f *Fields) UnmarshalJSON(b []byte) error {
 	for k, v := range raw {
 		s, err := FieldString(v)
 		if err != nil {
-			return fmt.Errorf("field %q: %w", k, err)
+			return &FieldValueError{Key: k, Err: err}
 		}
 		out[k] = s
 	}
 	*f = out
 	return nil
 }
+
+// FieldValueError is a record value that is not a string, number, boolean,
+// null or {"value": ...} object.
+type FieldValueError struct {
+	Key string
+	Err error
+}
+
+func (e *FieldValueError) Error() string { return fmt.Sprintf("field %q: %v", e.Key, e.Err) }
+func (e *FieldValueError) Unwrap() error { return e.Err }
 
 // FieldString turns one ServiceNow JSON field value into its string form.
 func FieldString(v json.RawMessage) (string, error) {

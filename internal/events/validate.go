@@ -192,12 +192,12 @@ func (v *Validator) DecodeBody(body []byte) ([]SNEvent, error) {
 		if array {
 			prefix = fmt.Sprintf("[%d].", i)
 		}
-		if err := decodeOne(raw, &out[i], prefix); err != nil {
-			var p *Problem
-			if errors.As(err, &p) {
-				problems = append(problems, *p)
-				continue
-			}
+		ps, err := decodeOne(raw, &out[i], prefix)
+		problems = append(problems, ps...)
+		if errors.Is(err, errPartial) {
+			continue
+		}
+		if err != nil {
 			return nil, err
 		}
 		problems = append(problems, v.Validate(&out[i], prefix)...)
@@ -208,36 +208,57 @@ func (v *Validator) DecodeBody(body []byte) ([]SNEvent, error) {
 	return out, nil
 }
 
-func (p *Problem) Error() string { return p.Field + ": " + p.Message }
-
-func decodeOne(raw json.RawMessage, e *SNEvent, prefix string) error {
-	if len(raw) == 0 || raw[0] != '{' {
-		return &ShapeError{Field: strings.TrimSuffix(prefix, "."), Msg: "each event must be a JSON object"}
-	}
-	// Decode the count separately so a bad value is a 422 naming the field,
-	// not a 400 for the whole body.
-	var probe struct {
-		SysModCount json.RawMessage `json:"sys_mod_count"`
-	}
-	if err := json.Unmarshal(raw, &probe); err != nil {
-		return &ShapeError{Field: strings.TrimSuffix(prefix, "."), Msg: err.Error()}
-	}
-	if len(probe.SysModCount) == 0 {
-		return &Problem{Field: prefix + "sys_mod_count", Message: "is required"}
-	}
-	var mc ModCount
-	if err := mc.UnmarshalJSON(probe.SysModCount); err != nil {
-		return &Problem{Field: prefix + "sys_mod_count", Message: err.Error()}
-	}
-	if err := json.Unmarshal(raw, e); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return &Problem{Field: prefix + te.Field, Message: "must be a JSON " + kindName(te.Type) + ", got " + te.Value}
-		}
-		return &Problem{Field: strings.TrimSuffix(prefix, "."), Message: err.Error()}
-	}
-	return nil
+// wireEvent decodes an event in one pass with the count kept raw, so a bad
+// sys_mod_count is a 422 naming the field alongside every other problem of
+// the event, rather than a 400 for the whole body.
+type wireEvent struct {
+	SNEvent
+	SysModCount json.RawMessage `json:"sys_mod_count"`
 }
+
+// decodeOne decodes raw into e. An error is a *ShapeError (400); problems
+// name invalid fields (422) and, when empty, e is ready to validate.
+func decodeOne(raw json.RawMessage, e *SNEvent, prefix string) ([]Problem, error) {
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil, &ShapeError{Field: strings.TrimSuffix(prefix, "."), Msg: "each event must be a JSON object"}
+	}
+	var w wireEvent
+	err := json.Unmarshal(raw, &w)
+	*e = w.SNEvent
+	var problems []Problem
+	switch {
+	case len(w.SysModCount) == 0:
+		problems = append(problems, Problem{Field: prefix + "sys_mod_count", Message: "is required"})
+	default:
+		if cerr := e.SysModCount.UnmarshalJSON(w.SysModCount); cerr != nil {
+			problems = append(problems, Problem{Field: prefix + "sys_mod_count", Message: cerr.Error()})
+		}
+	}
+	if err == nil {
+		return problems, nil
+	}
+	var te *json.UnmarshalTypeError
+	var fe *FieldValueError
+	switch {
+	case errors.As(err, &te):
+		// te.Field is a path through wireEvent, which embeds SNEvent.
+		problems = append(problems, Problem{Field: prefix + strings.TrimPrefix(te.Field, "SNEvent."), Message: "must be a JSON " + kindName(te.Type) + ", got " + te.Value})
+	case errors.As(err, &fe):
+		// A record value's error must name the value, not the whole event.
+		problems = append(problems, Problem{Field: prefix + "record." + fe.Key, Message: "must be a string, number, boolean, null or an object with \"value\": " + fe.Err.Error()})
+	default:
+		field := strings.TrimSuffix(prefix, ".")
+		if field == "" {
+			field = "event"
+		}
+		problems = append(problems, Problem{Field: field, Message: err.Error()})
+	}
+	// The event did not decode completely: checking the rest of it would
+	// report fields as missing that were merely left undecoded.
+	return problems, errPartial
+}
+
+var errPartial = errors.New("partially decoded")
 
 func kindName(t reflect.Type) string {
 	switch t.Kind() {
@@ -250,3 +271,5 @@ func kindName(t reflect.Type) string {
 	}
 	return t.Kind().String()
 }
+
+func (p *Problem) Error() string { return p.Field + ": " + p.Message }

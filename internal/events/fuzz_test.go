@@ -1,0 +1,80 @@
+package events_test
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+)
+
+// FuzzDecodeBody checks the webhook body decoder and validator on arbitrary
+// input: it never panics, every failure is one of the documented kinds (400
+// or 422) and names its fields, and every accepted event is valid and
+// survives the trip through the stored JSON form unchanged.
+// Seeds: testdata/fuzz/FuzzDecodeBody plus the ones added here.
+func FuzzDecodeBody(f *testing.F) {
+	for _, s := range []string{
+		obj(""),
+		obj(`"record":{"number":"INC0010001","n":3,"b":false,"z":null,"ref":{"link":"l","value":"v"}}`),
+		"[" + obj("") + "," + strings.Replace(obj(""), `"4"`, `5`, 1) + "]",
+		`{}`, `[]`, `[1]`, `null`, `"x"`, ``, `{"sys_mod_count":{}}`,
+		obj(`"changed":["state",""],"record":{"a":[1]}`),
+	} {
+		f.Add([]byte(s))
+	}
+	v := events.NewValidator([]string{"incident", "problem"})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		evs, err := v.DecodeBody(body)
+		if err != nil {
+			if evs != nil {
+				t.Fatalf("events returned with error %v", err)
+			}
+			var shape *events.ShapeError
+			var verr *events.ValidationError
+			switch {
+			case errors.Is(err, events.ErrEmptyBody), errors.Is(err, events.ErrNotJSON), errors.As(err, &shape):
+			case errors.As(err, &verr):
+				if len(verr.Problems) == 0 {
+					t.Fatal("ValidationError without problems")
+				}
+				for _, p := range verr.Problems {
+					if p.Field == "" || p.Message == "" {
+						t.Fatalf("problem without field or message: %+v", p)
+					}
+				}
+			default:
+				t.Fatalf("undocumented error kind %T: %v", err, err)
+			}
+			return
+		}
+		if len(evs) == 0 || len(evs) > events.MaxBatch {
+			t.Fatalf("accepted %d events", len(evs))
+		}
+		for i := range evs {
+			ev := &evs[i]
+			if ps := v.Validate(ev, ""); len(ps) > 0 {
+				t.Fatalf("accepted an invalid event: %+v", ps)
+			}
+			if got := strings.Count(ev.MsgID(), ":"); got != 3 {
+				t.Fatalf("msg id %q has %d colons, want 3", ev.MsgID(), got)
+			}
+			stored, err := json.Marshal(ev)
+			if err != nil {
+				t.Fatalf("marshal: %v", err)
+			}
+			again, err := v.DecodeBody(stored)
+			if err != nil {
+				t.Fatalf("stored form %s does not decode: %v", stored, err)
+			}
+			if !reflect.DeepEqual(again[0], *ev) && !(len(ev.Record) == 0 && len(again[0].Record) == 0) {
+				t.Fatalf("round trip changed the event:\n%+v\n%+v", *ev, again[0])
+			}
+			if _, err := events.EncodeWebhookBody(ev); err != nil {
+				t.Fatalf("EncodeWebhookBody: %v", err)
+			}
+		}
+	})
+}
