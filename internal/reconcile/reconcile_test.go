@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
 	"github.com/nowbridge/nowbridge/internal/broker"
@@ -150,7 +152,8 @@ func TestPass_PublishesOnlyVersionsTheBridgeHasNotSeen(t *testing.T) {
 			vers.set("incident", sysID(i), 2)
 		}
 	}
-	r, err := New(js, kv, sn, vers, Config{Tables: []string{"incident"}, PageSize: 7, Now: func() time.Time { return now }})
+	reg := prometheus.NewRegistry()
+	r, err := New(js, kv, sn, vers, Config{Tables: []string{"incident"}, PageSize: 7, Now: func() time.Time { return now }, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +166,12 @@ func TestPass_PublishesOnlyVersionsTheBridgeHasNotSeen(t *testing.T) {
 	}
 	if got := streamMsgs(t, js); got != 10 {
 		t.Fatalf("SN_EVENTS holds %d messages, want 10", got)
+	}
+	if got := testutil.ToFloat64(r.m.gaps.WithLabelValues("incident", events.ActionUpdate)); got != 10 {
+		t.Fatalf("reconcile_gaps_total = %v, want 10", got)
+	}
+	if n, err := testutil.GatherAndCount(reg, "reconcile_pages_total", "reconcile_records_scanned_total", "reconcile_pass_duration_seconds"); err != nil || n != 3 {
+		t.Fatalf("pass metrics: %d series, %v", n, err)
 	}
 	// The same findings again are duplicates for the stream, not new gaps.
 	sum, err = r.Pass(context.Background(), "incident", PassOptions{Full: true})
