@@ -101,10 +101,16 @@ func Sign(s Secret, id string, ts int64, body []byte) string {
 }
 
 func mac(key []byte, id string, ts int64, body []byte) []byte {
+	return macRaw(key, id, strconv.FormatInt(ts, 10), body)
+}
+
+// macRaw signs the timestamp as the sender wrote it: the scheme signs the
+// header's bytes, not a re-rendering of its number.
+func macRaw(key []byte, id, ts string, body []byte) []byte {
 	h := hmac.New(sha256.New, key)
 	h.Write([]byte(id))
 	h.Write([]byte{'.'})
-	h.Write([]byte(strconv.FormatInt(ts, 10)))
+	h.Write([]byte(ts))
 	h.Write([]byte{'.'})
 	h.Write(body)
 	return h.Sum(nil)
@@ -153,7 +159,7 @@ func (v *Verifier) Verify(id, timestamp, signature string, body []byte) error {
 	}
 	macs := make([][]byte, len(v.Secrets))
 	for i, s := range v.Secrets {
-		macs[i] = mac(s.key, id, ts, body)
+		macs[i] = macRaw(s.key, id, timestamp, body)
 	}
 	matched := false
 	for _, entry := range strings.Fields(signature) {
