@@ -1,0 +1,257 @@
+package config
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+const (
+	secretA = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" // 32 bytes
+	secretB = "whsec_ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
+)
+
+// load runs Load with the given flags and environment.
+func load(t *testing.T, env map[string]string, args ...string) (Config, error) {
+	t.Helper()
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %v: %v", args, err)
+	}
+	return Load(fs, func(k string) string { return env[k] })
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoad_DefaultsAreValid(t *testing.T) {
+	cfg, err := load(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg, Default()) {
+		t.Fatalf("Load with nothing set = %+v, want Default()", cfg)
+	}
+	want := map[string]any{"Listen": ":8080", "DataDir": "./data", "EmbeddedNATSListen": "127.0.0.1:4222", "ReconcileInterval": 5 * time.Minute, "Applier": "nats", "LogFormat": "json", "MaxBodyBytes": int64(1 << 20), "WebhookTolerance": 5 * time.Minute}
+	v := reflect.ValueOf(cfg)
+	for field, w := range want {
+		if got := v.FieldByName(field).Interface(); !reflect.DeepEqual(got, w) {
+			t.Errorf("default %s = %v, want %v (SPEC §4)", field, got, w)
+		}
+	}
+	if !reflect.DeepEqual(cfg.Tables, []string{"incident"}) {
+		t.Errorf("default tables %v", cfg.Tables)
+	}
+}
+
+func TestLoad_FlagsBeatEnvBeatFile(t *testing.T) {
+	file := writeFile(t, "bridge.yaml", "listen: 127.0.0.1:1001\ntables: [incident, problem]\nreconcile_interval: 1m\n")
+	env := map[string]string{"BRIDGE_CONFIG": file}
+
+	cfg, err := load(t, env)
+	if err != nil || cfg.Listen != "127.0.0.1:1001" || !reflect.DeepEqual(cfg.Tables, []string{"incident", "problem"}) || cfg.ReconcileInterval != time.Minute {
+		t.Fatalf("file only: %+v %v", cfg, err)
+	}
+	env["BRIDGE_LISTEN"] = "127.0.0.1:1002"
+	if cfg, err = load(t, env); err != nil || cfg.Listen != "127.0.0.1:1002" {
+		t.Fatalf("env over file: %q %v", cfg.Listen, err)
+	}
+	if cfg, err = load(t, env, "--listen", "127.0.0.1:1003"); err != nil || cfg.Listen != "127.0.0.1:1003" {
+		t.Fatalf("flag over env: %q %v", cfg.Listen, err)
+	}
+	if cfg.ReconcileInterval != time.Minute || len(cfg.Tables) != 2 {
+		t.Errorf("settings only in the file were lost: %+v", cfg)
+	}
+	// --config beats BRIDGE_CONFIG.
+	other := writeFile(t, "other.yaml", "listen: 127.0.0.1:1004\n")
+	delete(env, "BRIDGE_LISTEN")
+	if cfg, err = load(t, env, "--config", other); err != nil || cfg.Listen != "127.0.0.1:1004" {
+		t.Fatalf("--config over BRIDGE_CONFIG: %q %v", cfg.Listen, err)
+	}
+}
+
+func TestLoad_SecretFiles(t *testing.T) {
+	secretFile := writeFile(t, "secrets", secretA+","+secretB+"\n")
+	cfg, err := load(t, map[string]string{"BRIDGE_WEBHOOK_SECRETS_FILE": secretFile, "BRIDGE_SN_CLIENT_SECRET_FILE": writeFile(t, "cs", "s3cret\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.WebhookSecrets.Reveal() != secretA+","+secretB || cfg.SNClientSecret.Reveal() != "s3cret" {
+		t.Fatalf("_FILE values not read and trimmed: %d %d bytes", len(cfg.WebhookSecrets), len(cfg.SNClientSecret))
+	}
+	// In the YAML file, <key>_file works too.
+	yml := writeFile(t, "b.yaml", "webhook_secrets_file: "+secretFile+"\n")
+	if cfg, err = load(t, nil, "--config", yml); err != nil || cfg.WebhookSecrets.Reveal() != secretA+","+secretB {
+		t.Fatalf("webhook_secrets_file in YAML: %v", err)
+	}
+	// A missing file names the variable.
+	_, err = load(t, map[string]string{"BRIDGE_WEBHOOK_SECRETS_FILE": filepath.Join(t.TempDir(), "nope")})
+	if err == nil || !strings.HasPrefix(err.Error(), "BRIDGE_WEBHOOK_SECRETS_FILE: cannot read") {
+		t.Fatalf("missing _FILE: %v", err)
+	}
+	// _FILE is only for secrets.
+	if cfg, err = load(t, map[string]string{"BRIDGE_LISTEN_FILE": secretFile}); err != nil || cfg.Listen != ":8080" {
+		t.Fatalf("BRIDGE_LISTEN_FILE should be ignored: %q %v", cfg.Listen, err)
+	}
+}
+
+func TestLoad_YAMLErrorsNameFileLineAndKey(t *testing.T) {
+	cases := []struct{ yaml, want string }{
+		{"listen: :9000\nno_such_setting: 1\n", `line 2: unknown setting "no_such_setting"`},
+		{"listen: :9000\n\npublish_timeout: soon\n", `line 3: publish_timeout: not a duration like 30s or 5m: "soon"`},
+		{"max_body_bytes: 1MiB\n", `line 1: max_body_bytes: not an integer`},
+		{"tables:\n  incident: yes\n", `line 2: tables must be a value or a list`},
+		{"listen: [unclosed\n", `config file`},
+	}
+	for _, c := range cases {
+		path := writeFile(t, "bridge.yaml", c.yaml)
+		_, err := load(t, nil, "--config", path)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), path) {
+			t.Errorf("%q: %v, want the file name and %q", c.yaml, err, c.want)
+		}
+	}
+	if _, err := load(t, nil, "--config", filepath.Join(t.TempDir(), "missing.yaml")); err == nil || !strings.Contains(err.Error(), "config file") {
+		t.Errorf("missing config file: %v", err)
+	}
+}
+
+func TestLoad_InvalidValuesNameTheSetting(t *testing.T) {
+	cases := []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"BRIDGE_LISTEN": "8080"}, "BRIDGE_LISTEN: \"8080\" is not host:port"},
+		{map[string]string{"BRIDGE_EMBEDDED_NATS_LISTEN": "localhost"}, "BRIDGE_EMBEDDED_NATS_LISTEN"},
+		{map[string]string{"BRIDGE_DATA_DIR": ""}, ""}, // empty env means unset: the default stays
+		{map[string]string{"BRIDGE_TABLES": "Incident"}, `BRIDGE_TABLES: "Incident" is not a ServiceNow table name`},
+		{map[string]string{"BRIDGE_TABLES": " , "}, "BRIDGE_TABLES: at least one table"},
+		{map[string]string{"BRIDGE_RECONCILE_INTERVAL": "-1m"}, "BRIDGE_RECONCILE_INTERVAL"},
+		{map[string]string{"BRIDGE_RECONCILE_INTERVAL": "5"}, "BRIDGE_RECONCILE_INTERVAL: not a duration"},
+		{map[string]string{"BRIDGE_APPLIER": "kafka"}, `BRIDGE_APPLIER: must be nats or http, got "kafka"`},
+		{map[string]string{"BRIDGE_APPLIER": "http"}, "BRIDGE_APPLY_URL: an http(s) URL is required"},
+		{map[string]string{"BRIDGE_LOG_FORMAT": "xml"}, "BRIDGE_LOG_FORMAT"},
+		{map[string]string{"BRIDGE_LOG_LEVEL": "loud"}, "BRIDGE_LOG_LEVEL"},
+		{map[string]string{"BRIDGE_MAX_BODY_BYTES": "100"}, "BRIDGE_MAX_BODY_BYTES: must be at least 1024"},
+		{map[string]string{"BRIDGE_STREAM_REPLICAS": "7"}, "BRIDGE_STREAM_REPLICAS"},
+		{map[string]string{"BRIDGE_SN_INSTANCE_URL": "dev12345.service-now.com"}, "BRIDGE_SN_INSTANCE_URL"},
+		{map[string]string{"BRIDGE_PUBLISH_TIMEOUT": "0s"}, "BRIDGE_PUBLISH_TIMEOUT: must be positive"},
+		{map[string]string{"BRIDGE_WEBHOOK_TOLERANCE": "0s"}, "BRIDGE_WEBHOOK_TOLERANCE"},
+		{map[string]string{"BRIDGE_DEDUPE_SIZE": "0"}, "BRIDGE_DEDUPE_SIZE"},
+	}
+	for _, c := range cases {
+		_, err := load(t, c.env)
+		if c.want == "" {
+			if err != nil {
+				t.Errorf("%v: %v, want no error", c.env, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.env, err, c.want)
+		}
+	}
+	if _, err := load(t, nil, "--stream-replicas", "three"); err == nil || !strings.HasPrefix(err.Error(), "--stream-replicas: not an integer") {
+		t.Errorf("bad flag: %v, want it named", err)
+	}
+}
+
+func TestLoad_SecretsNeverInErrors(t *testing.T) {
+	const leak = "hunter2hunter2"
+	bad := "whsec_" + leak + "!!"
+	secretFile := writeFile(t, "s", bad)
+	for _, c := range []struct {
+		env  map[string]string
+		args []string
+		yaml string
+	}{
+		{env: map[string]string{"BRIDGE_WEBHOOK_SECRETS": bad}},
+		{env: map[string]string{"BRIDGE_WEBHOOK_SECRETS": secretA + "," + bad}},
+		{env: map[string]string{"BRIDGE_WEBHOOK_SECRETS_FILE": secretFile}},
+		{env: map[string]string{"BRIDGE_APPLY_SECRET": bad}},
+		{args: []string{"--webhook-secrets", bad}},
+		{yaml: "webhook_secrets: " + bad + "\n"},
+		{yaml: "apply_secret: " + bad + "\n"},
+	} {
+		args := c.args
+		if c.yaml != "" {
+			args = append(args, "--config", writeFile(t, "c.yaml", c.yaml))
+		}
+		_, err := load(t, c.env, args...)
+		if err == nil {
+			t.Errorf("%v %v: a malformed secret was accepted", c.env, args)
+			continue
+		}
+		if strings.Contains(err.Error(), leak) {
+			t.Errorf("error reveals the secret: %v", err)
+		}
+		if !strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("error %q does not name the setting", err)
+		}
+	}
+	cfg, err := load(t, map[string]string{"BRIDGE_NATS_URL": "nats://u:" + leak + "@127.0.0.1:4222", "BRIDGE_SN_CLIENT_SECRET": leak})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	cfg.Logger(&logs).Info("config", "cfg", cfg, "nats", cfg.NATSURL, "secret", cfg.SNClientSecret)
+	if strings.Contains(logs.String(), leak) {
+		t.Errorf("a logged config reveals a secret: %s", logs.String())
+	}
+}
+
+func TestSettings_EveryFieldHasOneSettingAndFlag(t *testing.T) {
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	BindFlags(fs)
+	envs := map[string]bool{}
+	for _, s := range Settings() {
+		if !strings.HasPrefix(s.Env, "BRIDGE_") || envs[s.Env] {
+			t.Errorf("setting %s: env %q is not a unique BRIDGE_ name", s.Key, s.Env)
+		}
+		envs[s.Env] = true
+		if fs.Lookup(s.Flag()) == nil {
+			t.Errorf("setting %s has no flag --%s", s.Key, s.Flag())
+		}
+		if s.Usage == "" {
+			t.Errorf("setting %s has no usage text", s.Key)
+		}
+	}
+	if n := reflect.TypeOf(Config{}).NumField(); len(Settings()) != n {
+		t.Errorf("%d settings for %d Config fields", len(Settings()), n)
+	}
+	for _, spec := range []string{"BRIDGE_LISTEN", "BRIDGE_NATS_URL", "BRIDGE_DATA_DIR", "BRIDGE_EMBEDDED_NATS_LISTEN", "BRIDGE_SN_INSTANCE_URL", "BRIDGE_SN_CLIENT_ID", "BRIDGE_SN_CLIENT_SECRET", "BRIDGE_WEBHOOK_SECRETS", "BRIDGE_TABLES", "BRIDGE_RECONCILE_INTERVAL", "BRIDGE_APPLIER", "BRIDGE_APPLY_URL", "BRIDGE_LOG_FORMAT"} {
+		if !envs[spec] {
+			t.Errorf("SPEC §4 variable %s is not a setting", spec)
+		}
+	}
+}
+
+func TestLogger_FormatAndLevel(t *testing.T) {
+	var b bytes.Buffer
+	c := Default()
+	c.LogFormat, c.LogLevel = "text", "warn"
+	log := c.Logger(&b)
+	log.Info("hidden")
+	log.Warn("shown", "table", "incident")
+	if strings.Contains(b.String(), "hidden") || !strings.Contains(b.String(), "level=WARN msg=shown table=incident") {
+		t.Fatalf("text logger at warn wrote %q", b.String())
+	}
+	b.Reset()
+	c.LogFormat, c.LogLevel = "json", "debug"
+	c.Logger(&b).Debug("x")
+	if !strings.HasPrefix(b.String(), "{") {
+		t.Fatalf("json logger wrote %q", b.String())
+	}
+}
