@@ -93,6 +93,7 @@ type devStack struct {
 	reg      *prometheus.Registry
 	links    *state.Links
 	store    *state.Store
+	dataDir  string
 }
 
 func listenOrFree(addr string) (net.Listener, error) {
@@ -117,18 +118,49 @@ func randomHex(n int) string {
 }
 
 func runDev(ctx context.Context, a *app, o devOptions) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, wait, err := startDev(ctx, a.stderr, o)
+	if err != nil {
+		return err
+	}
+	printWalkthrough(a.stdout, st, o)
+	if o.demo {
+		derr := runDemo(ctx, a.stdout, st)
+		cancel()
+		if err := wait(); err != nil && derr == nil {
+			return err
+		}
+		return derr
+	}
+	fmt.Fprintln(a.stdout, "\nRunning. Ctrl-C stops everything.")
+	return wait()
+}
+
+// startDev starts everything `bridge dev` runs. It runs until ctx is
+// cancelled; wait then returns once every part stopped and the temporary
+// data is gone.
+func startDev(ctx context.Context, stderr io.Writer, o devOptions) (st *devStack, wait func() error, err error) {
 	level := slog.LevelWarn
 	if o.verbose {
 		level = slog.LevelInfo
 	}
-	logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level}))
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	var cleanup []func()
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				cleanup[i]()
+			}
+		}
+	}()
 	dataDir := o.dataDir
 	if dataDir == "" {
 		d, err := os.MkdirTemp("", "nowbridge-dev-")
 		if err != nil {
-			return fmt.Errorf("temporary data directory: %w", err)
+			return nil, nil, fmt.Errorf("temporary data directory: %w", err)
 		}
-		defer os.RemoveAll(d)
+		cleanup = append(cleanup, func() { _ = os.RemoveAll(d) })
 		dataDir = d
 	}
 	natsListen := o.natsListen
@@ -139,14 +171,9 @@ func runDev(ctx context.Context, a *app, o devOptions) error {
 	}
 	ns, err := broker.StartEmbedded(broker.EmbeddedConfig{Listen: natsListen, DataDir: dataDir, Logger: logger})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	}()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	cleanup = append(cleanup, func() { ns.Shutdown(); ns.WaitForShutdown() })
 	// The connection is closed before the embedded server stops: its
 	// "disconnected" line at exit is noise unless --verbose.
 	connLog := slog.New(slog.DiscardHandler)
@@ -155,28 +182,28 @@ func runDev(ctx context.Context, a *app, o devOptions) error {
 	}
 	nc, err := broker.Connect(ctx, ns.ClientURL(), "bridge dev", connLog)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer nc.Close()
+	cleanup = append(cleanup, nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
-		return err
+		return nil, nil, err
 	}
-
 	bridgeLn, err := listenOrFree(o.listen)
 	if err != nil {
-		return fmt.Errorf("bridge listen %s: %w", o.listen, err)
+		return nil, nil, fmt.Errorf("bridge listen %s: %w", o.listen, err)
 	}
+	cleanup = append(cleanup, func() { _ = bridgeLn.Close() })
 	simLn, err := listenOrFree(o.simListen)
 	if err != nil {
-		_ = bridgeLn.Close()
-		return fmt.Errorf("simulator listen %s: %w", o.simListen, err)
+		return nil, nil, fmt.Errorf("simulator listen %s: %w", o.simListen, err)
 	}
-	st := &devStack{
-		ns: ns, nc: nc, js: js,
+	cleanup = append(cleanup, func() { _ = simLn.Close() })
+	st = &devStack{
+		ns: ns, nc: nc, js: js, dataDir: dataDir,
 		bridge:   "http://" + bridgeLn.Addr().String(),
 		simURL:   "http://" + simLn.Addr().String(),
 		secret:   webhook.NewSecret([]byte(randomHex(16))),
@@ -187,11 +214,13 @@ func runDev(ctx context.Context, a *app, o devOptions) error {
 		ClientID: st.clientID, ClientSecret: st.clientSc, Logger: logger,
 		Webhooks: []snsim.WebhookTarget{{URL: st.bridge + inbound.Path, Secrets: []webhook.Secret{st.secret}}},
 	})
-	defer st.sim.Close()
+	cleanup = append(cleanup, st.sim.Close)
 	if err := st.sim.Seed(o.seed); err != nil {
-		return err
+		return nil, nil, err
 	}
-	g, gctx := errgroup.WithContext(ctx)
+	runCtx, stopAll := context.WithCancel(ctx)
+	cleanup = append(cleanup, stopAll)
+	g, gctx := errgroup.WithContext(runCtx)
 	simSrv := &http.Server{Handler: st.sim, ReadHeaderTimeout: 10 * time.Second}
 	g.Go(func() error {
 		if err := simSrv.Serve(simLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -206,24 +235,21 @@ func runDev(ctx context.Context, a *app, o devOptions) error {
 		return simSrv.Shutdown(sctx)
 	})
 	if err := startBridge(gctx, g, st, bridgeLn, logger); err != nil {
-		cancel()
+		stopAll()
 		_ = g.Wait()
-		return err
+		return nil, nil, err
 	}
-	printWalkthrough(a.stdout, st, dataDir, o)
-	if o.demo {
-		derr := runDemo(gctx, a.stdout, st)
-		cancel()
-		if err := g.Wait(); err != nil && derr == nil && !errors.Is(err, context.Canceled) {
-			return err
+	wait = func() error {
+		err := g.Wait()
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			cleanup[i]()
 		}
-		return derr
-	}
-	fmt.Fprintln(a.stdout, "\nRunning. Ctrl-C stops everything.")
-	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		if errors.Is(err, context.Canceled) {
+			err = nil
+		}
 		return err
 	}
-	return nil
+	return st, wait, nil
 }
 
 // startBridge wires the bridge of `bridge dev`: the webhook receiver with
@@ -281,7 +307,7 @@ func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Li
 	return nil
 }
 
-func printWalkthrough(out io.Writer, st *devStack, dataDir string, o devOptions) {
+func printWalkthrough(out io.Writer, st *devStack, o devOptions) {
 	natsURL := st.ns.ClientURL()
 	ids := st.sim.IDs("incident")
 	first := "<sys_id>"
@@ -316,7 +342,7 @@ Try it (the nats CLI is optional: go install github.com/nats-io/natscli/nats@lat
 
   # Metrics: echoes suppressed, writes, conflicts
   curl -s %s/metrics | grep -E 'bridge_echoes_suppressed_total|bridge_writeback_|conflicts_total'
-`, natsURL, dataDir, st.simURL, st.clientID, st.clientSc, st.bridge, inbound.Path, st.secret.Encoded(),
+`, natsURL, st.dataDir, st.simURL, st.clientID, st.clientSc, st.bridge, inbound.Path, st.secret.Encoded(),
 		natsURL, st.clientID, st.clientSc, st.simURL, st.simURL, first,
 		natsURL, time.Now().UTC().Format(time.RFC3339), st.simURL,
 		natsURL, time.Now().UTC().Add(time.Minute).Format(time.RFC3339), st.bridge)

@@ -3,9 +3,22 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nowbridge/nowbridge/internal/apply"
+	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 )
 
 // TestDev_DemoRunsBothDirectionsAndExitsZero runs `bridge dev --demo` the
@@ -26,4 +39,216 @@ func TestDev_DemoRunsBothDirectionsAndExitsZero(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
+}
+
+// amplifyChanges is the size of the amplification check. 1,000 by default,
+// under -race too (about 20 s on 2 cores); -amplify.changes tunes it.
+var (
+	amplifyChanges = flag.Int("amplify.changes", 1000, "random changes of TestDev_NoEchoAmplification")
+	amplifySeed    = flag.Uint64("amplify.seed", 7, "random seed of TestDev_NoEchoAmplification")
+)
+
+// fakeApp is the SaaS side: it keeps tickets, applies what arrives on
+// bridge.apply, and sometimes republishes what it was handed (an app that
+// emits a change event for every write, its own integration's included).
+type fakeApp struct {
+	mu        sync.Mutex
+	tickets   map[string]map[string]string // external_id -> SaaS fields
+	versions  map[string]int64
+	applied   int // bridge.apply messages received for linked tickets
+	published int // messages sent to app.ticket.upsert
+}
+
+func TestDev_NoEchoAmplification(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, wait, err := startDev(ctx, io.Discard, devOptions{listen: "127.0.0.1:0", simListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		if err := wait(); err != nil {
+			t.Errorf("dev stack: %v", err)
+		}
+	}()
+	rng := rand.New(rand.NewPCG(*amplifySeed, 11))
+	app := &fakeApp{tickets: map[string]map[string]string{}, versions: map[string]int64{}}
+	publish := func(id string) {
+		app.mu.Lock()
+		app.versions[id]++
+		v, fields := app.versions[id], maps.Clone(app.tickets[id])
+		// A comment is an action ("add this"), not state: sent once.
+		delete(app.tickets[id], "comment")
+		app.published++
+		app.mu.Unlock()
+		body, _ := json.Marshal(events.AppChange{ExternalID: id, Version: v, UpdatedAt: time.Now().UTC(), Fields: fields})
+		if _, err := st.js.Publish(ctx, "app.ticket.upsert", body, jetstream.WithMsgID(events.AppMsgID("ticket", id, v, "upsert"))); err != nil {
+			t.Error(err)
+		}
+	}
+	// The app's inbox.
+	cons, err := st.js.OrderedConsumer(ctx, events.StreamApply, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		var am apply.Message
+		if json.Unmarshal(m.Data(), &am) != nil || am.ExternalID == "" {
+			return
+		}
+		app.mu.Lock()
+		if _, ok := app.tickets[am.ExternalID]; ok {
+			app.applied++
+			for k, v := range am.Fields {
+				app.tickets[am.ExternalID][k] = v
+			}
+		}
+		app.mu.Unlock()
+		if rng2 := am.Version % 3; rng2 == 0 {
+			publish(am.ExternalID) // the app's echo of what it was handed
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Stop()
+
+	snWrites := func() int {
+		return st.sim.RequestCount("PATCH", "/api/now/table/incident/{sys_id}", 200) + st.sim.RequestCount("POST", "/api/now/table/incident", 201)
+	}
+	handled := func() int { return int(gather(t, st, "bridge_writeback_messages_total")) }
+	quiesce := func(what string, wantWrites, wantApplied int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			app.mu.Lock()
+			applied, published := app.applied, app.published
+			app.mu.Unlock()
+			w, h := snWrites(), handled()
+			if w == wantWrites && applied == wantApplied && h == published {
+				return
+			}
+			if time.Now().After(deadline) || w > wantWrites || applied > wantApplied {
+				t.Fatalf("%s: ServiceNow writes %d (want %d), apply messages %d (want %d), app messages handled %d of %d",
+					what, w, wantWrites, applied, wantApplied, h, published)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	const records = 25
+	ids := make([]string, records)
+	for i := range records {
+		ids[i] = fmt.Sprintf("TCK-%04d", i)
+		app.mu.Lock()
+		app.tickets[ids[i]] = map[string]string{"title": "ticket " + ids[i], "description": "", "status": "new", "urgency": "3", "impact": "3", "priority": "5"}
+		app.mu.Unlock()
+		publish(ids[i])
+	}
+	wantWrites, wantApplied := records, 0
+	quiesce("initial creates", wantWrites, wantApplied)
+	sysIDs := map[string]string{}
+	for _, id := range ids {
+		_, sysID, ok, err := st.links.SysID(ctx, "ticket", id)
+		if !ok || err != nil {
+			t.Fatalf("%s not linked: %v", id, err)
+		}
+		sysIDs[id] = sysID
+	}
+
+	appStatus := []string{"new", "in_progress", "on_hold", "resolved"}
+	changes, appChanges, humanChanges := 0, 0, 0
+	for round := 0; changes < *amplifyChanges; round++ {
+		// Each round touches distinct records, each on one side, then waits:
+		// same-record races between the sides are TestWriteback_* territory.
+		perm := rng.Perm(records)
+		k := min(records, *amplifyChanges-changes)
+		for _, i := range perm[:k] {
+			id := ids[i]
+			if rng.IntN(2) == 0 {
+				app.mu.Lock()
+				tk := app.tickets[id]
+				switch rng.IntN(3) {
+				case 0:
+					tk["title"] = fmt.Sprintf("title %d", rng.IntN(1e6))
+				case 1:
+					tk["description"] = fmt.Sprintf("description %d", rng.IntN(1e6))
+				default:
+					cur := tk["status"]
+					for tk["status"] == cur {
+						tk["status"] = appStatus[rng.IntN(len(appStatus))]
+					}
+				}
+				if rng.IntN(4) == 0 {
+					tk["comment"] = fmt.Sprintf("comment %d", rng.IntN(1e6))
+				}
+				app.mu.Unlock()
+				publish(id)
+				appChanges++
+			} else {
+				rec, _ := st.sim.Get("incident", sysIDs[id])
+				var f map[string]string
+				switch rng.IntN(4) {
+				case 0:
+					f = map[string]string{"short_description": fmt.Sprintf("sn title %d", rng.IntN(1e6))}
+				case 1:
+					f = map[string]string{"description": fmt.Sprintf("sn description %d", rng.IntN(1e6))}
+				case 2:
+					u := rec["urgency"]
+					for u == rec["urgency"] {
+						u = fmt.Sprint(1 + rng.IntN(3))
+					}
+					f = map[string]string{"urgency": u}
+				default:
+					s := rec["state"]
+					for s == rec["state"] {
+						s = fmt.Sprint(1 + rng.IntN(3))
+					}
+					f = map[string]string{"state": s}
+				}
+				if _, err := st.sim.Update("incident", sysIDs[id], f, "beth.anglin"); err != nil {
+					t.Fatal(err)
+				}
+				humanChanges++
+			}
+			changes++
+		}
+		quiesce(fmt.Sprintf("round %d", round), records+appChanges, humanChanges)
+	}
+	// Quiet means quiet: nothing more may happen.
+	time.Sleep(300 * time.Millisecond)
+	quiesce("after quiescence", records+appChanges, humanChanges)
+
+	tbl, _ := mapping.Default(nil).ForEntity("ticket")
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	for _, id := range ids {
+		rec, _ := st.sim.Get("incident", sysIDs[id])
+		sn, _, _ := tbl.ToSaaS(rec)
+		for _, f := range []string{"title", "description", "status", "urgency", "impact", "priority"} {
+			if sn[f] != app.tickets[id][f] {
+				t.Errorf("%s.%s: ServiceNow %q, app %q", id, f, sn[f], app.tickets[id][f])
+			}
+		}
+	}
+	t.Logf("%d changes (%d app, %d human): %d ServiceNow writes, %d apply messages, %d app messages (echoes included)",
+		changes, appChanges, humanChanges, snWrites()-records, app.applied, app.published)
+}
+
+func gather(t *testing.T, st *devStack, name string) float64 {
+	t.Helper()
+	mfs, err := st.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }

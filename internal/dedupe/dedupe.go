@@ -6,6 +6,7 @@ package dedupe
 
 import (
 	"hash/fnv"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -69,7 +70,7 @@ type Cache struct {
 	// TTLs are checked on read rather than by the expirable LRU, whose
 	// janitor goroutine cannot be stopped: expired entries just age out.
 	written *lru.Cache[verKey, int64]   // table:sys_id:mod_count of our own writes -> expiry (unix ns)
-	applied *lru.Cache[string, applied] // entity:id -> hash of fields we applied to the app
+	applied *lru.Cache[string, applied] // entity:id -> fields the app was last told (and their hash)
 	ttl     time.Duration
 	derived map[string]bool
 	journal map[string]bool
@@ -329,9 +330,33 @@ func (c *Cache) insertMatch(written map[string]string, ev *events.SNEvent) bool 
 }
 
 // RecordApplied remembers the SaaS-side fields the apply pipeline handed to
-// the app for an entity id, so the app republishing exactly that is ignored.
+// the app for an entity id, so the app republishing exactly that is ignored
+// and the writeback knows what the app was last told (the base of its diff,
+// fresher than bridge_state, which apply writes only after the app has the
+// message).
 func (c *Cache) RecordApplied(entity, id string, fields map[string]string) {
-	c.applied.Add(entity+":"+id, applied{hash: HashFields(fields), expires: time.Now().Add(c.ttl).UnixNano()})
+	c.applied.Add(entity+":"+id, applied{hash: HashFields(fields), fields: maps.Clone(fields), expires: time.Now().Add(c.ttl).UnixNano()})
+}
+
+// MergeApplied records that the app now holds fields on top of what it was
+// last told: the writeback calls it with the app's own values once they are
+// in ServiceNow.
+func (c *Cache) MergeApplied(entity, id string, fields map[string]string) {
+	merged := map[string]string{}
+	if a, ok := c.applied.Peek(entity + ":" + id); ok && time.Now().UnixNano() < a.expires {
+		maps.Copy(merged, a.fields)
+	}
+	maps.Copy(merged, fields)
+	c.RecordApplied(entity, id, merged)
+}
+
+// Applied returns a copy of the fields the app was last known to hold.
+func (c *Cache) Applied(entity, id string) (map[string]string, bool) {
+	a, ok := c.applied.Peek(entity + ":" + id)
+	if !ok || time.Now().UnixNano() >= a.expires {
+		return nil, false
+	}
+	return maps.Clone(a.fields), true
 }
 
 // IsAppEcho reports whether an app change carries exactly the fields the
@@ -347,6 +372,7 @@ func (c *Cache) IsAppEcho(entity, id string, fields map[string]string) bool {
 
 type applied struct {
 	hash    uint64
+	fields  map[string]string
 	expires int64
 }
 

@@ -117,6 +117,12 @@ func (w *Writer) Apply(ctx context.Context, ch Change) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	switch res.Outcome {
+	case OutcomeUpdated, OutcomeCreated, OutcomeNoChange:
+		// The app holds its own values now, whichever side won a conflict
+		// (the apply pipeline brings it ServiceNow's where ServiceNow won).
+		w.dedupe.MergeApplied(ch.Entity, ch.ExternalID, w.appState(ch))
+	}
 	if ch.Version > 0 {
 		p := progress{Version: ch.Version, UpdatedAt: ch.UpdatedAt, Table: table, SysID: res.SysID, Deleted: res.Outcome == OutcomeDeleted}
 		if err := w.progress.put(ctx, ch.Entity, ch.ExternalID, p, progRev); err != nil {
@@ -165,6 +171,24 @@ func (w *Writer) resolveLink(ctx context.Context, ch Change, table string) (sysI
 		}
 	}
 	return sysID, false, nil
+}
+
+// appState is the app's message without journal entries (comments are
+// actions, not state) and without fields the mapping does not know.
+func (w *Writer) appState(ch Change) map[string]string {
+	out := make(map[string]string, len(ch.Fields))
+	for k, v := range ch.Fields {
+		sn, err := w.mapping.ToServiceNow(ch.Entity, map[string]string{k: v})
+		if err != nil || len(sn) != 1 {
+			continue
+		}
+		for f := range sn {
+			if !w.cfg.isJournal(f) {
+				out[k] = v
+			}
+		}
+	}
+	return out
 }
 
 // split maps the app's fields to ServiceNow's and separates journal fields.
@@ -218,7 +242,7 @@ func (w *Writer) create(ctx context.Context, ch Change, res *Result) error {
 		pend.Done(sysID, mc)
 		return fmt.Errorf("store link %s -> %s/%s: %w", ch.ExternalID, res.Table, sysID, err)
 	}
-	w.finish(ctx, pend, res, body, rec, false)
+	w.finish(ctx, pend, res, body, rec, nil, false)
 	return nil
 }
 
@@ -241,6 +265,23 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	in := planInput{Desired: plain, Journal: journal, AppUpdatedAt: ch.UpdatedAt, Policy: w.cfg.policy}
 	if haveState {
 		in.Base = st.Fields
+	}
+	// What the app was last told (or wrote) is the freshest base: the apply
+	// pipeline records it right after the app has a version, and writes
+	// bridge_state only after that.
+	if told, ok := w.dedupe.Applied(ch.Entity, ch.ExternalID); ok {
+		if sn, err := w.mapping.ToServiceNow(ch.Entity, told); err == nil {
+			b := maps.Clone(in.Base)
+			if b == nil {
+				b = map[string]string{}
+			}
+			for f, v := range sn {
+				if !w.cfg.isJournal(f) {
+					b[f] = v
+				}
+			}
+			in.Base = b
+		}
 	}
 	if needsCurrent(in) && (!w.cfg.BlindWrites || !haveState) {
 		cur, err := w.api.Get(ctx, res.Table, res.SysID)
@@ -297,7 +338,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		res.Outcome = OutcomeNoChange
 		return nil
 	}
-	w.finish(ctx, pend, res, p.Patch, rec, haveState && mc == prev+1)
+	w.finish(ctx, pend, res, p.Patch, rec, st.Fields, haveState && mc == prev+1)
 	return nil
 }
 
@@ -309,9 +350,9 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 // value the platform computed, like priority): the webhook must flow to the
 // app, so the version is not claimed and the state is left to the apply
 // pipeline.
-func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, sent, rec map[string]string, contiguous bool) {
+func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, sent, rec, base map[string]string, contiguous bool) {
 	created := res.Outcome == OutcomeCreated
-	if (!created && !contiguous) || !w.keptAsSent(sent, rec) {
+	if (!created && !contiguous) || !w.keptAsSent(sent, rec) || w.sideEffects(sent, rec, base) {
 		pend.Cancel()
 		w.dedupe.Forget(res.Table, res.SysID, res.ModCount)
 		w.log.Debug("write not claimed as an echo: ServiceNow holds changes the app has not seen",
@@ -331,6 +372,21 @@ func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, 
 		// record and find the version in the cache too.
 		w.log.Warn("state not advanced after write", "table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount, "err", err)
 	}
+}
+
+// sideEffects reports whether the write changed a mapped field it did not
+// send (priority computed from impact and urgency, a business rule's
+// change): the app knows base plus what it sent, and must hear of the rest.
+func (w *Writer) sideEffects(sent, rec, base map[string]string) bool {
+	for f, b := range base {
+		if _, ours := sent[f]; ours || w.cfg.isJournal(f) {
+			continue
+		}
+		if got, ok := rec[f]; ok && got != b {
+			return true
+		}
+	}
+	return false
 }
 
 // keptAsSent reports whether the record holds every plain value we sent
@@ -397,7 +453,7 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 	w.metrics.writes.WithLabelValues("PATCH").Inc()
 	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
 	res.Outcome, res.ModCount, res.Sent = OutcomeDeleted, mc, patch
-	w.finish(ctx, pend, res, patch, rec, haveState && mc == st.Version+1)
+	w.finish(ctx, pend, res, patch, rec, st.Fields, haveState && mc == st.Version+1)
 	res.Outcome = OutcomeDeleted
 	return nil
 }
@@ -420,7 +476,7 @@ func (w *Writer) SetCorrelation(ctx context.Context, table, sysID, externalID st
 	w.metrics.writes.WithLabelValues("PATCH").Inc()
 	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
 	res := &Result{Outcome: OutcomeUpdated, Table: table, SysID: sysID, ModCount: mc, Sent: patch}
-	w.finish(ctx, pend, res, patch, rec, haveState && mc == st.Version+1)
+	w.finish(ctx, pend, res, patch, rec, st.Fields, haveState && mc == st.Version+1)
 	return nil
 }
 
