@@ -25,6 +25,13 @@ func newSim(tb testing.TB, n int, simCfg snsim.Config, mod func(*Config)) (*snsi
 	}
 	sim := snsim.New(simCfg)
 	tb.Cleanup(sim.Close)
+	// Every query the client sent must have been one the simulator fully
+	// understood and that named real fields: nothing passes by accident.
+	tb.Cleanup(func() {
+		if probs := sim.QueryProblems(); len(probs) > 0 {
+			tb.Errorf("the simulator flagged queries from the client: %+v", probs)
+		}
+	})
 	if n > 0 {
 		if err := sim.Seed(n); err != nil {
 			tb.Fatal(err)
