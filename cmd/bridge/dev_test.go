@@ -57,6 +57,59 @@ type fakeApp struct {
 	versions  map[string]int64
 	applied   int // bridge.apply messages received for linked tickets
 	published int // messages sent to app.ticket.upsert
+	ctx       context.Context
+	t         *testing.T
+	st        *devStack
+}
+
+// startFakeApp consumes bridge.apply like a SaaS app: it applies the
+// fields of linked tickets and republishes every third version it is
+// handed (its echo).
+func startFakeApp(ctx context.Context, t *testing.T, st *devStack) *fakeApp {
+	t.Helper()
+	app := &fakeApp{tickets: map[string]map[string]string{}, versions: map[string]int64{}, ctx: ctx, t: t, st: st}
+	cons, err := st.js.OrderedConsumer(ctx, events.StreamApply, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		var am apply.Message
+		if json.Unmarshal(m.Data(), &am) != nil || am.ExternalID == "" {
+			return
+		}
+		app.mu.Lock()
+		_, ok := app.tickets[am.ExternalID]
+		if ok {
+			app.applied++
+			for k, v := range am.Fields {
+				app.tickets[am.ExternalID][k] = v
+			}
+		}
+		app.mu.Unlock()
+		if ok && am.Version%3 == 0 {
+			app.publish(am.ExternalID) // the app's echo of what it was handed
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
+	return app
+}
+
+// publish sends the ticket's current fields as its next version.
+func (app *fakeApp) publish(id string) {
+	app.mu.Lock()
+	app.versions[id]++
+	v, fields := app.versions[id], maps.Clone(app.tickets[id])
+	// A comment is an action ("add this"), not state: sent once.
+	delete(app.tickets[id], "comment")
+	app.published++
+	app.mu.Unlock()
+	body, _ := json.Marshal(events.AppChange{ExternalID: id, Version: v, UpdatedAt: time.Now().UTC(), Fields: fields})
+	if _, err := app.st.js.Publish(app.ctx, "app.ticket.upsert", body, jetstream.WithMsgID(events.AppMsgID("ticket", id, v, "upsert"))); err != nil && app.ctx.Err() == nil {
+		app.t.Error(err)
+	}
 }
 
 func TestDev_NoEchoAmplification(t *testing.T) {
@@ -73,47 +126,8 @@ func TestDev_NoEchoAmplification(t *testing.T) {
 		}
 	}()
 	rng := rand.New(rand.NewPCG(*amplifySeed, 11))
-	app := &fakeApp{tickets: map[string]map[string]string{}, versions: map[string]int64{}}
-	publish := func(id string) {
-		app.mu.Lock()
-		app.versions[id]++
-		v, fields := app.versions[id], maps.Clone(app.tickets[id])
-		// A comment is an action ("add this"), not state: sent once.
-		delete(app.tickets[id], "comment")
-		app.published++
-		app.mu.Unlock()
-		body, _ := json.Marshal(events.AppChange{ExternalID: id, Version: v, UpdatedAt: time.Now().UTC(), Fields: fields})
-		if _, err := st.js.Publish(ctx, "app.ticket.upsert", body, jetstream.WithMsgID(events.AppMsgID("ticket", id, v, "upsert"))); err != nil {
-			t.Error(err)
-		}
-	}
-	// The app's inbox.
-	cons, err := st.js.OrderedConsumer(ctx, events.StreamApply, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		var am apply.Message
-		if json.Unmarshal(m.Data(), &am) != nil || am.ExternalID == "" {
-			return
-		}
-		app.mu.Lock()
-		if _, ok := app.tickets[am.ExternalID]; ok {
-			app.applied++
-			for k, v := range am.Fields {
-				app.tickets[am.ExternalID][k] = v
-			}
-		}
-		app.mu.Unlock()
-		if rng2 := am.Version % 3; rng2 == 0 {
-			publish(am.ExternalID) // the app's echo of what it was handed
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Stop()
-
+	app := startFakeApp(ctx, t, st)
+	publish := app.publish
 	snWrites := func() int {
 		return st.sim.RequestCount("PATCH", "/api/now/table/incident/{sys_id}", 200) + st.sim.RequestCount("POST", "/api/now/table/incident", 201)
 	}
@@ -251,4 +265,94 @@ func gather(t *testing.T, st *devStack, name string) float64 {
 		}
 	}
 	return sum
+}
+
+func TestDev_RapidEditsOnBothSidesConvergeAndStop(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, wait, err := startDev(ctx, io.Discard, devOptions{listen: "127.0.0.1:0", simListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		if err := wait(); err != nil {
+			t.Errorf("dev stack: %v", err)
+		}
+	}()
+	app := startFakeApp(ctx, t, st)
+	writes := func() int {
+		return st.sim.RequestCount("PATCH", "/api/now/table/incident/{sys_id}", 200) + st.sim.RequestCount("POST", "/api/now/table/incident", 201)
+	}
+	snapshot := func() string {
+		app.mu.Lock()
+		defer app.mu.Unlock()
+		return fmt.Sprint(writes(), app.applied, app.published, int(gather(t, st, "bridge_writeback_messages_total")))
+	}
+	// settle waits until nothing moved for a second and every app message was handled.
+	settle := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		last, since := snapshot(), time.Now()
+		for time.Since(since) < time.Second {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: still moving after 30s (writes, applied, published, handled = %s): ping-pong", what, snapshot())
+			}
+			time.Sleep(20 * time.Millisecond)
+			app.mu.Lock()
+			pending := int(gather(t, st, "bridge_writeback_messages_total")) != app.published
+			app.mu.Unlock()
+			if now := snapshot(); now != last || pending {
+				last, since = now, time.Now()
+			}
+		}
+	}
+	ids := []string{"TCK-A", "TCK-B"}
+	for _, id := range ids {
+		app.mu.Lock()
+		app.tickets[id] = map[string]string{"title": "start", "description": "", "status": "new", "urgency": "3", "impact": "3", "priority": "5"}
+		app.mu.Unlock()
+		app.publish(id)
+	}
+	settle("creates")
+	sysIDs := map[string]string{}
+	for _, id := range ids {
+		_, sysIDs[id], _, _ = st.links.SysID(ctx, "ticket", id)
+	}
+	// TCK-A: five app edits within a second. TCK-B: app and ServiceNow edits interleaved.
+	for i := range 5 {
+		app.mu.Lock()
+		app.tickets["TCK-A"]["title"] = fmt.Sprintf("app edit %d", i)
+		app.tickets["TCK-B"]["title"] = fmt.Sprintf("app edit %d", i)
+		app.tickets["TCK-B"]["status"] = []string{"in_progress", "on_hold"}[i%2]
+		app.mu.Unlock()
+		app.publish("TCK-A")
+		app.publish("TCK-B")
+		if _, err := st.sim.Update("incident", sysIDs["TCK-B"], map[string]string{"short_description": fmt.Sprintf("sn edit %d", i), "urgency": fmt.Sprint(1 + i%3)}, "beth.anglin"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(50+40*i) * time.Millisecond)
+	}
+	settle("rapid edits")
+	before := writes()
+	time.Sleep(time.Second)
+	if after := writes(); after != before {
+		t.Fatalf("writes kept coming after the edits: %d then %d", before, after)
+	}
+	tbl, _ := mapping.Default(nil).ForEntity("ticket")
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	for _, id := range ids {
+		rec, _ := st.sim.Get("incident", sysIDs[id])
+		sn, _, _ := tbl.ToSaaS(rec)
+		for _, f := range []string{"title", "status", "urgency", "impact", "priority"} {
+			if sn[f] != app.tickets[id][f] {
+				t.Errorf("%s.%s: ServiceNow %q, app %q (diverged)", id, f, sn[f], app.tickets[id][f])
+			}
+		}
+	}
+	if got := app.tickets["TCK-A"]["title"]; got != "app edit 4" {
+		t.Errorf("TCK-A title = %q, want the last of five app edits", got)
+	}
+	t.Logf("TCK-B ended as %q; %d writes to ServiceNow in all", app.tickets["TCK-B"]["title"], writes())
 }
