@@ -3,9 +3,13 @@ package events
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // Actions of a ServiceNow event.
@@ -91,19 +95,51 @@ type Fields map[string]string
 
 // UnmarshalJSON decodes a JSON object into string values.
 func (f *Fields) UnmarshalJSON(b []byte) error {
+	// One pass straight into converted values: this runs for every field of
+	// every webhook, and decoding to json.RawMessage first doubled its cost.
+	var vals map[string]fieldValue
+	if err := json.Unmarshal(b, &vals); err != nil {
+		var bad *badFieldValue
+		if !errors.As(err, &bad) {
+			return err
+		}
+		return fieldsSlow(b) // find which key holds the bad value
+	}
+	out := make(Fields, len(vals))
+	for k, v := range vals {
+		out[k] = string(v)
+	}
+	*f = out
+	return nil
+}
+
+// fieldValue decodes one record value with FieldString.
+type fieldValue string
+
+type badFieldValue struct{ err error }
+
+func (e *badFieldValue) Error() string { return e.err.Error() }
+
+func (v *fieldValue) UnmarshalJSON(b []byte) error {
+	s, err := FieldString(b)
+	if err != nil {
+		return &badFieldValue{err}
+	}
+	*v = fieldValue(s)
+	return nil
+}
+
+// fieldsSlow reports the first bad value of an object with its key.
+func fieldsSlow(b []byte) error {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return err
 	}
-	out := make(Fields, len(raw))
-	for k, v := range raw {
-		s, err := FieldString(v)
-		if err != nil {
+	for _, k := range slices.Sorted(maps.Keys(raw)) {
+		if _, err := FieldString(raw[k]); err != nil {
 			return &FieldValueError{Key: k, Err: err}
 		}
-		out[k] = s
 	}
-	*f = out
 	return nil
 }
 
@@ -125,6 +161,9 @@ func FieldString(v json.RawMessage) (string, error) {
 	}
 	switch v[0] {
 	case '"':
+		if s, ok := plainString(v); ok {
+			return s, nil
+		}
 		var s string
 		err := json.Unmarshal(v, &s)
 		return s, err
@@ -151,4 +190,23 @@ func FieldString(v json.RawMessage) (string, error) {
 		}
 		return n.String(), nil
 	}
+}
+
+// plainString returns the contents of a JSON string literal that needs no
+// unescaping (no backslash, no control character, valid UTF-8): most
+// ServiceNow values. Anything else goes through encoding/json.
+func plainString(v []byte) (string, bool) {
+	if len(v) < 2 || v[len(v)-1] != '"' {
+		return "", false
+	}
+	inner := v[1 : len(v)-1]
+	for _, c := range inner {
+		if c < 0x20 || c == '\\' || c == '"' {
+			return "", false
+		}
+	}
+	if !utf8.Valid(inner) {
+		return "", false
+	}
+	return string(inner), true
 }
