@@ -137,6 +137,9 @@ func newDLQShowCmd(a *app) *cobra.Command {
 				fmt.Fprintf(w, "status:    %d\n", e.Status)
 			}
 			fmt.Fprintf(w, "error:     %s\n", e.Reason)
+			if e.Response != "" {
+				fmt.Fprintf(w, "response:  %s\n", e.Response)
+			}
 			if e.Hint != "" {
 				fmt.Fprintf(w, "hint:      %s\n", e.Hint)
 			}

@@ -23,6 +23,10 @@ import (
 // from, so the consumer's logs and a second dead letter can be traced back.
 const HeaderRetryOf = "Bridge-Retry-Of"
 
+// HeaderResponse carries the failing side's answer (the apply pipeline
+// keeps the app's response body there).
+const HeaderResponse = "Bridge-Dlq-Response"
+
 // ErrNotFound means no dead letter has that sequence (never existed, retried
 // or purged).
 var ErrNotFound = errors.New("no dead letter with that sequence")
@@ -39,6 +43,7 @@ type Entry struct {
 	Status   int         `json:"status,omitempty"`
 	Reason   string      `json:"reason"`
 	Hint     string      `json:"hint,omitempty"`
+	Response string      `json:"response,omitempty"` // the failing side's answer, when the pipeline kept it
 	Time     time.Time   `json:"time"`
 	Headers  nats.Header `json:"headers,omitempty"`
 	Data     []byte      `json:"-"`
@@ -56,6 +61,7 @@ func entry(seq uint64, subject string, h nats.Header, data []byte, t time.Time) 
 	e.Status, _ = strconv.Atoi(h.Get(events.HeaderDLQStatus))
 	e.Reason = h.Get(events.HeaderDLQReason)
 	e.Hint = h.Get(events.HeaderDLQHint)
+	e.Response = h.Get(HeaderResponse)
 	e.Record = describeRecord(e.Origin, data)
 	return e
 }

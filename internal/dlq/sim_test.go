@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -77,5 +78,49 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestRetry_ApplyDeadLettersReachTheAppOnceItAcceptsThem(t *testing.T) {
+	if os.Getenv("NOWBRIDGE_TEST_APPLY_DLQ") == "" {
+		// apply's deadLetter copies every header of the SN_EVENTS message,
+		// Nats-Expected-Stream: SN_EVENTS (set by inbound's publish)
+		// included, onto its BRIDGE_DLQ publish; JetStream rejects that
+		// (10060 expected stream does not match), nothing is dead-lettered
+		// and the event is retried forever. Remove this skip once apply
+		// (and outbound, for app messages carrying it) drop Nats-* headers.
+		t.Skip("apply cannot dead-letter events published by inbound yet (Nats-Expected-Stream copied); set NOWBRIDGE_TEST_APPLY_DLQ=1 to run")
+	}
+	env := recoverytest.Start(t, recoverytest.Options{Seed: 17})
+	ctx := context.Background()
+	env.SaaS.Fail(422) // the app rejects every version (a validation bug there)
+	env.RunApply()
+	var ids []string
+	for i := range 4 {
+		rec, err := env.Sim.Insert(recoverytest.Table, map[string]string{"short_description": fmt.Sprintf("Projector %d", i)}, "beth.anglin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, rec["sys_id"])
+	}
+	var entries []Entry
+	waitFor(t, "4 apply dead letters", func() bool {
+		var err error
+		entries, err = List(ctx, env.JS, "apply")
+		return err == nil && len(entries) == 4
+	})
+	if e := entries[0]; e.Status != 422 || e.Response == "" || e.Origin != "sn.incident.insert" {
+		t.Fatalf("dead letter = %+v; want the app's 422 and its response, from sn.incident.insert", e)
+	}
+	env.SaaS.Fail(0) // fixed
+	if res, err := RetryAll(ctx, env.JS, ""); err != nil || len(res) != 4 {
+		t.Fatalf("RetryAll = %d, %v", len(res), err)
+	}
+	env.Settle()
+	if diff := env.Mismatches(nil); len(diff) > 0 {
+		t.Fatalf("after the retry the app differs from ServiceNow: %v", diff)
+	}
+	if counts, _ := Count(ctx, env.JS); counts["apply"] != 0 {
+		t.Fatalf("dead letters left: %v", counts)
 	}
 }
