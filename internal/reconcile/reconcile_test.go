@@ -344,3 +344,37 @@ func TestPass_SecondReplicaSkipsWhileTheLeaseIsHeld(t *testing.T) {
 		t.Fatalf("pass after release: %v", err)
 	}
 }
+
+func TestRun_PassesEveryIntervalAndStopsWithTheContext(t *testing.T) {
+	js, kv := setup(t)
+	sn := &memTable{}
+	sn.put("incident", events.Fields{"sys_id": sysID(1), "sys_mod_count": "0", "sys_updated_on": time.Now().UTC().Format(events.SNTimeLayout)})
+	off, err := New(js, kv, sn, &memVersions{}, Config{Tables: []string{"incident"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := off.Run(context.Background()); err != nil {
+		t.Fatalf("Run with interval 0 = %v, want nil at once", err)
+	}
+	r, err := New(js, kv, sn, &memVersions{}, Config{Tables: []string{"incident"}, Interval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if sum, ok, _ := (Store{KV: kv}).LastPass(context.Background(), "incident"); ok && sum.InFlight > 0 {
+			break // a second pass found the first one's event still in the stream
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not pass twice within 15s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
+	}
+}
