@@ -255,3 +255,35 @@ func BenchmarkIsEcho(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRecordApplied is the SaaS-direction side: what the app was last
+// told, per entity id (a six-field ticket), and the app-echo check.
+func BenchmarkRecordApplied(b *testing.B) {
+	const n = 100_000
+	fields := func(i int) map[string]string {
+		return map[string]string{"title": fmt.Sprintf("ticket %d", i), "description": "Outlook cannot connect", "status": "in_progress", "priority": "3", "urgency": "2", "impact": "2"}
+	}
+	var before, after runtime.MemStats
+	c := New(Config{Size: n})
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("TCK-%07d", i)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i, id := range ids {
+		c.RecordApplied("ticket", id, fields(i))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perEntry := float64(after.HeapAlloc-before.HeapAlloc) / n
+	same := fields(42)
+	b.Run("IsAppEcho", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			c.IsAppEcho("ticket", ids[42], same)
+		}
+		b.ReportMetric(perEntry, "bytes/entry")
+	})
+	runtime.KeepAlive(ids)
+}
