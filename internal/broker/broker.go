@@ -83,6 +83,10 @@ func Connect(ctx context.Context, url, name string, logger *slog.Logger) (*nats.
 		nats.PingInterval(5 * time.Second),
 		nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil { // our own Close or Drain
+				logger.Debug("NATS connection closed")
+				return
+			}
 			logger.Warn("NATS disconnected", "err", err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
