@@ -18,8 +18,13 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
+	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/inbound"
+	"github.com/nowbridge/nowbridge/internal/mapping"
+	"github.com/nowbridge/nowbridge/internal/outbound"
+	"github.com/nowbridge/nowbridge/internal/snclient"
+	"github.com/nowbridge/nowbridge/internal/state"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
@@ -99,6 +104,10 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	// Echo suppression (issue 5): one cache shared by the receiver's echo
+	// check and the writeback (and the apply pipeline's RecordApplied).
+	echoes := dedupe.New(dedupe.Config{Size: cfg.DedupeSize, TTL: cfg.DedupeTTL, Registerer: reg})
+
 	var streams []string
 	for _, s := range events.Streams(events.StreamOptions{}) {
 		streams = append(streams, s.Name)
@@ -111,7 +120,7 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		PublishTimeout: cfg.PublishTimeout,
 		ReadyStreams:   streams,
-		Echoes:         nil, // the writeback's dedupe.Cache plugs in here
+		Echoes:         echoes,
 		Logger:         log,
 		Registry:       reg,
 	})
@@ -127,6 +136,13 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	}
 	if err := cfg.RequireServiceNow(); err != nil {
 		log.Warn("ServiceNow is not configured: writeback and reconcile are off, only the webhook receiver runs", "missing", err.Error())
+	} else {
+		wb, closeWB, err := writebackComponent(ctx, cfg, js, reg, echoes, log)
+		if err != nil {
+			return err
+		}
+		defer closeWB()
+		components = append(components, wb)
 	}
 	log.Info("bridge serving", "listen", ln.Addr().String(), "nats", natsMode(cfg), "tables", cfg.Tables, "components", len(components))
 	return runComponents(ctx, components, log)
@@ -178,4 +194,31 @@ func stopEmbedded(s *server.Server, log *slog.Logger) {
 	s.Shutdown()
 	s.WaitForShutdown()
 	log.Info("embedded NATS JetStream stopped")
+}
+
+// writebackComponent builds the APP_EVENTS -> ServiceNow writeback (issue 5)
+// over the shared echo cache. The returned close function releases the
+// ServiceNow client once the components stopped.
+func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.JetStream, reg prometheus.Registerer, echoes *dedupe.Cache, log *slog.Logger) (component, func(), error) {
+	mset, err := mapping.Load(mappingFS(cfg), log)
+	if err != nil {
+		return component{}, nil, err
+	}
+	store, links, err := state.Open(ctx, js)
+	if err != nil {
+		return component{}, nil, err
+	}
+	sn, err := snclient.New(snclient.Config{
+		InstanceURL: cfg.SNInstanceURL, ClientID: cfg.SNClientID, ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()),
+		RateLimit: cfg.SNRateLimit, Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		return component{}, nil, err
+	}
+	w, err := newWriter(sn, mset, store, links, echoes, outbound.Config{Logger: log, Registerer: reg})
+	if err != nil {
+		_ = sn.Close()
+		return component{}, nil, err
+	}
+	return component{"writeback", outbound.NewConsumer(js, w).Run}, func() { _ = sn.Close() }, nil
 }
