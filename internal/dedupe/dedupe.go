@@ -179,7 +179,11 @@ type Pending struct {
 	table   string
 	keys    []pendKey
 	fields  map[string]string
-	expires time.Time
+	// unchanged holds values the write leaves as they are (what the app
+	// knows of the record's other fields): an event showing something else
+	// there carries news, a computed side effect or someone else's change.
+	unchanged map[string]string
+	expires   time.Time
 	version int64 // set when a webhook matched before Done
 	matched bool
 }
@@ -189,7 +193,14 @@ type Pending struct {
 // empty for an insert; correlation (the external id written to
 // correlation_id) then identifies it.
 func (c *Cache) BeginWrite(table, sysID, correlation string, fields map[string]string) *Pending {
-	p := &Pending{c: c, table: table, fields: fields, expires: time.Now().Add(c.pendTTL)}
+	return c.BeginWriteWith(table, sysID, correlation, fields, nil)
+}
+
+// BeginWriteWith is BeginWrite for a write that must leave the unchanged
+// values as they are: a webhook showing another value in one of them is not
+// (only) ours and is not matched as an echo.
+func (c *Cache) BeginWriteWith(table, sysID, correlation string, fields, unchanged map[string]string) *Pending {
+	p := &Pending{c: c, table: table, fields: fields, unchanged: unchanged, expires: time.Now().Add(c.pendTTL)}
 	if sysID != "" {
 		p.keys = append(p.keys, pendKey{table, sysID, false})
 	}
@@ -259,7 +270,7 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, p := range c.pending[pendKey{ev.Table, ev.SysID, false}] {
-		if now.Before(p.expires) && p.fields != nil && c.fieldsMatch(p.fields, ev) {
+		if now.Before(p.expires) && p.fields != nil && c.fieldsMatch(p.fields, ev) && c.unchangedMatch(p.unchanged, ev) {
 			return true
 		}
 	}
@@ -307,6 +318,16 @@ func (c *Cache) fieldsMatch(written map[string]string, ev *events.SNEvent) bool 
 			return false
 		}
 		if got, ok := ev.Record[f]; ok && !c.valueMatch(f, v, got) {
+			return false
+		}
+	}
+	return true
+}
+
+// unchangedMatch: the event shows every value the write was to leave alone.
+func (c *Cache) unchangedMatch(unchanged map[string]string, ev *events.SNEvent) bool {
+	for f, v := range unchanged {
+		if got, ok := ev.Record[f]; ok && got != v && !c.journal[f] {
 			return false
 		}
 	}

@@ -287,3 +287,17 @@ func BenchmarkRecordApplied(b *testing.B) {
 	})
 	runtime.KeepAlive(ids)
 }
+
+func TestIsEcho_SideEffectOnAFieldTheWriteLeftAloneIsNotOurs(t *testing.T) {
+	c := New(Config{})
+	p := c.BeginWriteWith("incident", sysID, "", map[string]string{"urgency": "1"}, map[string]string{"impact": "2", "priority": "3"})
+	defer p.Cancel()
+	// priority is derived, so "changed" alone would call this ours; the
+	// app knows priority 3, so the new 2 must reach it.
+	if c.IsEcho(ev("update", 1, []string{"urgency", "priority"}, map[string]string{"urgency": "1", "impact": "2", "priority": "2"})) {
+		t.Fatal("a write whose computed side effect the app has not seen was matched as a pure echo")
+	}
+	if !c.IsEcho(ev("update", 1, []string{"urgency"}, map[string]string{"urgency": "1", "impact": "2", "priority": "3"})) {
+		t.Fatal("a write that left the other fields as the app knows them is an echo")
+	}
+}

@@ -243,3 +243,29 @@ func metric(t *testing.T, h *harness, name, label, value string) float64 {
 	}
 	return sum
 }
+
+func TestWriteback_ComputedSideEffectsFlowBackToTheApp(t *testing.T) {
+	h := newHarness(t, opts{})
+	rec := h.linkedIncident("TCK-PRI", nil) // impact 2, urgency 2: priority 3
+	id := rec["sys_id"]
+	echo0, other0 := h.hooks.counts(id)
+	v := h.publish(events.AppUpsert, "TCK-PRI", map[string]string{"urgency": "1"}, time.Time{})
+	h.waitWritten("TCK-PRI", v)
+	h.waitHooks()
+	if got := h.record(id)["priority"]; got != "2" {
+		t.Fatalf("priority = %q, want ServiceNow to compute 2 from impact 2 and urgency 1", got)
+	}
+	echo, other := h.hooks.counts(id)
+	if echo != echo0 || other != other0+1 {
+		t.Errorf("webhook of a write that changed priority on its own: %d echoes, %d to sync; want it synced so the app learns the priority", echo-echo0, other-other0)
+	}
+	// The apply pipeline delivers that version; then a write without side
+	// effects is an echo again.
+	h.syncState(h.record(id))
+	v = h.publish(events.AppUpsert, "TCK-PRI", map[string]string{"title": "Email down again"}, time.Time{})
+	h.waitWritten("TCK-PRI", v)
+	h.waitHooks()
+	if e, _ := h.hooks.counts(id); e != echo0+1 {
+		t.Errorf("echoes = %d, want the plain title write to be one", e-echo0)
+	}
+}

@@ -319,7 +319,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		cur = in.Base
 	}
 	addCloseFields(p.Patch, cur, w.cfg.CloseStates, w.cfg.CloseCode, w.closeNotes(ch))
-	pend := w.dedupe.BeginWrite(res.Table, res.SysID, "", p.Patch)
+	pend := w.dedupe.BeginWriteWith(res.Table, res.SysID, "", p.Patch, w.unchanged(in.Base, p.Patch))
 	rec, err := w.api.Update(ctx, res.Table, res.SysID, p.Patch)
 	if err != nil {
 		pend.Cancel()
@@ -338,7 +338,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		res.Outcome = OutcomeNoChange
 		return nil
 	}
-	w.finish(ctx, pend, res, p.Patch, rec, st.Fields, haveState && mc == prev+1)
+	w.finish(ctx, pend, res, p.Patch, rec, in.Base, haveState && mc == prev+1)
 	return nil
 }
 
@@ -372,6 +372,18 @@ func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, 
 		// record and find the version in the cache too.
 		w.log.Warn("state not advanced after write", "table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount, "err", err)
 	}
+}
+
+// unchanged is what a write leaves alone: the base without the fields sent
+// and without journal fields (rendered differently on every read).
+func (w *Writer) unchanged(base, sent map[string]string) map[string]string {
+	out := make(map[string]string, len(base))
+	for f, v := range base {
+		if _, ours := sent[f]; !ours && !w.cfg.isJournal(f) {
+			out[f] = v
+		}
+	}
+	return out
 }
 
 // sideEffects reports whether the write changed a mapped field it did not
@@ -444,7 +456,7 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 	}
 	patch := map[string]string{"state": w.cfg.DeleteState}
 	addCloseFields(patch, cur, w.cfg.CloseStates, w.cfg.CloseCode, w.closeNotes(ch))
-	pend := w.dedupe.BeginWrite(res.Table, res.SysID, "", patch)
+	pend := w.dedupe.BeginWriteWith(res.Table, res.SysID, "", patch, w.unchanged(st.Fields, patch))
 	rec, err := w.api.Update(ctx, res.Table, res.SysID, patch)
 	if err != nil {
 		pend.Cancel()
@@ -467,7 +479,7 @@ func (w *Writer) SetCorrelation(ctx context.Context, table, sysID, externalID st
 		return err
 	}
 	patch := map[string]string{"correlation_id": externalID}
-	pend := w.dedupe.BeginWrite(table, sysID, "", patch)
+	pend := w.dedupe.BeginWriteWith(table, sysID, "", patch, w.unchanged(st.Fields, patch))
 	rec, err := w.api.Update(ctx, table, sysID, patch)
 	if err != nil {
 		pend.Cancel()
