@@ -175,17 +175,17 @@ func (c *Cache) Wrote(table, sysID string, modCount int64) bool {
 // Pending is a write to ServiceNow in flight. Call Done with the version the
 // response reports, or Cancel when the write failed.
 type Pending struct {
-	c       *Cache
-	table   string
-	keys    []pendKey
-	fields  map[string]string
+	c      *Cache
+	table  string
+	keys   []pendKey
+	fields map[string]string
 	// unchanged holds values the write leaves as they are (what the app
 	// knows of the record's other fields): an event showing something else
 	// there carries news, a computed side effect or someone else's change.
 	unchanged map[string]string
 	expires   time.Time
-	version int64 // set when a webhook matched before Done
-	matched bool
+	version   int64 // set when a webhook matched before Done
+	matched   bool
 }
 
 // BeginWrite registers a write before it is sent, so a webhook that arrives
