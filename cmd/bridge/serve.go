@@ -137,7 +137,8 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	if err := cfg.RequireServiceNow(); err != nil {
 		log.Warn("ServiceNow is not configured: writeback and reconcile are off, only the webhook receiver runs", "missing", err.Error())
 	} else {
-		wb, closeWB, err := writebackComponent(ctx, cfg, js, reg, echoes, log)
+		// The writer is also the apply pipeline's LinkWriter (apply.Options).
+		wb, _, closeWB, err := writebackComponent(ctx, cfg, js, reg, echoes, log)
 		if err != nil {
 			return err
 		}
@@ -197,28 +198,29 @@ func stopEmbedded(s *server.Server, log *slog.Logger) {
 }
 
 // writebackComponent builds the APP_EVENTS -> ServiceNow writeback (issue 5)
-// over the shared echo cache. The returned close function releases the
-// ServiceNow client once the components stopped.
-func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.JetStream, reg prometheus.Registerer, echoes *dedupe.Cache, log *slog.Logger) (component, func(), error) {
+// over the shared echo cache. Its writer doubles as the apply pipeline's
+// LinkWriter (correlation_id writes claimed as echoes). The returned close
+// function releases the ServiceNow client once the components stopped.
+func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.JetStream, reg prometheus.Registerer, echoes *dedupe.Cache, log *slog.Logger) (component, *outbound.Writer, func(), error) {
 	mset, err := mapping.Load(mappingFS(cfg), log)
 	if err != nil {
-		return component{}, nil, err
+		return component{}, nil, nil, err
 	}
 	store, links, err := state.Open(ctx, js)
 	if err != nil {
-		return component{}, nil, err
+		return component{}, nil, nil, err
 	}
 	sn, err := snclient.New(snclient.Config{
 		InstanceURL: cfg.SNInstanceURL, ClientID: cfg.SNClientID, ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()),
 		RateLimit: cfg.SNRateLimit, Logger: log, Registerer: reg,
 	})
 	if err != nil {
-		return component{}, nil, err
+		return component{}, nil, nil, err
 	}
 	w, err := newWriter(sn, mset, store, links, echoes, outbound.Config{Logger: log, Registerer: reg})
 	if err != nil {
 		_ = sn.Close()
-		return component{}, nil, err
+		return component{}, nil, nil, err
 	}
-	return component{"writeback", outbound.NewConsumer(js, w).Run}, func() { _ = sn.Close() }, nil
+	return component{"writeback", outbound.NewConsumer(js, w).Run}, w, func() { _ = sn.Close() }, nil
 }
