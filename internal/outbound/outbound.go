@@ -4,6 +4,61 @@
 // per-field policy. It claims every write in the echo-suppression cache
 // before sending, so the business-rule webhook each write causes is not
 // synced back to the app.
+//
+// # What a change does
+//
+//   - upsert of a linked id (bridge_links, the message's sys_id, or a
+//     record whose correlation_id is the id): PATCH of the fields whose app
+//     value differs from the base, the values the app was last told (the
+//     apply pipeline's delivery, kept in the dedupe cache) or wrote, falling
+//     back to bridge_state. A field the app did not change is never written,
+//     even when ServiceNow holds something else now: ServiceNow changed it
+//     and the apply pipeline is carrying that to the app. That rule is what
+//     stops the two sides "correcting" each other.
+//   - upsert of an unknown id: POST with correlation_id = external_id (and
+//     correlation_display), then the link is stored.
+//   - journal fields (comment -> comments, work_note -> work_notes) are
+//     appended whenever the message carries them, whatever the plain diff
+//     says; a comment is an action, so an app must send it once.
+//   - delete: DeleteResolve (default) sets state 6 with close_code and
+//     close_notes (ServiceNow's data policy requires them); DeleteRecord
+//     sends DELETE and removes the link. Any write that sets a state in
+//     Config.CloseStates gets the close fields added when missing.
+//   - a message whose version is not newer than the last one written for
+//     its id is acked as stale; one entity id is handled by one worker, and
+//     a change waiting for a retry holds back later changes of its id.
+//
+// # Conflicts
+//
+// Before a write the record is read (Config.BlindWrites skips this). A field
+// the app changed that ServiceNow also changed since the base, to another
+// value, is a conflict: servicenow_wins keeps ServiceNow's value (it reaches
+// the app through the apply pipeline), saas_wins writes the app's,
+// newest_wins compares sys_updated_on with the app's updated_at at one-second
+// resolution, a tie going to ServiceNow. Each is logged and counted in
+// conflicts_total{field}. A change landing in ServiceNow between the read and
+// the PATCH is overwritten (ServiceNow has no conditional update); the
+// resulting version then flows to the app, so both sides still agree.
+//
+// # Echoes
+//
+// The app republishing what it holds (dedupe.IsAppEcho) or a message with
+// nothing to change writes nothing. A write is claimed as the bridge's own
+// (its webhook answered as an echo, bridge_state advanced to its version so
+// reconcile skips it) only when it is the next version after the one the
+// bridge knew and ServiceNow changed no mapped field beyond those sent; a
+// computed side effect (priority from impact and urgency) or someone else's
+// change in between lets the version flow to the app instead.
+//
+// # Errors
+//
+// 429, 5xx, network errors and token trouble are nak'd with exponential,
+// jittered delay (the message stays in JetStream; nothing is lost); an open
+// circuit breaker pauses fetching for its open period; 400/403/404, values
+// outside a mapping's value map and undecodable messages go to BRIDGE_DLQ on
+// bridge.dlq.writeback with the Bridge-Dlq-* headers (status, ServiceNow's
+// message and detail as the reason, snclient's hint, origin subject, stream
+// and sequence).
 package outbound
 
 import (
