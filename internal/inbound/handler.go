@@ -34,10 +34,6 @@ type ErrorBody struct {
 	Detail any    `json:"detail,omitempty"`
 }
 
-// headerExpectedStream makes JetStream refuse a publish that would land in
-// any stream but SN_EVENTS (a misconfigured overlapping stream).
-const headerExpectedStream = "Nats-Expected-Stream"
-
 func (r *Receiver) handleWebhook(c echo.Context) error {
 	req := c.Request()
 	if !isJSON(req.Header.Get(echo.HeaderContentType)) {
@@ -144,10 +140,12 @@ func (r *Receiver) publish(ctx context.Context, evs []events.SNEvent) (Accepted,
 		if err != nil {
 			return res, fmt.Errorf("encode %s: %w", ev.MsgID(), err)
 		}
+		// No Nats-Expected-Stream: JetStream stores every header with the
+		// message, and consumers that copy headers onto a republish (dead
+		// letters) would be refused; streams cannot overlap anyway.
 		msg := &nats.Msg{Subject: ev.Subject(), Data: data, Header: nats.Header{
-			events.HeaderMsgID:   {ev.MsgID()},
-			events.HeaderSource:  {events.SourceWebhook},
-			headerExpectedStream: {events.StreamSN},
+			events.HeaderMsgID:  {ev.MsgID()},
+			events.HeaderSource: {events.SourceWebhook},
 		}}
 		f, err := r.js.PublishMsgAsync(msg)
 		if err != nil {
