@@ -225,22 +225,26 @@ func decodeOne(raw json.RawMessage, e *SNEvent, prefix string) ([]Problem, error
 	var w wireEvent
 	err := json.Unmarshal(raw, &w)
 	*e = w.SNEvent
+	var te *json.UnmarshalTypeError
 	var problems []Problem
-	switch {
-	case len(w.SysModCount) == 0:
-		problems = append(problems, Problem{Field: prefix + "sys_mod_count", Message: "is required"})
-	default:
-		if cerr := e.SysModCount.UnmarshalJSON(w.SysModCount); cerr != nil {
-			problems = append(problems, Problem{Field: prefix + "sys_mod_count", Message: cerr.Error()})
+	// Type errors do not stop encoding/json, any other error does: only
+	// then may an absent count be reported as missing.
+	if err == nil || errors.As(err, &te) {
+		switch {
+		case len(w.SysModCount) == 0:
+			problems = append(problems, Problem{Field: prefix + "sys_mod_count", Message: "is required"})
+		default:
+			if cerr := e.SysModCount.UnmarshalJSON(w.SysModCount); cerr != nil {
+				problems = append(problems, Problem{Field: prefix + "sys_mod_count", Message: cerr.Error()})
+			}
 		}
 	}
 	if err == nil {
 		return problems, nil
 	}
-	var te *json.UnmarshalTypeError
 	var fe *FieldValueError
 	switch {
-	case errors.As(err, &te):
+	case te != nil:
 		// te.Field is a path through wireEvent, which embeds SNEvent.
 		problems = append(problems, Problem{Field: prefix + strings.TrimPrefix(te.Field, "SNEvent."), Message: "must be a JSON " + kindName(te.Type) + ", got " + te.Value})
 	case errors.As(err, &fe):

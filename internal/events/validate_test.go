@@ -105,6 +105,7 @@ func TestDecodeBody_RejectsWithTheRightErrorAndField(t *testing.T) {
 		{"changed empty name", obj(`"changed":["state",""]`), "invalid", []string{"changed[1]"}},
 		{"record not an object", obj(`"record":"x"`), "invalid", []string{"record"}},
 		{"record value an array", obj(`"record":{"a":[1]}`), "invalid", []string{"record.a"}},
+		{"record value bad before the count", `{"record":{"a":[1]},` + base + `}`, "invalid", []string{"record.a"}},
 		{"record reference without value", obj(`"record":{"caller_id":{"link":"https://x"}}`), "invalid", []string{"record.caller_id"}},
 		{"source unknown", obj(`"source":"replay"`), "invalid", []string{"source"}},
 		{"array names each index", "[" + obj("") + "," + strings.Replace(obj(""), "9d385017c611228701d22104cc95c371", "x", 1) + "," + strings.Replace(obj(""), `"update"`, `"x"`, 1) + "]", "invalid", []string{"[1].sys_id", "[2].action"}},
