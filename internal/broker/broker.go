@@ -40,6 +40,14 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	}
 	if port == 0 {
 		port = -1
+	} else {
+		// nats-server reports a busy port only in its (silenced) log and
+		// then never becomes ready; find out now and say so.
+		l, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded NATS cannot listen on %s: %v (another bridge or nats-server? set BRIDGE_EMBEDDED_NATS_LISTEN, or BRIDGE_NATS_URL to use that server)", cfg.Listen, errors.Unwrap(err))
+		}
+		_ = l.Close()
 	}
 	opts := &server.Options{
 		ServerName: "nowbridge-embedded",

@@ -199,3 +199,19 @@ func equalStrings(a, b []string) bool {
 	}
 	return true
 }
+
+func TestStartEmbedded_BusyPortFailsAtOnce(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	start := time.Now()
+	_, err = StartEmbedded(EmbeddedConfig{Listen: busy.Addr().String(), DataDir: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "BRIDGE_EMBEDDED_NATS_LISTEN") || !strings.Contains(err.Error(), busy.Addr().String()) {
+		t.Fatalf("busy port: %v, want an error naming the address and the setting", err)
+	}
+	if time.Since(start) > 2*time.Second {
+		t.Errorf("took %s to notice the busy port", time.Since(start))
+	}
+}
