@@ -528,9 +528,7 @@ func (r *Runner) writeCorrelation(ctx context.Context, table, sysID, externalID 
 func (r *Runner) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, cause error) {
 	out := nats.NewMsg(events.DLQSubject(Pipeline))
 	out.Data = msg.Data()
-	for k, v := range msg.Headers() {
-		out.Header[k] = v
-	}
+	out.Header = events.DeadLetterHeaders(msg.Headers())
 	out.Header.Set(events.HeaderDLQReason, oneLine(cause.Error(), 512))
 	var ae *Error
 	if errors.As(cause, &ae) {

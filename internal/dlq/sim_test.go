@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -82,15 +81,6 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 }
 
 func TestRetry_ApplyDeadLettersReachTheAppOnceItAcceptsThem(t *testing.T) {
-	if os.Getenv("NOWBRIDGE_TEST_APPLY_DLQ") == "" {
-		// apply's deadLetter copies every header of the SN_EVENTS message,
-		// Nats-Expected-Stream: SN_EVENTS (set by inbound's publish)
-		// included, onto its BRIDGE_DLQ publish; JetStream rejects that
-		// (10060 expected stream does not match), nothing is dead-lettered
-		// and the event is retried forever. Remove this skip once apply
-		// (and outbound, for app messages carrying it) drop Nats-* headers.
-		t.Skip("apply cannot dead-letter events published by inbound yet (Nats-Expected-Stream copied); set NOWBRIDGE_TEST_APPLY_DLQ=1 to run")
-	}
 	env := recoverytest.Start(t, recoverytest.Options{Seed: 17})
 	ctx := context.Background()
 	env.SaaS.Fail(422) // the app rejects every version (a validation bug there)

@@ -71,3 +71,24 @@ func ParseSubject(subject string) (kind, name, action string, ok bool) {
 	}
 	return "", "", "", false
 }
+
+// HeaderDLQOrigMsgID keeps the origin message's Nats-Msg-Id on a dead letter.
+const HeaderDLQOrigMsgID = "Bridge-Dlq-Orig-Msg-Id"
+
+// DeadLetterHeaders copies a message's headers for its dead letter, leaving
+// out the server-interpreted Nats-* ones: a Nats-Expected-Stream of the
+// origin stream would make JetStream reject the BRIDGE_DLQ publish, and the
+// origin's Nats-Msg-Id is kept under HeaderDLQOrigMsgID instead.
+func DeadLetterHeaders(src map[string][]string) map[string][]string {
+	out := make(map[string][]string, len(src)+8)
+	for k, v := range src {
+		if strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		out[k] = v
+	}
+	if id := src[HeaderMsgID]; len(id) > 0 {
+		out[HeaderDLQOrigMsgID] = id
+	}
+	return out
+}

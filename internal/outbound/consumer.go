@@ -338,9 +338,7 @@ func decodeChange(subject string, data []byte) (Change, error) {
 func (c *Consumer) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, cause error) {
 	out := nats.NewMsg(events.DLQSubject(Pipeline))
 	out.Data = msg.Data()
-	for k, v := range msg.Headers() {
-		out.Header[k] = v
-	}
+	out.Header = events.DeadLetterHeaders(msg.Headers())
 	info := describe(cause)
 	out.Header.Set(events.HeaderDLQReason, info.reason)
 	if info.status != 0 {
