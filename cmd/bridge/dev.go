@@ -24,12 +24,10 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/apply"
 	"github.com/nowbridge/nowbridge/internal/broker"
+	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/inbound"
-	"github.com/nowbridge/nowbridge/internal/mapping"
-	"github.com/nowbridge/nowbridge/internal/outbound"
-	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/snsim"
 	"github.com/nowbridge/nowbridge/internal/state"
 	"github.com/nowbridge/nowbridge/internal/webhook"
@@ -252,57 +250,49 @@ func startDev(ctx context.Context, stderr io.Writer, o devOptions) (st *devStack
 	return st, wait, nil
 }
 
-// startBridge wires the bridge of `bridge dev`: the webhook receiver with
-// echo suppression, the apply pipeline with the NATS applier and the
-// writeback, sharing one dedupe cache, one mapping and bridge_state.
-func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Listener, logger *slog.Logger) error {
-	sn, err := snclient.New(snclient.Config{
-		InstanceURL: st.simURL, ClientID: st.clientID, ClientSecret: snclient.Secret(st.clientSc),
-		Logger: logger, Registerer: st.reg,
-	})
-	if err != nil {
-		_ = ln.Close()
+// startBridge wires the bridge of `bridge dev` with serve's own builders
+// (writebackComponent, apply.FromConfig) from a configuration pointing at
+// the simulator: the webhook receiver with echo suppression, the apply
+// pipeline with the NATS applier and the writeback, sharing one dedupe
+// cache.
+func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Listener, logger *slog.Logger) (err error) {
+	defer func() {
+		if err != nil {
+			_ = ln.Close()
+		}
+	}()
+	cfg := config.Default()
+	cfg.SNInstanceURL, cfg.SNClientID, cfg.SNClientSecret = st.simURL, st.clientID, config.Secret(st.clientSc)
+	cfg.WebhookSecrets = config.Secret(st.secret.Encoded())
+	cfg.Tables, cfg.Applier = []string{"incident"}, "nats"
+	st.cache = dedupe.New(dedupe.Config{Size: cfg.DedupeSize, TTL: cfg.DedupeTTL, Registerer: st.reg})
+	if st.store, st.links, err = state.Open(ctx, st.js); err != nil {
 		return err
 	}
-	st.cache = dedupe.New(dedupe.Config{Registerer: st.reg})
-	maps := mapping.Default(logger)
-	st.store, st.links, err = state.Open(ctx, st.js)
+	writeback, w, closeWB, err := writebackComponent(ctx, cfg, st.js, st.reg, st.cache, logger)
 	if err != nil {
-		_ = ln.Close()
-		_ = sn.Close()
 		return err
 	}
-	w, err := outbound.NewWriter(outbound.Deps{API: sn, Mapping: maps, States: st.store, Links: st.links, StateKV: st.store.KV(), Dedupe: st.cache},
-		outbound.Config{Logger: logger, Registerer: st.reg, RetryBase: 200 * time.Millisecond, RetryMax: 5 * time.Second})
+	applier, err := apply.FromConfig(ctx, cfg, st.js, apply.Options{Logger: logger, Registerer: st.reg, LinkWriter: w, Applied: st.cache})
 	if err != nil {
-		_ = ln.Close()
-		_ = sn.Close()
-		return err
-	}
-	applier, err := apply.New(apply.Config{
-		JS: st.js, Applier: &apply.NATSApplier{JS: st.js}, Mapping: maps, States: st.store, Links: st.links,
-		LinkWriter: w, Applied: st.cache, Logger: logger, Registerer: st.reg,
-	})
-	if err != nil {
-		_ = ln.Close()
-		_ = sn.Close()
+		closeWB()
 		return err
 	}
 	recv, err := inbound.New(inbound.Config{
-		Conn: st.nc, Secrets: []webhook.Secret{st.secret}, Tables: []string{"incident"},
+		Conn: st.nc, Secrets: []webhook.Secret{st.secret}, Tables: cfg.Tables,
 		Echoes: st.cache, Logger: logger, Registry: st.reg,
 	})
 	if err != nil {
-		_ = ln.Close()
-		_ = sn.Close()
+		closeWB()
 		return err
 	}
 	g.Go(func() error { return recv.Serve(ctx, ln, 5*time.Second) })
 	g.Go(func() error { return applier.Run(ctx) })
-	g.Go(func() error { return outbound.NewConsumer(st.js, w).Run(ctx) })
+	g.Go(func() error { return writeback.run(ctx) })
 	g.Go(func() error {
 		<-ctx.Done()
-		return sn.Close()
+		closeWB()
+		return nil
 	})
 	return nil
 }
