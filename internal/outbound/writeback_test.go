@@ -1,6 +1,7 @@
 package outbound_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -267,5 +268,29 @@ func TestWriteback_ComputedSideEffectsFlowBackToTheApp(t *testing.T) {
 	h.waitHooks()
 	if e, _ := h.hooks.counts(id); e != echo0+1 {
 		t.Errorf("echoes = %d, want the plain title write to be one", e-echo0)
+	}
+}
+
+func TestWriteback_OlderVersionIsAckedAsStale(t *testing.T) {
+	h := newHarness(t, opts{})
+	rec := h.linkedIncident("TCK-OLD", nil)
+	pub := func(v int64, title string) {
+		body := fmt.Sprintf(`{"external_id":"TCK-OLD","version":%d,"updated_at":"2026-11-28T10:00:0%dZ","fields":{"title":%q}}`, v, v, title)
+		if _, err := h.js.Publish(h.ctx, "app.ticket.upsert", []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub(2, "version two")
+	h.waitWritten("TCK-OLD", 2)
+	pub(1, "version one, late")
+	h.eventually("the late version counted as stale", 10*time.Second, func() (bool, string) {
+		n := metric(t, h, "bridge_writeback_messages_total", "outcome", "stale")
+		return n == 1, fmt.Sprint("stale=", n)
+	})
+	if got := h.record(rec["sys_id"])["short_description"]; got != "version two" {
+		t.Errorf("short_description = %q: an older app version overwrote a newer one", got)
+	}
+	if n := h.count("PATCH", pathOne, 0); n != 1 {
+		t.Errorf("PATCH requests = %d, want 1 (the stale version writes nothing)", n)
 	}
 }
