@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -180,6 +181,8 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, shutdownTimeout t
 	// Echo's Shutdown is http.Server.Shutdown on e.Server; owning the
 	// server lets the caller bind the listener (and learn its port) first.
 	r.e.Server = srv
+	conns := &newConns{m: map[net.Conn]bool{}}
+	srv.ConnState = conns.track
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	r.log.Info("webhook receiver listening", "addr", ln.Addr().String(), "path", Path)
@@ -190,14 +193,43 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, shutdownTimeout t
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
-	err := srv.Shutdown(sctx)
-	<-errc // Serve returns ErrServerClosed as soon as Shutdown starts
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(sctx) }()
+	<-errc // Serve returns ErrServerClosed once Shutdown has closed the listener
+	// Connections that have not sent a request are not in-flight work, but
+	// net/http waits 5s before treating them as idle: close them now.
+	conns.closeAll()
+	err := <-shut
 	if err != nil {
 		_ = srv.Close()
 		return fmt.Errorf("HTTP shutdown: in-flight requests did not finish within %s: %w", shutdownTimeout, err)
 	}
 	r.log.Info("webhook receiver stopped")
 	return nil
+}
+
+// newConns tracks connections that have not started a request yet.
+type newConns struct {
+	mu sync.Mutex
+	m  map[net.Conn]bool
+}
+
+func (n *newConns) track(c net.Conn, state http.ConnState) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if state == http.StateNew {
+		n.m[c] = true
+	} else {
+		delete(n.m, c)
+	}
+}
+
+func (n *newConns) closeAll() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for c := range n.m {
+		_ = c.Close()
+	}
 }
 
 // Ready reports whether NATS is connected and the ready streams exist.

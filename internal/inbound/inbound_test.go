@@ -611,3 +611,30 @@ func TestNew_RequiresConnAndSecrets(t *testing.T) {
 		t.Errorf("New without secrets: %v, want an error naming BRIDGE_WEBHOOK_SECRETS", err)
 	}
 }
+
+func TestServe_IdleNewConnectionDoesNotHoldShutdown(t *testing.T) {
+	// A client that connected but has not sent a request yet is not
+	// in-flight work: net/http would wait 5s for it before calling it idle.
+	h := newHarness(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- h.rcv.Serve(ctx, ln, 2*time.Second) }()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	time.Sleep(100 * time.Millisecond) // let the server accept it
+	start := time.Now()
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("Serve with a silent connection open: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("shutdown took %s with only a silent connection open", d)
+	}
+}
