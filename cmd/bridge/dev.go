@@ -269,7 +269,7 @@ func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Li
 	if st.store, st.links, err = state.Open(ctx, st.js); err != nil {
 		return err
 	}
-	writeback, w, closeWB, err := writebackComponent(ctx, cfg, st.js, st.reg, st.cache, logger)
+	writeback, w, _, closeWB, err := writebackComponent(ctx, cfg, st.js, st.reg, st.cache, logger)
 	if err != nil {
 		return err
 	}

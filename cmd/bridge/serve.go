@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nowbridge/nowbridge/internal/apply"
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/dedupe"
@@ -31,9 +32,12 @@ import (
 func newServeCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Run the bridge: the webhook receiver on JetStream (embedded unless BRIDGE_NATS_URL is set)",
+		Short: "Run the bridge: webhook receiver, apply and writeback consumers, reconcile loop (embedded JetStream unless BRIDGE_NATS_URL is set)",
 		Long: `serve runs the bridge until SIGINT or SIGTERM: the ServiceNow webhook receiver
-(POST /webhooks/servicenow, /healthz, /readyz, /metrics) storing events in SN_EVENTS.
+(POST /webhooks/servicenow, /healthz, /readyz, /metrics) storing events in SN_EVENTS, the
+apply consumer (SN_EVENTS -> the SaaS app, BRIDGE_APPLIER), and — once BRIDGE_SN_INSTANCE_URL,
+BRIDGE_SN_CLIENT_ID and BRIDGE_SN_CLIENT_SECRET are set — the writeback consumer
+(APP_EVENTS -> ServiceNow) and the reconcile loop (every BRIDGE_RECONCILE_INTERVAL).
 With BRIDGE_NATS_URL empty it starts an embedded JetStream server (store under
 BRIDGE_DATA_DIR, listening on BRIDGE_EMBEDDED_NATS_LISTEN). Every setting is a flag,
 an environment variable and a key of the --config YAML file (flags beat env, env beats file).`,
@@ -128,23 +132,45 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 		return err
 	}
 
+	mset, err := apply.LoadMapping(cfg.MappingDir, log) // a broken file stops start-up, naming its line
+	if err != nil {
+		return err
+	}
 	components := []component{
 		{"webhook receiver", func(ctx context.Context) error { return rcv.Serve(ctx, ln, cfg.ShutdownTimeout) }},
-		// Later issues add their parts here, built above from cfg, js and reg:
-		// the SN_EVENTS apply consumer, the APP_EVENTS writeback consumer and
-		// the reconcile loop (each a Run(ctx) error).
 	}
+	applyOpts := apply.Options{Logger: log, Registerer: reg, Applied: echoes, Mapping: mset}
+	var sn *snclient.Client
 	if err := cfg.RequireServiceNow(); err != nil {
-		log.Warn("ServiceNow is not configured: writeback and reconcile are off, only the webhook receiver runs", "missing", err.Error())
+		log.Warn("ServiceNow is not configured: writeback and reconcile are off; the receiver and the apply pipeline run", "missing", err.Error())
 	} else {
-		// The writer is also the apply pipeline's LinkWriter (apply.Options).
-		wb, _, closeWB, err := writebackComponent(ctx, cfg, js, reg, echoes, log)
+		// The writer is also the apply pipeline's LinkWriter (correlation_id
+		// writes claimed as echoes); its client is shared with reconcile so
+		// both draw on one rate limiter.
+		wb, w, client, closeWB, err := writebackComponent(ctx, cfg, js, reg, echoes, log)
 		if err != nil {
 			return err
 		}
 		defer closeWB()
+		sn = client
+		applyOpts.LinkWriter = w // only when non-nil: a typed nil in the interface would panic
 		components = append(components, wb)
+
+		rec, closeRec, err := newReconciler(ctx, cfg, js, reconcileDeps{SN: sn, Mapping: mset, Echoes: echoes, Registerer: reg, Logger: log}, nil)
+		if err != nil {
+			return err
+		}
+		defer closeRec()
+		components = append(components, component{"reconcile", rec.Run}) // returns at once when BRIDGE_RECONCILE_INTERVAL=0
 	}
+	ap, err := apply.FromConfig(ctx, cfg, js, applyOpts)
+	if err != nil {
+		return err
+	}
+	components = append(components,
+		component{"apply", ap.Run},
+		component{"status report", newStatusReporter(js, sn, cfg, log).Run},
+	)
 	log.Info("bridge serving", "listen", ln.Addr().String(), "nats", natsMode(cfg), "tables", cfg.Tables, "components", len(components))
 	return runComponents(ctx, components, log)
 }
@@ -201,26 +227,26 @@ func stopEmbedded(s *server.Server, log *slog.Logger) {
 // over the shared echo cache. Its writer doubles as the apply pipeline's
 // LinkWriter (correlation_id writes claimed as echoes). The returned close
 // function releases the ServiceNow client once the components stopped.
-func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.JetStream, reg prometheus.Registerer, echoes *dedupe.Cache, log *slog.Logger) (component, *outbound.Writer, func(), error) {
+func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.JetStream, reg prometheus.Registerer, echoes *dedupe.Cache, log *slog.Logger) (component, *outbound.Writer, *snclient.Client, func(), error) {
 	mset, err := mapping.Load(mappingFS(cfg), log)
 	if err != nil {
-		return component{}, nil, nil, err
+		return component{}, nil, nil, nil, err
 	}
 	store, links, err := state.Open(ctx, js)
 	if err != nil {
-		return component{}, nil, nil, err
+		return component{}, nil, nil, nil, err
 	}
 	sn, err := snclient.New(snclient.Config{
 		InstanceURL: cfg.SNInstanceURL, ClientID: cfg.SNClientID, ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()),
 		RateLimit: cfg.SNRateLimit, Logger: log, Registerer: reg,
 	})
 	if err != nil {
-		return component{}, nil, nil, err
+		return component{}, nil, nil, nil, err
 	}
 	w, err := newWriter(sn, mset, store, links, echoes, outbound.Config{Logger: log, Registerer: reg})
 	if err != nil {
 		_ = sn.Close()
-		return component{}, nil, nil, err
+		return component{}, nil, nil, nil, err
 	}
-	return component{"writeback", outbound.NewConsumer(js, w).Run}, w, func() { _ = sn.Close() }, nil
+	return component{"writeback", outbound.NewConsumer(js, w).Run}, w, sn, func() { _ = sn.Close() }, nil
 }
