@@ -243,10 +243,29 @@ func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.Jet
 	if err != nil {
 		return component{}, nil, nil, nil, err
 	}
-	w, err := newWriter(sn, mset, store, links, echoes, outbound.Config{Logger: log, Registerer: reg})
+	w, err := newWriter(sn, mset, store, links, echoes, writebackConfig(cfg, log, reg))
 	if err != nil {
 		_ = sn.Close()
 		return component{}, nil, nil, nil, err
 	}
 	return component{"writeback", outbound.NewConsumer(js, w).Run}, w, sn, func() { _ = sn.Close() }, nil
+}
+
+// writebackConfig maps the writeback settings onto outbound.Config.
+func writebackConfig(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) outbound.Config {
+	policies := make(map[string]outbound.Policy, len(cfg.ConflictPolicies))
+	for field, p := range cfg.ConflictPolicies {
+		policies[field] = outbound.Policy(p)
+	}
+	return outbound.Config{
+		Workers:       cfg.WritebackWorkers,
+		DeleteMode:    outbound.DeleteMode(cfg.WritebackDelete),
+		DeleteState:   cfg.WritebackDeleteState,
+		CloseCode:     cfg.CloseCode,
+		DefaultPolicy: outbound.Policy(cfg.ConflictPolicy),
+		Policies:      policies,
+		BlindWrites:   cfg.WritebackBlind,
+		Logger:        log,
+		Registerer:    reg,
+	}
 }

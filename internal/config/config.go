@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -60,26 +61,40 @@ type Config struct {
 	LogFormat         string
 	LogLevel          string
 	ShutdownTimeout   time.Duration
+
+	// Writeback (SaaS -> ServiceNow) behaviour.
+	WritebackDelete      string            // resolve (default) or delete
+	WritebackDeleteState string            // state a resolve-mode delete sets (default "6")
+	CloseCode            string            // close_code added when a write resolves or closes
+	ConflictPolicy       string            // default per-field policy: newest_wins, servicenow_wins, saas_wins
+	ConflictPolicies     map[string]string // ServiceNow field -> policy
+	WritebackBlind       bool              // skip the read before each write
+	WritebackWorkers     int
 }
 
 // Default returns the documented defaults.
 func Default() Config {
 	return Config{
-		Listen:             ":8080",
-		DataDir:            "./data",
-		EmbeddedNATSListen: "127.0.0.1:4222",
-		StreamReplicas:     1,
-		WebhookTolerance:   5 * time.Minute,
-		MaxBodyBytes:       1 << 20,
-		PublishTimeout:     5 * time.Second,
-		Tables:             []string{"incident"},
-		ReconcileInterval:  5 * time.Minute,
-		Applier:            "nats",
-		DedupeSize:         100_000,
-		DedupeTTL:          time.Hour,
-		LogFormat:          "json",
-		LogLevel:           "info",
-		ShutdownTimeout:    20 * time.Second,
+		Listen:               ":8080",
+		DataDir:              "./data",
+		EmbeddedNATSListen:   "127.0.0.1:4222",
+		StreamReplicas:       1,
+		WebhookTolerance:     5 * time.Minute,
+		MaxBodyBytes:         1 << 20,
+		PublishTimeout:       5 * time.Second,
+		Tables:               []string{"incident"},
+		ReconcileInterval:    5 * time.Minute,
+		Applier:              "nats",
+		DedupeSize:           100_000,
+		DedupeTTL:            time.Hour,
+		LogFormat:            "json",
+		LogLevel:             "info",
+		ShutdownTimeout:      20 * time.Second,
+		WritebackDelete:      "resolve",
+		WritebackDeleteState: "6",
+		CloseCode:            "Solved (Permanently)",
+		ConflictPolicy:       "newest_wins",
+		WritebackWorkers:     8,
 	}
 }
 
@@ -234,6 +249,57 @@ func Settings() []Setting {
 		}),
 		setting("log_level", "BRIDGE_LOG_LEVEL", "debug, info, warn or error", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.LogLevel })
+		}),
+		setting("writeback_delete", "BRIDGE_WRITEBACK_DELETE", "what an app delete does in ServiceNow: resolve (set a state with close fields) or delete", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.WritebackDelete })
+		}),
+		setting("writeback_delete_state", "BRIDGE_WRITEBACK_DELETE_STATE", "state a delete sets in resolve mode (6 Resolved, 7 Closed, 8 Canceled)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.WritebackDeleteState })
+		}),
+		setting("close_code", "BRIDGE_CLOSE_CODE", "close_code the writeback adds when it resolves or closes a record (a data policy requires one)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.CloseCode })
+		}),
+		setting("conflict_policy", "BRIDGE_CONFLICT_POLICY", "default policy for a field changed on both sides: newest_wins, servicenow_wins or saas_wins", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.ConflictPolicy })
+		}),
+		setting("conflict_policies", "BRIDGE_CONFLICT_POLICIES", "per-field overrides, ServiceNow field names: state=servicenow_wins,short_description=saas_wins", false, func() (func(*Config, string) error, func(*Config) string) {
+			return func(c *Config, v string) error {
+					m := map[string]string{}
+					for _, part := range strings.Split(v, ",") {
+						if part = strings.TrimSpace(part); part == "" {
+							continue
+						}
+						field, policy, ok := strings.Cut(part, "=")
+						if !ok || strings.TrimSpace(field) == "" {
+							return fmt.Errorf("want field=policy pairs, got %q", part)
+						}
+						m[strings.TrimSpace(field)] = strings.TrimSpace(policy)
+					}
+					c.ConflictPolicies = m
+					return nil
+				}, func(c *Config) string {
+					parts := make([]string, 0, len(c.ConflictPolicies))
+					for f, p := range c.ConflictPolicies {
+						parts = append(parts, f+"="+p)
+					}
+					sort.Strings(parts)
+					return strings.Join(parts, ",")
+				}
+		}),
+		setting("writeback_blind", "BRIDGE_WRITEBACK_BLIND", "true: skip reading the record before each write (one request per change; ServiceNow changes the bridge has not seen yet are overwritten)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return func(c *Config, v string) error {
+					b, err := strconv.ParseBool(strings.TrimSpace(v))
+					if err != nil {
+						return fmt.Errorf("not true or false: %q", v)
+					}
+					c.WritebackBlind = b
+					return nil
+				}, func(c *Config) string {
+					return strconv.FormatBool(c.WritebackBlind)
+				}
+		}),
+		setting("writeback_workers", "BRIDGE_WRITEBACK_WORKERS", "concurrent ServiceNow writers (one record is always on one worker)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return integer(func(c *Config) *int { return &c.WritebackWorkers })
 		}),
 		setting("shutdown_timeout", "BRIDGE_SHUTDOWN_TIMEOUT", "how long shutdown waits for in-flight work", false, func() (func(*Config, string) error, func(*Config) string) {
 			return dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })
@@ -414,6 +480,23 @@ func (c *Config) Validate() error {
 	}
 	if c.DedupeSize < 1 {
 		return errors.New("BRIDGE_DEDUPE_SIZE: must be at least 1")
+	}
+	switch c.WritebackDelete {
+	case "resolve", "delete":
+	default:
+		return fmt.Errorf("BRIDGE_WRITEBACK_DELETE: must be resolve or delete, got %q", c.WritebackDelete)
+	}
+	validPolicy := func(p string) bool { return p == "newest_wins" || p == "servicenow_wins" || p == "saas_wins" }
+	if !validPolicy(c.ConflictPolicy) {
+		return fmt.Errorf("BRIDGE_CONFLICT_POLICY: must be newest_wins, servicenow_wins or saas_wins, got %q", c.ConflictPolicy)
+	}
+	for field, p := range c.ConflictPolicies {
+		if !validPolicy(p) {
+			return fmt.Errorf("BRIDGE_CONFLICT_POLICIES: %s=%s: policy must be newest_wins, servicenow_wins or saas_wins", field, p)
+		}
+	}
+	if c.WritebackWorkers < 1 || c.WritebackWorkers > 256 {
+		return fmt.Errorf("BRIDGE_WRITEBACK_WORKERS: must be 1 to 256, got %d", c.WritebackWorkers)
 	}
 	switch c.LogFormat {
 	case "json", "text":

@@ -255,3 +255,32 @@ func TestLogger_FormatAndLevel(t *testing.T) {
 		t.Fatalf("json logger wrote %q", b.String())
 	}
 }
+
+func TestLoad_WritebackSettings(t *testing.T) {
+	cfg, err := load(t, map[string]string{
+		"BRIDGE_WRITEBACK_DELETE":  "delete",
+		"BRIDGE_CONFLICT_POLICIES": "state=servicenow_wins, short_description = saas_wins",
+		"BRIDGE_WRITEBACK_BLIND":   "true",
+	}, "--conflict-policy", "saas_wins", "--writeback-workers", "3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.WritebackDelete != "delete" || cfg.ConflictPolicy != "saas_wins" || !cfg.WritebackBlind || cfg.WritebackWorkers != 3 {
+		t.Errorf("writeback settings not loaded: %+v", cfg)
+	}
+	if cfg.ConflictPolicies["state"] != "servicenow_wins" || cfg.ConflictPolicies["short_description"] != "saas_wins" {
+		t.Errorf("per-field policies = %v", cfg.ConflictPolicies)
+	}
+	for _, bad := range []struct{ env, val, want string }{
+		{"BRIDGE_WRITEBACK_DELETE", "shred", "BRIDGE_WRITEBACK_DELETE: must be resolve or delete"},
+		{"BRIDGE_CONFLICT_POLICY", "coin_flip", "BRIDGE_CONFLICT_POLICY: must be"},
+		{"BRIDGE_CONFLICT_POLICIES", "state=loudest_wins", "BRIDGE_CONFLICT_POLICIES: state=loudest_wins"},
+		{"BRIDGE_CONFLICT_POLICIES", "state", "BRIDGE_CONFLICT_POLICIES: want field=policy"},
+		{"BRIDGE_WRITEBACK_BLIND", "maybe", "BRIDGE_WRITEBACK_BLIND: not true or false"},
+	} {
+		_, err := load(t, map[string]string{bad.env: bad.val})
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s=%s: err %v, want it to contain %q", bad.env, bad.val, err, bad.want)
+		}
+	}
+}
