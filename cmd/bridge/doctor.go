@@ -45,19 +45,19 @@ for --sn-instance-url, --sn-client-id and --sn-client-secret.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(cmd.Flags(), a.getenv)
 			if err != nil {
-				return usageError{err}
+				return err
 			}
 			if err := cfg.RequireServiceNow(); err != nil {
-				return usageError{err}
+				return err
 			}
 			secrets, err := webhook.ParseSecrets(cfg.WebhookSecrets.Reveal())
 			if err != nil {
-				return usageError{fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)}
+				return fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)
 			}
 			logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 			mset, err := mapping.Load(mappingFS(cfg), logger)
 			if err != nil {
-				return usageError{err}
+				return err
 			}
 			report := doctor.Run(cmd.Context(), doctor.Options{
 				InstanceURL:    cfg.SNInstanceURL,

@@ -58,7 +58,7 @@ func TestDoctorCmd_ShortFlagsAndUsage(t *testing.T) {
 		t.Errorf("short flags: exit %d\n%s\n%s", code, out, stderr)
 	}
 	code, _, stderr = runTool(t, map[string]string{}, "", "doctor")
-	if code != 2 || !strings.Contains(stderr, "BRIDGE_SN_INSTANCE_URL") {
-		t.Errorf("no instance: exit %d, stderr %q; want 2 naming BRIDGE_SN_INSTANCE_URL", code, stderr)
+	if code != 1 || !strings.Contains(stderr, "BRIDGE_SN_INSTANCE_URL") {
+		t.Errorf("no instance: exit %d, stderr %q; want 1 (a missing setting is a failure, as for serve) naming BRIDGE_SN_INSTANCE_URL", code, stderr)
 	}
 }

@@ -47,6 +47,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		Short:         "nowbridge: a webhook-driven ServiceNow <-> SaaS sync bridge on NATS JetStream",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Runnable, so that its argument check (markUsageErrors) rejects an
+		// unknown command as wrong usage; without arguments it prints help.
+		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
 	}
 	root.SetArgs(args)
 	root.SetIn(stdin)
@@ -64,34 +67,38 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		newDoctorCmd(a),
 		newVersionCmd(a),
 	)
+	markUsageErrors(root)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
 	}
 	fmt.Fprintln(stderr, "bridge: "+err.Error())
 	var ue usageError
-	if errors.As(err, &ue) || isCobraUsage(err) {
+	if errors.As(err, &ue) {
 		return 2
 	}
 	return 1
 }
 
-// isCobraUsage recognises cobra's own usage errors (unknown command, bad args).
-func isCobraUsage(err error) bool {
-	msg := err.Error()
-	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "accepts ", "requires at least", "requires at most", "invalid argument", "flag needs an argument"} {
-		if len(msg) >= len(p) && containsFold(msg, p) {
-			return true
+// markUsageErrors wraps every command's argument check so that its errors
+// (unknown command, wrong number of arguments) are usage errors (exit 2),
+// recognised by type rather than by cobra's message text.
+func markUsageErrors(cmd *cobra.Command) {
+	check := cmd.Args
+	if check == nil {
+		if cmd.HasSubCommands() {
+			check = cobra.NoArgs // an unknown subcommand ends up here
+		} else {
+			check = cobra.ArbitraryArgs
 		}
 	}
-	return false
-}
-
-func containsFold(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return true
+	cmd.Args = func(c *cobra.Command, args []string) error {
+		if err := check(c, args); err != nil {
+			return usageError{err}
 		}
+		return nil
 	}
-	return false
+	for _, sub := range cmd.Commands() {
+		markUsageErrors(sub)
+	}
 }

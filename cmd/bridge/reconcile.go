@@ -48,10 +48,10 @@ the pass starts instead of the watermark; neither moves the watermark back.`,
 			ctx := cmd.Context()
 			cfg, err := config.Load(cmd.Flags(), a.getenv)
 			if err != nil {
-				return usageError{err}
+				return err
 			}
 			if err := cfg.RequireServiceNow(); err != nil {
-				return usageError{err}
+				return err
 			}
 			if full && since != "" {
 				return usageError{errors.New("--since and --full exclude each other")}

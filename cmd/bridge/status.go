@@ -74,7 +74,7 @@ func bindToolFlags(fs *pflag.FlagSet, names ...string) {
 func connectTool(ctx context.Context, a *app, cmd *cobra.Command, name string) (config.Config, *nats.Conn, jetstream.JetStream, error) {
 	cfg, err := config.Load(cmd.Flags(), a.getenv)
 	if err != nil {
-		return cfg, nil, nil, usageError{err}
+		return cfg, nil, nil, err
 	}
 	nc, js, err := connectNATS(ctx, cfg, name)
 	return cfg, nc, js, err
