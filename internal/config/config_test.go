@@ -284,3 +284,16 @@ func TestLoad_WritebackSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestREADME_ListsEverySetting keeps the README's configuration table whole.
+func TestREADME_ListsEverySetting(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range Settings() {
+		if !strings.Contains(string(b), "| `"+s.Env+"`") {
+			t.Errorf("README.md's configuration table lacks %s", s.Env)
+		}
+	}
+}
