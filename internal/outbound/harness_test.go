@@ -31,7 +31,7 @@ import (
 // simulator's business rules post to hooks, which answers each webhook
 // with the echo check the inbound receiver runs (dedupe.IsEcho).
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	ctx    context.Context
 	sim    *snsim.Server
 	simURL string
@@ -97,7 +97,7 @@ type opts struct {
 	extraMap []*mapping.Table
 }
 
-func newHarness(t *testing.T, o opts) *harness {
+func newHarness(t testing.TB, o opts) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := natstest.RunServer(t)

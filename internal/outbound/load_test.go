@@ -12,15 +12,13 @@ import (
 	"github.com/nowbridge/nowbridge/internal/snclient"
 )
 
-// TestWritebackThroughputUnderRateLimit is the writeback's load figure
+// BenchmarkWritebackUnderRateLimit is the writeback's load figure
 // (docs/PERFORMANCE.md): the simulator allows R API requests per second,
 // the client is set to R, and N app changes over 50 records are written.
-// It reports requests/s over R and the share of requests answered 429.
-// Opt in: NOWBRIDGE_LOAD=1 (R and N from NOWBRIDGE_LOAD_RATE, _CHANGES).
-func TestWritebackThroughputUnderRateLimit(t *testing.T) {
-	if os.Getenv("NOWBRIDGE_LOAD") == "" {
-		t.Skip("load figure: set NOWBRIDGE_LOAD=1")
-	}
+// It reports requests/s over R ("of_R") and the share of requests answered
+// 429 ("pct_429"). One load run per sub-benchmark whatever b.N is (run with
+// -benchtime=1x); R and N come from NOWBRIDGE_LOAD_RATE and _CHANGES.
+func BenchmarkWritebackUnderRateLimit(b *testing.B) {
 	rate := envInt("NOWBRIDGE_LOAD_RATE", 100)
 	changes := envInt("NOWBRIDGE_LOAD_CHANGES", 1000)
 	cases := []struct {
@@ -33,8 +31,8 @@ func TestWritebackThroughputUnderRateLimit(t *testing.T) {
 		{"read-before-write, no client limiter (contrast)", false, 0},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, opts{
+		b.Run(tc.name, func(b *testing.B) {
+			h := newHarness(b, opts{
 				cfg: outbound.Config{BlindWrites: tc.blind, Workers: 16},
 				snCfg: func(c *snclient.Config) {
 					c.RateLimit, c.RateBurst = tc.clientLimit, 1
@@ -63,11 +61,13 @@ func TestWritebackThroughputUnderRateLimit(t *testing.T) {
 			limited := h.count("", "", 429)
 			total := h.count("", pathOne, 0)
 			perSec := float64(ok) / elapsed.Seconds()
-			t.Logf("R=%d req/s, %d changes in %s: %d requests answered 2xx = %.1f req/s = %.3f of R; %.1f changes/s; 429: %d of %d requests (%.2f%%)",
+			b.ReportMetric(perSec/float64(rate), "of_R")
+			b.ReportMetric(100*float64(limited)/float64(max(total, 1)), "pct_429")
+			b.Logf("R=%d req/s, %d changes in %s: %d requests answered 2xx = %.1f req/s = %.3f of R; %.1f changes/s; 429: %d of %d requests (%.2f%%)",
 				rate, changes, elapsed.Round(time.Millisecond), ok, perSec, perSec/float64(rate),
 				float64(changes)/elapsed.Seconds(), limited, total, 100*float64(limited)/float64(max(total, 1)))
 			if d := h.dlq(); len(d) != 0 {
-				t.Errorf("%d dead letters under load", len(d))
+				b.Errorf("%d dead letters under load", len(d))
 			}
 		})
 	}
