@@ -14,9 +14,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/nowbridge/nowbridge/internal/dlq"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/state"
@@ -27,7 +27,7 @@ const Pipeline = "apply"
 
 // HeaderDLQResponse carries the app's response body on a dead letter
 // (newlines folded, at most 2 KiB).
-const HeaderDLQResponse = "Bridge-Dlq-Response"
+const HeaderDLQResponse = events.HeaderDLQResponse
 
 // Outcome says what handling one event did.
 type Outcome string
@@ -526,26 +526,15 @@ func (r *Runner) writeCorrelation(ctx context.Context, table, sysID, externalID 
 
 // deadLetter stores the message in BRIDGE_DLQ with why, then terminates it.
 func (r *Runner) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, cause error) {
-	out := nats.NewMsg(events.DLQSubject(Pipeline))
-	out.Data = msg.Data()
-	out.Header = events.DeadLetterHeaders(msg.Headers())
-	out.Header.Set(events.HeaderDLQReason, oneLine(cause.Error(), 512))
+	f := dlq.Failure{Reason: cause.Error()}
 	var ae *Error
 	if errors.As(cause, &ae) {
-		if ae.Status != 0 {
-			out.Header.Set(events.HeaderDLQStatus, strconv.Itoa(ae.Status))
-		}
-		if ae.Body != "" {
-			out.Header.Set(HeaderDLQResponse, oneLine(ae.Body, 2048))
-		}
+		f.Status, f.Response = ae.Status, ae.Body
 		if ae.Status >= 400 && ae.Status < 500 {
-			out.Header.Set(events.HeaderDLQHint, "the app rejected this version; fix the app or the mapping, then `bridge dlq retry`")
+			f.Hint = "the app rejected this version; fix the app or the mapping, then `bridge dlq retry`"
 		}
 	}
-	out.Header.Set(events.HeaderDLQSubject, msg.Subject())
-	out.Header.Set(events.HeaderDLQStream, meta.Stream)
-	out.Header.Set(events.HeaderDLQSeq, strconv.FormatUint(meta.Sequence.Stream, 10))
-	out.Header.Set(events.HeaderMsgID, fmt.Sprintf("%s:%s:%d", Pipeline, meta.Stream, meta.Sequence.Stream))
+	out := dlq.NewMessage(Pipeline, msg, meta, f)
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if _, err := r.js.PublishMsg(pctx, out); err != nil {

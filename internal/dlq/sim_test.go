@@ -1,6 +1,8 @@
-package dlq
+package dlq_test
 
 import (
+	"github.com/nowbridge/nowbridge/internal/dlq"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -39,10 +41,10 @@ func TestRetry_AfterServiceNowIsHealthyAgainEmptiesTheDLQAndWritesTheChanges(t *
 			t.Fatal(err)
 		}
 	}
-	var entries []Entry
+	var entries []dlq.Entry
 	waitFor(t, "5 dead letters", func() bool {
 		var err error
-		entries, err = List(ctx, env.JS, "writeback")
+		entries, err = dlq.List(ctx, env.JS, "writeback")
 		return err == nil && len(entries) == 5
 	})
 	if entries[0].Status != 403 || entries[0].Origin != "app.ticket.upsert" {
@@ -50,7 +52,7 @@ func TestRetry_AfterServiceNowIsHealthyAgainEmptiesTheDLQAndWritesTheChanges(t *
 	}
 
 	env.Sim.SetACL(snsim.ACL{}) // the role is back
-	res, err := RetryAll(ctx, env.JS, "writeback")
+	res, err := dlq.RetryAll(ctx, env.JS, "writeback")
 	if err != nil || len(res) != 5 {
 		t.Fatalf("RetryAll = %d retried, %v", len(res), err)
 	}
@@ -63,7 +65,7 @@ func TestRetry_AfterServiceNowIsHealthyAgainEmptiesTheDLQAndWritesTheChanges(t *
 		}
 		return true
 	})
-	counts, err := Count(ctx, env.JS)
+	counts, err := dlq.Count(ctx, env.JS)
 	if err != nil || counts["writeback"] != 0 {
 		t.Fatalf("dead letters left after a successful retry: %v, %v", counts, err)
 	}
@@ -93,24 +95,24 @@ func TestRetry_ApplyDeadLettersReachTheAppOnceItAcceptsThem(t *testing.T) {
 		}
 		ids = append(ids, rec["sys_id"])
 	}
-	var entries []Entry
+	var entries []dlq.Entry
 	waitFor(t, "4 apply dead letters", func() bool {
 		var err error
-		entries, err = List(ctx, env.JS, "apply")
+		entries, err = dlq.List(ctx, env.JS, "apply")
 		return err == nil && len(entries) == 4
 	})
 	if e := entries[0]; e.Status != 422 || e.Response == "" || e.Origin != "sn.incident.insert" {
 		t.Fatalf("dead letter = %+v; want the app's 422 and its response, from sn.incident.insert", e)
 	}
 	env.SaaS.Fail(0) // fixed
-	if res, err := RetryAll(ctx, env.JS, ""); err != nil || len(res) != 4 {
+	if res, err := dlq.RetryAll(ctx, env.JS, ""); err != nil || len(res) != 4 {
 		t.Fatalf("RetryAll = %d, %v", len(res), err)
 	}
 	env.Settle()
 	if diff := env.Mismatches(nil); len(diff) > 0 {
 		t.Fatalf("after the retry the app differs from ServiceNow: %v", diff)
 	}
-	if counts, _ := Count(ctx, env.JS); counts["apply"] != 0 {
+	if counts, _ := dlq.Count(ctx, env.JS); counts["apply"] != 0 {
 		t.Fatalf("dead letters left: %v", counts)
 	}
 }

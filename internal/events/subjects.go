@@ -23,14 +23,15 @@ const (
 
 // Header names the bridge sets on JetStream messages besides Nats-Msg-Id.
 const (
-	HeaderMsgID      = "Nats-Msg-Id"
-	HeaderSource     = "Bridge-Source"      // webhook | reconcile | replay
-	HeaderDLQReason  = "Bridge-Dlq-Reason"  // why a message was dead-lettered
-	HeaderDLQStatus  = "Bridge-Dlq-Status"  // HTTP status of the failed call, if any
-	HeaderDLQSubject = "Bridge-Dlq-Subject" // the subject the message came from
-	HeaderDLQStream  = "Bridge-Dlq-Stream"
-	HeaderDLQSeq     = "Bridge-Dlq-Seq"
-	HeaderDLQHint    = "Bridge-Dlq-Hint"
+	HeaderMsgID       = "Nats-Msg-Id"
+	HeaderSource      = "Bridge-Source"      // webhook | reconcile | replay
+	HeaderDLQReason   = "Bridge-Dlq-Reason"  // why a message was dead-lettered
+	HeaderDLQStatus   = "Bridge-Dlq-Status"  // HTTP status of the failed call, if any
+	HeaderDLQSubject  = "Bridge-Dlq-Subject" // the subject the message came from
+	HeaderDLQStream   = "Bridge-Dlq-Stream"
+	HeaderDLQSeq      = "Bridge-Dlq-Seq"
+	HeaderDLQHint     = "Bridge-Dlq-Hint"
+	HeaderDLQResponse = "Bridge-Dlq-Response" // the remote side's response body
 )
 
 // SNSubject is "sn.<table>.<action>".

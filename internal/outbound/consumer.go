@@ -8,7 +8,6 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nowbridge/nowbridge/internal/dedupe"
+	"github.com/nowbridge/nowbridge/internal/dlq"
 	"github.com/nowbridge/nowbridge/internal/events"
 )
 
@@ -336,21 +336,8 @@ func decodeChange(subject string, data []byte) (Change, error) {
 // deadLetter stores the message in BRIDGE_DLQ with the reason and removes
 // it from the consumer.
 func (c *Consumer) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, cause error) {
-	out := nats.NewMsg(events.DLQSubject(Pipeline))
-	out.Data = msg.Data()
-	out.Header = events.DeadLetterHeaders(msg.Headers())
 	info := describe(cause)
-	out.Header.Set(events.HeaderDLQReason, info.reason)
-	if info.status != 0 {
-		out.Header.Set(events.HeaderDLQStatus, strconv.Itoa(info.status))
-	}
-	if info.hint != "" {
-		out.Header.Set(events.HeaderDLQHint, info.hint)
-	}
-	out.Header.Set(events.HeaderDLQSubject, msg.Subject())
-	out.Header.Set(events.HeaderDLQStream, meta.Stream)
-	out.Header.Set(events.HeaderDLQSeq, strconv.FormatUint(meta.Sequence.Stream, 10))
-	out.Header.Set(events.HeaderMsgID, fmt.Sprintf("%s:%s:%d", Pipeline, meta.Stream, meta.Sequence.Stream))
+	out := dlq.NewMessage(Pipeline, msg, meta, dlq.Failure{Reason: info.reason, Status: info.status, Hint: info.hint})
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if _, err := c.js.PublishMsg(pctx, out); err != nil {
