@@ -42,6 +42,8 @@ type devOptions struct {
 	natsListen string
 	seed       int
 	verbose    bool
+	debug      bool          // debug logs (tests)
+	grace      time.Duration // BRIDGE_WRITEBACK_HANDOVER_GRACE; 0: the default
 }
 
 func newDevCmd(a *app) *cobra.Command {
@@ -143,6 +145,9 @@ func startDev(ctx context.Context, stderr io.Writer, o devOptions) (st *devStack
 	if o.verbose {
 		level = slog.LevelInfo
 	}
+	if o.debug {
+		level = slog.LevelDebug
+	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	var cleanup []func()
 	defer func() {
@@ -232,7 +237,7 @@ func startDev(ctx context.Context, stderr io.Writer, o devOptions) (st *devStack
 		defer c()
 		return simSrv.Shutdown(sctx)
 	})
-	if err := startBridge(gctx, g, st, bridgeLn, logger); err != nil {
+	if err := startBridge(gctx, g, st, bridgeLn, logger, o); err != nil {
 		stopAll()
 		_ = g.Wait()
 		return nil, nil, err
@@ -255,7 +260,7 @@ func startDev(ctx context.Context, stderr io.Writer, o devOptions) (st *devStack
 // the simulator: the webhook receiver with echo suppression, the apply
 // pipeline with the NATS applier and the writeback, sharing one dedupe
 // cache.
-func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Listener, logger *slog.Logger) (err error) {
+func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Listener, logger *slog.Logger, o devOptions) (err error) {
 	defer func() {
 		if err != nil {
 			_ = ln.Close()
@@ -265,6 +270,9 @@ func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Li
 	cfg.SNInstanceURL, cfg.SNClientID, cfg.SNClientSecret = st.simURL, st.clientID, config.Secret(st.clientSc)
 	cfg.WebhookSecrets = config.Secret(st.secret.Encoded())
 	cfg.Tables, cfg.Applier = []string{"incident"}, "nats"
+	if o.grace > 0 {
+		cfg.HandOverGrace = o.grace
+	}
 	st.cache = dedupe.New(dedupe.Config{Size: cfg.DedupeSize, TTL: cfg.DedupeTTL, Registerer: st.reg})
 	if st.store, st.links, err = state.Open(ctx, st.js); err != nil {
 		return err

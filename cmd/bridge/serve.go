@@ -265,6 +265,7 @@ func writebackConfig(cfg config.Config, log *slog.Logger, reg prometheus.Registe
 		DefaultPolicy: outbound.Policy(cfg.ConflictPolicy),
 		Policies:      policies,
 		BlindWrites:   cfg.WritebackBlind,
+		HandOverGrace: cfg.HandOverGrace,
 		Logger:        log,
 		Registerer:    reg,
 	}

@@ -70,6 +70,7 @@ type Config struct {
 	ConflictPolicies     map[string]string // ServiceNow field -> policy
 	WritebackBlind       bool              // skip the read before each write
 	WritebackWorkers     int
+	HandOverGrace        time.Duration // app changes this soon after a hand-over are not claimed
 }
 
 // Default returns the documented defaults.
@@ -95,6 +96,7 @@ func Default() Config {
 		CloseCode:            "Solved (Permanently)",
 		ConflictPolicy:       "newest_wins",
 		WritebackWorkers:     8,
+		HandOverGrace:        time.Second,
 	}
 }
 
@@ -301,6 +303,9 @@ func Settings() []Setting {
 		setting("writeback_workers", "BRIDGE_WRITEBACK_WORKERS", "concurrent ServiceNow writers (one record is always on one worker)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return integer(func(c *Config) *int { return &c.WritebackWorkers })
 		}),
+		setting("writeback_handover_grace", "BRIDGE_WRITEBACK_HANDOVER_GRACE", "an app change stored this soon after the app was handed a version of the record may not include it: its write is not claimed as the app's own, so the app gets the result back (one extra message rather than a silent divergence)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.HandOverGrace })
+		}),
 		setting("shutdown_timeout", "BRIDGE_SHUTDOWN_TIMEOUT", "how long shutdown waits for in-flight work", false, func() (func(*Config, string) error, func(*Config) string) {
 			return dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })
 		}),
@@ -494,6 +499,9 @@ func (c *Config) Validate() error {
 		if !validPolicy(p) {
 			return fmt.Errorf("BRIDGE_CONFLICT_POLICIES: %s=%s: policy must be newest_wins, servicenow_wins or saas_wins", field, p)
 		}
+	}
+	if c.HandOverGrace <= 0 || c.HandOverGrace > time.Minute {
+		return fmt.Errorf("BRIDGE_WRITEBACK_HANDOVER_GRACE: must be more than 0 and at most 1m, got %s", c.HandOverGrace)
 	}
 	if c.WritebackWorkers < 1 || c.WritebackWorkers > 256 {
 		return fmt.Errorf("BRIDGE_WRITEBACK_WORKERS: must be 1 to 256, got %d", c.WritebackWorkers)

@@ -184,9 +184,18 @@ type Pending struct {
 	// there carries news, a computed side effect or someone else's change.
 	unchanged map[string]string
 	expires   time.Time
-	version   int64 // set when a webhook matched before Done
-	matched   bool
+	// version is the only sys_mod_count a webhook may carry to match
+	// (anyVersion: any). The writeback claims an update only when it is the
+	// next version after the one the bridge knew; a webhook answered as an
+	// echo for any other version would be lost to the app, since the write
+	// is then not claimed and nothing else carries that version.
+	version int64
+	matched int64 // the version a webhook matched with, -1 while none has
 }
+
+// anyVersion lets a pending write match a webhook of any version (inserts,
+// whose first version the bridge cannot know in advance).
+const anyVersion int64 = -2
 
 // BeginWrite registers a write before it is sent, so a webhook that arrives
 // before the response (fast business rules) is still recognised. sysID is
@@ -200,7 +209,23 @@ func (c *Cache) BeginWrite(table, sysID, correlation string, fields map[string]s
 // values as they are: a webhook showing another value in one of them is not
 // (only) ours and is not matched as an echo.
 func (c *Cache) BeginWriteWith(table, sysID, correlation string, fields, unchanged map[string]string) *Pending {
-	p := &Pending{c: c, table: table, fields: fields, unchanged: unchanged, expires: time.Now().Add(c.pendTTL)}
+	return c.begin(table, sysID, correlation, anyVersion, fields, unchanged)
+}
+
+// BeginUpdate is BeginWriteWith for an update that counts as the bridge's
+// own only if it produces exactly version (the one after the version the
+// bridge last knew): a webhook of another version is never matched, because
+// that version holds changes the app has not seen and must reach it. A
+// negative version matches no webhook (the bridge knows no base version).
+func (c *Cache) BeginUpdate(table, sysID string, version int64, fields, unchanged map[string]string) *Pending {
+	if version < 0 {
+		version = -1 // sys_mod_count is never negative: nothing matches
+	}
+	return c.begin(table, sysID, "", version, fields, unchanged)
+}
+
+func (c *Cache) begin(table, sysID, correlation string, version int64, fields, unchanged map[string]string) *Pending {
+	p := &Pending{c: c, table: table, fields: fields, unchanged: unchanged, expires: time.Now().Add(c.pendTTL), version: version, matched: -1}
 	if sysID != "" {
 		p.keys = append(p.keys, pendKey{table, sysID, false})
 	}
@@ -223,6 +248,14 @@ func (p *Pending) Done(sysID string, modCount int64) {
 
 // Cancel ends the pending state of a write that failed.
 func (p *Pending) Cancel() { p.c.removePending(p) }
+
+// Matched reports the version of a webhook already answered as this write's
+// echo before the write was settled.
+func (p *Pending) Matched() (modCount int64, ok bool) {
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	return p.matched, p.matched >= 0
+}
 
 func (c *Cache) removePending(p *Pending) {
 	c.mu.Lock()
@@ -261,16 +294,20 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 		defer c.mu.Unlock()
 		for _, p := range c.pending[pendKey{ev.Table, ev.SysID, false}] {
 			if p.fields == nil && time.Now().Before(p.expires) {
+				p.matched = int64(ev.SysModCount)
 				return true
 			}
 		}
 		return false
 	}
 	now := time.Now()
+	mc := int64(ev.SysModCount)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, p := range c.pending[pendKey{ev.Table, ev.SysID, false}] {
-		if now.Before(p.expires) && p.fields != nil && c.fieldsMatch(p.fields, ev) && c.unchangedMatch(p.unchanged, ev) {
+		if now.Before(p.expires) && p.fields != nil && (p.version == anyVersion || p.version == mc) &&
+			c.fieldsMatch(p.fields, ev) && c.unchangedMatch(p.unchanged, ev) {
+			p.matched = mc
 			return true
 		}
 	}
@@ -280,6 +317,7 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 	if corr := ev.Record["correlation_id"]; corr != "" && ev.Action == events.ActionInsert {
 		for _, p := range c.pending[pendKey{ev.Table, corr, true}] {
 			if now.Before(p.expires) && p.fields != nil && c.insertMatch(p.fields, ev) {
+				p.matched = mc
 				return true
 			}
 		}
@@ -296,28 +334,17 @@ func (c *Cache) valueMatch(field, written, got string) bool {
 	return c.journal[field] && (got == "" || strings.Contains(got, written))
 }
 
-// fieldsMatch: every field the event says changed was written by us with the
-// value the event carries (derived fields aside), and something was changed.
+// fieldsMatch: the event holds every value we wrote (a value ServiceNow did
+// not keep is news for the app), and every field it says changed was written
+// by us (derived fields aside).
 func (c *Cache) fieldsMatch(written map[string]string, ev *events.SNEvent) bool {
-	changed := ev.Changed
-	if len(changed) == 0 {
-		// No change list (older rules): compare every written field instead.
-		for f, v := range written {
-			if got, ok := ev.Record[f]; ok && !c.valueMatch(f, v, got) {
-				return false
-			}
-		}
-		return true
-	}
-	for _, f := range changed {
-		if c.derived[f] {
-			continue
-		}
-		v, ok := written[f]
-		if !ok {
+	for f, v := range written {
+		if got, ok := ev.Record[f]; ok && !c.valueMatch(f, v, got) {
 			return false
 		}
-		if got, ok := ev.Record[f]; ok && !c.valueMatch(f, v, got) {
+	}
+	for _, f := range ev.Changed {
+		if _, ours := written[f]; !ours && !c.derived[f] {
 			return false
 		}
 	}
@@ -354,21 +381,49 @@ func (c *Cache) insertMatch(written map[string]string, ev *events.SNEvent) bool 
 // the app for an entity id, so the app republishing exactly that is ignored
 // and the writeback knows what the app was last told (the base of its diff,
 // fresher than bridge_state, which apply writes only after the app has the
-// message).
+// message). It also remembers when, and the values the hand-over replaced,
+// for LastHandOver.
 func (c *Cache) RecordApplied(entity, id string, fields map[string]string) {
-	c.applied.Add(entity+":"+id, applied{hash: HashFields(fields), fields: maps.Clone(fields), expires: time.Now().Add(c.ttl).UnixNano()})
+	now := time.Now()
+	key := entity + ":" + id
+	var replaced map[string]string
+	if a, ok := c.applied.Peek(key); ok && now.UnixNano() < a.expires {
+		for f, v := range fields {
+			if old, had := a.fields[f]; had && old != v {
+				if replaced == nil {
+					replaced = map[string]string{}
+				}
+				replaced[f] = old
+			}
+		}
+	}
+	c.applied.Add(key, applied{hash: HashFields(fields), fields: maps.Clone(fields), expires: now.Add(c.ttl).UnixNano(), told: now.UnixNano(), replaced: replaced})
 }
 
 // MergeApplied records that the app now holds fields on top of what it was
 // last told: the writeback calls it with the app's own values once they are
-// in ServiceNow.
+// in ServiceNow. It is not a hand-over: the time of the last one stays, and
+// of the values it replaced only those the app has not set itself since.
 func (c *Cache) MergeApplied(entity, id string, fields map[string]string) {
+	now := time.Now()
+	key := entity + ":" + id
 	merged := map[string]string{}
-	if a, ok := c.applied.Peek(entity + ":" + id); ok && time.Now().UnixNano() < a.expires {
+	var told int64
+	var replaced map[string]string
+	if a, ok := c.applied.Peek(key); ok && now.UnixNano() < a.expires {
 		maps.Copy(merged, a.fields)
+		told = a.told
+		for f, v := range a.replaced {
+			if _, set := fields[f]; !set {
+				if replaced == nil {
+					replaced = map[string]string{}
+				}
+				replaced[f] = v
+			}
+		}
 	}
 	maps.Copy(merged, fields)
-	c.RecordApplied(entity, id, merged)
+	c.applied.Add(key, applied{hash: HashFields(merged), fields: merged, expires: now.Add(c.ttl).UnixNano(), told: told, replaced: replaced})
 }
 
 // Applied returns a copy of the fields the app was last known to hold.
@@ -378,6 +433,25 @@ func (c *Cache) Applied(entity, id string) (map[string]string, bool) {
 		return nil, false
 	}
 	return maps.Clone(a.fields), true
+}
+
+// HandOver is the last version of an entity id the apply pipeline handed
+// the app.
+type HandOver struct {
+	At time.Time
+	// Replaced holds, for each field the hand-over changed, the value the
+	// app held before it. An app change carrying that old value was built
+	// before the app took the hand-over (or deliberately sets it back).
+	Replaced map[string]string
+}
+
+// LastHandOver returns the last hand-over to the app of an entity id.
+func (c *Cache) LastHandOver(entity, id string) (HandOver, bool) {
+	a, ok := c.applied.Peek(entity + ":" + id)
+	if !ok || time.Now().UnixNano() >= a.expires || a.told == 0 {
+		return HandOver{}, false
+	}
+	return HandOver{At: time.Unix(0, a.told), Replaced: maps.Clone(a.replaced)}, true
 }
 
 // IsAppEcho reports whether an app change carries exactly the fields the
@@ -395,6 +469,9 @@ type applied struct {
 	hash    uint64
 	fields  map[string]string
 	expires int64
+	told    int64 // when the apply pipeline last handed the app a version (unix ns); 0: never
+	// replaced: the values that hand-over changed, as the app held them before
+	replaced map[string]string
 }
 
 // Len is the number of entries held (both directions).

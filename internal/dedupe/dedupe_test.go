@@ -2,6 +2,7 @@ package dedupe
 
 import (
 	"fmt"
+	"maps"
 	"runtime"
 	"sync"
 	"testing"
@@ -299,5 +300,74 @@ func TestIsEcho_SideEffectOnAFieldTheWriteLeftAloneIsNotOurs(t *testing.T) {
 	}
 	if !c.IsEcho(ev("update", 1, []string{"urgency"}, map[string]string{"urgency": "1", "impact": "2", "priority": "3"})) {
 		t.Fatal("a write that left the other fields as the app knows them is an echo")
+	}
+}
+
+// The writeback claims an update only as the version after the one the
+// bridge knew: a webhook of any other version carries changes the app has
+// not seen, and matching it as the write's echo before the response would
+// drop it for good.
+func TestIsEcho_PendingUpdateMatchesOnlyTheVersionItCanClaim(t *testing.T) {
+	c := New(Config{})
+	p := c.BeginUpdate("incident", sysID, 5, map[string]string{"state": "3"}, map[string]string{"urgency": "2"})
+	defer p.Cancel()
+	rec := map[string]string{"state": "3", "urgency": "2"}
+	if c.IsEcho(ev("update", 6, []string{"state"}, rec)) {
+		t.Error("version 6 matched a pending update that can only be claimed as version 5")
+	}
+	if _, ok := p.Matched(); ok {
+		t.Error("Matched reports a webhook although none matched")
+	}
+	if !c.IsEcho(ev("update", 5, []string{"state"}, rec)) {
+		t.Error("version 5 with exactly the written value is the update's echo")
+	}
+	if mc, ok := p.Matched(); !ok || mc != 5 {
+		t.Errorf("Matched = %d, %v; want 5, true", mc, ok)
+	}
+	none := c.BeginUpdate("incident", sysID, -1, map[string]string{"state": "1"}, nil)
+	defer none.Cancel()
+	if c.IsEcho(ev("update", 7, []string{"state"}, map[string]string{"state": "1"})) {
+		t.Error("a pending update with no claimable version matched a webhook")
+	}
+}
+
+func TestIsEcho_PendingWriteNotKeptAsSentIsNotOurs(t *testing.T) {
+	c := New(Config{})
+	p := c.BeginWrite("incident", sysID, "", map[string]string{"state": "3", "short_description": "Printer"})
+	defer p.Cancel()
+	// ServiceNow kept the old state (an ACL, a business rule): the change
+	// list omits it, but the record shows the app's value did not land.
+	if c.IsEcho(ev("update", 1, []string{"short_description"}, map[string]string{"state": "2", "short_description": "Printer"})) {
+		t.Error("a write ServiceNow did not keep as sent was matched as an echo")
+	}
+}
+
+func TestLastHandOver_TimeAndReplacedValuesNotTheAppsOwn(t *testing.T) {
+	c := New(Config{})
+	if _, ok := c.LastHandOver("ticket", "TCK-1"); ok {
+		t.Fatal("nothing was handed over yet")
+	}
+	before := time.Now()
+	c.RecordApplied("ticket", "TCK-1", map[string]string{"status": "new", "urgency": "3"})
+	c.RecordApplied("ticket", "TCK-1", map[string]string{"status": "in_progress", "urgency": "2"})
+	ho, ok := c.LastHandOver("ticket", "TCK-1")
+	if !ok || ho.At.Before(before) {
+		t.Fatalf("LastHandOver = %+v, %v", ho, ok)
+	}
+	if want := map[string]string{"status": "new", "urgency": "3"}; !maps.Equal(ho.Replaced, want) {
+		t.Errorf("Replaced = %v, want %v", ho.Replaced, want)
+	}
+	// The app's own values are not a hand-over: the time stays, and a
+	// field it set itself is no longer one the hand-over replaced.
+	c.MergeApplied("ticket", "TCK-1", map[string]string{"status": "on_hold"})
+	ho2, _ := c.LastHandOver("ticket", "TCK-1")
+	if !ho2.At.Equal(ho.At) {
+		t.Error("MergeApplied counted as a hand-over")
+	}
+	if want := map[string]string{"urgency": "3"}; !maps.Equal(ho2.Replaced, want) {
+		t.Errorf("Replaced after the app's write = %v, want %v", ho2.Replaced, want)
+	}
+	if got, _ := c.Applied("ticket", "TCK-1"); got["status"] != "on_hold" || got["urgency"] != "2" {
+		t.Errorf("Applied = %v after the merge", got)
 	}
 }

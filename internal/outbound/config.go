@@ -59,6 +59,13 @@ type Config struct {
 	// has not yet seen is overwritten (as with saas_wins) instead of being
 	// resolved by policy.
 	BlindWrites bool
+	// HandOverGrace: an app change stored less than this after the apply
+	// pipeline handed the app a version of the same record may have been
+	// built before the app took that version (the two cross on the way),
+	// so the write it makes is not claimed as the app's own and its version
+	// reaches the app -- one extra message at worst, where claiming it
+	// could leave the two sides apart. Default 1s.
+	HandOverGrace time.Duration
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -82,6 +89,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RetryMax <= 0 {
 		c.RetryMax = time.Minute
+	}
+	if c.HandOverGrace <= 0 {
+		c.HandOverGrace = time.Second
 	}
 	if c.BreakerPause <= 0 {
 		c.BreakerPause = 5 * time.Second

@@ -205,6 +205,7 @@ func (c *Consumer) handle(ctx context.Context, msg jetstream.Msg, blocked map[st
 		c.deadLetter(ctx, msg, meta, err)
 		return
 	}
+	ch.Stored = meta.Timestamp
 	key := ch.Entity + "\x00" + ch.ExternalID
 	if b, ok := blocked[key]; ok && seq > b.seq {
 		if time.Now().Before(b.until) {

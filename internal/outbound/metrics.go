@@ -6,6 +6,7 @@ type metrics struct {
 	messages  *prometheus.CounterVec // by outcome
 	writes    *prometheus.CounterVec // by method
 	conflicts *prometheus.CounterVec // by field
+	unclaimed *prometheus.CounterVec // by reason
 	retries   *prometheus.CounterVec // by reason
 	dlq       prometheus.Counter
 	paused    prometheus.Gauge
@@ -26,6 +27,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "conflicts_total",
 			Help: "Fields changed on both sides since the last sync, resolved by policy, by ServiceNow field.",
 		}, []string{"field"}),
+		unclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_writeback_unclaimed_total",
+			Help: "Writes not claimed as the app's own, whose version therefore flows to the app, by reason (handed_over_after, handed_over_just_before, not_next_version, not_kept_as_sent, side_effects).",
+		}, []string{"reason"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_writeback_retries_total",
 			Help: "App changes handed back to JetStream for a later retry, by reason (rate_limited, server_error, network, breaker_open, other).",
@@ -45,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.messages, m.writes, m.conflicts, m.retries, m.dlq, m.paused, m.latency)
+		reg.MustRegister(m.messages, m.writes, m.conflicts, m.unclaimed, m.retries, m.dlq, m.paused, m.latency)
 	}
 	return m
 }

@@ -50,6 +50,25 @@
 // computed side effect (priority from impact and urgency) or someone else's
 // change in between lets the version flow to the app instead.
 //
+// Changes and hand-overs cross on the way. When the apply pipeline handed
+// the app a version after APP_EVENTS stored the change, the app applies that
+// version over its change: the write is not claimed (its version must reach
+// the app), and fields of the change still showing the value that hand-over
+// replaced are not written, since the app never changed them and writing
+// them would undo the newer version in ServiceNow. A change stored less than
+// Config.HandOverGrace (1s) after a hand-over may have been built before the
+// app took it (an app republishing what it is handed does exactly that), so
+// its write is not claimed either: at worst the app gets one extra message
+// with its own values, never a version it does not hold silently claimed.
+// Each case is counted in bridge_writeback_unclaimed_total{reason}.
+// Hand-over times are kept per process, so with several replicas these hold
+// where the same replica applied and writes back; elsewhere the app's own
+// ordering by version decides.
+//
+// A webhook arriving before the write's response is matched only at that
+// claimable version and only when it shows every value as sent, so the
+// early match never swallows a version the writeback then declines to claim.
+//
 // # Errors
 //
 // 429, 5xx, network errors and token trouble are nak'd with exponential,

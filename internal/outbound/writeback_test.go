@@ -2,6 +2,7 @@ package outbound_test
 
 import (
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -293,4 +294,147 @@ func TestWriteback_OlderVersionIsAckedAsStale(t *testing.T) {
 	if n := h.count("PATCH", pathOne, 0); n != 1 {
 		t.Errorf("PATCH requests = %d, want 1 (the stale version writes nothing)", n)
 	}
+}
+
+// A write built on a version the bridge has handed the app but not yet
+// stored in bridge_state (the apply pipeline records what it told the app
+// before it advances the state) is not the next version after the one the
+// bridge knows, so it is not claimed and its webhook must reach the app. A
+// business rule fast enough to post that webhook before the PATCH response
+// used to be matched as the write's echo anyway and dropped: the app never
+// heard of the version, and the two sides stayed apart.
+func TestWriteback_UnclaimedWriteWebhookBeforeResponseStillSyncs(t *testing.T) {
+	// No grace: the change follows the hand-over, and only the version rule
+	// keeps the write unclaimed.
+	h := newHarness(t, opts{cfg: outbound.Config{HandOverGrace: time.Nanosecond}})
+	rec := h.linkedIncident("TCK-LAG", map[string]string{"state": "2"})
+	id := rec["sys_id"]
+	// A person changes the record; the app is handed that version, but
+	// bridge_state still holds the previous one.
+	_, told := h.personEdits(id, "TCK-LAG", map[string]string{"short_description": "Email down for all"})
+	if err := h.sim.SetWebhookOptions(snsim.WebhookOptions{BeforeResponse: true}); err != nil {
+		t.Fatal(err)
+	}
+	echo0, other0 := h.hooks.counts(id)
+	v := h.publish(events.AppUpsert, "TCK-LAG", map[string]string{"title": told["title"], "status": "on_hold"}, time.Time{})
+	h.waitWritten("TCK-LAG", v)
+	h.waitHooks()
+	if got := h.record(id)["state"]; got != "3" {
+		t.Fatalf("state = %q, want the app's on_hold (3) written", got)
+	}
+	if echo, other := h.hooks.counts(id); echo != echo0 || other != other0+1 {
+		t.Errorf("webhook of a write not claimed (it follows a version bridge_state lacks): %d echoes, %d to sync; want it synced, not dropped as an echo", echo-echo0, other-other0)
+	}
+}
+
+// The app sends a change while the apply pipeline hands it a newer
+// ServiceNow version (someone edited the record). The write then follows
+// that version directly (bridge_state has it), yet whether it is the app's
+// own depends on the order on the app's side:
+//   - handed over after the change was stored: the app applies the version
+//     over its change, so the write is not claimed (its version reaches the
+//     app), and the change's stale urgency does not undo the person's;
+//   - stored just after the hand-over (within HandOverGrace): the app may not
+//     have taken it yet, so the write is not claimed either;
+//   - stored well after: the app built on it; the write is its own, claimed.
+func TestWriteback_ChangesCrossingAHandOverAreNotClaimed(t *testing.T) {
+	const grace = 200 * time.Millisecond
+	for _, tc := range []struct {
+		name   string
+		when   string // when the app's change was stored: "before", "just after", "after" the hand-over
+		claim  bool
+		reason string
+	}{
+		{"sent before the hand-over", "before", false, "handed_over_after"},
+		{"sent just after the hand-over", "just after", false, "handed_over_just_before"},
+		{"sent well after the hand-over", "after", true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, opts{cfg: outbound.Config{HandOverGrace: grace}})
+			rec := h.linkedIncident("TCK-HAND", map[string]string{"state": "2"})
+			id := rec["sys_id"]
+			_, first, err := h.maps.ToSaaS("incident", rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.cache.RecordApplied("ticket", "TCK-HAND", first)
+			stored := time.Now()
+			// The apply pipeline: the app is handed the version, then the state moves.
+			human, told := h.personEdits(id, "TCK-HAND", map[string]string{"urgency": "1"})
+			h.syncState(human)
+			// The app's fields are what it held when it sent the change:
+			// without the person's urgency when it sent first.
+			fields := maps.Clone(first)
+			switch tc.when {
+			case "just after":
+				stored, fields = time.Now(), maps.Clone(told)
+			case "after":
+				time.Sleep(grace + 50*time.Millisecond)
+				stored, fields = time.Now(), maps.Clone(told)
+			}
+			fields["status"] = "on_hold"
+			echo0, other0 := h.hooks.counts(id)
+			ch := outbound.Change{Entity: "ticket", Action: events.AppUpsert, Stored: stored,
+				AppChange: events.AppChange{ExternalID: "TCK-HAND", Version: 1, UpdatedAt: time.Now().UTC(), Fields: fields}}
+			res, err := h.w.Apply(h.ctx, ch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.waitHooks()
+			if res.Outcome != outbound.OutcomeUpdated || res.Sent["state"] != "3" || len(res.Sent) != 1 {
+				t.Fatalf("outcome %s, sent %v; want one PATCH of state=3", res.Outcome, res.Sent)
+			}
+			if got := h.record(id)["urgency"]; got != "1" {
+				t.Errorf("urgency = %q, want the person's 1 kept", got)
+			}
+			echo, other := h.hooks.counts(id)
+			st, _, _, err := h.store.Get(h.ctx, "incident", id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			applied, _ := h.cache.Applied("ticket", "TCK-HAND")
+			if !tc.claim {
+				if echo != echo0 || other != other0+1 {
+					t.Errorf("webhooks: %d echoes, %d to sync; want the write's webhook synced to the app", echo-echo0, other-other0)
+				}
+				if st.Version == res.ModCount {
+					t.Errorf("bridge_state moved to the unclaimed version %d", st.Version)
+				}
+				if applied["status"] != told["status"] {
+					t.Errorf("the app is known to hold status %q; it holds %q, what it was handed last", applied["status"], told["status"])
+				}
+				if n := metric(t, h, "bridge_writeback_unclaimed_total", "reason", tc.reason); n != 1 {
+					t.Errorf("bridge_writeback_unclaimed_total{reason=%q} = %v, want 1", tc.reason, n)
+				}
+				return
+			}
+			if echo != echo0+1 || other != other0 {
+				t.Errorf("webhooks: %d echoes, %d to sync; want the write's webhook answered as an echo", echo-echo0, other-other0)
+			}
+			if st.Version != res.ModCount {
+				t.Errorf("bridge_state at %d, want the claimed version %d", st.Version, res.ModCount)
+			}
+			if applied["status"] != "on_hold" {
+				t.Errorf("the app is known to hold status %q, want its own on_hold", applied["status"])
+			}
+		})
+	}
+}
+
+// personEdits changes a record as a ServiceNow user and hands the new
+// version to the app as the apply pipeline would (bridge_state untouched),
+// returning the record and what the app was handed.
+func (h *harness) personEdits(sysID, externalID string, fields map[string]string) (snsim.Record, map[string]string) {
+	h.t.Helper()
+	rec, err := h.sim.Update("incident", sysID, fields, "beth.anglin")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.waitHooks()
+	_, told, err := h.maps.ToSaaS("incident", rec)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.cache.RecordApplied("ticket", externalID, told)
+	return rec, told
 }

@@ -33,6 +33,11 @@ type Change struct {
 	Action string // events.AppUpsert or events.AppDelete
 	events.AppChange
 
+	// Stored is when APP_EVENTS stored the message (zero when unknown).
+	// A version the apply pipeline handed the app after that was applied
+	// over this change on the app's side.
+	Stored time.Time
+
 	linkedNow bool // the message's sys_id linked the record just now
 }
 
@@ -44,7 +49,18 @@ type Result struct {
 	ModCount  int64
 	Sent      map[string]string // the fields written
 	Conflicts []Conflict
+
+	holdBack string // why the write must not be claimed whatever ServiceNow answers
 }
+
+// Reasons a write is not claimed as the app's own (bridge_writeback_unclaimed_total).
+const (
+	reasonHandedOverAfter      = "handed_over_after"
+	reasonHandedOverJustBefore = "handed_over_just_before"
+	reasonNotNextVersion       = "not_next_version"
+	reasonNotKeptAsSent        = "not_kept_as_sent"
+	reasonSideEffects          = "side_effects"
+)
 
 // Writer applies app changes to ServiceNow. It is safe for concurrent use
 // for different entity ids; changes to one id must be applied one at a time
@@ -120,8 +136,12 @@ func (w *Writer) Apply(ctx context.Context, ch Change) (Result, error) {
 	switch res.Outcome {
 	case OutcomeUpdated, OutcomeCreated, OutcomeNoChange:
 		// The app holds its own values now, whichever side won a conflict
-		// (the apply pipeline brings it ServiceNow's where ServiceNow won).
-		w.dedupe.MergeApplied(ch.Entity, ch.ExternalID, w.appState(ch))
+		// (the apply pipeline brings it ServiceNow's where ServiceNow won)
+		// -- unless it took a version after sending them, which replaced
+		// them there: then what it was told stays the truth about it.
+		if res.holdBack == "" {
+			w.dedupe.MergeApplied(ch.Entity, ch.ExternalID, w.appState(ch))
+		}
 	}
 	if ch.Version > 0 {
 		p := progress{Version: ch.Version, UpdatedAt: ch.UpdatedAt, Table: table, SysID: res.SysID, Deleted: res.Outcome == OutcomeDeleted}
@@ -247,8 +267,7 @@ func (w *Writer) create(ctx context.Context, ch Change, res *Result) error {
 }
 
 func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
-	plain, journal, err := w.split(ch)
-	if err != nil {
+	if _, _, err := w.split(ch); err != nil {
 		return err
 	}
 	if w.dedupe.IsAppEcho(ch.Entity, ch.ExternalID, ch.Fields) {
@@ -261,6 +280,32 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	}
 	if haveState && st.Deleted {
 		return permanent("%s/%s was deleted in ServiceNow; the app's change to %s has nowhere to go", res.Table, res.SysID, ch.ExternalID)
+	}
+	// Asked after the state read: the apply pipeline records what it hands
+	// the app before it moves the state, so a state at version k means the
+	// hand-over of k is visible here.
+	claim := claimable(st, haveState)
+	if ho, ok := w.dedupe.LastHandOver(ch.Entity, ch.ExternalID); ok {
+		switch {
+		case ch.Stored.IsZero() || !ho.At.Before(ch.Stored):
+			// The app was handed a version after it sent this change and
+			// applies it over the change: the version this write makes
+			// must reach it, and fields the app could not have changed
+			// are not written back.
+			res.holdBack = reasonHandedOverAfter
+			ch.Fields = w.unseen(ch, ho)
+		case ch.Stored.Sub(ho.At) < w.cfg.HandOverGrace:
+			// Sent just after a hand-over, perhaps before the app took it.
+			res.holdBack = reasonHandedOverJustBefore
+		}
+	}
+	if res.holdBack != "" {
+		// Not claimed, and what the app holds stays what it was handed.
+		claim = -1
+	}
+	plain, journal, err := w.split(ch)
+	if err != nil {
+		return err
 	}
 	in := planInput{Desired: plain, Journal: journal, AppUpdatedAt: ch.UpdatedAt, Policy: w.cfg.policy}
 	if haveState {
@@ -319,7 +364,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		cur = in.Base
 	}
 	addCloseFields(p.Patch, cur, w.cfg.CloseStates, w.cfg.CloseCode, w.closeNotes(ch))
-	pend := w.dedupe.BeginWriteWith(res.Table, res.SysID, "", p.Patch, w.unchanged(in.Base, p.Patch))
+	pend := w.dedupe.BeginUpdate(res.Table, res.SysID, claim, p.Patch, w.unchanged(in.Base, p.Patch))
 	rec, err := w.api.Update(ctx, res.Table, res.SysID, p.Patch)
 	if err != nil {
 		pend.Cancel()
@@ -328,17 +373,13 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	w.metrics.writes.WithLabelValues("PATCH").Inc()
 	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
 	res.Outcome, res.ModCount, res.Sent = OutcomeUpdated, mc, p.Patch
-	var prev int64 = -1
-	if haveState {
-		prev = st.Version
-	}
 	if haveState && mc == st.Version {
 		// ServiceNow found nothing to change: no new version, no webhook.
 		pend.Cancel()
 		res.Outcome = OutcomeNoChange
 		return nil
 	}
-	w.finish(ctx, pend, res, p.Patch, rec, in.Base, haveState && mc == prev+1)
+	w.finish(ctx, pend, res, p.Patch, rec, in.Base, claim >= 0 && mc == claim)
 	return nil
 }
 
@@ -352,11 +393,30 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 // pipeline.
 func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, sent, rec, base map[string]string, contiguous bool) {
 	created := res.Outcome == OutcomeCreated
-	if (!created && !contiguous) || !w.keptAsSent(sent, rec) || w.sideEffects(sent, rec, base) {
+	why := res.holdBack
+	switch {
+	case why != "":
+	case !created && !contiguous:
+		why = reasonNotNextVersion
+	case !w.keptAsSent(sent, rec):
+		why = reasonNotKeptAsSent
+	case w.sideEffects(sent, rec, base):
+		why = reasonSideEffects
+	}
+	if why != "" {
+		w.metrics.unclaimed.WithLabelValues(why).Inc()
 		pend.Cancel()
 		w.dedupe.Forget(res.Table, res.SysID, res.ModCount)
+		if mc, ok := pend.Matched(); ok && mc == res.ModCount {
+			// The webhook showed nothing the app lacks, but the full record
+			// does (a field the business rule does not send): reconcile
+			// finds the version unclaimed and delivers it.
+			w.log.Warn("write not claimed as an echo, but its webhook was already answered as one; reconcile will deliver the version",
+				"table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount, "reason", why)
+			return
+		}
 		w.log.Debug("write not claimed as an echo: ServiceNow holds changes the app has not seen",
-			"table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount)
+			"table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount, "reason", why)
 		return
 	}
 	pend.Done(res.SysID, res.ModCount)
@@ -372,6 +432,37 @@ func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, 
 		// record and find the version in the cache too.
 		w.log.Warn("state not advanced after write", "table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount, "err", err)
 	}
+}
+
+// unseen returns the change's fields with those the app cannot have
+// changed put back to the value it was handed after sending the change: a
+// field still showing the value that hand-over replaced was built on the
+// older version, and writing it would undo the newer one in ServiceNow.
+func (w *Writer) unseen(ch Change, ho dedupe.HandOver) map[string]string {
+	told, ok := w.dedupe.Applied(ch.Entity, ch.ExternalID)
+	if !ok {
+		return ch.Fields
+	}
+	out := maps.Clone(ch.Fields)
+	for f, old := range ho.Replaced {
+		if now, ok := told[f]; ok && out[f] == old {
+			if _, sent := out[f]; sent {
+				out[f] = now
+			}
+		}
+	}
+	return out
+}
+
+// claimable is the only version an update may produce and still be claimed
+// as the bridge's own (finish's contiguity rule): the one after the version
+// bridge_state holds. -1 when the bridge knows no version: nothing is
+// claimed, so no webhook may be matched as the write's echo either.
+func claimable(st state.Record, haveState bool) int64 {
+	if !haveState {
+		return -1
+	}
+	return st.Version + 1
 }
 
 // unchanged is what a write leaves alone: the base without the fields sent
@@ -456,7 +547,7 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 	}
 	patch := map[string]string{"state": w.cfg.DeleteState}
 	addCloseFields(patch, cur, w.cfg.CloseStates, w.cfg.CloseCode, w.closeNotes(ch))
-	pend := w.dedupe.BeginWriteWith(res.Table, res.SysID, "", patch, w.unchanged(st.Fields, patch))
+	pend := w.dedupe.BeginUpdate(res.Table, res.SysID, claimable(st, haveState), patch, w.unchanged(st.Fields, patch))
 	rec, err := w.api.Update(ctx, res.Table, res.SysID, patch)
 	if err != nil {
 		pend.Cancel()
@@ -479,7 +570,7 @@ func (w *Writer) SetCorrelation(ctx context.Context, table, sysID, externalID st
 		return err
 	}
 	patch := map[string]string{"correlation_id": externalID}
-	pend := w.dedupe.BeginWriteWith(table, sysID, "", patch, w.unchanged(st.Fields, patch))
+	pend := w.dedupe.BeginUpdate(table, sysID, claimable(st, haveState), patch, w.unchanged(st.Fields, patch))
 	rec, err := w.api.Update(ctx, table, sysID, patch)
 	if err != nil {
 		pend.Cancel()

@@ -34,6 +34,7 @@ func (h Writeback) Handle(ctx context.Context, m Message, force bool) (string, e
 	if err != nil {
 		return "", err
 	}
+	ch.Stored = m.Time
 	var res outbound.Result
 	if force {
 		res, err = h.W.ApplyForced(ctx, ch)
