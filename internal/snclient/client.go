@@ -205,14 +205,23 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 	var last error
 	reason := ""
 	refreshed := false
+	// last is the latest failure ServiceNow (or the network) gave; the
+	// caller's context ending does not replace it, so a deadline reports
+	// what kept failing until then.
+	keep := func(err error) {
+		if last == nil || ctx.Err() == nil {
+			last = err
+		}
+	}
 	op := func() (*response, error) {
-		last, reason = nil, ""
+		reason = ""
 		if err := c.limiter.Wait(ctx); err != nil {
+			keep(err)
 			return nil, backoff.Permanent(err)
 		}
 		tok, err := c.tok.get(ctx)
 		if err != nil {
-			last = err
+			keep(err)
 			var te *TokenError
 			if errors.As(err, &te) && te.transient {
 				reason = "token"
@@ -224,14 +233,15 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 		if err == nil {
 			return resp, nil
 		}
+		var gone *callerGone
+		if errors.As(err, &gone) {
+			keep(err)
+			return nil, backoff.Permanent(err)
+		}
 		last = err
 		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 			last = &BreakerOpenError{OpenFor: c.cfg.BreakerOpenFor}
 			return nil, backoff.Permanent(last)
-		}
-		var gone *callerGone
-		if errors.As(err, &gone) {
-			return nil, backoff.Permanent(err)
 		}
 		var ae *APIError
 		if errors.As(err, &ae) {

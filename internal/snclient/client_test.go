@@ -531,15 +531,22 @@ func TestRetry_BoundedByContext(t *testing.T) {
 	cfg.BreakerFailures = 1000
 	cfg.RetryMaxElapsed = time.Minute
 	c := newTestClient(t, cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// A token first, so that the deadline is all retries of the 500.
+	if _, err := c.tok.get(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	start := time.Now()
 	_, err := c.List(ctx, "incident", ListOptions{})
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrServer) {
 		t.Errorf("err = %v, want the deadline and the last 500", err)
 	}
-	if el := time.Since(start); el > time.Second {
-		t.Errorf("took %v past a 300ms deadline", el)
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("took %v past a 500ms deadline", el)
+	}
+	if n := f.apiReq.Load(); n < 2 {
+		t.Errorf("%d attempts before the deadline, want retries", n)
 	}
 }
 
@@ -694,3 +701,31 @@ var _ interface {
 	Delete(ctx context.Context, table, sysID string) error
 	FindByCorrelation(ctx context.Context, table, id string) (string, error)
 } = (*Client)(nil)
+
+// The deadline ending while a retry is in flight still reports the failure
+// that kept the call retrying, not only the deadline.
+func TestRetry_DeadlineMidAttemptKeepsTheLastFailure(t *testing.T) {
+	f := newFakeSN(t)
+	var n atomic.Int32
+	f.intercept = func(w http.ResponseWriter, r *http.Request) bool {
+		if n.Add(1) == 1 {
+			snError(w, 503, "maintenance", "")
+			return true
+		}
+		<-r.Context().Done() // the retry hangs until the caller gives up
+		return true
+	}
+	cfg := f.config()
+	cfg.BreakerFailures = 1000
+	cfg.RetryMaxElapsed = time.Minute
+	c := newTestClient(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	_, err := c.Get(ctx, "incident", strings.Repeat("a", 32))
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrServer) || !strings.Contains(err.Error(), "maintenance") {
+		t.Errorf("err = %v, want the deadline and the 503 before it", err)
+	}
+	if got := n.Load(); got != 2 {
+		t.Errorf("%d attempts, want 2 (the 503, then the one the deadline cut)", got)
+	}
+}
