@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http/httptest"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/snsim"
@@ -92,6 +94,30 @@ func TestServe_BothDirectionsThroughTheWiredBinary(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatalf("no bridge.apply message within 15s of a human change:\n%s", logs.String())
+	}
+
+	// The app answers once the bridge is done with that version (its state
+	// written): a change crossing an unfinished hand-over is rightly not
+	// claimed as an echo, and this test wants the claimed case.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle := time.Now().Add(15 * time.Second)
+	for {
+		busy := "not found"
+		if ci, err := js.Consumer(ctx, events.StreamSN, "apply"); err == nil {
+			if info, err := ci.Info(ctx); err == nil {
+				if info.NumPending == 0 && info.NumAckPending == 0 {
+					break
+				}
+				busy = fmt.Sprintf("%d pending, %d unacknowledged", info.NumPending, info.NumAckPending)
+			}
+		}
+		if time.Now().After(idle) {
+			t.Fatalf("the apply consumer did not finish the human change within 15s (%s):\n%s", busy, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	// App -> ServiceNow: the app links its ticket by sys_id and retitles it.
