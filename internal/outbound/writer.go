@@ -267,6 +267,8 @@ func (w *Writer) create(ctx context.Context, ch Change, res *Result) error {
 }
 
 func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
+	// A change that does not map is refused first, echo or not; the fields
+	// are split again below, once stale ones are put right.
 	if _, _, err := w.split(ch); err != nil {
 		return err
 	}
