@@ -69,7 +69,7 @@ func FuzzDecodeBody(f *testing.F) {
 			if err != nil {
 				t.Fatalf("stored form %s does not decode: %v", stored, err)
 			}
-			if !reflect.DeepEqual(again[0], *ev) && !(len(ev.Record) == 0 && len(again[0].Record) == 0) {
+			if !reflect.DeepEqual(roundTripForm(again[0]), roundTripForm(*ev)) {
 				t.Fatalf("round trip changed the event:\n%+v\n%+v", *ev, again[0])
 			}
 			if _, err := events.EncodeWebhookBody(ev); err != nil {
@@ -77,4 +77,16 @@ func FuzzDecodeBody(f *testing.F) {
 			}
 		}
 	})
+}
+
+// roundTripForm drops the difference between an empty and an absent list or
+// record, which the stored form does not keep (omitempty) and nothing reads.
+func roundTripForm(ev events.SNEvent) events.SNEvent {
+	if len(ev.Changed) == 0 {
+		ev.Changed = nil
+	}
+	if len(ev.Record) == 0 {
+		ev.Record = nil
+	}
+	return ev
 }
