@@ -319,7 +319,7 @@ func printWalkthrough(out io.Writer, st *devStack, o devOptions) {
   bridge           %s   POST %s, /healthz, /readyz, /metrics
   webhook secret   %s   (the simulator's business rules sign with it)
 
-Try it (the nats CLI is optional: go install github.com/nats-io/natscli/nats@latest):
+Try it (the nats CLI is optional: go install github.com/nats-io/natscli/nats@v0.5.0):
 
   # 1. Watch what the bridge hands the SaaS app
   nats --server %s sub 'bridge.apply.>'
