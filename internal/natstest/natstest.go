@@ -131,16 +131,19 @@ func RunCluster(t testing.TB, n int) []*server.Server {
 			t.Fatalf("natstest: cluster node %d not ready", i)
 		}
 	}
+	// Ready once the meta leader counts every node as an online JetStream
+	// peer with stats: before that, an R=n placement fails with "no
+	// suitable peers".
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, s := range servers {
-			if s.JetStreamIsLeader() {
+			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == n {
 				return servers
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("natstest: cluster has no JetStream meta leader after 20s")
+	t.Fatalf("natstest: the cluster's JetStream meta leader does not see all %d nodes after 20s", n)
 	return nil
 }
 
