@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -27,30 +23,15 @@ func TestServe_ClusterSurvivesLosingANode(t *testing.T) {
 		"BRIDGE_NATS_URL":        natstest.ClusterURL(nodes),
 		"BRIDGE_STREAM_REPLICAS": "3",
 	}
-	logs := &lockedBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	exited := make(chan int, 1)
-	go func() {
-		exited <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0"}, func(k string) string { return env[k] }, strings.NewReader(""), io.Discard, logs)
-	}()
-	addr := logField(t, logs, "webhook receiver listening", "addr", exited)
+	b := startServe(t, env)
+	ctx := b.ctx
 
 	client := &http.Client{Transport: &http.Transport{}, Timeout: 15 * time.Second}
 	defer client.CloseIdleConnections()
 	send := func(mc int) (int, string) {
 		sysID := "9d385017c611228701d22104cc95c371"
 		body := []byte(fmt.Sprintf(`{"table":"incident","sys_id":%q,"action":"update","sys_mod_count":"%d","sys_updated_on":"2026-11-28 10:00:00","record":{"state":"2"}}`, sysID, mc))
-		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/webhooks/servicenow", bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		webhook.SetHeaders(req.Header, secret, events.MsgID("incident", sysID, int64(mc), "update"), time.Now(), body)
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return b.sendSigned(t, client, secret, events.MsgID("incident", sysID, int64(mc), "update"), body)
 	}
 	if code, body := send(1); code != http.StatusAccepted {
 		t.Fatalf("on a healthy cluster: %d %s", code, body)
@@ -72,7 +53,7 @@ func TestServe_ClusterSurvivesLosingANode(t *testing.T) {
 			t.Fatalf("after losing a node: %d %s, want 202 or a transient 503", code, body)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no 202 within 30s of losing one of three nodes: %s\n%s", body, logs.String())
+			t.Fatalf("no 202 within 30s of losing one of three nodes: %s\n%s", body, b.logs.String())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -90,13 +71,5 @@ func TestServe_ClusterSurvivesLosingANode(t *testing.T) {
 		t.Errorf("SN_EVENTS: replicas %d, %d messages; want 3 replicas holding both webhooks", info.Config.Replicas, info.State.Msgs)
 	}
 
-	cancel()
-	select {
-	case code := <-exited:
-		if code != 0 {
-			t.Fatalf("bridge serve exited %d:\n%s", code, logs.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("bridge serve did not stop within 30s")
-	}
+	b.shutdown(t)
 }

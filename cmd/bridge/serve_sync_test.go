@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -44,16 +43,9 @@ func TestServe_BothDirectionsThroughTheWiredBinary(t *testing.T) {
 		"BRIDGE_SN_CLIENT_SECRET":   "csecret",
 		"BRIDGE_RECONCILE_INTERVAL": "0",
 	}
-	logs := &lockedBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	exited := make(chan int, 1)
-	go func() {
-		exited <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--embedded-nats-listen", "127.0.0.1:0"},
-			func(k string) string { return env[k] }, strings.NewReader(""), io.Discard, logs)
-	}()
-	addr := logField(t, logs, "webhook receiver listening", "addr", exited)
-	natsURL := logField(t, logs, "embedded NATS JetStream started", "url", exited)
+	b := startServe(t, env, "--embedded-nats-listen", "127.0.0.1:0")
+	ctx, logs, addr := b.ctx, b.logs, b.addr
+	natsURL := logField(t, logs, "embedded NATS JetStream started", "url", b.exited)
 	if strings.Contains(logs.String(), "writeback and reconcile are off") {
 		t.Fatalf("ServiceNow is configured, yet serve says writeback is off:\n%s", logs.String())
 	}
@@ -149,15 +141,7 @@ func TestServe_BothDirectionsThroughTheWiredBinary(t *testing.T) {
 	case <-time.After(time.Second):
 	}
 
-	cancel()
-	select {
-	case code := <-exited:
-		if code != 0 {
-			t.Fatalf("bridge serve exited %d, want 0:\n%s", code, logs.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("bridge serve did not stop within 30s")
-	}
+	b.shutdown(t)
 	if strings.Contains(logs.String(), "csecret") || strings.Contains(logs.String(), secret.KeyBase64()) {
 		t.Error("a secret appears in the logs")
 	}

@@ -63,6 +63,59 @@ func logField(t *testing.T, logs *lockedBuffer, msg, key string, exited <-chan i
 	return ""
 }
 
+// servedBridge is `bridge serve` running in this process for a test.
+type servedBridge struct {
+	ctx    context.Context // cancelled by stop
+	logs   *lockedBuffer   // its stderr (JSON logs)
+	exited chan int        // its exit code
+	addr   string          // its HTTP listener
+	stop   context.CancelFunc
+}
+
+// startServe runs `bridge serve --listen 127.0.0.1:0 args...` with env as
+// its whole environment, and waits until the receiver listens.
+func startServe(t *testing.T, env map[string]string, args ...string) *servedBridge {
+	t.Helper()
+	b := &servedBridge{logs: &lockedBuffer{}, exited: make(chan int, 1)}
+	b.ctx, b.stop = context.WithCancel(context.Background())
+	t.Cleanup(b.stop)
+	argv := append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)
+	go func() {
+		b.exited <- run(b.ctx, argv, func(k string) string { return env[k] }, strings.NewReader(""), io.Discard, b.logs)
+	}()
+	b.addr = logField(t, b.logs, "webhook receiver listening", "addr", b.exited)
+	return b
+}
+
+// shutdown cancels serve and fails unless it exits 0 within 30s.
+func (b *servedBridge) shutdown(t *testing.T) {
+	t.Helper()
+	b.stop()
+	select {
+	case code := <-b.exited:
+		if code != 0 {
+			t.Fatalf("bridge serve exited %d after cancel, want 0:\n%s", code, b.logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("bridge serve did not stop within 30s of cancel")
+	}
+}
+
+// sendSigned POSTs body to the receiver as a business rule would.
+func (b *servedBridge) sendSigned(t *testing.T, client *http.Client, secret webhook.Secret, msgID string, body []byte) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+b.addr+"/webhooks/servicenow", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	webhook.SetHeaders(req.Header, secret, msgID, time.Now(), body)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(answer)
+}
+
 func TestServe_EmbeddedReceivesSignedWebhookAndShutsDownCleanly(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	secret := webhook.NewSecret([]byte("serve-test-secret-0123456789abcd"))
@@ -70,16 +123,9 @@ func TestServe_EmbeddedReceivesSignedWebhookAndShutsDownCleanly(t *testing.T) {
 		"BRIDGE_WEBHOOK_SECRETS": secret.Encoded(),
 		"BRIDGE_DATA_DIR":        t.TempDir(),
 	}
-	logs := &lockedBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	exited := make(chan int, 1)
-	go func() {
-		exited <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--embedded-nats-listen", "127.0.0.1:0"},
-			func(k string) string { return env[k] }, strings.NewReader(""), io.Discard, logs)
-	}()
-	addr := logField(t, logs, "webhook receiver listening", "addr", exited)
-	natsURL := logField(t, logs, "embedded NATS JetStream started", "url", exited)
+	b := startServe(t, env, "--embedded-nats-listen", "127.0.0.1:0")
+	ctx, logs, addr := b.ctx, b.logs, b.addr
+	natsURL := logField(t, logs, "embedded NATS JetStream started", "url", b.exited)
 	if !strings.Contains(logs.String(), "writeback and reconcile are off") {
 		t.Errorf("serve without ServiceNow settings should warn that writeback and reconcile are off:\n%s", logs.String())
 	}
@@ -88,17 +134,9 @@ func TestServe_EmbeddedReceivesSignedWebhookAndShutsDownCleanly(t *testing.T) {
 	defer client.CloseIdleConnections()
 	body := []byte(`{"table":"incident","sys_id":"9d385017c611228701d22104cc95c371","action":"update","sys_mod_count":"4",` +
 		`"sys_updated_on":"2026-11-28 10:00:00","record":{"number":"INC0010001","state":"2"}}`)
-	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/webhooks/servicenow", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	webhook.SetHeaders(req.Header, secret, "incident:9d385017c611228701d22104cc95c371:4:update", time.Now(), body)
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	answer, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 202 || string(answer) != "{\"accepted\":1,\"duplicates\":0,\"echoes\":0}\n" {
-		t.Fatalf("signed webhook: %d %s, want 202 accepted 1", resp.StatusCode, answer)
+	code, answer := b.sendSigned(t, client, secret, "incident:9d385017c611228701d22104cc95c371:4:update", body)
+	if code != 202 || answer != "{\"accepted\":1,\"duplicates\":0,\"echoes\":0}\n" {
+		t.Fatalf("signed webhook: %d %s, want 202 accepted 1", code, answer)
 	}
 	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
 		resp, err := client.Get("http://" + addr + path)
@@ -127,15 +165,7 @@ func TestServe_EmbeddedReceivesSignedWebhookAndShutsDownCleanly(t *testing.T) {
 		t.Fatalf("SN_EVENTS last sn.incident.update: %v %v", m, err)
 	}
 
-	cancel()
-	select {
-	case code := <-exited:
-		if code != 0 {
-			t.Fatalf("bridge serve exited %d after cancel, want 0:\n%s", code, logs.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("bridge serve did not stop within 30s of cancel")
-	}
+	b.shutdown(t)
 	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 		t.Error("the HTTP port still accepts connections after shutdown")
 	}
