@@ -92,6 +92,9 @@ func (c *Consumer) ConsumerConfig() jetstream.ConsumerConfig {
 func (c *Consumer) Run(ctx context.Context) error {
 	cons, err := c.js.CreateOrUpdateConsumer(ctx, events.StreamApp, c.ConsumerConfig())
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: a clean stop, as the apply consumer has it
+		}
 		return fmt.Errorf("create writeback consumer on %s: %w", events.StreamApp, err)
 	}
 	queues := make([]chan jetstream.Msg, c.cfg.Workers)

@@ -1,11 +1,13 @@
 package outbound_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/natstest"
 	"github.com/nowbridge/nowbridge/internal/outbound"
 	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/snsim"
@@ -162,5 +164,22 @@ func TestWriteback_RapidAppEditsWriteInOrderAndStop(t *testing.T) {
 	}
 	if _, other := h.hooks.counts(rec["sys_id"]); other != 1 { // the human insert
 		t.Errorf("%d webhooks of the bridge's own writes were not recognised as echoes", other-1)
+	}
+}
+
+// Stopping before the consumer exists is a clean stop; a setup that cannot
+// work (no APP_EVENTS stream) is an error at start, not a silent exit.
+func TestConsumer_StopDuringStartIsCleanAMissingStreamIsNot(t *testing.T) {
+	h := newHarness(t, opts{})
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := outbound.NewConsumer(h.js, h.w).Run(cancelled); err != nil {
+		t.Errorf("Run with a cancelled context = %v, want nil", err)
+	}
+	_, bare := natstest.Connect(t, natstest.RunServer(t)) // JetStream, no streams
+	ctx, stop := context.WithTimeout(h.ctx, 10*time.Second)
+	defer stop()
+	if err := outbound.NewConsumer(bare, h.w).Run(ctx); err == nil || ctx.Err() != nil {
+		t.Errorf("Run without the APP_EVENTS stream = %v (context: %v), want a start-up error", err, ctx.Err())
 	}
 }
