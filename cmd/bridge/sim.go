@@ -31,6 +31,7 @@ type simFlags struct {
 	aclMode, oauthMode                                string
 	hideFraction                                      float64
 	invalidNoRows                                     bool
+	grantDictionary, grantAuditDelete                 bool
 	rngSeed                                           uint64
 	logFormat                                         string
 }
@@ -43,6 +44,10 @@ func newSimCmd(a *app) *cobra.Command {
 		Long: `Run a simulated ServiceNow instance: OAuth client credentials at /oauth_token.do, the Table API
 (incident, sys_journal_field, sys_audit_delete, sys_dictionary, sys_user, sys_user_group) and business
 rules that POST signed webhooks to --webhook-url. Point the bridge's BRIDGE_SN_INSTANCE_URL at it.
+
+The OAuth application user has exactly what snc_platform_rest_api_access + itil give on a real instance:
+sys_dictionary and sys_audit_delete answer 200 with no rows (X-Total-Count still counts them).
+--grant-dictionary and --grant-audit-delete grant them as an admin would; --acl-mode no-roles takes itil away.
 
 Credentials default to BRIDGE_SN_CLIENT_ID / BRIDGE_SN_CLIENT_SECRET and the webhook secret to the first
 of BRIDGE_WEBHOOK_SECRETS; a missing client secret or webhook secret is generated and printed.`,
@@ -71,11 +76,13 @@ of BRIDGE_WEBHOOK_SECRETS; a missing client secret or webhook secret is generate
 	fl.Float64Var(&f.cancelRate, "cancel-rate", 0, "share of Table API requests answered 503 Transaction cancelled, 0..1")
 	fl.Float64Var(&f.dropConnRate, "drop-conn-rate", 0, "share of Table API connections closed without an answer, 0..1")
 	fl.Float64Var(&f.tokenErrRate, "token-error-rate", 0, "share of token requests answered 503, 0..1")
-	fl.StringVar(&f.aclMode, "acl-mode", "none", "none | rows (hide --hide-fraction of rows after the limit) | no-roles (200 with []) | deny-writes (403)")
+	fl.StringVar(&f.aclMode, "acl-mode", "none", "none | rows (hide --hide-fraction of rows after the limit) | no-roles (no itil: incident answers 200 with [], writes 403) | deny-writes (403)")
 	fl.Float64Var(&f.hideFraction, "hide-fraction", 0.25, "share of rows hidden in --acl-mode rows")
 	fl.StringVar(&f.oauthMode, "oauth-mode", "ok", "ok | grant-disabled | no-app-user | token-not-authenticated")
 	fl.DurationVar(&f.tokenTTL, "token-ttl", 1799*time.Second, "expires_in of issued tokens")
 	fl.DurationVar(&f.offsetRowCost, "offset-row-cost", 100*time.Nanosecond, "simulated cost of each row skipped by sysparm_offset (0 = only the real walk)")
+	fl.BoolVar(&f.grantDictionary, "grant-dictionary", false, "let the application user read sys_dictionary (as the admin or personalize_dictionary role does)")
+	fl.BoolVar(&f.grantAuditDelete, "grant-audit-delete", false, "let the application user read sys_audit_delete (as an admin-granted ACL does)")
 	fl.BoolVar(&f.invalidNoRows, "invalid-query-no-rows", false, "glide.invalid_query.returns_no_rows: a clause on an unknown field returns no rows")
 	fl.Uint64Var(&f.rngSeed, "rng-seed", 0, "seed for generated ids and fault draws (0 = random)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "json or text")
@@ -175,6 +182,7 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 	cfg := snsim.Config{
 		ClientID: f.clientID, ClientSecret: f.clientSecret, AppUser: f.appUser, TokenTTL: f.tokenTTL,
 		InstanceName: f.instance, Seed: f.rngSeed, InvalidQueryReturnsNoRows: f.invalidNoRows,
+		Grants:         snsim.Grants{Dictionary: f.grantDictionary, AuditDelete: f.grantAuditDelete},
 		WebhookOptions: snsim.WebhookOptions{DropRate: f.dropRate, Delay: f.webhookDelay, SkipUser: f.skipUser},
 	}
 	if len(f.webhookURLs) > 0 {

@@ -11,85 +11,157 @@ import (
 	"time"
 )
 
-// TestSim_ServesSeededInstanceAndStops runs `bridge sim` in-process, takes the
-// URL and credentials it prints, and reads the seeded incidents through OAuth
-// and the Table API the way the bridge would.
-func TestSim_ServesSeededInstanceAndStops(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var out, errOut lockedBuffer
-	exited := make(chan int, 1)
-	go func() {
-		exited <- run(ctx, []string{"sim", "--listen", "127.0.0.1:0", "--seed", "25", "--client-id", "cid", "--client-secret", "s3cret-value"},
-			func(string) string { return "" }, strings.NewReader(""), &out, &errOut)
-	}()
+// simProcess is `bridge sim` running in-process.
+type simProcess struct {
+	base   string
+	token  string
+	out    *lockedBuffer
+	errOut *lockedBuffer
+	exited chan int
+	cancel context.CancelFunc
+}
 
+// startSim runs `bridge sim` with args (plus a loopback listener and fixed
+// credentials), waits for the URL it prints and takes a token with the
+// credentials it printed.
+func startSim(t *testing.T, args ...string) *simProcess {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &simProcess{out: &lockedBuffer{}, errOut: &lockedBuffer{}, exited: make(chan int, 1), cancel: cancel}
+	args = append([]string{"sim", "--listen", "127.0.0.1:0", "--client-id", "cid", "--client-secret", "s3cret-value"}, args...)
+	go func() {
+		p.exited <- run(ctx, args, func(string) string { return "" }, strings.NewReader(""), p.out, p.errOut)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			t.Error("bridge sim did not stop within 10s of cancellation")
+		}
+	})
 	urlRe := regexp.MustCompile(`BRIDGE_SN_INSTANCE_URL=(\S+)`)
-	var base string
-	for deadline := time.Now().Add(10 * time.Second); base == "" && time.Now().Before(deadline); {
-		if m := urlRe.FindStringSubmatch(out.String()); m != nil {
-			base = m[1]
+	for deadline := time.Now().Add(10 * time.Second); p.base == "" && time.Now().Before(deadline); {
+		if m := urlRe.FindStringSubmatch(p.out.String()); m != nil {
+			p.base = m[1]
 			break
 		}
 		select {
-		case code := <-exited:
-			t.Fatalf("bridge sim exited with %d before printing its URL:\n%s%s", code, out.String(), errOut.String())
+		case code := <-p.exited:
+			t.Fatalf("bridge sim exited with %d before printing its URL:\n%s%s", code, p.out.String(), p.errOut.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	if base == "" {
-		t.Fatalf("bridge sim printed no URL within 10s:\n%s", out.String())
+	if p.base == "" {
+		t.Fatalf("bridge sim printed no URL within 10s:\n%s", p.out.String())
 	}
-	if !strings.HasPrefix(base, "http://127.0.0.1:") {
-		t.Fatalf("simulator must listen on loopback, printed %q", base)
+	if !strings.HasPrefix(p.base, "http://127.0.0.1:") {
+		t.Fatalf("simulator must listen on loopback, printed %q", p.base)
 	}
-
-	resp, err := http.PostForm(base+"/oauth_token.do", url.Values{"grant_type": {"client_credentials"}, "client_id": {"cid"}, "client_secret": {"s3cret-value"}})
+	resp, err := http.PostForm(p.base+"/oauth_token.do", url.Values{"grant_type": {"client_credentials"}, "client_id": {"cid"}, "client_secret": {"s3cret-value"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var tok struct {
 		AccessToken string `json:"access_token"`
-		ExpiresIn   int    `json:"expires_in"`
 	}
 	err = json.NewDecoder(resp.Body).Decode(&tok)
 	resp.Body.Close()
 	if err != nil || resp.StatusCode != http.StatusOK || tok.AccessToken == "" {
 		t.Fatalf("token exchange with the printed credentials: status %d, err %v", resp.StatusCode, err)
 	}
+	p.token = tok.AccessToken
+	return p
+}
 
-	req, _ := http.NewRequest(http.MethodGet, base+"/api/now/table/incident?sysparm_limit=1", nil)
-	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-	resp, err = http.DefaultClient.Do(req)
+// list GETs a Table API path and returns the status, X-Total-Count and rows.
+func (p *simProcess) list(t *testing.T, path string) (int, string, []map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, p.base+path, nil)
+	req.Header.Set("Authorization", "Bearer "+p.token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer resp.Body.Close()
 	var list struct {
 		Result []map[string]any `json:"result"`
 	}
-	err = json.NewDecoder(resp.Body).Decode(&list)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("list incidents: status %d, err %v", resp.StatusCode, err)
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		t.Fatalf("GET %s: status %d, body is not a result list: %v", path, resp.StatusCode, err)
 	}
-	if got := resp.Header.Get("X-Total-Count"); got != "25" {
-		t.Errorf("X-Total-Count = %q, want 25 seeded incidents", got)
+	return resp.StatusCode, resp.Header.Get("X-Total-Count"), list.Result
+}
+
+// TestSim_ServesSeededInstanceAndStops runs `bridge sim` in-process, takes the
+// URL and credentials it prints, and reads the seeded incidents through OAuth
+// and the Table API the way the bridge would.
+func TestSim_ServesSeededInstanceAndStops(t *testing.T) {
+	p := startSim(t, "--seed", "25")
+	status, total, rows := p.list(t, "/api/now/table/incident?sysparm_limit=1")
+	if status != http.StatusOK {
+		t.Fatalf("list incidents: status %d", status)
 	}
-	if len(list.Result) != 1 {
-		t.Errorf("sysparm_limit=1 returned %d rows", len(list.Result))
+	if total != "25" {
+		t.Errorf("X-Total-Count = %q, want 25 seeded incidents", total)
+	}
+	if len(rows) != 1 {
+		t.Errorf("sysparm_limit=1 returned %d rows", len(rows))
 	}
 
-	cancel()
+	p.cancel()
 	select {
-	case code := <-exited:
+	case code := <-p.exited:
 		if code != 0 {
-			t.Fatalf("bridge sim exited with %d on shutdown:\n%s", code, errOut.String())
+			t.Fatalf("bridge sim exited with %d on shutdown:\n%s", code, p.errOut.String())
 		}
+		p.exited <- code // for the cleanup
 	case <-time.After(10 * time.Second):
 		t.Fatal("bridge sim did not stop within 10s of cancellation")
 	}
-	if !strings.Contains(out.String(), "stopped") {
-		t.Errorf("expected a shutdown line, got:\n%s", out.String())
+	if !strings.Contains(p.out.String(), "stopped") {
+		t.Errorf("expected a shutdown line, got:\n%s", p.out.String())
+	}
+}
+
+// TestSim_LeastPrivilegeByDefaultGrantsByFlag: the application user cannot
+// read sys_dictionary or sys_audit_delete (200, no rows, counted) unless
+// --grant-dictionary / --grant-audit-delete say so; --acl-mode no-roles
+// hides incident.
+func TestSim_LeastPrivilegeByDefaultGrantsByFlag(t *testing.T) {
+	tests := []struct {
+		flags    []string
+		readable map[string]bool
+	}{
+		{nil, map[string]bool{"incident": true, "sys_dictionary": false, "sys_audit_delete": false}},
+		{[]string{"--grant-dictionary"}, map[string]bool{"incident": true, "sys_dictionary": true, "sys_audit_delete": false}},
+		{[]string{"--grant-audit-delete"}, map[string]bool{"incident": true, "sys_dictionary": false, "sys_audit_delete": true}},
+		{[]string{"--acl-mode", "no-roles"}, map[string]bool{"incident": false, "sys_user": true}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(append([]string{"flags"}, tt.flags...), " "), func(t *testing.T) {
+			p := startSim(t, append([]string{"--seed", "3"}, tt.flags...)...)
+			// A delete through the API leaves a sys_audit_delete row.
+			_, _, inc := p.list(t, "/api/now/table/incident?sysparm_limit=1&sysparm_fields=sys_id")
+			if tt.readable["incident"] {
+				req, _ := http.NewRequest(http.MethodDelete, p.base+"/api/now/table/incident/"+inc[0]["sys_id"].(string), nil)
+				req.Header.Set("Authorization", "Bearer "+p.token)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil || resp.StatusCode != http.StatusNoContent {
+					t.Fatalf("DELETE: %v %v", resp, err)
+				}
+				resp.Body.Close()
+			}
+			for table, readable := range tt.readable {
+				status, total, rows := p.list(t, "/api/now/table/"+table+"?sysparm_limit=5")
+				if status != http.StatusOK || (len(rows) > 0) != readable {
+					t.Errorf("%s: status %d, %d rows; want 200 with rows=%v", table, status, len(rows), readable)
+				}
+				if total == "" || total == "0" {
+					t.Errorf("%s: X-Total-Count %q; hidden or not, the rows must be counted", table, total)
+				}
+			}
+		})
 	}
 }
 

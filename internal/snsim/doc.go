@@ -74,9 +74,17 @@
 //   - SetOAuthMode(OAuthOK | OAuthGrantDisabled | OAuthNoAppUser |
 //     OAuthTokenNotAuthenticated), SetTokenTTL, RevokeTokens,
 //     TokenRequests, TokensIssued.
-//   - SetACL(ACL{NoRoles, DenyWrites, HideRow, HiddenFields}); HideRow runs
-//     after sysparm_limit (short or empty pages while more follow;
-//     X-Total-Count counts hidden rows); HideFraction(f) builds one.
+//   - Least privilege by default: the OAuth application user has what
+//     snc_platform_rest_api_access + itil give. sys_dictionary and
+//     sys_audit_delete answer 200 with no rows while X-Total-Count counts
+//     them (Link pages through them), a single read 404.
+//     SetGrants(Grants{Dictionary, AuditDelete}) or Config.Grants grant
+//     them as an admin would.
+//   - SetACL(ACL{NoRoles, DenyWrites, HideRow, HiddenFields}). NoRoles takes
+//     itil away: incident and its journal entries are hidden the same way,
+//     writes 403. HideRow runs after sysparm_limit (short or empty pages
+//     while more follow; X-Total-Count counts hidden rows; journal entries
+//     of hidden records are hidden); HideFraction(f) builds one.
 //   - SetInvalidQueryReturnsNoRows, QueryProblems, SetOffsetRowCost.
 //   - SetRateLimitRules([]RateLimitRule) (per hour per user/role/everyone,
 //     most specific wins), SetUserRoles, SetBurstLimit(perSecond): 429 with

@@ -114,11 +114,44 @@ func (s *Server) currentFaults() Faults {
 	return s.faults
 }
 
+// Grants are what an admin may give the integration user beyond the roles
+// the project documents (snc_platform_rest_api_access + itil). Without
+// them, the tables they name are hidden from the API user as on a real
+// instance: lists answer 200 with no rows while X-Total-Count counts the
+// rows the ACL hides (and Link pages through them), single reads 404.
+// Direct test calls are never restricted.
+type Grants struct {
+	// Dictionary grants read on sys_dictionary (the admin or
+	// personalize_dictionary role).
+	Dictionary bool
+	// AuditDelete grants read on sys_audit_delete (admin, or an ACL an admin
+	// adds for the integration user).
+	AuditDelete bool
+}
+
+// SetGrants replaces the integration user's extra grants.
+func (s *Server) SetGrants(g Grants) {
+	s.knobMu.Lock()
+	s.grants = g
+	s.knobMu.Unlock()
+}
+
+// Grants returns the integration user's extra grants.
+func (s *Server) Grants() Grants {
+	s.knobMu.Lock()
+	defer s.knobMu.Unlock()
+	return s.grants
+}
+
 // ACL restricts what the API user (the OAuth application user) sees and
 // may do. Direct test calls are never restricted.
 type ACL struct {
-	// NoRoles: the user has no roles on the tables: lists answer 200 with
-	// [] (X-Total-Count 0), single reads 404, writes 403.
+	// NoRoles: the user lacks the itil role (it has no role, or only
+	// snc_platform_rest_api_access). It still authenticates, but incident
+	// and the journal entries of incidents are hidden: lists answer 200
+	// with [] while X-Total-Count counts the hidden rows ("103 counted, 0
+	// returned"), single reads 404, writes 403. sys_user, sys_user_group
+	// and sys_choice stay readable.
 	NoRoles bool
 	// DenyWrites: POST/PUT/PATCH/DELETE answer 403 ACL Exception Update
 	// Failed due to security constraints.
@@ -138,12 +171,6 @@ func (s *Server) SetACL(a ACL) {
 	s.knobMu.Lock()
 	s.acl = a
 	s.knobMu.Unlock()
-}
-
-func (s *Server) currentACL() ACL {
-	s.knobMu.Lock()
-	defer s.knobMu.Unlock()
-	return s.acl
 }
 
 // HideFraction returns an ACL.HideRow that hides about the given fraction

@@ -59,7 +59,18 @@ type tableSchema struct {
 	display  string // the field whose value a reference to this table displays
 	readOnly bool   // the API may not write it (system tables)
 	prefix   string // number prefix (INC)
+	read     access // what the API user needs to read it
 }
+
+// access is the read ACL of a table, reduced to who passes it.
+type access int
+
+const (
+	accessAny         access = iota // every authenticated user (sys_user, sys_choice, ...)
+	accessITIL                      // the itil role (incident, journal entries of incidents)
+	accessDictionary                // admin or personalize_dictionary: Grants.Dictionary
+	accessAuditDelete               // admin: Grants.AuditDelete
+)
 
 func (t *tableSchema) field(name string) (*field, int, bool) {
 	i, ok := t.byName[name]
@@ -181,6 +192,7 @@ func incidentSchema() *tableSchema {
 	)
 	t := newSchema("incident", "Incident", "task", "number", fs)
 	t.prefix = "INC"
+	t.read = accessITIL
 	return t
 }
 
@@ -218,6 +230,7 @@ func journalSchema() *tableSchema {
 	)
 	t := newSchema("sys_journal_field", "Journal Entry", "", "value", fs)
 	t.readOnly = true
+	t.read = accessITIL // entries of incidents: readable where the incident is
 	return t
 }
 
@@ -230,6 +243,7 @@ func auditDeleteSchema() *tableSchema {
 	)
 	t := newSchema("sys_audit_delete", "Deleted record", "", "display_value", fs)
 	t.readOnly = true
+	t.read = accessAuditDelete
 	return t
 }
 
@@ -246,5 +260,6 @@ func dictionarySchema() *tableSchema {
 	)
 	t := newSchema("sys_dictionary", "Dictionary Entry", "", "element", fs)
 	t.readOnly = true
+	t.read = accessDictionary
 	return t
 }

@@ -50,6 +50,10 @@ type Config struct {
 	// WebhookClient sends webhooks. Default: a client with a 10 s timeout
 	// (the script's nowbridge.http_timeout_ms default).
 	WebhookClient *http.Client
+	// Grants are the integration user's grants beyond the least-privilege
+	// roles (see SetGrants). Zero: sys_dictionary and sys_audit_delete are
+	// hidden, as they are from snc_platform_rest_api_access + itil.
+	Grants Grants
 }
 
 // Validate reports configuration that cannot work.
@@ -85,6 +89,7 @@ type Server struct {
 	ttl     time.Duration
 	tokens  map[string]tokenInfo
 	acl     ACL
+	grants  Grants
 	noRows  bool
 	faults  Faults
 	limits  *limiter
@@ -136,6 +141,7 @@ func New(cfg Config) *Server {
 		ttl:     cfg.TokenTTL,
 		tokens:  map[string]tokenInfo{},
 		noRows:  cfg.InvalidQueryReturnsNoRows,
+		grants:  cfg.Grants,
 		limits:  newLimiter(),
 		rng:     mrand.New(mrand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
 		stats:   map[RequestKey]int{},

@@ -112,7 +112,7 @@ func (s *Server) handleAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := parseParams(r.URL.Query())
-	acl := s.currentACL()
+	acl := s.currentView()
 	switch r.Method {
 	case http.MethodGet:
 		if ap.sysID == "" {
@@ -143,6 +143,59 @@ func (s *Server) handleAPI(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// view is what the API user may see and do for one request: the ACL and
+// the grants, read once so a request sees one consistent setting.
+type view struct {
+	ACL
+	grants Grants
+}
+
+func (s *Server) currentView() view {
+	s.knobMu.Lock()
+	defer s.knobMu.Unlock()
+	return view{ACL: s.acl, grants: s.grants}
+}
+
+// tableHidden reports whether the table's read ACL keeps every row from the
+// API user: the least-privilege roles cannot read sys_dictionary or
+// sys_audit_delete unless granted, and a user without itil cannot read
+// incidents or their journal entries.
+func (v view) tableHidden(t *table) bool {
+	switch t.s.read {
+	case accessITIL:
+		return v.NoRoles
+	case accessDictionary:
+		return !v.grants.Dictionary
+	case accessAuditDelete:
+		return !v.grants.AuditDelete
+	}
+	return false
+}
+
+// rowHiddenLocked reports whether the API user may not read a row: its
+// table is hidden, ACL.HideRow hides it, or it is a journal entry of a
+// hidden record. The caller holds s.mu.
+func (s *Server) rowHiddenLocked(t *table, r *row, v view) bool {
+	if v.tableHidden(t) {
+		return true
+	}
+	if v.HideRow == nil {
+		return false
+	}
+	if v.HideRow(t.s.name, t.toRecord(r)) {
+		return true
+	}
+	if t.s.name == "sys_journal_field" {
+		// Journal entries are readable where their record is.
+		if parent := s.tables[t.get("name", r)]; parent != nil {
+			if pr := parent.rows[t.get("element_id", r)]; pr != nil {
+				return v.HideRow(parent.s.name, parent.toRecord(pr))
+			}
+		}
+	}
+	return false
+}
+
 func hiddenSet(acl ACL, table string) map[string]bool {
 	names := acl.HiddenFields[table]
 	if len(names) == 0 {
@@ -156,13 +209,7 @@ func hiddenSet(acl ACL, table string) map[string]bool {
 }
 
 // list answers GET /api/now/table/{table}.
-func (s *Server) list(w http.ResponseWriter, r *http.Request, t *table, ap apiPath, p params, acl ACL) {
-	if acl.NoRoles {
-		// A user without read rights sees an empty table, not an error.
-		w.Header().Set("X-Total-Count", "0")
-		writeJSON(w, http.StatusOK, []byte(`{"result":[]}`))
-		return
-	}
+func (s *Server) list(w http.ResponseWriter, r *http.Request, t *table, ap apiPath, p params, acl view) {
 	q, err := ParseQuery(p.query)
 	if err != nil {
 		s.log.Error("snsim: unsupported encoded query; answering 400 so the test notices", "table", t.s.name, "query", p.query, "error", err)
@@ -170,7 +217,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, t *table, ap apiPa
 		writeError(w, http.StatusBadRequest, "snsim: unsupported encoded query syntax", err.Error())
 		return
 	}
-	hidden := hiddenSet(acl, t.s.name)
+	hidden := hiddenSet(acl.ACL, t.s.name)
 	s.knobMu.Lock()
 	noRows := s.noRows
 	s.knobMu.Unlock()
@@ -204,7 +251,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, t *table, ap apiPa
 	body = append(body, `{"result":[`...)
 	n := 0
 	for _, row := range res.rows {
-		if acl.HideRow != nil && acl.HideRow(t.s.name, t.toRecord(row)) {
+		if s.rowHiddenLocked(t, row, acl) {
 			continue // row ACLs run after the limit: the page comes back short
 		}
 		if n > 0 {
@@ -270,11 +317,11 @@ func linkHeader(base string, q url.Values, p params, res scanResult) string {
 }
 
 // getOne answers GET /api/now/table/{table}/{sys_id}.
-func (s *Server) getOne(w http.ResponseWriter, r *http.Request, t *table, ap apiPath, p params, acl ACL) {
-	hidden := hiddenSet(acl, t.s.name)
+func (s *Server) getOne(w http.ResponseWriter, r *http.Request, t *table, ap apiPath, p params, acl view) {
+	hidden := hiddenSet(acl.ACL, t.s.name)
 	s.mu.RLock()
 	row := t.rows[ap.sysID]
-	if row == nil || acl.NoRoles || (acl.HideRow != nil && acl.HideRow(t.s.name, t.toRecord(row))) {
+	if row == nil || s.rowHiddenLocked(t, row, acl) {
 		s.mu.RUnlock()
 		writeError(w, errNotFound.status, errNotFound.message, errNotFound.detail)
 		return
@@ -287,15 +334,15 @@ func (s *Server) getOne(w http.ResponseWriter, r *http.Request, t *table, ap api
 }
 
 // writeAPI answers POST, PUT, PATCH and DELETE.
-func (s *Server) writeAPI(w http.ResponseWriter, r *http.Request, t *table, ap apiPath, p params, acl ACL, user, action string) {
-	if acl.NoRoles || acl.DenyWrites || t.s.readOnly {
+func (s *Server) writeAPI(w http.ResponseWriter, r *http.Request, t *table, ap apiPath, p params, acl view, user, action string) {
+	if acl.DenyWrites || t.s.readOnly || acl.tableHidden(t) {
 		writeError(w, http.StatusForbidden, "Operation Failed", "ACL Exception Update Failed due to security constraints")
 		return
 	}
 	if acl.HideRow != nil && action != events.ActionInsert {
 		s.mu.RLock()
 		row := t.rows[ap.sysID]
-		hiddenRow := row != nil && acl.HideRow(t.s.name, t.toRecord(row))
+		hiddenRow := row != nil && s.rowHiddenLocked(t, row, acl)
 		s.mu.RUnlock()
 		if hiddenRow {
 			writeError(w, errNotFound.status, errNotFound.message, errNotFound.detail)
@@ -337,7 +384,7 @@ func (s *Server) writeAPI(w http.ResponseWriter, r *http.Request, t *table, ap a
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	hidden := hiddenSet(acl, t.s.name)
+	hidden := hiddenSet(acl.ACL, t.s.name)
 	base := baseURL(r)
 	s.mu.RLock()
 	body := append([]byte(`{"result":`), nil...)
