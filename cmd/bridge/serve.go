@@ -248,7 +248,31 @@ func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.Jet
 		_ = sn.Close()
 		return component{}, nil, nil, nil, err
 	}
+	if err := checkCloseCodes(ctx, w, cfg, log); err != nil {
+		_ = sn.Close()
+		return component{}, nil, nil, nil, err
+	}
 	return component{"writeback", outbound.NewConsumer(js, w).Run}, w, sn, func() { _ = sn.Close() }, nil
+}
+
+// checkCloseCodes reads the instance's close code choices of every synced
+// table with a close rule. A BRIDGE_CLOSE_CODE the instance does not offer
+// stops the start (every resolve would be refused); a list that cannot be
+// read now is only logged: the writeback reads it again when it resolves.
+func checkCloseCodes(ctx context.Context, w *outbound.Writer, cfg config.Config, log *slog.Logger) error {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	codes, err := w.CheckCloseCodes(cctx, cfg.Tables)
+	for table, code := range codes {
+		log.Info("close code for resolving writes", "table", table, "close_code", code, "configured", cfg.CloseCode != "")
+	}
+	if errors.Is(err, outbound.ErrCloseCode) {
+		return err // it names the setting and the valid choices
+	}
+	if err != nil {
+		log.Warn("close code choices not read at start; resolving writes read them when they need them", "err", err)
+	}
+	return nil
 }
 
 // writebackConfig maps the writeback settings onto outbound.Config.

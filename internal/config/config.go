@@ -65,7 +65,7 @@ type Config struct {
 	// Writeback (SaaS -> ServiceNow) behaviour.
 	WritebackDelete      string            // resolve (default) or delete
 	WritebackDeleteState string            // state a resolve-mode delete sets (default "6")
-	CloseCode            string            // close_code added when a write resolves or closes
+	CloseCode            string            // overrides the close code chosen from the instance's choices
 	ConflictPolicy       string            // default per-field policy: newest_wins, servicenow_wins, saas_wins
 	ConflictPolicies     map[string]string // ServiceNow field -> policy
 	WritebackBlind       bool              // skip the read before each write
@@ -93,7 +93,6 @@ func Default() Config {
 		ShutdownTimeout:      20 * time.Second,
 		WritebackDelete:      "resolve",
 		WritebackDeleteState: "6",
-		CloseCode:            "Solved (Permanently)",
 		ConflictPolicy:       "newest_wins",
 		WritebackWorkers:     8,
 		HandOverGrace:        time.Second,
@@ -258,7 +257,7 @@ func Settings() []Setting {
 		setting("writeback_delete_state", "BRIDGE_WRITEBACK_DELETE_STATE", "state a delete sets in resolve mode (6 Resolved, 7 Closed, 8 Canceled)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.WritebackDeleteState })
 		}),
-		setting("close_code", "BRIDGE_CLOSE_CODE", "close_code the writeback adds when it resolves or closes a record (a data policy requires one)", false, func() (func(*Config, string) error, func(*Config) string) {
+		setting("close_code", "BRIDGE_CLOSE_CODE", "close code a write that resolves or closes a record carries (empty: chosen from the instance's active choices, Solution provided first); checked against those choices at start", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.CloseCode })
 		}),
 		setting("conflict_policy", "BRIDGE_CONFLICT_POLICY", "default policy for a field changed on both sides: newest_wins, servicenow_wins or saas_wins", false, func() (func(*Config, string) error, func(*Config) string) {

@@ -88,12 +88,30 @@ type Table struct {
 	LinkField        string
 	LinkDisplayField string
 	Fields           []Field
-	Source           string // file name, for messages
+	// Close says which states close a record and which fields ServiceNow's
+	// data policy requires with them; nil when the table has no such rule.
+	Close  *Close
+	Source string // file name, for messages
 
 	bySaaS   map[string]*Field
 	bySN     map[string]*Field
 	snFields []string
 }
+
+// Close is a table's closing rule: a write that moves a record into one of
+// States must carry CodeField and NotesField (incident: close_code and
+// close_notes, a data policy that applies to REST too). CodeField is a
+// choice field: its active sys_choice rows are the valid codes, and the
+// first of PreferredCodes that is active is the default one.
+type Close struct {
+	States         []string
+	CodeField      string
+	NotesField     string
+	PreferredCodes []string
+}
+
+// Closes reports whether state is one of the closing states.
+func (c *Close) Closes(state string) bool { return c != nil && slices.Contains(c.States, state) }
 
 // FieldBySaaS returns the pair of a SaaS field name.
 func (t *Table) FieldBySaaS(name string) (*Field, bool) { f, ok := t.bySaaS[name]; return f, ok }
@@ -175,6 +193,12 @@ func (t *Table) computeFields() []string {
 	if t.LinkDisplayField != "" {
 		set[t.LinkDisplayField] = true
 	}
+	if t.Close != nil {
+		// The writeback keeps them in its base, so it knows whether a
+		// record already carries a code and notes when it closes it.
+		set[t.Close.CodeField] = true
+		set[t.Close.NotesField] = true
+	}
 	for _, f := range t.Fields {
 		if f.Direction.toSaaS() {
 			set[f.ServiceNow] = true
@@ -229,6 +253,7 @@ func Parse(name string, data []byte) (*Table, error) {
 				"display_field": func(k, v *yaml.Node) { t.LinkDisplayField = p.name(v, "link.display_field") },
 			})
 		},
+		"close": func(k, v *yaml.Node) { t.Close = p.close(v) },
 		"fields": func(k, v *yaml.Node) {
 			if v.Kind != yaml.SequenceNode {
 				p.fail(v.Line, "fields must be a list of {saas, servicenow} pairs")
@@ -340,6 +365,46 @@ func (p *parser) name(v *yaml.Node, what string) string {
 		p.fail(v.Line, "%s %q must match ^[a-z][a-z0-9_]{0,79}$", what, s)
 	}
 	return s
+}
+
+// close reads a table's closing rule.
+func (p *parser) close(n *yaml.Node) *Close {
+	c := &Close{}
+	p.mapping(n, "close", map[string]func(k, v *yaml.Node){
+		"states":          func(k, v *yaml.Node) { c.States = p.list(v, "close.states") },
+		"code_field":      func(k, v *yaml.Node) { c.CodeField = p.name(v, "close.code_field") },
+		"notes_field":     func(k, v *yaml.Node) { c.NotesField = p.name(v, "close.notes_field") },
+		"preferred_codes": func(k, v *yaml.Node) { c.PreferredCodes = p.list(v, "close.preferred_codes") },
+	})
+	if p.err != nil {
+		return nil
+	}
+	if len(c.States) == 0 || c.CodeField == "" || c.NotesField == "" {
+		p.fail(n.Line, "close needs states (the values that close a record), code_field and notes_field")
+		return nil
+	}
+	return c
+}
+
+// list reads a sequence of non-empty scalars.
+func (p *parser) list(v *yaml.Node, what string) []string {
+	if v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
+		p.fail(v.Line, "%s must be a non-empty list", what)
+		return nil
+	}
+	out := make([]string, 0, len(v.Content))
+	for _, item := range v.Content {
+		s := p.scalar(item, "an item of "+what)
+		if p.err != nil {
+			return nil
+		}
+		if strings.TrimSpace(s) == "" {
+			p.fail(item.Line, "%s holds an empty item", what)
+			return nil
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 func (p *parser) field(n *yaml.Node) (Field, bool) {
@@ -507,6 +572,14 @@ func (s *Set) Fields(table string) []string {
 		return nil
 	}
 	return t.ServiceNowFields()
+}
+
+// Close returns the closing rule of a table; nil when it has none.
+func (s *Set) Close(table string) *Close {
+	if t, ok := s.byTable[table]; ok {
+		return t.Close
+	}
+	return nil
 }
 
 // ToServiceNow maps an app change's fields (writeback). Unknown fields are

@@ -76,7 +76,7 @@ func TestDefault_TicketToServiceNow(t *testing.T) {
 	if _, err := s.ToServiceNow("widget", nil); err == nil {
 		t.Fatal("unmapped entity: want an error")
 	}
-	want := "correlation_display,correlation_id,description,impact,number,priority,short_description,state,urgency"
+	want := "close_code,close_notes,correlation_display,correlation_id,description,impact,number,priority,short_description,state,urgency"
 	if got := strings.Join(s.Fields("incident"), ","); got != want {
 		t.Fatalf("Fields(incident) = %s, want %s", got, want)
 	}
@@ -151,6 +151,10 @@ func TestParse_ErrorsNameTheLine(t *testing.T) {
 		{"missing entity", "table: incident\nfields:\n  - saas: a\n    servicenow: b\n", 1, "entity is required"},
 		{"fields not a list", "table: incident\nentity: ticket\nfields: title\n", 3, "must be a list"},
 		{"repeated key", "table: incident\ntable: problem\n", 2, "repeats"},
+		{"close without fields", "table: incident\nentity: ticket\nclose:\n  states: [\"6\"]\n", 4, "close needs states"},
+		{"close states not a list", "table: incident\nentity: ticket\nclose:\n  states: \"6\"\n", 4, "close.states must be a non-empty list"},
+		{"close empty preferred code", "table: incident\nentity: ticket\nclose:\n  preferred_codes: [\"\"]\n", 4, "empty item"},
+		{"close unknown key", "table: incident\nentity: ticket\nclose:\n  code: x\n", 4, `unknown key "code"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -201,4 +205,28 @@ func FuzzParse(f *testing.F) {
 		}
 		_ = tbl.ServiceNowFields()
 	})
+}
+
+func TestDefault_IncidentCloseRule(t *testing.T) {
+	s := Default(nil)
+	c := s.Close("incident")
+	if c == nil {
+		t.Fatal("the built-in incident mapping has no close rule: resolves would be refused by the data policy")
+	}
+	if !c.Closes("6") || !c.Closes("7") || c.Closes("8") || c.Closes("2") {
+		t.Fatalf("close states = %v, want 6 and 7 (Resolved, Closed) only", c.States)
+	}
+	if c.CodeField != "close_code" || c.NotesField != "close_notes" {
+		t.Fatalf("close fields = %s, %s; want close_code, close_notes", c.CodeField, c.NotesField)
+	}
+	if len(c.PreferredCodes) == 0 || c.PreferredCodes[0] != "Solution provided" {
+		t.Fatalf("preferred codes = %v, want Solution provided first", c.PreferredCodes)
+	}
+	if s.Close("problem") != nil {
+		t.Fatal("an unmapped table has a close rule")
+	}
+	var nilRule *Close
+	if nilRule.Closes("6") {
+		t.Fatal("a table without a close rule closes on state 6")
+	}
 }

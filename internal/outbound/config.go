@@ -39,12 +39,11 @@ type Config struct {
 
 	DeleteMode  DeleteMode // default DeleteResolve
 	DeleteState string     // state a delete sets in DeleteResolve mode (default "6")
-	// CloseStates need close_code and close_notes (ServiceNow's data policy):
-	// a write that sets one of them gets CloseCode/CloseNotes added unless
-	// it or the record already has them (default "6","7").
-	CloseStates []string
-	CloseCode   string // default "Solved (Permanently)"
-	CloseNotes  string // default "Resolved in <entity> <external_id> (synced by nowbridge)"
+	// CloseCode overrides the close code a write that moves a record into
+	// a closing state of its mapping's close rule carries (default: chosen
+	// from the instance's active choices, see CloseCodes).
+	CloseCode  string
+	CloseNotes string // default "Resolved in <entity> <external_id> (synced by nowbridge)"
 	// CorrelationDisplay is written to correlation_display on create
 	// (default "nowbridge"), telling ServiceNow users which system links it.
 	CorrelationDisplay string
@@ -101,12 +100,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DeleteState == "" {
 		c.DeleteState = "6"
-	}
-	if c.CloseStates == nil {
-		c.CloseStates = []string{"6", "7"}
-	}
-	if c.CloseCode == "" {
-		c.CloseCode = "Solved (Permanently)"
 	}
 	if c.CorrelationDisplay == "" {
 		c.CorrelationDisplay = "nowbridge"

@@ -33,6 +33,10 @@ type Deps struct {
 	// per-entity-id version bookmark (keys "writeback.<entity>.<id>").
 	StateKV jetstream.KeyValue
 	Dedupe  *dedupe.Cache
+	// CloseCodes picks the close code of resolving writes. Nil: one reading
+	// the instance's choices through API (which must then be a
+	// ChoiceReader, as snclient.Client is), overridden by Config.CloseCode.
+	CloseCodes *CloseCodes
 }
 
 // NewWriter builds the part that applies one change; the consumer and
@@ -45,10 +49,41 @@ func NewWriter(d Deps, cfg Config) (*Writer, error) {
 		return nil, errors.New("outbound: API, Mapping, States, Links, StateKV and Dedupe are all required")
 	}
 	cfg = cfg.withDefaults()
+	cc := d.CloseCodes
+	if cc == nil {
+		cr, ok := d.API.(ChoiceReader)
+		if !ok {
+			return nil, errors.New("outbound: CloseCodes is required when API cannot read choices")
+		}
+		cc = NewCloseCodes(cr, cfg.CloseCode, 0, cfg.Logger)
+	}
 	return &Writer{
 		cfg: cfg, api: d.API, mapping: d.Mapping, states: d.States, links: d.Links,
-		progress: progressStore{kv: d.StateKV}, dedupe: d.Dedupe, log: cfg.Logger, metrics: newMetrics(cfg.Registerer),
+		progress: progressStore{kv: d.StateKV}, dedupe: d.Dedupe, closeCodes: cc, log: cfg.Logger, metrics: newMetrics(cfg.Registerer),
 	}, nil
+}
+
+// CheckCloseCodes reads the close code choices of every mapped table with
+// a close rule and returns the code each will use, table by table. An error
+// wrapping ErrCloseCode means the instance proves the configuration wrong
+// (BRIDGE_CLOSE_CODE not an active choice): writes that resolve would all
+// fail. Other errors are reads that failed (unreachable, hidden).
+func (w *Writer) CheckCloseCodes(ctx context.Context, tables []string) (map[string]string, error) {
+	out := map[string]string{}
+	var errs []error
+	for _, t := range tables {
+		rule := w.mapping.Close(t)
+		if rule == nil {
+			continue
+		}
+		code, err := w.closeCodes.Validate(ctx, t, rule)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out[t] = code
+	}
+	return out, errors.Join(errs...)
 }
 
 // Consumer is the durable pull consumer on APP_EVENTS.

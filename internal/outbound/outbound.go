@@ -22,8 +22,11 @@
 //     says; a comment is an action, so an app must send it once.
 //   - delete: DeleteResolve (default) sets state 6 with close_code and
 //     close_notes (ServiceNow's data policy requires them); DeleteRecord
-//     sends DELETE and removes the link. Any write that sets a state in
-//     Config.CloseStates gets the close fields added when missing.
+//     sends DELETE and removes the link. Any write that sets a closing state
+//     of the table's mapping (close.states) always carries its code and
+//     notes fields: the app's, else the record's, else the close code chosen
+//     from the instance's active sys_choice rows (CloseCodes;
+//     BRIDGE_CLOSE_CODE overrides, checked at start) and generated notes.
 //   - a message whose version is not newer than the last one written for
 //     its id is acked as stale; one entity id is handled by one worker, and
 //     a change waiting for a retry holds back later changes of its id.
@@ -84,6 +87,7 @@ import (
 	"context"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/state"
 )
 
@@ -110,6 +114,8 @@ type Mapping interface {
 	// Fields lists the ServiceNow fields of a table the mapping reads: the
 	// ones kept in bridge_state as the base of the next diff.
 	Fields(table string) []string
+	// Close is the table's closing rule (nil: writes never need close fields).
+	Close(table string) *mapping.Close
 }
 
 // States reads and advances per-record state (bridge_state); *state.Store

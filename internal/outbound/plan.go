@@ -139,22 +139,6 @@ func decide(p Policy, snUpdated, appUpdated time.Time) string {
 	return "servicenow"
 }
 
-// addCloseFields completes a write that resolves or closes an incident with
-// close_code and close_notes, which ServiceNow's data policy requires for
-// those states, unless the write or the record already carries them.
-func addCloseFields(patch, current map[string]string, closeStates []string, code, notes string) {
-	st, ok := patch["state"]
-	if !ok || !slices.Contains(closeStates, st) {
-		return
-	}
-	if patch["close_code"] == "" && current["close_code"] == "" && code != "" {
-		patch["close_code"] = code
-	}
-	if patch["close_notes"] == "" && current["close_notes"] == "" && notes != "" {
-		patch["close_notes"] = notes
-	}
-}
-
 func (c Conflict) String() string {
 	return fmt.Sprintf("%s: base %q, servicenow %q, saas %q: %s wins by %s", c.Field, c.Base, c.ServiceNow, c.SaaS, c.Winner, c.Policy)
 }

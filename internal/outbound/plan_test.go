@@ -132,24 +132,6 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-func TestAddCloseFields(t *testing.T) {
-	p := map[string]string{"state": "6"}
-	addCloseFields(p, map[string]string{}, []string{"6", "7"}, "Solved (Permanently)", "done")
-	if p["close_code"] != "Solved (Permanently)" || p["close_notes"] != "done" {
-		t.Errorf("resolving without close fields must add them, got %v", p)
-	}
-	p = map[string]string{"state": "6"}
-	addCloseFields(p, map[string]string{"close_code": "x", "close_notes": "y"}, []string{"6"}, "c", "n")
-	if len(p) != 1 {
-		t.Errorf("a record that has close fields must keep them, got %v", p)
-	}
-	p = map[string]string{"state": "2"}
-	addCloseFields(p, nil, []string{"6"}, "c", "n")
-	if len(p) != 1 {
-		t.Errorf("an open state needs no close fields, got %v", p)
-	}
-}
-
 func TestParsePolicies(t *testing.T) {
 	got, err := ParsePolicies("state=servicenow_wins, short_description=saas_wins")
 	if err != nil || got["state"] != ServiceNowWins || got["short_description"] != SaaSWins {

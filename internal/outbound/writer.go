@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/state"
 )
 
@@ -73,6 +75,7 @@ type Writer struct {
 	links    Links
 	progress progressStore
 	dedupe   *dedupe.Cache
+	closeCodes *CloseCodes
 	log      *slog.Logger
 	metrics  *metrics
 }
@@ -242,7 +245,9 @@ func (w *Writer) create(ctx context.Context, ch Change, res *Result) error {
 	if w.cfg.CorrelationDisplay != "" {
 		body["correlation_display"] = w.cfg.CorrelationDisplay
 	}
-	addCloseFields(body, nil, w.cfg.CloseStates, w.cfg.CloseCode, w.closeNotes(ch))
+	if err := w.addCloseFields(ctx, res.Table, body, nil, ch); err != nil {
+		return err
+	}
 	pend := w.dedupe.BeginWrite(res.Table, "", ch.ExternalID, body)
 	rec, err := w.api.Create(ctx, res.Table, body)
 	if err != nil {
@@ -365,7 +370,9 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	if cur == nil {
 		cur = in.Base
 	}
-	addCloseFields(p.Patch, cur, w.cfg.CloseStates, w.cfg.CloseCode, w.closeNotes(ch))
+	if err := w.addCloseFields(ctx, res.Table, p.Patch, cur, ch); err != nil {
+		return err
+	}
 	pend := w.dedupe.BeginUpdate(res.Table, res.SysID, claim, p.Patch, w.unchanged(in.Base, p.Patch))
 	rec, err := w.api.Update(ctx, res.Table, res.SysID, p.Patch)
 	if err != nil {
@@ -548,7 +555,9 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 		return nil
 	}
 	patch := map[string]string{"state": w.cfg.DeleteState}
-	addCloseFields(patch, cur, w.cfg.CloseStates, w.cfg.CloseCode, w.closeNotes(ch))
+	if err := w.addCloseFields(ctx, res.Table, patch, cur, ch); err != nil {
+		return err
+	}
 	pend := w.dedupe.BeginUpdate(res.Table, res.SysID, claimable(st, haveState), patch, w.unchanged(st.Fields, patch))
 	rec, err := w.api.Update(ctx, res.Table, res.SysID, patch)
 	if err != nil {
@@ -582,6 +591,38 @@ func (w *Writer) SetCorrelation(ctx context.Context, table, sysID, externalID st
 	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
 	res := &Result{Outcome: OutcomeUpdated, Table: table, SysID: sysID, ModCount: mc, Sent: patch}
 	w.finish(ctx, pend, res, patch, rec, st.Fields, haveState && mc == st.Version+1)
+	return nil
+}
+
+// addCloseFields completes a write that moves a record into one of its
+// table's closing states (the mapping's close rule) with the code and notes
+// ServiceNow's data policy requires. Both are always sent: the write's own,
+// else the record's (current: its values now, or the last the bridge knew),
+// else the instance's default code and generated notes -- so the data
+// policy never finds them missing, whatever a stale base said.
+func (w *Writer) addCloseFields(ctx context.Context, table string, patch, current map[string]string, ch Change) error {
+	rule := w.mapping.Close(table)
+	if rule == nil || !rule.Closes(patch["state"]) {
+		return nil
+	}
+	if patch[rule.CodeField] == "" {
+		code, err := w.closeCodes.For(ctx, table, rule, current[rule.CodeField])
+		if err != nil {
+			if errors.Is(err, ErrCloseCode) || errors.Is(err, snclient.ErrACLHidden) {
+				// Retrying cannot fix it: an operator must set or grant.
+				return &permanentError{err: fmt.Errorf("close %s: %w", table, err), hint: snclient.Hint(err)}
+			}
+			return fmt.Errorf("close %s: %w", table, err)
+		}
+		patch[rule.CodeField] = code
+	}
+	if patch[rule.NotesField] == "" {
+		notes := current[rule.NotesField]
+		if notes == "" {
+			notes = w.closeNotes(ch)
+		}
+		patch[rule.NotesField] = notes
+	}
 	return nil
 }
 
