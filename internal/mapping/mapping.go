@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -108,6 +109,38 @@ type Close struct {
 	CodeField      string
 	NotesField     string
 	PreferredCodes []string
+}
+
+// ErrCloseCode wraps every reason Pick finds no usable close code; retrying
+// does not fix any of them.
+var ErrCloseCode = errors.New("no valid close code")
+
+// Pick chooses the close code from the code field's active choices (in
+// sys_choice order): override when it is one of them (an error naming the
+// valid ones when not: ServiceNow would drop it silently and the data policy
+// refuse the write), else the first preferred code that is active, else the
+// first active choice.
+func (c *Close) Pick(table string, active []string, override string) (string, error) {
+	if len(active) == 0 {
+		return "", fmt.Errorf("%w: %s.%s has no active choices in sys_choice; set BRIDGE_CLOSE_CODE to a value the instance accepts", ErrCloseCode, table, c.CodeField)
+	}
+	if override != "" {
+		if slices.Contains(active, override) {
+			return override, nil
+		}
+		q := make([]string, len(active))
+		for i, v := range active {
+			q[i] = strconv.Quote(v)
+		}
+		return "", fmt.Errorf("%w: BRIDGE_CLOSE_CODE %q is not an active choice of %s.%s on this instance (ServiceNow would drop it and refuse the resolve); valid: %s",
+			ErrCloseCode, override, table, c.CodeField, strings.Join(q, ", "))
+	}
+	for _, p := range c.PreferredCodes {
+		if slices.Contains(active, p) {
+			return p, nil
+		}
+	}
+	return active[0], nil
 }
 
 // Closes reports whether state is one of the closing states.

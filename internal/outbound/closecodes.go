@@ -2,7 +2,6 @@ package outbound
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -63,7 +62,7 @@ func NewCloseCodes(r ChoiceReader, override string, ttl time.Duration, log *slog
 
 // ErrCloseCode wraps every failure to find a close code that retrying will
 // not fix: an override that is not a choice, a field without active choices.
-var ErrCloseCode = errors.New("no valid close code")
+var ErrCloseCode = mapping.ErrCloseCode
 
 // For returns the close code a write closing a record of table sends,
 // given the code the record holds now (current, "" for none or unknown): the
@@ -87,7 +86,7 @@ func (c *CloseCodes) For(ctx context.Context, table string, rule *mapping.Close,
 	if current != "" && slices.Contains(list.values, current) {
 		return current, nil
 	}
-	return pick(table, rule, list, c.override)
+	return rule.Pick(table, list.values, c.override)
 }
 
 // Validate reads the choices of table's close code field and checks the
@@ -100,7 +99,7 @@ func (c *CloseCodes) Validate(ctx context.Context, table string, rule *mapping.C
 	if err != nil {
 		return "", err
 	}
-	return pick(table, rule, list, c.override)
+	return rule.Pick(table, list.values, c.override)
 }
 
 // Choices returns the active values of table.field, cached.
@@ -110,33 +109,6 @@ func (c *CloseCodes) Choices(ctx context.Context, table, field string) ([]string
 		return nil, err
 	}
 	return slices.Clone(list.values), nil
-}
-
-func pick(table string, rule *mapping.Close, list choiceList, override string) (string, error) {
-	if len(list.values) == 0 {
-		return "", fmt.Errorf("%w: %s.%s has no active choices in sys_choice; set BRIDGE_CLOSE_CODE to a value the instance accepts", ErrCloseCode, table, rule.CodeField)
-	}
-	if override != "" {
-		if slices.Contains(list.values, override) {
-			return override, nil
-		}
-		return "", fmt.Errorf("%w: BRIDGE_CLOSE_CODE %q is not an active choice of %s.%s on this instance (ServiceNow would drop it and refuse the resolve); valid: %s",
-			ErrCloseCode, override, table, rule.CodeField, quoteList(list.values))
-	}
-	for _, p := range rule.PreferredCodes {
-		if slices.Contains(list.values, p) {
-			return p, nil
-		}
-	}
-	return list.values[0], nil
-}
-
-func quoteList(vs []string) string {
-	q := make([]string, len(vs))
-	for i, v := range vs {
-		q[i] = fmt.Sprintf("%q", v)
-	}
-	return strings.Join(q, ", ")
 }
 
 func (c *CloseCodes) choices(ctx context.Context, table, field string) (choiceList, error) {

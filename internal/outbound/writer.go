@@ -68,16 +68,16 @@ const (
 // for different entity ids; changes to one id must be applied one at a time
 // (the consumer guarantees it).
 type Writer struct {
-	cfg      Config
-	api      TableAPI
-	mapping  Mapping
-	states   States
-	links    Links
-	progress progressStore
-	dedupe   *dedupe.Cache
+	cfg        Config
+	api        TableAPI
+	mapping    Mapping
+	states     States
+	links      Links
+	progress   progressStore
+	dedupe     *dedupe.Cache
 	closeCodes *CloseCodes
-	log      *slog.Logger
-	metrics  *metrics
+	log        *slog.Logger
+	metrics    *metrics
 }
 
 // permanentError marks a change that can never succeed as it is (bad
