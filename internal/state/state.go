@@ -16,6 +16,9 @@
 //	                             outside [-_=a-zA-Z0-9] become "b64-" + base64url.
 //	reconcile.watermark.<table>  reconcile's keyset watermark (package reconcile)
 //	reconcile.pass.<table>       summary of the table's last reconcile pass
+//	reconcile.presence.<table>   outcome of the table's last presence scan (deletes found by
+//	                             comparing RecordIDs with the instance's sys_ids); its time
+//	                             schedules the next one, across replicas and restarts
 //	reconcile.lease.<table>      reconcile's lease: created only if absent, renewed by
 //	                             revision, expires by per-message TTL
 //	status.process.<name>        process reports for `bridge status` (TTL)
