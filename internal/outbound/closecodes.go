@@ -2,7 +2,6 @@ package outbound
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
