@@ -22,8 +22,8 @@
 //   - /api/now/table/{table}[/{sys_id}], /api/now/v1/table/..., /api/now/v2/table/...:
 //     GET list and one, POST (201 + Location), PUT/PATCH (200, fields sent
 //     only), DELETE (204). Tables: incident (with task's fields), sys_user,
-//     sys_user_group, sys_journal_field, sys_audit_delete, sys_dictionary
-//     (the last five are read-only through the API).
+//     sys_user_group, sys_journal_field, sys_choice, sys_audit_delete,
+//     sys_dictionary (all but incident are read-only through the API).
 //
 // List parameters: sysparm_query, sysparm_fields, sysparm_limit (default
 // 10000), sysparm_offset, sysparm_display_value (false/true/all),
@@ -63,11 +63,23 @@
 // sys_updated_on is UTC at one-second resolution; sys_updated_by is the
 // writer's user name (Config.AppUser for API writes). Incident: numbers
 // INC0010001..., priority computed from impact and urgency (a sent priority
-// is overwritten), state 6/7 need close_code and close_notes (else 403
-// Operation Failed with a data-policy detail), active "false" in states 7
-// and 8, comments/work_notes append sys_journal_field rows (raw reads give
-// "", display values give the entries newest first). A delete writes a
-// sys_audit_delete row (tablename, documentkey, payload).
+// is overwritten), active "false" in states 7 and 8, comments/work_notes
+// append sys_journal_field rows (raw reads give "", display values give the
+// entries newest first). A delete writes a sys_audit_delete row (tablename,
+// documentkey, payload).
+//
+// Choice fields take their labels from sys_choice rows (name, element,
+// value, label, sequence, inactive, language; incident's rows are filed
+// under incident). incident.close_code offers the current release's codes
+// (Solution provided, Duplicate, ...; CurrentCloseCodes), or the older
+// release's (Solved (Permanently), ...; Config.LegacyCloseCodes). A
+// close_code that is not an active choice is dropped silently and the rest
+// of the write proceeds; then the data policy refuses a write that leaves
+// an incident in state 6 or 7 without close_code or close_notes: 403
+// Operation Failed, detail "Data Policy Exception: \n\tThe following
+// fields are mandatory: Resolution code, Resolution notes" (naming only the
+// missing ones). Direct test writes follow both rules; Seed (an import)
+// writes the instance's own codes.
 //
 // # Knobs (all safe while requests run)
 //
@@ -80,6 +92,8 @@
 //     them (Link pages through them), a single read 404.
 //     SetGrants(Grants{Dictionary, AuditDelete}) or Config.Grants grant
 //     them as an admin would.
+//   - SetChoices(table, element, []Choice), SetChoiceInactive, Choices:
+//     edit a choice list as an admin would; sys_choice rows follow.
 //   - SetACL(ACL{NoRoles, DenyWrites, HideRow, HiddenFields}). NoRoles takes
 //     itil away: incident and its journal entries are hidden the same way,
 //     writes 403. HideRow runs after sysparm_limit (short or empty pages

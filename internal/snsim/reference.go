@@ -121,7 +121,7 @@ func (s *Server) seedDictionary() {
 			add(t.s.parent, "", labelOf(t.s.parent), "collection", "", 40, false)
 		}
 		for _, f := range t.s.fields {
-			add(f.definedOn, f.name, f.label, f.typ.internal(), f.ref, f.maxLen, f.system)
+			add(f.definedOn, f.name, f.label, f.internalType(), f.ref, f.maxLen, f.system)
 		}
 	}
 }

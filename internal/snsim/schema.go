@@ -30,11 +30,19 @@ func (t fieldType) internal() string {
 	case typeJournal:
 		return "journal_input"
 	case typeChoice:
-		return "integer"
+		return "integer" // a string choice field reports "string": see field.internalType
 	case typeGUID:
 		return "GUID"
 	}
 	return "string"
+}
+
+// internalType is the dictionary's internal_type of the field.
+func (f *field) internalType() string {
+	if f.typ == typeChoice && !f.numeric {
+		return "string"
+	}
+	return f.typ.internal()
 }
 
 type field struct {
@@ -42,7 +50,9 @@ type field struct {
 	label     string
 	typ       fieldType
 	ref       string            // referenced table of a reference field
-	choices   map[string]string // value -> label
+	choices   []Choice          // sys_choice rows, in sequence order; see setChoices
+	labels    map[string]string // value -> label of every choice, active or not
+	strict    bool              // a value that is not an active choice is dropped on write
 	numeric   bool              // compare and sort as numbers
 	system    bool              // sys_* fields: read-only through the API
 	maxLen    int
@@ -104,6 +114,9 @@ func newSchema(name, label, parent, display string, fields []*field) *tableSchem
 		if f.typ == typeInteger {
 			f.numeric = true
 		}
+		// The lists below are shared templates: each server gets its own copy,
+		// so one test's SetChoices does not leak into another's.
+		f.setChoices(f.choices)
 		t.fields = append(t.fields, f)
 		t.byName[f.name] = i
 	}
@@ -133,19 +146,15 @@ func sysFields(on string) []*field {
 	}
 }
 
+// Choice lists of the simulated fields, in sys_choice sequence order.
 var (
-	stateChoices = map[string]string{"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolved", "7": "Closed", "8": "Canceled"}
-	impactLabels = map[string]string{"1": "1 - High", "2": "2 - Medium", "3": "3 - Low"}
-	prioLabels   = map[string]string{"1": "1 - Critical", "2": "2 - High", "3": "3 - Moderate", "4": "4 - Low", "5": "5 - Planning"}
-	categories   = map[string]string{"inquiry": "Inquiry / Help", "software": "Software", "hardware": "Hardware", "network": "Network", "database": "Database"}
-	closeCodes   = map[string]string{
-		"Solved (Work Around)": "Solved (Work Around)", "Solved (Permanently)": "Solved (Permanently)",
-		"Solved Remotely (Work Around)": "Solved Remotely (Work Around)", "Solved Remotely (Permanently)": "Solved Remotely (Permanently)",
-		"Not Solved (Not Reproducible)": "Not Solved (Not Reproducible)", "Not Solved (Too Costly)": "Not Solved (Too Costly)",
-		"Closed/Resolved by Caller": "Closed/Resolved by Caller",
-	}
-	contactTypes = map[string]string{"email": "Email", "phone": "Phone", "self-service": "Self-service", "walk-in": "Walk-in", "chat": "Chat"}
-	holdReasons  = map[string]string{"1": "Awaiting Caller", "3": "Awaiting Problem", "4": "Awaiting User Info", "5": "Awaiting Evidence"}
+	stateChoices = choiceList("1", "New", "2", "In Progress", "3", "On Hold", "6", "Resolved", "7", "Closed", "8", "Canceled")
+	impactLabels = choiceList("1", "1 - High", "2", "2 - Medium", "3", "3 - Low")
+	prioLabels   = choiceList("1", "1 - Critical", "2", "2 - High", "3", "3 - Moderate", "4", "4 - Low", "5", "5 - Planning")
+	categories   = choiceList("inquiry", "Inquiry / Help", "software", "Software", "hardware", "Hardware", "network", "Network", "database", "Database")
+	contactTypes = choiceList("email", "Email", "phone", "Phone", "self-service", "Self-service", "walk-in", "Walk-in", "chat", "Chat")
+	holdReasons  = choiceList("1", "Awaiting Caller", "3", "Awaiting Problem", "4", "Awaiting User Info", "5", "Awaiting Evidence")
+	severities   = choiceList("1", "1 - High", "2", "2 - Medium", "3", "3 - Low")
 )
 
 // incidentSchema is incident with the fields it inherits from task, in the
@@ -182,12 +191,12 @@ func incidentSchema() *tableSchema {
 		inc(&field{name: "caller_id", label: "Caller", typ: typeReference, ref: "sys_user", maxLen: 32}),
 		inc(&field{name: "category", label: "Category", typ: typeChoice, choices: categories}),
 		inc(&field{name: "subcategory", label: "Subcategory"}),
-		inc(&field{name: "close_code", label: "Resolution code", typ: typeChoice, choices: closeCodes}),
+		inc(&field{name: "close_code", label: "Resolution code", typ: typeChoice, choices: CurrentCloseCodes(), strict: true}),
 		inc(&field{name: "incident_state", label: "Incident state", typ: typeChoice, choices: stateChoices, numeric: true}),
 		inc(&field{name: "hold_reason", label: "On hold reason", typ: typeChoice, choices: holdReasons, numeric: true}),
 		inc(&field{name: "resolved_by", label: "Resolved by", typ: typeReference, ref: "sys_user", maxLen: 32}),
 		inc(&field{name: "resolved_at", label: "Resolved", typ: typeDateTime}),
-		inc(&field{name: "severity", label: "Severity", typ: typeChoice, choices: map[string]string{"1": "1 - High", "2": "2 - Medium", "3": "3 - Low"}, numeric: true}),
+		inc(&field{name: "severity", label: "Severity", typ: typeChoice, choices: severities, numeric: true}),
 		inc(&field{name: "reopen_count", label: "Reopen count", typ: typeInteger}),
 	)
 	t := newSchema("incident", "Incident", "task", "number", fs)

@@ -29,7 +29,6 @@ var (
 	seedContact    = []string{"email", "phone", "self-service", "walk-in", "chat"}
 	seedStates     = []string{"1", "1", "1", "2", "2", "2", "3", "6", "6", "7", "7", "8"}
 	seedNotes      = []string{"Restarted the service.", "Replaced the device.", "User error, explained the procedure.", "Applied the vendor patch."}
-	seedCloseCodes = []string{"Solved (Permanently)", "Solved (Work Around)", "Solved Remotely (Permanently)", "Closed/Resolved by Caller"}
 )
 
 // Seed fills incident with n realistic records, about 50 per second of
@@ -77,6 +76,15 @@ func (s *Server) SeedWith(n int, o SeedOptions) error {
 		v := tm.Format(snTimeLayout)
 		stamps[k] = v
 		return v
+	}
+	// Resolved and closed records carry the instance's own close codes.
+	var closeCodes []string
+	if f, _, ok := t.s.field("close_code"); ok {
+		for _, c := range f.choices {
+			if !c.Inactive {
+				closeCodes = append(closeCodes, c.Value)
+			}
+		}
 	}
 	small := make([]string, 10)
 	for i := range small {
@@ -126,7 +134,9 @@ func (s *Server) SeedWith(n int, o SeedOptions) error {
 		v[iClass], v[iDomain] = "incident", "global"
 		v[iSev], v[iEsc], v[iReassign], v[iReopen] = "3", "0", "0", "0"
 		if state == "6" || state == "7" {
-			v[iCloseCode] = seedCloseCodes[rng.IntN(len(seedCloseCodes))]
+			if len(closeCodes) > 0 {
+				v[iCloseCode] = closeCodes[rng.IntN(len(closeCodes))]
+			}
 			v[iCloseNotes] = seedNotes[rng.IntN(len(seedNotes))]
 			v[iResAt], v[iResBy] = v[t.iUpdated], v[iAssigned]
 			if state == "7" {

@@ -50,6 +50,10 @@ type Config struct {
 	// WebhookClient sends webhooks. Default: a client with a 10 s timeout
 	// (the script's nowbridge.http_timeout_ms default).
 	WebhookClient *http.Client
+	// LegacyCloseCodes serves incident.close_code's choices of older
+	// releases (Solved (Permanently), ...) instead of the current ones
+	// (Solution provided, ...); see CurrentCloseCodes, LegacyCloseCodes.
+	LegacyCloseCodes bool
 	// Grants are the integration user's grants beyond the least-privilege
 	// roles (see SetGrants). Zero: sys_dictionary and sys_audit_delete are
 	// hidden, as they are from snc_platform_rest_api_access + itil.
@@ -147,8 +151,12 @@ func New(cfg Config) *Server {
 		stats:   map[RequestKey]int{},
 		created: cfg.Now().UTC(),
 	}
-	for _, sc := range []*tableSchema{incidentSchema(), userSchema(), groupSchema(), journalSchema(), auditDeleteSchema(), dictionarySchema()} {
+	for _, sc := range []*tableSchema{incidentSchema(), userSchema(), groupSchema(), journalSchema(), auditDeleteSchema(), dictionarySchema(), choiceSchema()} {
 		s.tables[sc.name] = newTable(sc)
+	}
+	if cfg.LegacyCloseCodes {
+		f, _, _ := s.tables["incident"].s.field("close_code")
+		f.setChoices(LegacyCloseCodes())
 	}
 	switch {
 	case cfg.OffsetRowCost == 0:
@@ -158,6 +166,7 @@ func New(cfg Config) *Server {
 	}
 	s.seedReference()
 	s.seedDictionary()
+	s.seedChoices()
 	s.hooks = newDispatcher(s, cfg.Webhooks, cfg.WebhookOptions, cfg.WebhookClient)
 	return s
 }

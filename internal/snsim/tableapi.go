@@ -513,8 +513,8 @@ func (s *Server) appendValue(b []byte, t *table, r *row, f *field, v string, p p
 		return appendString(b, v)
 	}
 	d := v
-	if f.choices != nil {
-		if l, ok := f.choices[v]; ok {
+	if f.labels != nil {
+		if l, ok := f.labels[v]; ok {
 			d = l
 		}
 	}

@@ -141,7 +141,7 @@ func TestWrite_SystemFieldsIgnoredAndModCount(t *testing.T) {
 			t.Errorf("impact %s urgency %s: priority %v, want %s", c.impact, c.urgency, rec["priority"], c.want)
 		}
 	}
-	rec = h.do("PATCH", "/api/now/table/incident/"+id, `{"state":"6","close_code":"Solved (Permanently)","close_notes":"done"}`).result(t)
+	rec = h.do("PATCH", "/api/now/table/incident/"+id, `{"state":"6","close_code":"Solution provided","close_notes":"done"}`).result(t)
 	if rec["state"] != "6" || rec["active"] != "true" || rec["resolved_at"] == "" {
 		t.Errorf("resolve: state %v active %v resolved_at %v", rec["state"], rec["active"], rec["resolved_at"])
 	}

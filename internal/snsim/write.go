@@ -111,6 +111,13 @@ func (s *Server) apply(w write) (writeResult, error) {
 			}
 			continue
 		}
+		if f.strict && v != "" && !f.activeChoice(v) {
+			// A value that is not an active choice is dropped silently; the
+			// rest of the write proceeds (and a data policy may then refuse
+			// it as if the field had not been sent).
+			s.log.Debug("snsim: dropped a value that is not an active choice", "table", w.table, "field", name, "value", v)
+			continue
+		}
 		cur.vals[i] = truncate(v, f.maxLen)
 	}
 	slices.SortFunc(journal, func(a, b JournalEntry) int { return strings.Compare(a.Element, b.Element) })
@@ -202,12 +209,12 @@ func (s *Server) incidentRules(t *table, old, cur *row, w write, now string) err
 	state := get("state")
 	set("incident_state", state)
 	if state == "6" || state == "7" {
+		// The data policy judges the record as the write leaves it.
 		var missing []string
-		if get("close_code") == "" {
-			missing = append(missing, "Resolution code")
-		}
-		if get("close_notes") == "" {
-			missing = append(missing, "Resolution notes")
+		for _, n := range []string{"close_code", "close_notes"} {
+			if f, i, _ := t.s.field(n); cur.vals[i] == "" {
+				missing = append(missing, f.label)
+			}
 		}
 		if len(missing) > 0 {
 			return &apiError{403, "Operation Failed", "Data Policy Exception: \n\tThe following fields are mandatory: " + strings.Join(missing, ", ")}
