@@ -95,6 +95,10 @@ type Fields map[string]string
 
 // UnmarshalJSON decodes a JSON object into string values.
 func (f *Fields) UnmarshalJSON(b []byte) error {
+	if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+		*f = nil // "record": null is a missing record, not an empty one
+		return nil
+	}
 	// One pass straight into converted values: this runs for every field of
 	// every webhook, and decoding to json.RawMessage first doubled its cost.
 	var vals map[string]fieldValue

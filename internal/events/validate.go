@@ -120,6 +120,11 @@ func (v *Validator) Validate(e *SNEvent, prefix string) []Problem {
 			out = append(out, Problem{Field: prefix + field, Message: message(fe)})
 		}
 	}
+	if e.Record == nil && (e.Action == ActionInsert || e.Action == ActionUpdate) {
+		// An insert or update without its fields would reach the app as a
+		// record emptied of everything; only a delete may omit them.
+		out = append(out, Problem{Field: prefix + "record", Message: "is required for " + e.Action + " (only a delete may omit it)"})
+	}
 	if ValidTable(e.Table) && !v.tables[e.Table] {
 		out = append(out, Problem{Field: prefix + "table", Message: fmt.Sprintf("table %q is not synced by this bridge (configured: %s)", e.Table, v.tableList())})
 	}

@@ -12,11 +12,18 @@ import (
 
 const base = `"table":"incident","sys_id":"9d385017c611228701d22104cc95c371","action":"update","sys_mod_count":"4","sys_updated_on":"2026-11-28 10:00:00"`
 
+// obj is an update event with extra members; it carries an empty record
+// unless extra has one (an update without record is invalid).
 func obj(extra string) string {
-	if extra == "" {
-		return "{" + base + "}"
+	if !strings.Contains(extra, `"record"`) {
+		extra = strings.TrimPrefix(extra+`,"record":{}`, ",")
 	}
 	return "{" + base + "," + extra + "}"
+}
+
+// bare is an event of the given action with no record member at all.
+func bare(action string) string {
+	return "{" + strings.Replace(base, `"update"`, `"`+action+`"`, 1) + "}"
 }
 
 func TestDecodeBody_Accepts(t *testing.T) {
@@ -52,6 +59,17 @@ func TestDecodeBody_Accepts(t *testing.T) {
 		{"unknown members ignored", obj(`"sys_class_name":"incident","x":[1,2]`), nil},
 		{"insert and delete", "[" + strings.Replace(obj(""), "update", "insert", 1) + "," + strings.Replace(obj(""), "update", "delete", 1) + "]", nil},
 		{"source reconcile", obj(`"source":"reconcile"`), nil},
+		{"delete without record", bare("delete"), func(t *testing.T, evs []events.SNEvent) {
+			if evs[0].Record != nil {
+				t.Errorf("record %v, want none", evs[0].Record)
+			}
+		}},
+		{"delete with record null", strings.Replace(bare("delete"), "}", `,"record":null}`, 1), nil},
+		{"update with an empty record", obj(`"record":{}`), func(t *testing.T, evs []events.SNEvent) {
+			if evs[0].Record == nil || len(evs[0].Record) != 0 {
+				t.Errorf("record %#v, want an empty one", evs[0].Record)
+			}
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -108,6 +126,10 @@ func TestDecodeBody_RejectsWithTheRightErrorAndField(t *testing.T) {
 		{"record value bad before the count", `{"record":{"a":[1]},` + base + `}`, "invalid", []string{"record.a"}},
 		{"record reference without value", obj(`"record":{"caller_id":{"link":"https://x"}}`), "invalid", []string{"record.caller_id"}},
 		{"source unknown", obj(`"source":"replay"`), "invalid", []string{"source"}},
+		{"update without record", bare("update"), "invalid", []string{"record"}},
+		{"insert without record", bare("insert"), "invalid", []string{"record"}},
+		{"update with record null", strings.Replace(bare("update"), "}", `,"record":null}`, 1), "invalid", []string{"record"}},
+		{"array names the event without record", "[" + obj("") + "," + bare("insert") + "," + bare("delete") + "]", "invalid", []string{"[1].record"}},
 		{"array names each index", "[" + obj("") + "," + strings.Replace(obj(""), "9d385017c611228701d22104cc95c371", "x", 1) + "," + strings.Replace(obj(""), `"update"`, `"x"`, 1) + "]", "invalid", []string{"[1].sys_id", "[2].action"}},
 		{"array element record value", "[" + obj("") + "," + obj(`"record":{"a":[1]}`) + "]", "invalid", []string{"[1].record.a"}},
 	}
