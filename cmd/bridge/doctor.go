@@ -65,6 +65,8 @@ for --sn-instance-url, --sn-client-id and --sn-client-secret.`,
 				ClientSecret:   snclient.Secret(cfg.SNClientSecret.Reveal()),
 				Tables:         cfg.Tables,
 				Fields:         mappedFields(mset, cfg.Tables),
+				Close:          closeRules(mset, cfg.Tables),
+				CloseCode:      cfg.CloseCode,
 				WriteProbe:     writeProbe,
 				WebhookURL:     webhookURL,
 				WebhookSecrets: secrets,
@@ -123,6 +125,17 @@ func mappedFields(mset *mapping.Set, tables []string) map[string][]string {
 		}
 		slices.Sort(fields)
 		out[t] = fields
+	}
+	return out
+}
+
+// closeRules lists the mapping's closing rule of each table that has one.
+func closeRules(mset *mapping.Set, tables []string) map[string]*mapping.Close {
+	out := map[string]*mapping.Close{}
+	for _, t := range tables {
+		if c := mset.Close(t); c != nil {
+			out[t] = c
+		}
 	}
 	return out
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
@@ -32,12 +33,15 @@ type Status string
 const (
 	Pass Status = "pass"
 	Fail Status = "fail"
+	// Warn: the bridge works, with a consequence worth knowing (e.g. deletes
+	// found by the slower presence scan); Fix says what a grant would add.
+	Warn Status = "warn"
 	Skip Status = "skip" // not run: disabled, or an earlier check failed
 )
 
 // Check is one line of the checklist.
 type Check struct {
-	ID     string `json:"id"` // stable: token, auth, table:<t>, fields:<t>, write_probe:<t>, clock, rate_limit, webhook
+	ID     string `json:"id"` // stable: token, auth, dictionary, table:<t>, fields:<t>, scan:<t>, close_code:<t>, audit_delete:<t>, write_probe:<t>, clock, rate_limit, webhook
 	Title  string `json:"title"`
 	Status Status `json:"status"`
 	Detail string `json:"detail"`
@@ -61,6 +65,11 @@ type Options struct {
 	// Fields lists, per table, the ServiceNow fields the bridge's mapping
 	// reads or writes; a table without an entry skips the fields check.
 	Fields map[string][]string
+	// Close is, per table, the mapping's closing rule; a table with one gets
+	// a close-code check. CloseCode is BRIDGE_CLOSE_CODE ("" chooses from
+	// the instance's choices, as the writeback does).
+	Close     map[string]*mapping.Close
+	CloseCode string
 	// WriteProbe creates, updates and deletes a marked record per table.
 	WriteProbe bool
 	// WebhookURL is the bridge's receiver (…/webhooks/servicenow); empty
@@ -96,6 +105,16 @@ const (
 		"application (add the field to the form if it is not shown), and make sure that user is active, not locked out"
 	FixRoles = "grant the OAuth Application User snc_platform_rest_api_access and itil (incident, problem, change); " +
 		"sn_hr_core.admin only for HR tables; nothing more"
+	FixNoRole = "every counted row is hidden: the OAuth Application User has no role that may read the table (ServiceNow " +
+		"answers 200 with no rows, not 403): " + FixRoles
+	FixCloseCode = "set BRIDGE_CLOSE_CODE to one of the instance's active choices, or leave it empty so the bridge picks one " +
+		"(Solution provided first); a value that is not an active choice is dropped silently and the data policy refuses the resolve"
+	FixChoices = "the OAuth Application User cannot read sys_choice (itil can): grant itil, or set BRIDGE_CLOSE_CODE to a " +
+		"code you know is active"
+	FixAuditDelete = "optional: grant the OAuth Application User read on sys_audit_delete (a read ACL for a role of its own) " +
+		"for a fast delete scan; without it reconcile finds deletes by presence every BRIDGE_DELETE_SCAN_INTERVAL (24h)"
+	FixScanQuery = "reconcile's keyset query (ORDERBYsys_updated_on^ORDERBYsys_id) was refused: a field ACL hides " +
+		"sys_updated_on, sys_id or sys_mod_count from the OAuth Application User; grant read on them"
 	FixEmpty = "no row is visible: either the table is empty (create one record and run the doctor again) or the " +
 		"OAuth Application User cannot read it (ServiceNow answers an empty list, not 403): " + FixRoles
 	FixRowACL = "X-Total-Count counts rows the user cannot see: row-level ACLs (or a query business rule) hide them " +
@@ -168,11 +187,14 @@ func Run(ctx context.Context, opt Options) Report {
 }
 
 type run struct {
-	opt    Options
-	rec    *recorder
-	http   *http.Client
-	checks []Check
+	opt          Options
+	rec          *recorder
+	http         *http.Client
+	checks       []Check
+	dictReadable bool
 }
+
+var errDictionaryHidden = errors.New("sys_dictionary is not readable")
 
 func (d *run) add(c Check) { d.checks = append(d.checks, c) }
 
@@ -207,9 +229,13 @@ func (d *run) serviceNow(ctx context.Context) {
 		d.skipServiceNow("needs an authenticated API call")
 		return
 	}
+	d.dictionary(ctx, sn)
 	for _, t := range d.opt.Tables {
 		readable := d.table(ctx, sn, t)
 		d.fields(ctx, sn, t, readable)
+		d.scan(ctx, sn, t)
+		d.closeCode(ctx, sn, t)
+		d.auditDelete(ctx, sn, t)
 	}
 	for _, t := range d.opt.Tables {
 		d.writeProbe(ctx, sn, t)
@@ -223,9 +249,15 @@ func (d *run) skipServiceNow(why string) {
 	if !slices.ContainsFunc(d.checks, func(c Check) bool { return c.ID == "auth" }) {
 		d.add(Check{ID: "auth", Title: "Authenticated Table API read", Status: Skip, Detail: why})
 	}
+	d.add(Check{ID: "dictionary", Title: "sys_dictionary", Status: Skip, Detail: why})
 	for _, t := range d.opt.Tables {
 		d.add(Check{ID: "table:" + t, Title: "Read " + t, Status: Skip, Detail: why})
 		d.add(Check{ID: "fields:" + t, Title: "Mapped fields of " + t, Status: Skip, Detail: why})
+		d.add(Check{ID: "scan:" + t, Title: "Reconcile scan of " + t, Status: Skip, Detail: why})
+		if d.opt.Close[t] != nil {
+			d.add(Check{ID: "close_code:" + t, Title: "Close code of " + t, Status: Skip, Detail: why})
+		}
+		d.add(Check{ID: "audit_delete:" + t, Title: "sys_audit_delete for " + t, Status: Skip, Detail: why})
 	}
 	for _, t := range d.opt.Tables {
 		d.add(d.skippedProbe(t, why))
@@ -296,19 +328,142 @@ func (d *run) table(ctx context.Context, sn *snclient.Client, table string) bool
 		return false
 	}
 	rows := len(page.Records)
+	if rows == 0 && page.Total > 0 {
+		// Row ACLs apply after the limit: one hidden first row says little.
+		// A larger page tells a missing role (nothing readable) from row
+		// ACLs (some rows readable).
+		if wide, err := sn.List(ctx, table, snclient.ListOptions{Limit: min(page.Total, hiddenProbeRows), Fields: []string{"sys_id", "number"}}); err == nil && len(wide.Records) > 0 {
+			c.Status, c.Fix = Warn, FixRowACL
+			c.Detail = fmt.Sprintf("%d of the first %d counted rows are readable (X-Total-Count %d): row ACLs hide the rest; hidden records do not sync",
+				len(wide.Records), min(page.Total, hiddenProbeRows), page.Total)
+			d.add(c)
+			return true
+		}
+	}
 	switch {
 	case rows > 0:
 		c.Status = Pass
 		c.Detail = fmt.Sprintf("%s rows readable; first %s", countText(page.Total), recordName(page.Records[0]))
 	case page.Total > 0:
-		c.Status, c.Fix = Fail, FixRowACL
-		c.Detail = fmt.Sprintf("X-Total-Count is %d but no row came back", page.Total)
+		c.Status, c.Fix = Fail, FixNoRole
+		c.Detail = fmt.Sprintf("X-Total-Count is %d but none of the first %d rows came back", page.Total, min(page.Total, hiddenProbeRows))
 	default:
 		c.Status, c.Fix = Fail, FixEmpty
 		c.Detail = "0 rows (X-Total-Count " + countText(page.Total) + ")"
 	}
 	d.add(c)
 	return rows > 0
+}
+
+// hiddenProbeRows is how many rows the table check reads to tell a missing
+// role from row ACLs when the first row is hidden.
+const hiddenProbeRows = 100
+
+// dictionary reports whether sys_dictionary is readable. It is not needed
+// (the bridge learns fields from records and the mapping), so both answers
+// pass; readable only adds a way to tell a missing field from a hidden one.
+func (d *run) dictionary(ctx context.Context, sn *snclient.Client) {
+	c := Check{ID: "dictionary", Title: "sys_dictionary (optional)", Status: Pass}
+	table := d.opt.Tables[0]
+	page, err := sn.List(ctx, "sys_dictionary", snclient.ListOptions{Query: snclient.And(snclient.Field("name").EQ(table)), Fields: []string{"element"}, Limit: 1})
+	switch {
+	case err != nil:
+		c.Detail = "not readable (" + statusText(err) + "): not needed; the bridge learns fields from records and the mapping (BRIDGE_SN_KNOWN_FIELDS adds more)"
+	case len(page.Records) > 0:
+		d.dictReadable = true
+		c.Detail = "readable: field names are also checked against it"
+	case page.Total > 0:
+		c.Detail = fmt.Sprintf("hidden from the integration user (X-Total-Count %d, no rows), as with the documented roles: not needed; the bridge learns fields from records and the mapping (BRIDGE_SN_KNOWN_FIELDS adds more)", page.Total)
+	default:
+		c.Detail = "no rows: not needed; the bridge learns fields from records and the mapping"
+	}
+	d.add(c)
+}
+
+// scan runs one page of the keyset query reconcile runs (fields and order).
+func (d *run) scan(ctx context.Context, sn *snclient.Client, table string) {
+	c := Check{ID: "scan:" + table, Title: "Reconcile scan of " + table + " (ORDERBYsys_updated_on^ORDERBYsys_id)"}
+	since := d.opt.Now().UTC().Add(-24 * time.Hour).Format(events.SNTimeLayout)
+	q := snclient.And(snclient.Field("sys_updated_on").GTE(since)).OrderBy("sys_updated_on").OrderBy("sys_id")
+	_, err := sn.List(ctx, table, snclient.ListOptions{Query: q, Fields: []string{"sys_id", "sys_mod_count", "sys_updated_on"}, Limit: 1})
+	if err != nil {
+		c.Status, c.Detail, c.Fix = Fail, trim(err.Error()), readFix(err, FixScanQuery)
+		if errors.Is(err, snclient.ErrForbidden) {
+			c.Fix = FixScanQuery
+		}
+	} else {
+		c.Status, c.Detail = Pass, "keyset query on (sys_updated_on, sys_id) accepted"
+	}
+	d.add(c)
+}
+
+// closeCode checks the close code resolving writes will send, as the
+// writeback picks it (mapping.Close.Pick over the instance's choices).
+func (d *run) closeCode(ctx context.Context, sn *snclient.Client, table string) {
+	rule := d.opt.Close[table]
+	if rule == nil {
+		return
+	}
+	c := Check{ID: "close_code:" + table, Title: "Close code of " + table + " (" + rule.CodeField + " choices in sys_choice)"}
+	choices, err := sn.Choices(ctx, table, rule.CodeField)
+	if err != nil {
+		c.Status, c.Detail, c.Fix = Fail, trim(err.Error()), readFix(err, FixChoices)
+		if errors.Is(err, snclient.ErrACLHidden) {
+			c.Fix = FixChoices
+			if d.opt.CloseCode != "" {
+				c.Status = Warn
+				c.Detail += fmt.Sprintf("; BRIDGE_CLOSE_CODE %q is sent unchecked", d.opt.CloseCode)
+			}
+		}
+		d.add(c)
+		return
+	}
+	values := make([]string, len(choices))
+	for i, ch := range choices {
+		values[i] = ch.Value
+	}
+	code, err := rule.Pick(table, values, d.opt.CloseCode)
+	if err != nil {
+		c.Status, c.Detail, c.Fix = Fail, trim(strings.TrimPrefix(err.Error(), mapping.ErrCloseCode.Error()+": ")), FixCloseCode
+		d.add(c)
+		return
+	}
+	how := "chosen from the instance's choices"
+	if d.opt.CloseCode != "" {
+		how = "BRIDGE_CLOSE_CODE, an active choice"
+	}
+	c.Status = Pass
+	c.Detail = fmt.Sprintf("resolving writes send %s %q (%s; %d active) with %s", rule.CodeField, code, how, len(values), rule.NotesField)
+	d.add(c)
+}
+
+// auditDelete checks the fast path of reconcile's delete detection.
+func (d *run) auditDelete(ctx context.Context, sn *snclient.Client, table string) {
+	c := Check{ID: "audit_delete:" + table, Title: "sys_audit_delete for " + table + " (optional)"}
+	page, err := sn.List(ctx, "sys_audit_delete", snclient.ListOptions{Query: snclient.And(snclient.Field("tablename").EQ(table)), Fields: []string{"sys_id"}, Limit: 1})
+	switch {
+	case err != nil:
+		c.Status, c.Fix = Warn, FixAuditDelete
+		c.Detail = "not readable (" + statusText(err) + "): deletes whose webhook was lost are found by the presence scan instead"
+	case len(page.Records) > 0:
+		c.Status = Pass
+		c.Detail = "readable: reconcile reads audited deletes each pass (the presence scan still covers archiving, the table cleaner and no_audit_delete tables)"
+	case page.Total > 0:
+		c.Status, c.Fix = Warn, FixAuditDelete
+		c.Detail = fmt.Sprintf("hidden (X-Total-Count %d, no rows), as with the documented roles: deletes whose webhook was lost are found by the presence scan (BRIDGE_DELETE_SCAN_INTERVAL), not each pass", page.Total)
+	default:
+		// Nothing of this table counted: rows of any table tell whether
+		// the user could see them.
+		all, err := sn.List(ctx, "sys_audit_delete", snclient.ListOptions{Fields: []string{"sys_id"}, Limit: 1})
+		if err == nil && len(all.Records) == 0 && all.Total > 0 {
+			c.Status, c.Fix = Warn, FixAuditDelete
+			c.Detail = fmt.Sprintf("hidden (X-Total-Count %d of any table, no rows), as with the documented roles: deletes whose webhook was lost are found by the presence scan (BRIDGE_DELETE_SCAN_INTERVAL), not each pass", all.Total)
+			break
+		}
+		c.Status = Pass
+		c.Detail = "no audited delete of " + table + " counted (none yet, or delete auditing off); the presence scan covers deletes either way"
+	}
+	d.add(c)
 }
 
 func (d *run) fields(ctx context.Context, sn *snclient.Client, table string, readable bool) {
@@ -342,11 +497,15 @@ func (d *run) fields(ctx context.Context, sn *snclient.Client, table string, rea
 			}
 		}
 	}
-	dict, dictErr := sn.Fields(ctx, table)
+	var dict []string
+	dictErr := errDictionaryHidden
+	if d.dictReadable {
+		dict, dictErr = sn.Fields(ctx, table)
+	}
 	if !readable {
 		// No row to look at: existence is all that can be checked.
 		if dictErr != nil {
-			c.Status, c.Detail = Skip, "no readable row, and sys_dictionary is not readable: nothing to check"
+			c.Status, c.Detail = Skip, "no readable row, and sys_dictionary is not readable (not needed): nothing to check until a record exists"
 			d.add(c)
 			return
 		}
@@ -726,28 +885,34 @@ func trim(s string) string {
 }
 
 // WriteText prints the checklist for a person: ✓ passed, ✗ failed (with
-// the fix), – skipped.
+// the fix), ⚠ works with a consequence (with what a grant adds), – skipped.
 func (r Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "bridge doctor: %s\n\n", r.Instance)
-	failed := 0
+	failed, warned := 0, 0
 	for _, c := range r.Checks {
 		mark := "✓"
 		switch c.Status {
 		case Fail:
 			mark = "✗"
 			failed++
+		case Warn:
+			mark = "⚠"
+			warned++
 		case Skip:
 			mark = "–"
 		}
 		fmt.Fprintf(&b, "%s %s: %s\n", mark, c.Title, c.Detail)
-		if c.Status == Fail && c.Fix != "" {
+		if (c.Status == Fail || c.Status == Warn) && c.Fix != "" {
 			fmt.Fprintf(&b, "    fix: %s\n", c.Fix)
 		}
 	}
-	if failed == 0 {
+	switch {
+	case failed == 0 && warned == 0:
 		b.WriteString("\nall checks passed\n")
-	} else {
+	case failed == 0:
+		fmt.Fprintf(&b, "\nall checks passed, %d warning(s): the bridge works; each ⚠ says what a grant would add\n", warned)
+	default:
 		fmt.Fprintf(&b, "\n%d check(s) failed\n", failed)
 	}
 	_, err := io.WriteString(w, b.String())

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/doctor"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/snsim"
 	"github.com/nowbridge/nowbridge/internal/webhook"
@@ -70,6 +71,7 @@ func (in *instance) options() doctor.Options {
 		ClientSecret: snclient.Secret(clientSecret),
 		Tables:       []string{"incident"},
 		Fields:       map[string][]string{"incident": incidentFields},
+		Close:        map[string]*mapping.Close{"incident": mapping.Default(nil).Close("incident")},
 	}
 }
 
@@ -169,6 +171,8 @@ func contains(list []string, s string) bool {
 func TestDoctor_HealthyInstancePassesEveryCheck(t *testing.T) {
 	in := newInstance(t, nil)
 	in.sim.SetRateLimitRules([]snsim.RateLimitRule{{Count: 5000}})
+	// Healthy with every optional grant: nothing to warn about.
+	in.sim.SetGrants(snsim.Grants{Dictionary: true, AuditDelete: true})
 	key := secret(t, 1)
 	rcv := receiver(t, key)
 	opt := in.options()
@@ -186,6 +190,9 @@ func TestDoctor_HealthyInstancePassesEveryCheck(t *testing.T) {
 		}
 	}
 	expect(t, r, "table:incident", doctor.Pass, "2 rows readable", "")
+	expect(t, r, "dictionary", doctor.Pass, "readable", "")
+	expect(t, r, "audit_delete:incident", doctor.Pass, "no audited delete of incident counted", "")
+	expect(t, r, "close_code:incident", doctor.Pass, `close_code "Solution provided" (chosen from the instance's choices; 10 active)`, "")
 	expect(t, r, "write_probe:incident", doctor.Pass, "created, updated and deleted INC", "")
 	expect(t, r, "rate_limit", doctor.Pass, "X-RateLimit-Limit 5000", "")
 	expect(t, r, "webhook", doctor.Pass, "signed probe accepted (422", "")
@@ -200,6 +207,62 @@ func TestDoctor_HealthyInstancePassesEveryCheck(t *testing.T) {
 	if err := json.Unmarshal(js.Bytes(), &back); err != nil || !back.OK || len(back.Checks) != len(r.Checks) {
 		t.Errorf("--json output does not round-trip: %v %s", err, js.String())
 	}
+}
+
+func TestDoctor_LeastPrivilegePassesWithOneWarning(t *testing.T) {
+	in := newInstance(t, nil)
+	// A delete is audited, as on any instance in use; the integration user
+	// cannot see it.
+	if err := in.sim.Delete("incident", in.sim.IDs("incident")[0], "admin"); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, "least privilege (documented roles only)", in.options())
+	if !r.OK {
+		t.Fatalf("the documented roles must pass: %+v", r.Checks)
+	}
+	expect(t, r, "dictionary", doctor.Pass, "not needed", "")
+	expect(t, r, "fields:incident", doctor.Pass, "all 11 present", "")
+	expect(t, r, "scan:incident", doctor.Pass, "keyset query", "")
+	expect(t, r, "close_code:incident", doctor.Pass, `"Solution provided"`, "")
+	expect(t, r, "audit_delete:incident", doctor.Warn, "found by the presence scan", "sys_audit_delete")
+	for _, c := range r.Checks {
+		if c.Status == doctor.Warn && c.ID != "audit_delete:incident" {
+			t.Errorf("unexpected warning %s: %s", c.ID, c.Detail)
+		}
+	}
+	var b strings.Builder
+	_ = r.WriteText(&b)
+	if !strings.Contains(b.String(), "⚠ sys_audit_delete for incident") || !strings.Contains(b.String(), "all checks passed, 1 warning(s)") {
+		t.Errorf("text report does not show the warning:\n%s", b.String())
+	}
+}
+
+func TestDoctor_CloseCode(t *testing.T) {
+	t.Run("retired code configured", func(t *testing.T) {
+		in := newInstance(t, nil)
+		opt := in.options()
+		opt.CloseCode = "Solved (Permanently)"
+		r := run(t, "BRIDGE_CLOSE_CODE retired", opt)
+		expect(t, r, "close_code:incident", doctor.Fail, `BRIDGE_CLOSE_CODE "Solved (Permanently)" is not an active choice`, "BRIDGE_CLOSE_CODE")
+		if c := check(t, r, "close_code:incident"); !strings.Contains(c.Detail, `"Solution provided"`) {
+			t.Errorf("detail %q does not list the valid choices", c.Detail)
+		}
+	})
+	t.Run("older release without the preferred code", func(t *testing.T) {
+		in := newInstance(t, nil)
+		if err := in.sim.SetChoices("incident", "close_code", snsim.LegacyCloseCodes()); err != nil {
+			t.Fatal(err)
+		}
+		r := run(t, "older release", in.options())
+		expect(t, r, "close_code:incident", doctor.Pass, `"Solved (Work Around)"`, "")
+	})
+	t.Run("active configured code", func(t *testing.T) {
+		in := newInstance(t, nil)
+		opt := in.options()
+		opt.CloseCode = "Workaround provided"
+		r := run(t, "BRIDGE_CLOSE_CODE active", opt)
+		expect(t, r, "close_code:incident", doctor.Pass, `"Workaround provided" (BRIDGE_CLOSE_CODE, an active choice`, "")
+	})
 }
 
 func TestDoctor_TokenExchangeRejected(t *testing.T) {
@@ -224,22 +287,45 @@ func TestDoctor_TokenIssuedButAPIAnswers401(t *testing.T) {
 	expect(t, r, "auth", doctor.Fail, "answered 401", "OAuth Application User")
 }
 
-func TestDoctor_NoRolesGivesEmptyTable(t *testing.T) {
+func TestDoctor_NoRolesHidesEveryCountedRow(t *testing.T) {
 	in := newInstance(t, nil)
 	in.sim.SetACL(snsim.ACL{NoRoles: true})
 	r := run(t, "no roles", in.options())
-	expect(t, r, "table:incident", doctor.Fail, "0 rows (X-Total-Count 0)", "snc_platform_rest_api_access and itil")
+	expect(t, r, "table:incident", doctor.Fail, "X-Total-Count is 2 but none of the first 2 rows came back", "no role that may read the table",
+		"close_code:incident")
+	if c := check(t, r, "table:incident"); !strings.Contains(c.Fix, "snc_platform_rest_api_access and itil") {
+		t.Errorf("fix %q does not name the roles", c.Fix)
+	}
 	// No roles, no dictionary either: nothing to say about the fields.
-	expect(t, r, "fields:incident", doctor.Skip, "sys_dictionary is not readable", "", "table:incident")
+	expect(t, r, "fields:incident", doctor.Skip, "sys_dictionary is not readable", "", "table:incident", "close_code:incident")
 }
 
-func TestDoctor_RowACLHidesCountedRows(t *testing.T) {
-	in := newInstance(t, nil)
-	in.sim.SetACL(snsim.ACL{HideRow: func(table string, _ snsim.Record) bool { return table == "incident" }})
-	r := run(t, "row ACL", in.options())
-	expect(t, r, "table:incident", doctor.Fail, "X-Total-Count is 2 but no row came back", "row-level ACLs")
-	// sys_dictionary stays readable: the fields are checked for existence.
-	expect(t, r, "fields:incident", doctor.Pass, "all 11 exist per sys_dictionary", "", "table:incident")
+func TestDoctor_RowACLHidesSomeCountedRows(t *testing.T) {
+	// Row ACLs apply after the limit; whichever row comes first, the
+	// verdict is "readable, some rows hidden", never "no role".
+	verdicts := map[doctor.Status]int{}
+	for _, hidden := range []string{"Email down", "VPN flaps"} {
+		in := newInstance(t, nil)
+		in.sim.SetGrants(snsim.Grants{Dictionary: true})
+		in.sim.SetACL(snsim.ACL{HideRow: func(table string, rec snsim.Record) bool {
+			return table == "incident" && rec["short_description"] == hidden
+		}})
+		r := run(t, "row ACL hides "+hidden, in.options())
+		c := check(t, r, "table:incident")
+		verdicts[c.Status]++
+		switch c.Status {
+		case doctor.Pass:
+			expect(t, r, "table:incident", doctor.Pass, "2 rows readable", "")
+		case doctor.Warn:
+			expect(t, r, "table:incident", doctor.Warn, "1 of the first 2 counted rows are readable", "row-level ACLs")
+		default:
+			t.Errorf("row ACL hiding %q: table check %s (%s), want pass or warn", hidden, c.Status, c.Detail)
+		}
+		expect(t, r, "fields:incident", doctor.Pass, "", "")
+	}
+	if verdicts[doctor.Warn] != 1 {
+		t.Errorf("verdicts %v: hiding the first row must warn once", verdicts)
+	}
 }
 
 func TestDoctor_MappedFieldsMissing(t *testing.T) {
@@ -247,11 +333,25 @@ func TestDoctor_MappedFieldsMissing(t *testing.T) {
 	in.sim.SetACL(snsim.ACL{HiddenFields: map[string][]string{"incident": {"work_notes"}}})
 	opt := in.options()
 	opt.Fields = map[string][]string{"incident": append([]string{"u_vendor_ref"}, incidentFields...)}
-	r := run(t, "field ACL and a wrong field name", opt)
+	r := run(t, "field ACL and a wrong field name, sys_dictionary hidden", opt)
+	expect(t, r, "fields:incident", doctor.Fail, "missing from the answer: u_vendor_ref, work_notes", "grant read on sys_dictionary to tell which")
+
+	in.sim.SetGrants(snsim.Grants{Dictionary: true})
+	r = run(t, "field ACL and a wrong field name, sys_dictionary granted", opt)
 	expect(t, r, "fields:incident", doctor.Fail, "not fields of incident: u_vendor_ref; hidden by a field ACL: work_notes", "u_ field")
 	if c := check(t, r, "fields:incident"); !strings.Contains(c.Fix, "field-level read ACL") {
 		t.Errorf("fix %q does not name the field ACL", c.Fix)
 	}
+}
+
+func TestDoctor_AuditDeleteGranted(t *testing.T) {
+	in := newInstance(t, nil)
+	in.sim.SetGrants(snsim.Grants{AuditDelete: true})
+	if err := in.sim.Delete("incident", in.sim.IDs("incident")[0], "admin"); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, "sys_audit_delete granted", in.options())
+	expect(t, r, "audit_delete:incident", doctor.Pass, "readable", "")
 }
 
 func TestDoctor_WriteProbeRefused(t *testing.T) {
@@ -278,10 +378,12 @@ func TestDoctor_RateLimited(t *testing.T) {
 	in := newInstance(t, nil)
 	in.sim.SetRateLimitRules([]snsim.RateLimitRule{{Count: 2}})
 	r := run(t, "rate limit rule exhausted", in.options())
-	// The auth and table reads use the rule's two requests; the fields
-	// read is the first one refused.
-	expect(t, r, "rate_limit", doctor.Fail, "429 Too Many Requests", "sys_rate_limit_rules", "fields:incident")
-	expect(t, r, "fields:incident", doctor.Fail, "rate limit", "BRIDGE_SN_RATE_LIMIT", "rate_limit")
+	// The auth and dictionary reads use the rule's two requests; the table
+	// read is the first one refused, and every read after it.
+	expect(t, r, "rate_limit", doctor.Fail, "429 Too Many Requests", "sys_rate_limit_rules",
+		"table:incident", "scan:incident", "close_code:incident")
+	expect(t, r, "table:incident", doctor.Fail, "429", "BRIDGE_SN_RATE_LIMIT",
+		"rate_limit", "scan:incident", "close_code:incident")
 }
 
 func TestDoctor_WebhookEndpoint(t *testing.T) {
@@ -321,12 +423,13 @@ func TestReport_TextMarksAndFixes(t *testing.T) {
 		{ID: "a", Title: "A", Status: doctor.Pass, Detail: "fine"},
 		{ID: "b", Title: "B", Status: doctor.Fail, Detail: "broken", Fix: "do this"},
 		{ID: "c", Title: "C", Status: doctor.Skip, Detail: "not run"},
+		{ID: "d", Title: "D", Status: doctor.Warn, Detail: "works", Fix: "grant that"},
 	}}
 	var b strings.Builder
 	if err := r.WriteText(&b); err != nil {
 		t.Fatal(err)
 	}
-	want := "bridge doctor: https://x.service-now.com\n\n✓ A: fine\n✗ B: broken\n    fix: do this\n– C: not run\n\n1 check(s) failed\n"
+	want := "bridge doctor: https://x.service-now.com\n\n✓ A: fine\n✗ B: broken\n    fix: do this\n– C: not run\n⚠ D: works\n    fix: grant that\n\n1 check(s) failed\n"
 	if b.String() != want {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
 	}
