@@ -28,10 +28,12 @@ type simFlags struct {
 	rateLimit, burst                                  int
 	latency, jitter, tokenTTL, offsetRowCost          time.Duration
 	errorRate, cancelRate, dropConnRate, tokenErrRate float64
+	semaphoreRate                                     float64
 	aclMode, oauthMode                                string
 	hideFraction                                      float64
 	invalidNoRows                                     bool
 	grantDictionary, grantAuditDelete                 bool
+	legacyCloseCodes                                  bool
 	rngSeed                                           uint64
 	logFormat                                         string
 }
@@ -48,6 +50,9 @@ rules that POST signed webhooks to --webhook-url. Point the bridge's BRIDGE_SN_I
 The OAuth application user has exactly what snc_platform_rest_api_access + itil give on a real instance:
 sys_dictionary and sys_audit_delete answer 200 with no rows (X-Total-Count still counts them).
 --grant-dictionary and --grant-audit-delete grant them as an admin would; --acl-mode no-roles takes itil away.
+Incident close codes are the current release's, served from sys_choice (--legacy-close-codes: the older
+release's); a close_code that is not an active choice is dropped, and resolving or closing without a code
+and notes is refused with 403 (the data policy).
 
 Credentials default to BRIDGE_SN_CLIENT_ID / BRIDGE_SN_CLIENT_SECRET and the webhook secret to the first
 of BRIDGE_WEBHOOK_SECRETS; a missing client secret or webhook secret is generated and printed.`,
@@ -75,6 +80,7 @@ of BRIDGE_WEBHOOK_SECRETS; a missing client secret or webhook secret is generate
 	fl.Float64Var(&f.errorRate, "error-rate", 0, "share of Table API requests answered 503, 0..1")
 	fl.Float64Var(&f.cancelRate, "cancel-rate", 0, "share of Table API requests answered 503 Transaction cancelled, 0..1")
 	fl.Float64Var(&f.dropConnRate, "drop-conn-rate", 0, "share of Table API connections closed without an answer, 0..1")
+	fl.Float64Var(&f.semaphoreRate, "semaphore-rate", 0, "share of Table API requests answered 429 without rate-limit headers (API semaphores exhausted), 0..1")
 	fl.Float64Var(&f.tokenErrRate, "token-error-rate", 0, "share of token requests answered 503, 0..1")
 	fl.StringVar(&f.aclMode, "acl-mode", "none", "none | rows (hide --hide-fraction of rows after the limit) | no-roles (no itil: incident answers 200 with [], writes 403) | deny-writes (403)")
 	fl.Float64Var(&f.hideFraction, "hide-fraction", 0.25, "share of rows hidden in --acl-mode rows")
@@ -83,6 +89,7 @@ of BRIDGE_WEBHOOK_SECRETS; a missing client secret or webhook secret is generate
 	fl.DurationVar(&f.offsetRowCost, "offset-row-cost", 100*time.Nanosecond, "simulated cost of each row skipped by sysparm_offset (0 = only the real walk)")
 	fl.BoolVar(&f.grantDictionary, "grant-dictionary", false, "let the application user read sys_dictionary (as the admin or personalize_dictionary role does)")
 	fl.BoolVar(&f.grantAuditDelete, "grant-audit-delete", false, "let the application user read sys_audit_delete (as an admin-granted ACL does)")
+	fl.BoolVar(&f.legacyCloseCodes, "legacy-close-codes", false, "serve incident close_code choices of older releases (Solved (Permanently), ...) instead of the current ones (Solution provided, ...)")
 	fl.BoolVar(&f.invalidNoRows, "invalid-query-no-rows", false, "glide.invalid_query.returns_no_rows: a clause on an unknown field returns no rows")
 	fl.Uint64Var(&f.rngSeed, "rng-seed", 0, "seed for generated ids and fault draws (0 = random)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "json or text")
@@ -171,7 +178,7 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 		return bad("--seed must not be negative, got %d", f.seed)
 	}
 	for name, v := range map[string]float64{"--drop-rate": f.dropRate, "--error-rate": f.errorRate, "--cancel-rate": f.cancelRate,
-		"--drop-conn-rate": f.dropConnRate, "--token-error-rate": f.tokenErrRate, "--hide-fraction": f.hideFraction} {
+		"--drop-conn-rate": f.dropConnRate, "--semaphore-rate": f.semaphoreRate, "--token-error-rate": f.tokenErrRate, "--hide-fraction": f.hideFraction} {
 		if v < 0 || v > 1 {
 			return bad("%s must be between 0 and 1, got %g", name, v)
 		}
@@ -182,8 +189,9 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 	cfg := snsim.Config{
 		ClientID: f.clientID, ClientSecret: f.clientSecret, AppUser: f.appUser, TokenTTL: f.tokenTTL,
 		InstanceName: f.instance, Seed: f.rngSeed, InvalidQueryReturnsNoRows: f.invalidNoRows,
-		Grants:         snsim.Grants{Dictionary: f.grantDictionary, AuditDelete: f.grantAuditDelete},
-		WebhookOptions: snsim.WebhookOptions{DropRate: f.dropRate, Delay: f.webhookDelay, SkipUser: f.skipUser},
+		Grants:           snsim.Grants{Dictionary: f.grantDictionary, AuditDelete: f.grantAuditDelete},
+		LegacyCloseCodes: f.legacyCloseCodes,
+		WebhookOptions:   snsim.WebhookOptions{DropRate: f.dropRate, Delay: f.webhookDelay, SkipUser: f.skipUser},
 	}
 	if len(f.webhookURLs) > 0 {
 		secret := f.webhookSecret
@@ -246,7 +254,7 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 			}
 		}
 		return s.SetFaults(snsim.Faults{Latency: f.latency, LatencyJitter: f.jitter, ErrorRate: f.errorRate,
-			CancelRate: f.cancelRate, DropRate: f.dropConnRate, TokenErrorRate: f.tokenErrRate})
+			CancelRate: f.cancelRate, DropRate: f.dropConnRate, SemaphoreRate: f.semaphoreRate, TokenErrorRate: f.tokenErrRate})
 	}
 	return cfg, apply, nil
 }

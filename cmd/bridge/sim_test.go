@@ -165,6 +165,36 @@ func TestSim_LeastPrivilegeByDefaultGrantsByFlag(t *testing.T) {
 	}
 }
 
+// TestSim_CloseCodesByRelease: sys_choice serves the current release's
+// close codes unless --legacy-close-codes asks for the older ones.
+func TestSim_CloseCodesByRelease(t *testing.T) {
+	for _, tt := range []struct {
+		flags      []string
+		has, hasnt string
+	}{
+		{nil, "Solution provided", "Solved (Permanently)"},
+		{[]string{"--legacy-close-codes"}, "Solved (Permanently)", "Solution provided"},
+	} {
+		p := startSim(t, tt.flags...)
+		_, _, rows := p.list(t, "/api/now/table/sys_choice?sysparm_query="+url.QueryEscape("name=incident^element=close_code^inactive=false")+"&sysparm_fields=value")
+		values := map[string]bool{}
+		for _, r := range rows {
+			values[r["value"].(string)] = true
+		}
+		if !values[tt.has] || values[tt.hasnt] {
+			t.Errorf("flags %v: close codes %v; want %q and not %q", tt.flags, values, tt.has, tt.hasnt)
+		}
+	}
+}
+
+// TestSim_SemaphoreRate: --semaphore-rate 1 answers every Table API call 429.
+func TestSim_SemaphoreRate(t *testing.T) {
+	p := startSim(t, "--semaphore-rate", "1")
+	if status, _, _ := p.list(t, "/api/now/table/incident"); status != http.StatusTooManyRequests {
+		t.Errorf("status %d, want 429", status)
+	}
+}
+
 func TestSim_BadFlagIsUsageError(t *testing.T) {
 	var out, errOut lockedBuffer
 	code := run(context.Background(), []string{"sim", "--drop-rate", "lots"}, func(string) string { return "" }, strings.NewReader(""), &out, &errOut)

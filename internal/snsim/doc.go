@@ -31,7 +31,13 @@
 // sysparm_suppress_pagination_header. X-Total-Count and Link follow recorded
 // responses (comma without space, page 1's prev at a negative offset, no
 // next on the last page, last = total - limit). v1 answers a query without
-// matches 404 No Record found, v2 200 [].
+// matches 404 No Record found, v2 200 []; the unversioned path is the
+// latest version (v2). Reference links and Location carry the request's
+// version (a v2 request links to /api/now/v2/table/...).
+//
+// Errors use the envelope {"error":{"message","detail"},"status":"failure"},
+// detail null where the platform sends no detail (400 Invalid table X).
+// Every 401 carries WWW-Authenticate: BASIC realm="Service-now".
 //
 // # Encoded queries
 //
@@ -101,10 +107,14 @@
 //     of hidden records are hidden); HideFraction(f) builds one.
 //   - SetInvalidQueryReturnsNoRows, QueryProblems, SetOffsetRowCost.
 //   - SetRateLimitRules([]RateLimitRule) (per hour per user/role/everyone,
-//     most specific wins), SetUserRoles, SetBurstLimit(perSecond): 429 with
-//     Retry-After, X-RateLimit-Limit, X-RateLimit-Reset, X-RateLimit-Rule.
+//     most specific wins), SetUserRoles, SetBurstLimit(perSecond): 429 "Rate
+//     limit exceeded" with Retry-After, X-RateLimit-Limit, X-RateLimit-Reset,
+//     X-RateLimit-Rule; the last three also come on every other response a
+//     rule matches.
 //   - SetFaults(Faults{Latency, LatencyJitter, ErrorRate, CancelRate,
-//     DropRate, TokenErrorRate}); rates draw from Config.Seed's generator.
+//     DropRate, SemaphoreRate, TokenErrorRate}); SemaphoreRate answers 429
+//     without rate-limit headers or Retry-After (API semaphores exhausted);
+//     rates draw from Config.Seed's generator.
 //   - Business rules: SetWebhooks(targets...), SetWebhookOptions(
 //     WebhookOptions{DropRate, Delay, BeforeResponse, SkipUser, Fields}),
 //     WaitWebhooks(ctx), WebhookStats. After each insert/update/delete (API

@@ -62,7 +62,7 @@ func TestGolden(t *testing.T) {
 		var out strings.Builder
 		out.WriteString(method + " " + path + "\n")
 		out.WriteString("HTTP " + resp.Status + "\n")
-		for _, h := range []string{"Content-Type", "Location", "X-Total-Count", "Link", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Reset", "X-RateLimit-Rule"} {
+		for _, h := range []string{"Content-Type", "Location", "WWW-Authenticate", "X-Total-Count", "Link", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Reset", "X-RateLimit-Rule"} {
 			if v := resp.Header.Get(h); v != "" {
 				out.WriteString(h + ": " + v + "\n")
 			}
@@ -120,7 +120,32 @@ func TestGolden(t *testing.T) {
 		{"error_401", func() string { return call("GET", "/api/now/table/incident", "", "", false) }},
 		{"error_404_record", func() string { return call("GET", "/api/now/table/incident/"+strings.Repeat("0", 32), "", "", true) }},
 		{"error_404_v1_no_match", func() string {
+			return call("GET", "/api/now/v1/table/incident?sysparm_query=number=INC0000000", "", "", true)
+		}},
+		{"unversioned_no_match", func() string {
 			return call("GET", "/api/now/table/incident?sysparm_query=number=INC0000000", "", "", true)
+		}},
+		{"get_v2_reference_links", func() string {
+			return call("GET", "/api/now/v2/table/incident/"+id1+"?sysparm_fields=number,caller_id,assignment_group", "", "", true)
+		}},
+		{"hidden_sys_dictionary", func() string {
+			return call("GET", "/api/now/v2/table/sys_dictionary?sysparm_limit=2&sysparm_query=name=incident&sysparm_fields=element", "", "", true)
+		}},
+		{"sys_choice_close_code", func() string {
+			return call("GET", "/api/now/v2/table/sys_choice?sysparm_query=name=incident^element=close_code^inactive=false^ORDERBYsequence&sysparm_fields=value,label,sequence", "", "", true)
+		}},
+		{"error_403_data_policy_dropped_code", func() string {
+			return call("PATCH", "/api/now/table/incident/"+id1, "application/json", `{"state":"6","close_code":"Solved (Permanently)","close_notes":"Fixed"}`, true)
+		}},
+		{"error_429_semaphore", func() string {
+			_ = sim.SetFaults(Faults{SemaphoreRate: 1})
+			defer func() { _ = sim.SetFaults(Faults{}) }()
+			return call("GET", "/api/now/v2/table/incident?sysparm_limit=1", "", "", true)
+		}},
+		{"rate_limit_headers_on_success", func() string {
+			_ = sim.SetRateLimitRules([]RateLimitRule{{SysID: "0d5c0e4a1b2c3d4e5f60718293a4b5c6", Count: 5000}})
+			defer func() { _ = sim.SetRateLimitRules(nil) }()
+			return call("GET", "/api/now/v2/table/incident?sysparm_limit=1&sysparm_fields=number", "", "", true)
 		}},
 		{"v2_no_match", func() string {
 			return call("GET", "/api/now/v2/table/incident?sysparm_query=number=INC0000000", "", "", true)

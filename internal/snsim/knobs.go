@@ -81,12 +81,17 @@ type Faults struct {
 	ErrorRate     float64       // Table API requests answered 503 Service Unavailable
 	CancelRate    float64       // Table API requests answered 503 Transaction cancelled
 	DropRate      float64       // Table API connections closed without an answer
+	// SemaphoreRate answers Table API requests 429 as an instance whose API
+	// semaphores are exhausted does: without X-RateLimit-* headers and
+	// without Retry-After, so a client must back off on its own.
+	SemaphoreRate float64
 	// TokenErrorRate answers token requests with 503 (a failed refresh).
 	TokenErrorRate float64
 }
 
 func (f Faults) validate() error {
-	for name, v := range map[string]float64{"ErrorRate": f.ErrorRate, "CancelRate": f.CancelRate, "DropRate": f.DropRate, "TokenErrorRate": f.TokenErrorRate} {
+	for name, v := range map[string]float64{"ErrorRate": f.ErrorRate, "CancelRate": f.CancelRate, "DropRate": f.DropRate,
+		"SemaphoreRate": f.SemaphoreRate, "TokenErrorRate": f.TokenErrorRate} {
 		if v < 0 || v > 1 {
 			return fmt.Errorf("snsim: fault %s must be within [0,1], got %g", name, v)
 		}

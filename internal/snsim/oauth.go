@@ -18,8 +18,12 @@ type tokenInfo struct {
 // cause (wrong secret, grant disabled, no application user).
 const tokenFailure = `{"error_description":"access_denied","error":"server_error"}`
 
+// wwwAuthenticate is the challenge every 401 of the instance carries.
+const wwwAuthenticate = `BASIC realm="Service-now"`
+
 func (s *Server) tokenFail(w http.ResponseWriter, why string) {
 	s.log.Info("snsim token request refused", "reason", why)
+	w.Header().Set("WWW-Authenticate", wwwAuthenticate)
 	w.Header().Set("Content-Type", "application/json;charset=UTF-8")
 	w.WriteHeader(http.StatusUnauthorized)
 	_, _ = w.Write([]byte(tokenFailure))
@@ -106,15 +110,20 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) string {
 	h := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok || tok == "" {
-		writeError(w, http.StatusUnauthorized, "User Not Authenticated", "Required to provide Auth information")
+		notAuthenticated(w)
 		return ""
 	}
 	s.knobMu.Lock()
 	info, found := s.tokens[strings.TrimSpace(tok)]
 	s.knobMu.Unlock()
 	if !found || info.user == "" || !s.now().Before(info.expires) {
-		writeError(w, http.StatusUnauthorized, "User Not Authenticated", "Required to provide Auth information")
+		notAuthenticated(w)
 		return ""
 	}
 	return info.user
+}
+
+func notAuthenticated(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", wwwAuthenticate)
+	writeError(w, http.StatusUnauthorized, "User Not Authenticated", "Required to provide Auth information")
 }

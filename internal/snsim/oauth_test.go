@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-func postToken(t *testing.T, h *harness, contentType, body string) (int, string) {
+func postToken(t *testing.T, h *harness, contentType, body string) (int, string, http.Header) {
 	t.Helper()
 	resp, err := http.Post(h.srv.URL+"/oauth_token.do", contentType, strings.NewReader(body))
 	if err != nil {
@@ -20,7 +20,7 @@ func postToken(t *testing.T, h *harness, contentType, body string) (int, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, string(b), resp.Header
 }
 
 func TestOAuth_FailuresShareOneBody(t *testing.T) {
@@ -41,9 +41,12 @@ func TestOAuth_FailuresShareOneBody(t *testing.T) {
 	}
 	for _, c := range cases {
 		h.sim.SetOAuthMode(c.mode)
-		status, body := postToken(t, h, c.ctype, c.raw)
+		status, body, hdr := postToken(t, h, c.ctype, c.raw)
 		if status != 401 || body != tokenFailure {
 			t.Errorf("%s: %d %s, want 401 %s", c.name, status, body, tokenFailure)
+		}
+		if got := hdr.Get("WWW-Authenticate"); got != `BASIC realm="Service-now"` {
+			t.Errorf("%s: WWW-Authenticate %q, want BASIC realm=\"Service-now\"", c.name, got)
 		}
 	}
 }
@@ -54,7 +57,7 @@ func TestOAuth_TokenLifecycle(t *testing.T) {
 	if n := h.sim.TokenRequests(); n != 1 {
 		t.Errorf("TokenRequests = %d after one request", n)
 	}
-	if r := h.get("/api/now/table/incident", nil); r.status != 404 { // empty table, v1
+	if r := h.get("/api/now/table/incident", nil); r.status != 200 { // empty table, the latest version
 		t.Fatalf("fresh token: %d %s", r.status, r.body)
 	}
 	clk.Add(31 * time.Second)
@@ -75,6 +78,17 @@ func TestOAuth_TokenLifecycle(t *testing.T) {
 	h.tok = ""
 	if r := h.get("/api/now/v2/table/incident", nil); r.status != 401 {
 		t.Errorf("no Authorization: %d", r.status)
+	}
+	for _, r := range h.sim.Requests() {
+		if r.Status == 401 && r.Path != "/oauth_token.do" {
+			// Every API 401 above went through notAuthenticated; prove the
+			// header on one fresh request as a client receives it.
+			resp := h.get(r.Path, nil)
+			if got := resp.header.Get("WWW-Authenticate"); resp.status != 401 || got != `BASIC realm="Service-now"` {
+				t.Errorf("%s: %d WWW-Authenticate %q, want 401 BASIC realm=\"Service-now\"", r.Path, resp.status, got)
+			}
+			break
+		}
 	}
 	if h.sim.TokensIssued() != 3 {
 		t.Errorf("TokensIssued = %d, want 3", h.sim.TokensIssued())

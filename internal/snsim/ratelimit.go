@@ -147,17 +147,20 @@ func (s *Server) rateLimit(w http.ResponseWriter, r *http.Request, user string, 
 	}
 	l.counts[key]++
 	s.knobMu.Unlock()
-	w.Header().Set("X-RateLimit-Limit", strconv.Itoa(rule.Count))
-	w.Header().Set("X-RateLimit-Reset", strconv.FormatInt(reset, 10))
+	// Every response a rule matches carries the rule's headers.
+	rateHeaders(w.Header(), rule.Count, reset, rule.SysID)
 	return true
 }
 
-func reject(w http.ResponseWriter, limit int, reset, retry int64, rule string) {
-	h := w.Header()
-	h.Set("Retry-After", strconv.FormatInt(retry, 10))
+func rateHeaders(h http.Header, limit int, reset int64, rule string) {
 	h.Set("X-RateLimit-Limit", strconv.Itoa(limit))
 	h.Set("X-RateLimit-Reset", strconv.FormatInt(reset, 10))
 	h.Set("X-RateLimit-Rule", rule)
-	writeError(w, http.StatusTooManyRequests, "Too many requests",
+}
+
+func reject(w http.ResponseWriter, limit int, reset, retry int64, rule string) {
+	w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
+	rateHeaders(w.Header(), limit, reset, rule)
+	writeError(w, http.StatusTooManyRequests, "Rate limit exceeded",
 		fmt.Sprintf("Rate limit of %d requests exceeded (rule %s); retry after %d seconds", limit, rule, retry))
 }

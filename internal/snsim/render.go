@@ -6,13 +6,18 @@ import (
 	"unicode/utf8"
 )
 
-// writeError writes ServiceNow's error envelope.
+// writeError writes ServiceNow's error envelope. An empty detail is JSON
+// null, as the platform sends it (e.g. 400 Invalid table X).
 func writeError(w http.ResponseWriter, status int, message, detail string) {
 	b := make([]byte, 0, 128)
 	b = append(b, `{"error":{"message":`...)
 	b = appendString(b, message)
 	b = append(b, `,"detail":`...)
-	b = appendString(b, detail)
+	if detail == "" {
+		b = append(b, "null"...)
+	} else {
+		b = appendString(b, detail)
+	}
 	b = append(b, `},"status":"failure"}`...)
 	w.Header().Set("Content-Type", "application/json;charset=UTF-8")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))

@@ -399,7 +399,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) bool {
 		}
 		if s.chance(f.ErrorRate) {
 			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusServiceUnavailable, "Service Unavailable", "The instance is temporarily unable to serve requests; semaphores exhausted")
+			writeError(w, http.StatusServiceUnavailable, "Service Unavailable", "The instance is temporarily unable to serve requests")
+			return false
+		}
+		if s.chance(f.SemaphoreRate) {
+			// The facts fix the status and the missing rate-limit headers;
+			// the wording is the simulator's.
+			writeError(w, http.StatusTooManyRequests, "Too Many Requests", "API semaphores exhausted: too many concurrent requests")
 			return false
 		}
 		if s.chance(f.CancelRate) {

@@ -14,20 +14,22 @@ import (
 
 // apiPath is a parsed Table API path.
 type apiPath struct {
-	v2    bool
+	v1    bool // /api/now/v1: a list without matches is 404; later versions answer []
 	table string
 	sysID string
-	base  string // "/api/now/table" or "/api/now/v2/table"
+	base  string // "/api/now/table", "/api/now/v1/table" or "/api/now/v2/table"
 }
 
+// parseAPIPath reads a Table API path. An unversioned path is the latest
+// version (v2), as on the platform.
 func parseAPIPath(p string) (apiPath, bool) {
 	var out apiPath
 	rest := ""
 	switch {
 	case strings.HasPrefix(p, "/api/now/v2/table/"):
-		out.v2, out.base, rest = true, "/api/now/v2/table", p[len("/api/now/v2/table/"):]
+		out.base, rest = "/api/now/v2/table", p[len("/api/now/v2/table/"):]
 	case strings.HasPrefix(p, "/api/now/v1/table/"):
-		out.base, rest = "/api/now/v1/table", p[len("/api/now/v1/table/"):]
+		out.v1, out.base, rest = true, "/api/now/v1/table", p[len("/api/now/v1/table/"):]
 	case strings.HasPrefix(p, "/api/now/table/"):
 		out.base, rest = "/api/now/table", p[len("/api/now/table/"):]
 	default:
@@ -257,7 +259,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, t *table, ap apiPa
 		if n > 0 {
 			body = append(body, ',')
 		}
-		body = s.appendRecord(body, t, row, p, hidden, base)
+		body = s.appendRecord(body, t, row, p, hidden, base+ap.base)
 		n++
 	}
 	body = append(body, "]}"...)
@@ -268,8 +270,9 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, t *table, ap apiPa
 	if cost > 0 {
 		_ = sleepCtx(r.Context(), cost)
 	}
-	if len(res.rows) == 0 && !ap.v2 {
-		// v1 answers a query without matches with 404; v2 with [].
+	if len(res.rows) == 0 && ap.v1 {
+		// v1 answers a query without matches with 404; v2 (and the
+		// unversioned path) with [].
 		writeError(w, errNotFound.status, errNotFound.message, errNotFound.detail)
 		return
 	}
@@ -327,7 +330,7 @@ func (s *Server) getOne(w http.ResponseWriter, r *http.Request, t *table, ap api
 		return
 	}
 	body := append([]byte(`{"result":`), nil...)
-	body = s.appendRecord(body, t, row, p, hidden, baseURL(r))
+	body = s.appendRecord(body, t, row, p, hidden, baseURL(r)+ap.base)
 	body = append(body, '}')
 	s.mu.RUnlock()
 	writeJSON(w, http.StatusOK, body)
@@ -388,14 +391,14 @@ func (s *Server) writeAPI(w http.ResponseWriter, r *http.Request, t *table, ap a
 	base := baseURL(r)
 	s.mu.RLock()
 	body := append([]byte(`{"result":`), nil...)
-	body = s.appendRecord(body, t, res.rec, p, hidden, base)
+	body = s.appendRecord(body, t, res.rec, p, hidden, base+ap.base)
 	body = append(body, '}')
 	id := res.rec.id(t)
 	s.mu.RUnlock()
 	status := http.StatusOK
 	if action == events.ActionInsert {
 		status = http.StatusCreated
-		w.Header().Set("Location", base+"/api/now/table/"+t.s.name+"/"+id)
+		w.Header().Set("Location", base+ap.base+"/"+t.s.name+"/"+id)
 	}
 	writeJSON(w, status, body)
 }
@@ -422,8 +425,10 @@ func decodeFields(body []byte) (map[string]string, error) {
 }
 
 // appendRecord renders one record per sysparm_fields, display_value and
-// exclude_reference_link, omitting fields the ACL hides.
-func (s *Server) appendRecord(b []byte, t *table, r *row, p params, hidden map[string]bool, base string) []byte {
+// exclude_reference_link, omitting fields the ACL hides. Reference links
+// start with tableBase, the request's scheme, host and Table API version
+// ("https://host/api/now/v2/table").
+func (s *Server) appendRecord(b []byte, t *table, r *row, p params, hidden map[string]bool, tableBase string) []byte {
 	b = append(b, '{')
 	first := true
 	emit := func(i int) {
@@ -437,7 +442,7 @@ func (s *Server) appendRecord(b []byte, t *table, r *row, p params, hidden map[s
 		first = false
 		b = appendString(b, f.name)
 		b = append(b, ':')
-		b = s.appendValue(b, t, r, f, r.vals[i], p, base)
+		b = s.appendValue(b, t, r, f, r.vals[i], p, tableBase)
 	}
 	if len(p.fields) > 0 {
 		seen := make(map[string]bool, len(p.fields))
@@ -455,7 +460,7 @@ func (s *Server) appendRecord(b []byte, t *table, r *row, p params, hidden map[s
 	return append(b, '}')
 }
 
-func (s *Server) appendValue(b []byte, t *table, r *row, f *field, v string, p params, base string) []byte {
+func (s *Server) appendValue(b []byte, t *table, r *row, f *field, v string, p params, tableBase string) []byte {
 	switch f.typ {
 	case typeReference:
 		if v == "" {
@@ -464,7 +469,7 @@ func (s *Server) appendValue(b []byte, t *table, r *row, f *field, v string, p p
 			}
 			return append(b, `""`...)
 		}
-		link := base + "/api/now/table/" + f.ref + "/" + v
+		link := tableBase + "/" + f.ref + "/" + v
 		switch p.display {
 		case "true":
 			d := s.refDisplay(f.ref, v)

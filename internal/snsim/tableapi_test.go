@@ -63,16 +63,44 @@ func TestList_LinkAndTotalCountLikeRecordedResponses(t *testing.T) {
 	}
 }
 
-func TestList_V1NoMatchIs404_V2IsEmpty(t *testing.T) {
+func TestList_V1NoMatchIs404_V2AndUnversionedAreEmpty(t *testing.T) {
 	h := newHarness(t, Config{})
 	q := url.Values{"sysparm_query": {"number=INC9999999"}}
-	r := h.get("/api/now/table/incident", q)
+	r := h.get("/api/now/v1/table/incident", q)
 	if r.status != 404 || r.json(t)["status"] != "failure" {
 		t.Errorf("v1 without matches: %d %s, want 404 failure envelope", r.status, r.body)
 	}
-	r = h.get("/api/now/v2/table/incident", q)
-	if r.status != 200 || string(r.body) != `{"result":[]}` {
-		t.Errorf("v2 without matches: %d %s, want 200 {\"result\":[]}", r.status, r.body)
+	for _, path := range []string{"/api/now/v2/table/incident", "/api/now/table/incident"} {
+		r = h.get(path, q)
+		if r.status != 200 || string(r.body) != `{"result":[]}` {
+			t.Errorf("%s without matches: %d %s, want 200 {\"result\":[]} (unversioned is the latest version)", path, r.status, r.body)
+		}
+	}
+}
+
+// TestList_ReferenceLinksCarryTheRequestsVersion: a reference link and the
+// Location of a created record use the version the request used.
+func TestList_ReferenceLinksCarryTheRequestsVersion(t *testing.T) {
+	h := newHarness(t, Config{})
+	beth := stableID("sys_user", "beth.anglin")
+	rec, err := h.sim.Insert("incident", map[string]string{"short_description": "x", "caller_id": beth}, "beth.anglin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, base := range []string{"/api/now/table", "/api/now/v1/table", "/api/now/v2/table"} {
+		want := h.srv.URL + base + "/sys_user/" + beth
+		got := h.get(base+"/incident/"+rec["sys_id"], url.Values{"sysparm_fields": {"caller_id"}}).result(t)
+		if link := got["caller_id"].(map[string]any)["link"]; link != want {
+			t.Errorf("GET %s: caller_id link %v, want %s", base, link, want)
+		}
+		rows := h.get(base+"/incident", url.Values{"sysparm_query": {"sys_id=" + rec["sys_id"]}, "sysparm_fields": {"caller_id"}, "sysparm_display_value": {"all"}}).results(t)
+		if link := rows[0]["caller_id"].(map[string]any)["link"]; link != want {
+			t.Errorf("list %s: caller_id link %v, want %s", base, link, want)
+		}
+		r := h.do("POST", base+"/incident", `{"short_description":"y"}`)
+		if loc := r.header.Get("Location"); !strings.HasPrefix(loc, h.srv.URL+base+"/incident/") {
+			t.Errorf("POST %s: Location %q, want it under %s", base, loc, h.srv.URL+base)
+		}
 	}
 }
 
@@ -82,9 +110,11 @@ func TestTable_Errors(t *testing.T) {
 	tests := []struct {
 		name, method, path, body string
 		status                   int
-		message, detail          string
+		message                  string
+		detail                   any // a string, or nil for JSON null
 	}{
-		{"unknown table", "GET", "/api/now/table/incidentx", "", 400, "Invalid table incidentx", ""},
+		{"unknown table", "GET", "/api/now/table/incidentx", "", 400, "Invalid table incidentx", nil},
+		{"not a resource", "GET", "/api/now/tables/incident", "", 400, "Requested URI does not represent any resource", nil},
 		{"invalid JSON", "POST", "/api/now/table/incident", `{"short_description":`, 400, "Exception while reading request", "The payload is not valid JSON."},
 		{"missing record", "GET", "/api/now/table/incident/" + strings.Repeat("0", 32), "", 404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"},
 		{"patch missing record", "PATCH", "/api/now/table/incident/" + strings.Repeat("0", 32), `{}`, 404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"},
@@ -100,7 +130,7 @@ func TestTable_Errors(t *testing.T) {
 			e := r.json(t)
 			em, _ := e["error"].(map[string]any)
 			if e["status"] != "failure" || em["message"] != tt.message || em["detail"] != tt.detail {
-				t.Errorf("body %s, want message %q detail %q status failure", r.body, tt.message, tt.detail)
+				t.Errorf("body %s, want message %q detail %#v status failure", r.body, tt.message, tt.detail)
 			}
 		})
 	}
