@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"strings"
 	"unicode/utf16"
-	"unicode/utf8"
 )
 
 // The instance's self-test (servicenow/business_rules/NowbridgeWebhook.js,
@@ -217,15 +216,4 @@ var cp1252 = map[rune]byte{
 	'€': 0x80, '‚': 0x82, 'ƒ': 0x83, '„': 0x84, '…': 0x85, '†': 0x86, '‡': 0x87, 'ˆ': 0x88, '‰': 0x89,
 	'Š': 0x8A, '‹': 0x8B, 'Œ': 0x8C, 'Ž': 0x8E, '‘': 0x91, '’': 0x92, '“': 0x93, '”': 0x94, '•': 0x95,
 	'–': 0x96, '—': 0x97, '˜': 0x98, '™': 0x99, 'š': 0x9A, '›': 0x9B, 'œ': 0x9C, 'ž': 0x9E, 'Ÿ': 0x9F,
-}
-
-// HasNonASCII reports whether s holds a character outside ASCII, i.e.
-// whether its bytes depend on the charset.
-func HasNonASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
-			return true
-		}
-	}
-	return false
 }

@@ -28,14 +28,20 @@ type Accepted struct {
 	Echoes     int `json:"echoes"`
 }
 
-// ErrorBody is the body of every failure answer.
+// ErrorBody is the body of every failure answer. SelfTest and Diagnosis
+// are set only on answers to an instance self-test (see selftest.go).
 type ErrorBody struct {
-	Error  string `json:"error"`
-	Detail any    `json:"detail,omitempty"`
+	Error     string `json:"error"`
+	Detail    any    `json:"detail,omitempty"`
+	SelfTest  bool   `json:"selftest,omitempty"`
+	Diagnosis string `json:"diagnosis,omitempty"`
 }
 
 func (r *Receiver) handleWebhook(c echo.Context) error {
 	req := c.Request()
+	if events.IsSelfTestID(req.Header.Get(webhook.HeaderID)) {
+		return r.handleSelfTest(c)
+	}
 	if !isJSON(req.Header.Get(echo.HeaderContentType)) {
 		return fail(c, http.StatusUnsupportedMediaType, "unsupported content type", "send Content-Type: application/json")
 	}
@@ -100,6 +106,11 @@ func (r *Receiver) verify(h http.Header, body []byte) (int, ErrorBody) {
 	if err == nil {
 		return 0, ErrorBody{}
 	}
+	return r.rejectSignature(h, err)
+}
+
+// rejectSignature counts and logs a failed verification and builds its 401.
+func (r *Receiver) rejectSignature(h http.Header, err error) (int, ErrorBody) {
 	reason := "signature"
 	switch {
 	case errors.Is(err, webhook.ErrMissingHeaders):

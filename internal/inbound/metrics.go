@@ -1,6 +1,10 @@
 package inbound
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nowbridge/nowbridge/internal/events"
+)
 
 type metrics struct {
 	requests          *prometheus.CounterVec // by path, code
@@ -8,6 +12,7 @@ type metrics struct {
 	duplicates        *prometheus.CounterVec // by table
 	echoes            *prometheus.CounterVec // by table
 	signatureFailures *prometheus.CounterVec // by reason
+	selfTests         *prometheus.CounterVec // by result
 	publishFailures   prometheus.Counter
 	publishSeconds    prometheus.Histogram
 }
@@ -34,6 +39,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "bridge_ingest_signature_failures_total",
 			Help: "Webhooks rejected with 401, by reason (missing_headers, bad_timestamp, timestamp_skew, signature, no_secrets).",
 		}, []string{"reason"}),
+		selfTests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_webhook_selftests_total",
+			Help: "Instance self-tests answered (webhook-id nowbridge-selftest:...; never stored), by result: ok, text_altered, or why it was refused (charset, secret_encrypted, secret_mismatch, body_altered, timestamp_skew, ...).",
+		}, []string{"result"}),
 		publishFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_ingest_publish_failures_total",
 			Help: "Webhook bodies answered 503 because JetStream was unreachable or did not ack every event in time.",
@@ -44,13 +53,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs .. 3.3s
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.published, m.duplicates, m.echoes, m.signatureFailures, m.publishFailures, m.publishSeconds} {
+	for _, c := range []prometheus.Collector{m.requests, m.published, m.duplicates, m.echoes, m.signatureFailures, m.selfTests, m.publishFailures, m.publishSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	for _, reason := range []string{"missing_headers", "bad_timestamp", "timestamp_skew", "signature", "no_secrets"} {
 		m.signatureFailures.WithLabelValues(reason) // export zeros so alerts see the series
+	}
+	for _, result := range events.SelfTestResults {
+		m.selfTests.WithLabelValues(result)
 	}
 	return m, nil
 }
