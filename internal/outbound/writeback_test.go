@@ -147,11 +147,79 @@ func TestWriteback_DeleteResolvesWithCloseFieldsByDefault(t *testing.T) {
 	v := h.publish(events.AppDelete, "TCK-DEL", nil, time.Time{})
 	h.waitWritten("TCK-DEL", v)
 	got := h.record(rec["sys_id"])
-	if got["state"] != "6" || got["close_code"] == "" || got["close_notes"] == "" {
-		t.Fatalf("after an app delete: state %q close_code %q close_notes %q; want resolved with close fields", got["state"], got["close_code"], got["close_notes"])
+	if got["state"] != "6" || got["close_code"] != "Solution provided" || got["close_notes"] == "" {
+		t.Fatalf("after an app delete: state %q close_code %q close_notes %q; want resolved with the instance's Solution provided and notes", got["state"], got["close_code"], got["close_notes"])
 	}
 	if len(h.dlq()) != 0 {
 		t.Error("resolving went to the DLQ")
+	}
+}
+
+// The least-privilege simulator runs the current release's close codes and
+// data policy: a resolve without a valid code and notes is refused with 403.
+func TestWriteback_AppResolveAndCloseCarryAnActiveCloseCode(t *testing.T) {
+	h := newHarness(t, opts{})
+	resolved := h.linkedIncident("TCK-RES", nil)
+	closed := h.linkedIncident("TCK-CLO", nil)
+	v1 := h.publish(events.AppUpsert, "TCK-RES", map[string]string{"status": "resolved"}, time.Time{})
+	v2 := h.publish(events.AppUpsert, "TCK-CLO", map[string]string{"status": "closed"}, time.Time{})
+	h.waitWritten("TCK-RES", v1)
+	h.waitWritten("TCK-CLO", v2)
+	for id, want := range map[string]string{resolved["sys_id"]: "6", closed["sys_id"]: "7"} {
+		got := h.record(id)
+		if got["state"] != want || got["close_code"] != "Solution provided" || !strings.Contains(got["close_notes"], "synced by nowbridge") {
+			t.Errorf("%s: state %q close_code %q close_notes %q; want state %s with Solution provided and generated notes",
+				got["number"], got["state"], got["close_code"], got["close_notes"], want)
+		}
+	}
+	if n := len(h.dlq()); n != 0 {
+		t.Errorf("%d dead letters; resolving and closing must be accepted by the data policy", n)
+	}
+}
+
+func TestWriteback_ResolveKeepsTheRecordsActiveCloseCode(t *testing.T) {
+	h := newHarness(t, opts{})
+	rec := h.linkedIncident("TCK-KEEP", map[string]string{"close_code": "Duplicate"})
+	v := h.publish(events.AppUpsert, "TCK-KEEP", map[string]string{"status": "resolved"}, time.Time{})
+	h.waitWritten("TCK-KEEP", v)
+	if got := h.record(rec["sys_id"]); got["state"] != "6" || got["close_code"] != "Duplicate" {
+		t.Fatalf("state %q close_code %q; a code a person chose must stay", got["state"], got["close_code"])
+	}
+}
+
+func TestWriteback_OlderReleaseClosesWithItsOwnFirstCode(t *testing.T) {
+	h := newHarness(t, opts{})
+	if err := h.sim.SetChoices("incident", "close_code", snsim.LegacyCloseCodes()); err != nil {
+		t.Fatal(err)
+	}
+	rec := h.linkedIncident("TCK-OLD", nil)
+	v := h.publish(events.AppDelete, "TCK-OLD", nil, time.Time{})
+	h.waitWritten("TCK-OLD", v)
+	if got := h.record(rec["sys_id"]); got["state"] != "6" || got["close_code"] != snsim.LegacyCloseCodes()[0].Value {
+		t.Fatalf("state %q close_code %q; want resolved with the release's first active code %q", got["state"], got["close_code"], snsim.LegacyCloseCodes()[0].Value)
+	}
+}
+
+func TestWriteback_RetiredCloseCodeIsDeadLetteredOnceWithTheValidOnes(t *testing.T) {
+	h := newHarness(t, opts{cfg: outbound.Config{CloseCode: "Solved (Permanently)"}})
+	rec := h.linkedIncident("TCK-RET", nil)
+	h.publish(events.AppUpsert, "TCK-RET", map[string]string{"status": "resolved"}, time.Time{})
+	var reason string
+	h.eventually("one dead letter", 20*time.Second, func() (bool, string) {
+		msgs := h.dlq()
+		if len(msgs) == 1 {
+			reason = msgs[0].Header.Get(events.HeaderDLQReason)
+		}
+		return len(msgs) == 1, fmt.Sprintf("%d dead letters", len(msgs))
+	})
+	if !strings.Contains(reason, `BRIDGE_CLOSE_CODE "Solved (Permanently)"`) || !strings.Contains(reason, `"Solution provided"`) {
+		t.Errorf("dead letter reason %q does not name the setting and the valid choices", reason)
+	}
+	if got := h.record(rec["sys_id"]); got["state"] != "1" {
+		t.Errorf("state %q: nothing may be written with a code ServiceNow would drop", got["state"])
+	}
+	if n := h.sim.RequestCount("PATCH", "", 0); n != 0 {
+		t.Errorf("%d PATCH requests; a change that cannot succeed must not be sent", n)
 	}
 }
 
