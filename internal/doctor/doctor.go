@@ -500,7 +500,7 @@ func (d *run) fields(ctx context.Context, sn *snclient.Client, table string, rea
 	var dict []string
 	dictErr := errDictionaryHidden
 	if d.dictReadable {
-		dict, dictErr = sn.Fields(ctx, table)
+		dict, dictErr = sn.DictionaryFields(ctx, table)
 	}
 	if !readable {
 		// No row to look at: existence is all that can be checked.

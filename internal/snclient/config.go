@@ -74,9 +74,20 @@ type Config struct {
 	BreakerOpenFor          time.Duration
 	BreakerHalfOpenRequests uint32
 
-	// KnownFields lists, per table, the fields queries may use. Tables not
-	// listed are learned from sys_dictionary on first use and cached for
-	// SchemaTTL (default 1h).
+	// The fields of a table are learned on first use and cached for
+	// SchemaTTL (default 1h), merged from: MappedFields, the fields of one
+	// record the Table API returns (every field the integration user may
+	// read), sys_dictionary where readable (it is not for the least-
+	// privilege roles) and KnownFields. Queries may use only known fields
+	// (ServiceNow silently drops a clause on an unknown one); learning never
+	// blocks a write (see FieldInfo and checkWrite).
+	//
+	// MappedFields lists, per table, the fields the caller reads and
+	// writes (the mapping's ServiceNow fields): always accepted.
+	MappedFields map[string][]string
+	// KnownFields lists, per table, fields to accept beyond those learned
+	// (BRIDGE_SN_KNOWN_FIELDS): for fields no record shows and no readable
+	// dictionary lists, e.g. while a table is empty.
 	KnownFields map[string][]string
 	// TableParents names the tables a table extends, whose dictionary
 	// entries it inherits (incident's number, state, ... are defined on
@@ -190,13 +201,15 @@ func (c Config) Validate() error {
 	if c.PageSize < 1 || c.PageSize > 10000 {
 		errs = append(errs, fmt.Errorf("page size %d: want 1..10000 (the Table API's maximum)", c.PageSize))
 	}
-	for table, fields := range c.KnownFields {
-		if !tableNameRE.MatchString(table) {
-			errs = append(errs, fmt.Errorf("known fields: %q is not a table name", table))
-		}
-		for _, f := range fields {
-			if !fieldNameRE.MatchString(f) {
-				errs = append(errs, fmt.Errorf("known fields of %s: %q is not a field name", table, f))
+	for what, m := range map[string]map[string][]string{"known fields": c.KnownFields, "mapped fields": c.MappedFields} {
+		for table, fields := range m {
+			if !tableNameRE.MatchString(table) {
+				errs = append(errs, fmt.Errorf("%s: %q is not a table name", what, table))
+			}
+			for _, f := range fields {
+				if !fieldNameRE.MatchString(f) || strings.Contains(f, ".") {
+					errs = append(errs, fmt.Errorf("%s of %s: %q is not a field name", what, table, f))
+				}
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package snclient
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -47,6 +48,16 @@ const (
 	HintServer        = "the instance failed or shed load (semaphores exhausted); retried with backoff"
 	HintUnknownField  = "ServiceNow silently drops a clause on a field the table does not have (and may return everything): fix the field name or the mapping"
 	HintTokenEndpoint = "no OAuth token endpoint answered at this URL: check BRIDGE_SN_INSTANCE_URL (a hibernating developer instance answers with a web page)"
+
+	// HintUnknownOrHiddenField: learned from a record, without sys_dictionary.
+	HintUnknownOrHiddenField = HintUnknownField + "; if the field exists, the integration user cannot read it (no record shows it, " +
+		"and sys_dictionary is not readable): grant read on the field, or list it in BRIDGE_SN_KNOWN_FIELDS"
+
+	// HintFieldsIncomplete: no record and no sys_dictionary row could be
+	// read, so only mapped, configured and system fields are known.
+	HintFieldsIncomplete = "the client could not learn the table's fields (no record readable, sys_dictionary not readable): " +
+		"list the fields in BRIDGE_SN_KNOWN_FIELDS (e.g. incident=number,state,short_description), or grant the integration user " +
+		"read on sys_dictionary (role personalize_dictionary); ServiceNow silently drops a clause on a field that does not exist, so unverified fields are not queried"
 )
 
 // APIError is an error answer from ServiceNow, with ServiceNow's own
@@ -99,6 +110,21 @@ func (e *APIError) Error() string {
 
 // HTTPStatus is the response status, for callers that classify by it.
 func (e *APIError) HTTPStatus() int { return e.Status }
+
+// Permanent reports an answer that the same request will get again until a
+// person changes something: a 4xx (missing role or ACL, data policy, bad
+// request, record or table not found) other than 408, 409, 425 and 429,
+// and a 401 with a freshly exchanged token (no OAuth Application User).
+// 5xx, 429 and a 401 that a new token may cure are temporary.
+func (e *APIError) Permanent() bool {
+	switch {
+	case e.Status == 401:
+		return e.Hint == HintAppUser
+	case e.Status == 408 || e.Status == 409 || e.Status == 425 || e.Status == 429:
+		return false
+	}
+	return e.Status >= 400 && e.Status < 500
+}
 
 // Is maps the status to a sentinel.
 func (e *APIError) Is(target error) bool {
@@ -163,22 +189,60 @@ func (e *TokenError) Is(target error) bool {
 // Temporary reports a failure worth retrying (network, 5xx, 429).
 func (e *TokenError) Temporary() bool { return e.transient }
 
-// FieldError is a query or field list naming fields the table does not
-// have. The client refuses to send it because ServiceNow would drop the
-// clause silently and answer as if it were not there.
+// Permanent reports a refused exchange: wrong client id or secret, the
+// grant disabled, no application user, no token endpoint at the URL. A
+// setting must change before a retry can succeed.
+func (e *TokenError) Permanent() bool { return !e.transient }
+
+// FieldError is a query, field list or write naming fields the table does
+// not have, or (Incomplete) fields the client cannot confirm because it
+// could not learn the table's fields. The client refuses to send it because
+// ServiceNow would drop the clause (or the written field) silently and
+// answer as if it were not there. Retrying cannot help: it is permanent.
 type FieldError struct {
 	Table   string
 	Unknown []string
-	Source  string // "sys_dictionary" or "configured known fields"
+	// Source names the sources the known fields came from, comma-separated
+	// (FieldSource*: "mapping, record, sys_dictionary, known_fields").
+	Source string
+	// Incomplete: neither a record nor sys_dictionary could be read, so the
+	// unknown fields may exist; HintFieldsIncomplete says what completes the list.
+	Incomplete bool
+	// Write: the fields were to be written, not queried.
+	Write bool
 }
 
 func (e *FieldError) Error() string {
-	return fmt.Sprintf("invalid ServiceNow query on %s: unknown field(s) %s (per %s) (hint: %s)",
-		e.Table, strings.Join(e.Unknown, ", "), e.Source, HintUnknownField)
+	what := "query on"
+	if e.Write {
+		what = "write to"
+	}
+	if e.Incomplete {
+		return fmt.Sprintf("invalid ServiceNow %s %s: field(s) %s not known (the table's fields are only partly known, from %s) (hint: %s)",
+			what, e.Table, strings.Join(e.Unknown, ", "), e.Source, e.hint())
+	}
+	return fmt.Sprintf("invalid ServiceNow %s %s: unknown field(s) %s (per %s) (hint: %s)",
+		what, e.Table, strings.Join(e.Unknown, ", "), e.Source, e.hint())
+}
+
+func (e *FieldError) hint() string {
+	switch {
+	case e.Incomplete:
+		return HintFieldsIncomplete
+	case !slices.Contains(strings.Split(e.Source, ", "), FieldSourceDictionary):
+		// Without the dictionary, a field the user may not read looks
+		// like one that does not exist.
+		return HintUnknownOrHiddenField
+	}
+	return HintUnknownField
 }
 
 // Is matches ErrInvalidQuery.
 func (e *FieldError) Is(target error) bool { return target == ErrInvalidQuery }
+
+// Permanent is true: the same fields are refused until the mapping, the
+// query or a setting changes.
+func (e *FieldError) Permanent() bool { return true }
 
 // ACL warning kinds.
 const (
@@ -223,6 +287,25 @@ func (e *BreakerOpenError) Error() string {
 // Is matches ErrBreakerOpen.
 func (e *BreakerOpenError) Is(target error) bool { return target == ErrBreakerOpen }
 
+// IsPermanent reports whether retrying the call that returned err cannot
+// succeed until a person changes something (a role or ACL, a setting, the
+// mapping, the data): a refused token exchange, a ServiceNow 4xx other than
+// 401 (unless a fresh token got it), 408, 409, 425 and 429, a *FieldError,
+// and a request the client refused to send (ErrInvalidQuery). Consumers
+// fail or dead-letter such an error once, with its Hint, rather than retry
+// it. Network failures, timeouts, 5xx, 429, an open breaker and the
+// caller's context ending are not permanent.
+func IsPermanent(err error) bool {
+	if err == nil {
+		return false
+	}
+	var p interface{ Permanent() bool }
+	if errors.As(err, &p) {
+		return p.Permanent()
+	}
+	return errors.Is(err, ErrInvalidQuery)
+}
+
 // Hint returns the actionable hint carried by any error of this package
 // in err's chain, or "".
 func Hint(err error) string {
@@ -236,7 +319,7 @@ func Hint(err error) string {
 	}
 	var fe *FieldError
 	if errors.As(err, &fe) {
-		return HintUnknownField
+		return fe.hint()
 	}
 	var aw *ACLWarning
 	if errors.As(err, &aw) {

@@ -15,6 +15,10 @@ type metrics struct {
 	tokenExpiry prometheus.Gauge
 	breaker     prometheus.Gauge
 	aclWarnings *prometheus.CounterVec // table, kind
+
+	fieldsLearned      *prometheus.GaugeVec   // table, source
+	learningIncomplete *prometheus.GaugeVec   // table
+	fieldsIgnored      *prometheus.CounterVec // table
 }
 
 // newMetrics labels every series with the instance host, so one process
@@ -55,12 +59,24 @@ func newMetrics(reg prometheus.Registerer, instance string) (*metrics, error) {
 			Name: "bridge_servicenow_acl_warnings_total", ConstLabels: cl,
 			Help: "List answers that look ACL-filtered, by table and kind (rows, fields).",
 		}, []string{"table", "kind"}),
+		fieldsLearned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_servicenow_fields_learned", ConstLabels: cl,
+			Help: "Fields of a table each source gave at the last learning: mapping, record (a record read or written), sys_dictionary, known_fields.",
+		}, []string{"table", "source"}),
+		learningIncomplete: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_servicenow_field_learning_incomplete", ConstLabels: cl,
+			Help: "1 while neither a record nor sys_dictionary could be read for a table: only mapped, configured and system fields are known (set BRIDGE_SN_KNOWN_FIELDS or grant read on sys_dictionary).",
+		}, []string{"table"}),
+		fieldsIgnored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_servicenow_write_fields_ignored_total", ConstLabels: cl,
+			Help: "Writes whose answer lacked a field sent: ServiceNow ignored it (no such field) or the integration user cannot read it.",
+		}, []string{"table"}),
 	}
 	m.refreshes.WithLabelValues("ok")
 	m.refreshes.WithLabelValues("failed")
 	if reg != nil {
 		var errs []error
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.retries, m.rateLimited, m.refreshes, m.tokenExpiry, m.breaker, m.aclWarnings} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.retries, m.rateLimited, m.refreshes, m.tokenExpiry, m.breaker, m.aclWarnings, m.fieldsLearned, m.learningIncomplete, m.fieldsIgnored} {
 			if err := reg.Register(c); err != nil {
 				errs = append(errs, err)
 			}

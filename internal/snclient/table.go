@@ -111,8 +111,12 @@ func (c *Client) list(ctx context.Context, table string, opts ListOptions, valid
 		}
 	}
 	if validate {
-		if err := c.checkFields(ctx, table, append(opts.Query.Fields(), opts.Fields...)); err != nil {
+		empty, err := c.checkQuery(ctx, table, opts.Query.Fields(), opts.Fields)
+		if err != nil {
 			return nil, err
+		}
+		if empty {
+			return &Page{Total: 0, Offset: opts.Offset, Limit: opts.Limit}, nil
 		}
 	}
 	q := url.Values{}
@@ -227,7 +231,7 @@ func (c *Client) GetRecord(ctx context.Context, table, sysID string, opts ReadOp
 	if !opts.Display.valid() {
 		return nil, fmt.Errorf("%w: display value %q", ErrInvalidQuery, opts.Display)
 	}
-	if err := c.checkFields(ctx, table, opts.Fields); err != nil {
+	if _, err := c.checkQuery(ctx, table, nil, opts.Fields); err != nil {
 		return nil, err
 	}
 	q := url.Values{}
@@ -326,7 +330,7 @@ func (c *Client) write(ctx context.Context, method, table, sysID string, fields 
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	if err := c.checkFields(ctx, table, names); err != nil {
+	if err := c.checkWrite(ctx, table, names); err != nil {
 		return nil, err
 	}
 	body, err := json.Marshal(fields)
@@ -342,7 +346,34 @@ func (c *Client) write(ctx context.Context, method, table, sysID string, fields 
 	if err != nil {
 		return nil, err
 	}
-	return decodeOne(resp.body)
+	r, err := decodeOne(resp.body)
+	if err != nil {
+		return nil, err
+	}
+	c.afterWrite(ctx, table, names, r)
+	return r, nil
+}
+
+// afterWrite learns the table's fields from the returned record when no
+// record taught them yet, and warns about fields sent but absent from the
+// answer: the answer carries every field the user may read, so such a
+// field was ignored (ServiceNow drops unknown fields silently) or cannot
+// be read back.
+func (c *Client) afterWrite(ctx context.Context, table string, sent []string, r Record) {
+	if !c.cfg.SkipFieldValidation {
+		c.learnFromRecord(ctx, table, r)
+	}
+	var absent []string
+	for _, n := range sent {
+		if !r.Has(n) {
+			absent = append(absent, n)
+		}
+	}
+	if len(absent) > 0 {
+		c.m.fieldsIgnored.WithLabelValues(table).Inc()
+		c.log.WarnContext(ctx, "servicenow answered a write without some fields sent: they are not fields of the table (ServiceNow ignored them) or the integration user cannot read them; check the mapping",
+			"table", table, "sys_id", r.SysID(), "fields", absent)
+	}
 }
 
 func decodeOne(b []byte) (Record, error) {
