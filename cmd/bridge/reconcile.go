@@ -177,13 +177,7 @@ func newReconciler(ctx context.Context, cfg config.Config, js jetstream.JetStrea
 			return nil, nil, usageError{err}
 		}
 		var err error
-		sn, err = snclient.New(snclient.Config{
-			InstanceURL:  cfg.SNInstanceURL,
-			ClientID:     cfg.SNClientID,
-			ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()),
-			RateLimit:    cfg.SNRateLimit,
-			Logger:       logger,
-		})
+		sn, err = newSNClient(cfg, mset, logger, nil)
 		if err != nil {
 			return nil, nil, usageError{err}
 		}

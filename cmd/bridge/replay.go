@@ -146,10 +146,7 @@ func newReplayHandler(ctx context.Context, cfg config.Config, js jetstream.JetSt
 		if err := cfg.RequireServiceNow(); err != nil {
 			return nil, nil, usageError{fmt.Errorf("replay --stream app writes to ServiceNow: %w", err)}
 		}
-		sn, err := snclient.New(snclient.Config{
-			InstanceURL: cfg.SNInstanceURL, ClientID: cfg.SNClientID,
-			ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()), RateLimit: cfg.SNRateLimit, Logger: logger,
-		})
+		sn, err := newSNClient(cfg, mset, logger, nil)
 		if err != nil {
 			return nil, nil, usageError{err}
 		}

@@ -236,10 +236,7 @@ func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.Jet
 	if err != nil {
 		return component{}, nil, nil, nil, err
 	}
-	sn, err := snclient.New(snclient.Config{
-		InstanceURL: cfg.SNInstanceURL, ClientID: cfg.SNClientID, ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()),
-		RateLimit: cfg.SNRateLimit, Logger: log, Registerer: reg,
-	})
+	sn, err := newSNClient(cfg, mset, log, reg)
 	if err != nil {
 		return component{}, nil, nil, nil, err
 	}

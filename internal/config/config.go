@@ -4,12 +4,15 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,6 +24,9 @@ import (
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
+
+// fieldNameRe is a ServiceNow field (column) name.
+var fieldNameRe = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,79}$`)
 
 // Secret is a string that prints as [redacted] in logs, errors and %v.
 type Secret string
@@ -45,6 +51,9 @@ type Config struct {
 	SNClientID     string
 	SNClientSecret Secret
 	SNRateLimit    float64 // client-side requests/s towards ServiceNow; 0 = unlimited
+	// SNKnownFields lists, per table, fields the bridge may use beyond those
+	// it learns (from the mapping, a record and sys_dictionary where readable).
+	SNKnownFields map[string][]string
 
 	WebhookSecrets    Secret // comma-separated whsec_ list
 	WebhookTolerance  time.Duration
@@ -107,6 +116,16 @@ type Setting struct {
 	Usage  string
 	set    func(*Config, string) error
 	get    func(*Config) string
+	// mapSep, when set, lets the YAML file give the setting as a map:
+	// each entry becomes key=value (a list value joined with commas), the
+	// entries joined with mapSep, which also joins a YAML list.
+	mapSep string
+}
+
+// yamlMap accepts a YAML map for the setting (see mapSep).
+func (s Setting) yamlMap(sep string) Setting {
+	s.mapSep = sep
+	return s
 }
 
 // Flag is the setting's command-line flag name.
@@ -174,6 +193,42 @@ func list(p func(*Config) *[]string) (func(*Config, string) error, func(*Config)
 		}
 }
 
+// knownFields parses table=field,field;table=field (a YAML map of table to
+// a list of fields arrives in the same form). A table given twice gets the
+// fields of both.
+func knownFields(p func(*Config) *map[string][]string) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error {
+			m := map[string][]string{}
+			for _, part := range strings.Split(v, ";") {
+				if part = strings.TrimSpace(part); part == "" {
+					continue
+				}
+				table, fields, ok := strings.Cut(part, "=")
+				table = strings.TrimSpace(table)
+				if !ok || table == "" {
+					return fmt.Errorf("want table=field,field;table=field, got %q", part)
+				}
+				for _, f := range strings.Split(fields, ",") {
+					if f = strings.TrimSpace(f); f != "" && !slices.Contains(m[table], f) {
+						m[table] = append(m[table], f)
+					}
+				}
+				if len(m[table]) == 0 {
+					return fmt.Errorf("table %s lists no fields", table)
+				}
+			}
+			*p(c) = m
+			return nil
+		}, func(c *Config) string {
+			parts := make([]string, 0, len(*p(c)))
+			for table, fields := range *p(c) {
+				parts = append(parts, table+"="+strings.Join(fields, ","))
+			}
+			sort.Strings(parts)
+			return strings.Join(parts, ";")
+		}
+}
+
 func setting(key, env, usage string, secretValue bool, fns func() (func(*Config, string) error, func(*Config) string)) Setting {
 	s, g := fns()
 	return Setting{Key: key, Env: env, Usage: usage, Secret: secretValue, set: s, get: g}
@@ -209,6 +264,9 @@ func Settings() []Setting {
 		setting("sn_rate_limit", "BRIDGE_SN_RATE_LIMIT", "client-side requests per second towards ServiceNow (0 = unlimited)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return float(func(c *Config) *float64 { return &c.SNRateLimit })
 		}),
+		setting("sn_known_fields", "BRIDGE_SN_KNOWN_FIELDS", "fields of a table to accept beyond those learned from the mapping, a record and sys_dictionary (when readable), e.g. incident=number,state,u_code;problem=number (YAML: a map of table to a list of fields)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return knownFields(func(c *Config) *map[string][]string { return &c.SNKnownFields })
+		}).yamlMap(";"),
 		setting("webhook_secrets", "BRIDGE_WEBHOOK_SECRETS", "comma-separated whsec_ secrets (first signs, all verify)", true, func() (func(*Config, string) error, func(*Config) string) {
 			return secret(func(c *Config) *Secret { return &c.WebhookSecrets })
 		}),
@@ -402,7 +460,15 @@ func loadFile(cfg *Config, path string, settings []Setting) error {
 			for _, c := range node.Content {
 				parts = append(parts, c.Value)
 			}
-			value = strings.Join(parts, ",")
+			value = strings.Join(parts, cmp.Or(s.mapSep, ","))
+		case yaml.MappingNode:
+			if s.mapSep == "" {
+				return fmt.Errorf("config file %s line %d: %s must be a value or a list", path, node.Line, key)
+			}
+			var err error
+			if value, err = yamlMapValue(&node, s.mapSep); err != nil {
+				return fmt.Errorf("config file %s line %d: %s: %v", path, node.Line, key, err)
+			}
 		default:
 			return fmt.Errorf("config file %s line %d: %s must be a value or a list", path, node.Line, key)
 		}
@@ -418,6 +484,31 @@ func loadFile(cfg *Config, path string, settings []Setting) error {
 		}
 	}
 	return nil
+}
+
+// yamlMapValue renders a YAML map as key=value entries joined with sep, a
+// list value as its items joined with commas.
+func yamlMapValue(node *yaml.Node, sep string) (string, error) {
+	parts := make([]string, 0, len(node.Content)/2)
+	for i := 0; i+1 < len(node.Content); i += 2 {
+		k, v := node.Content[i], node.Content[i+1]
+		var vals []string
+		switch v.Kind {
+		case yaml.ScalarNode:
+			vals = []string{v.Value}
+		case yaml.SequenceNode:
+			for _, c := range v.Content {
+				if c.Kind != yaml.ScalarNode {
+					return "", fmt.Errorf("line %d: %s: want a list of names", c.Line, k.Value)
+				}
+				vals = append(vals, c.Value)
+			}
+		default:
+			return "", fmt.Errorf("line %d: %s: want a value or a list", v.Line, k.Value)
+		}
+		parts = append(parts, k.Value+"="+strings.Join(vals, ","))
+	}
+	return strings.Join(parts, sep), nil
 }
 
 // Validate checks values and their combinations.
@@ -448,6 +539,16 @@ func (c *Config) Validate() error {
 		u, err := url.Parse(c.SNInstanceURL)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 			return fmt.Errorf("BRIDGE_SN_INSTANCE_URL: %q is not an http(s) URL", c.SNInstanceURL)
+		}
+	}
+	for table, fields := range c.SNKnownFields {
+		if !events.ValidTable(table) {
+			return fmt.Errorf("BRIDGE_SN_KNOWN_FIELDS: %q is not a ServiceNow table name", table)
+		}
+		for _, f := range fields {
+			if !fieldNameRe.MatchString(f) {
+				return fmt.Errorf("BRIDGE_SN_KNOWN_FIELDS: %s: %q is not a ServiceNow field name (lowercase letters, digits and _, e.g. u_code)", table, f)
+			}
 		}
 	}
 	if c.WebhookSecrets != "" {

@@ -297,3 +297,56 @@ func TestREADME_ListsEverySetting(t *testing.T) {
 		}
 	}
 }
+
+func TestLoad_SNKnownFields(t *testing.T) {
+	want := map[string][]string{"incident": {"u_code", "u_site"}, "problem": {"u_root_cause"}}
+	file := writeFile(t, "bridge.yaml", "sn_known_fields:\n  incident: [u_code, u_site]\n  problem: u_root_cause\n")
+	for name, src := range map[string]struct {
+		env  map[string]string
+		args []string
+	}{
+		"env":       {env: map[string]string{"BRIDGE_SN_KNOWN_FIELDS": " incident = u_code, u_site ; problem=u_root_cause;"}},
+		"flag":      {args: []string{"--sn-known-fields", "incident=u_code,u_site;problem=u_root_cause"}},
+		"YAML map":  {env: map[string]string{"BRIDGE_CONFIG": file}},
+		"YAML list": {env: map[string]string{"BRIDGE_CONFIG": writeFile(t, "list.yaml", "sn_known_fields: [\"incident=u_code,u_site\", problem=u_root_cause]\n")}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg, err := load(t, src.env, src.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(cfg.SNKnownFields, want) {
+				t.Errorf("known fields = %v, want %v", cfg.SNKnownFields, want)
+			}
+		})
+	}
+	// The flag's default text is what the setting parses back.
+	cfg, _ := load(t, map[string]string{"BRIDGE_CONFIG": file})
+	for _, s := range Settings() {
+		if s.Env == "BRIDGE_SN_KNOWN_FIELDS" {
+			if got := s.get(&cfg); got != "incident=u_code,u_site;problem=u_root_cause" {
+				t.Errorf("rendered as %q", got)
+			}
+		}
+	}
+	for _, bad := range []struct{ val, want string }{
+		{"incident", "BRIDGE_SN_KNOWN_FIELDS: want table=field,field;table=field"},
+		{"incident=", "BRIDGE_SN_KNOWN_FIELDS: table incident lists no fields"},
+		{"Incident Table=u_code", "BRIDGE_SN_KNOWN_FIELDS: \"Incident Table\" is not a ServiceNow table name"},
+		{"incident=u_code,Site Name", "BRIDGE_SN_KNOWN_FIELDS: incident: \"Site Name\" is not a ServiceNow field name"},
+		{"incident=caller_id.name", "is not a ServiceNow field name"},
+	} {
+		_, err := load(t, map[string]string{"BRIDGE_SN_KNOWN_FIELDS": bad.val})
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("BRIDGE_SN_KNOWN_FIELDS=%s: err %v, want it to contain %q", bad.val, err, bad.want)
+		}
+	}
+	_, err := load(t, map[string]string{"BRIDGE_CONFIG": writeFile(t, "nested.yaml", "sn_known_fields:\n  incident:\n    code: u_code\n")})
+	if err == nil || !strings.Contains(err.Error(), "line 3: incident: want a value or a list") {
+		t.Errorf("nested map: err %v", err)
+	}
+	_, err = load(t, map[string]string{"BRIDGE_CONFIG": writeFile(t, "policies.yaml", "tables:\n  incident: x\n")})
+	if err == nil || !strings.Contains(err.Error(), "tables must be a value or a list") {
+		t.Errorf("a map for a setting that takes none: err %v", err)
+	}
+}
