@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"net/http/httptest"
 	"os"
 	"strconv"
@@ -80,6 +82,10 @@ type simVersions map[string]int64
 func (v simVersions) LastVersion(_ context.Context, _, sysID string) (int64, bool, bool, error) {
 	mc, ok := v[sysID]
 	return mc, ok, false, nil
+}
+
+func (v simVersions) RecordIDs(context.Context, string) ([]string, error) {
+	return slices.Collect(maps.Keys(v)), nil
 }
 
 func benchPass(b *testing.B, sim *snsim.Server, url string, n int, mode string) {

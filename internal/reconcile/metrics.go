@@ -14,6 +14,11 @@ type metrics struct {
 	duration  *prometheus.HistogramVec
 	lastPass  *prometheus.GaugeVec
 	watermark *prometheus.GaugeVec
+
+	hidden        *prometheus.GaugeVec
+	presenceLast  *prometheus.GaugeVec
+	presencePages *prometheus.CounterVec
+	candidates    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -40,6 +45,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		watermark: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "reconcile_watermark_timestamp_seconds", Help: "sys_updated_on (Unix time) up to which reconcile has published the table.",
 		}, []string{"table"}),
+		hidden: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_reconcile_table_hidden",
+			Help: "1 when ServiceNow counted rows of source (the synced table itself, or sys_audit_delete) for table but returned none to the integration user: reconcile concludes nothing from it. 0 once rows are returned. Alert on 1 with source equal to table.",
+		}, []string{"table", "source"}),
+		presenceLast: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_reconcile_presence_scan_timestamp_seconds", Help: "Unix time the last presence scan (deletes by sys_id comparison) of the table started. Alert when older than BRIDGE_DELETE_SCAN_INTERVAL plus a margin.",
+		}, []string{"table"}),
+		presencePages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_reconcile_presence_pages_total", Help: "sys_id pages read from ServiceNow by presence scans.",
+		}, []string{"table"}),
+		candidates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_reconcile_presence_candidates_total", Help: "Records the bridge knows that a presence scan did not see, by what confirming them found: deleted (a delete event published), hidden (counted by ServiceNow but not shown: a row ACL), present.",
+		}, []string{"table", "outcome"}),
 	}
 	if reg != nil {
 		m.passes = register(reg, m.passes)
@@ -49,6 +67,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.duration = register(reg, m.duration)
 		m.lastPass = register(reg, m.lastPass)
 		m.watermark = register(reg, m.watermark)
+		m.hidden = register(reg, m.hidden)
+		m.presenceLast = register(reg, m.presenceLast)
+		m.presencePages = register(reg, m.presencePages)
+		m.candidates = register(reg, m.candidates)
 	}
 	return m
 }

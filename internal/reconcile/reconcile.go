@@ -1,9 +1,12 @@
 // Package reconcile finds the ServiceNow changes that never reached SN_EVENTS
 // (dropped business-rule calls, setWorkflow(false) imports, deletes) by
 // scanning each table by (sys_updated_on, sys_id) from a watermark and
-// comparing every record with the version bridge_state last saw. What is
-// missing is published to SN_EVENTS under the webhook's own Nats-Msg-Id, so a
-// late webhook and a reconcile finding of one version are stored once.
+// comparing every record with the version bridge_state last saw, and finds
+// deletes by presence: the ids bridge_state knows that a sys_id scan of the
+// table no longer returns (sys_audit_delete is only a fast path, where the
+// integration user may read it). What is missing is published to SN_EVENTS
+// under the webhook's own Nats-Msg-Id, so a late webhook and a reconcile
+// finding of one version are stored once.
 package reconcile
 
 import (
@@ -16,7 +19,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"regexp"
 	"strconv"
 	"sync"
 	"time"
@@ -33,32 +35,45 @@ import (
 // AuditDeleteTable is where ServiceNow records deletes of audited tables.
 const AuditDeleteTable = "sys_audit_delete"
 
-// Query asks for the rows of a table changed at or after Since.
+// Query asks for the rows of a table changed at or after Since, or, with
+// ByID, for its sys_ids.
 type Query struct {
 	Table    string
 	Equals   map[string]string // field=value conditions ANDed to the scan (tablename=incident)
 	Since    time.Time         // sys_updated_on >= Since; zero reads the whole table
 	Fields   []string          // sysparm_fields
 	PageSize int               // sysparm_limit
+	// ByID scans in sys_id order (sys_id>last^ORDERBYsys_id) instead of by
+	// (sys_updated_on, sys_id): the presence scan. Since must be zero;
+	// rows carry sys_id only.
+	ByID bool
+	// IDs, with ByID, restricts the scan to these sys_ids (sys_idIN...):
+	// confirming presence candidates one batch at a time.
+	IDs []string
 }
 
-// Pager reads a table in (sys_updated_on, sys_id) order, one request per
-// page. snclient's keyset iterator is the production implementation.
+// Pager reads a table in (sys_updated_on, sys_id) order, or in sys_id
+// order for a ByID query, one request per page. snclient's keyset pagers
+// are the production implementation.
 type Pager interface {
 	// Scan calls fn with each page of rows, in order. total is the number of
-	// rows ServiceNow counted for the query (X-Total-Count), or -1. A short
-	// or empty page is not the end; Scan returns when the rows are exhausted,
-	// or with fn's first error.
+	// rows ServiceNow counted for the query (X-Total-Count, which counts
+	// rows hidden by ACLs), or -1. A short or empty page is not the end;
+	// Scan returns when the rows are exhausted, or with fn's first error.
 	Scan(ctx context.Context, q Query, fn func(rows []events.Fields, total int) error) error
 }
 
-// Versions tells which version of a record the bridge last applied or wrote
-// (bridge_state, owned by the state package).
+// Versions tells what the bridge knows of a table's records (bridge_state,
+// owned by the state package; state.Store is the implementation).
 type Versions interface {
 	// LastVersion returns the record's last sys_mod_count seen by the
 	// bridge; known is false when the bridge never saw the record, deleted
 	// is true when its delete was applied.
 	LastVersion(ctx context.Context, table, sysID string) (version int64, known, deleted bool, err error)
+	// RecordIDs lists the sys_ids the bridge holds a record of (deleted
+	// ones included), without reading the records: the presence scan's
+	// snapshot.
+	RecordIDs(ctx context.Context, table string) ([]string, error)
 }
 
 // Echoes reports versions the bridge itself just wrote to ServiceNow
@@ -86,7 +101,14 @@ type Config struct {
 	Interval time.Duration // Run's period; 0 makes Run return at once
 	LeaseTTL time.Duration // default 1m; renewed every third of it during a pass
 	Holder   string        // lease holder name (default host-pid-random)
-	// SkipDeletes turns off the sys_audit_delete scan.
+	// DeleteScanInterval is how often a pass also runs the presence scan
+	// (BRIDGE_DELETE_SCAN_INTERVAL): it reads every sys_id of the table, so
+	// it does not run on every pass. The last scan's time is kept in
+	// bridge_state, shared by replicas and restarts. 0: only Full passes
+	// run it.
+	DeleteScanInterval time.Duration
+	// SkipDeletes turns off delete detection: the presence scan and the
+	// sys_audit_delete fast path.
 	SkipDeletes bool
 	// Lookups is how many bridge_state reads run at once per page (default 16).
 	Lookups int
@@ -140,6 +162,7 @@ type Reconciler struct {
 	pager    Pager
 	versions Versions
 	m        *metrics
+	logged   sync.Map // logOnce keys
 }
 
 // New builds a Reconciler publishing to SN_EVENTS through js and keeping its
@@ -167,6 +190,8 @@ type PassOptions struct {
 	// Progress is called after each page with the records scanned so far
 	// and ServiceNow's count for the scan (-1 when unknown).
 	Progress func(table string, scanned, total int)
+	// PresenceProgress is Progress for the presence scan's sys_id pages.
+	PresenceProgress func(table string, scanned, total int)
 }
 
 // Run reconciles every table every Interval until ctx ends, and returns nil
@@ -296,7 +321,8 @@ func (r *Reconciler) Pass(ctx context.Context, table string, opts PassOptions) (
 	r.cfg.Logger.Log(bg, level, "reconcile pass",
 		"table", table, "pages", sum.Pages, "records_scanned", sum.Scanned, "gaps", sum.Gaps,
 		"deletes", sum.Deletes, "in_flight", sum.InFlight, "echoes", sum.Echoes,
-		"from", sum.From, "watermark", sum.Watermark, "duration", sum.Duration, "delete_scan", sum.DeleteScan, "err", err)
+		"from", sum.From, "watermark", sum.Watermark, "duration", sum.Duration, "delete_scan", sum.DeleteScan,
+		"audit_delete", sum.Audit, "hidden", sum.Hidden, "err", err)
 	return sum, err
 }
 
@@ -380,6 +406,7 @@ func (r *Reconciler) pass(ctx context.Context, table string, opts PassOptions, s
 	if err != nil {
 		return fmt.Errorf("reconcile %s: %w", table, err)
 	}
+	r.noteVisibility(table, table, sum.Scanned, sum.Total, sum)
 	if r.cfg.SkipDeletes {
 		sum.DeleteScan = "off"
 		return nil
@@ -519,88 +546,6 @@ func (r *Reconciler) publish(ctx context.Context, evs []*events.SNEvent, sum *Su
 			}
 		}
 	}
-	return nil
-}
-
-var modCountRe = regexp.MustCompile(`<sys_mod_count>(\d+)</sys_mod_count>`)
-
-// reconcileDeletes publishes delete events for records of table that
-// sys_audit_delete lists and bridge_state still holds as live.
-func (r *Reconciler) reconcileDeletes(ctx context.Context, table string, wm Watermark, haveWM bool, opts PassOptions, sum *Summary) error {
-	from := r.start(wm.Deletes, haveWM && !wm.Deletes.IsZero(), opts)
-	newestSeen := wm.Deletes
-	q := Query{
-		Table:    AuditDeleteTable,
-		Equals:   map[string]string{"tablename": table},
-		Since:    from,
-		Fields:   []string{"sys_id", "tablename", "documentkey", "sys_created_on", "sys_updated_on", "payload"},
-		PageSize: r.cfg.PageSize,
-	}
-	if err := r.wait(ctx); err != nil {
-		return err
-	}
-	err := r.pager.Scan(ctx, q, func(rows []events.Fields, _ int) error {
-		sum.Requests++
-		var dels []*events.SNEvent
-		var newest time.Time
-		for _, row := range rows {
-			if t, err := time.ParseInLocation(events.SNTimeLayout, row["sys_updated_on"], time.UTC); err == nil && t.After(newest) {
-				newest = t
-			}
-			sysID := row["documentkey"]
-			if row["tablename"] != "" && row["tablename"] != table || !events.ValidSysID(sysID) {
-				continue
-			}
-			v, known, deleted, err := r.versions.LastVersion(ctx, table, sysID)
-			if err != nil {
-				return fmt.Errorf("last version of %s/%s: %w", table, sysID, err)
-			}
-			if !known || deleted {
-				continue // never synced, or its delete is already applied
-			}
-			// The business rule's delete event carries the record's last
-			// sys_mod_count; the audit payload has it. Without the payload
-			// the last version the bridge saw is the best guess.
-			mc := v
-			if m := modCountRe.FindStringSubmatch(row["payload"]); m != nil {
-				if n, err := strconv.ParseInt(m[1], 10, 64); err == nil {
-					mc = n
-				}
-			}
-			when := row["sys_created_on"]
-			if when == "" {
-				when = row["sys_updated_on"]
-			}
-			dels = append(dels, &events.SNEvent{
-				Instance: r.cfg.Instance, Table: table, SysID: sysID, Action: events.ActionDelete,
-				SysModCount: events.ModCount(mc), SysUpdatedOn: when, Record: events.Fields{"sys_id": sysID},
-				Source: events.SourceReconcile,
-			})
-		}
-		if err := r.publish(ctx, dels, sum); err != nil {
-			return err
-		}
-		if newest.After(newestSeen) {
-			if err := r.store.SetWatermark(ctx, table, Watermark{Records: sum.Watermark, Deletes: newest}); err != nil {
-				return err
-			}
-			newestSeen = newest
-		}
-		return r.wait(ctx)
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		// Reading sys_audit_delete needs a role most integration users
-		// lack; record updates were still reconciled, so the pass is not
-		// failed for it.
-		sum.DeleteScan = "unreadable: " + err.Error()
-		r.cfg.Logger.Warn("reconcile cannot read sys_audit_delete; deletes made in ServiceNow while webhooks failed are not detected (grant the integration user read access to sys_audit_delete, see docs/operations.md)",
-			"table", table, "err", err)
-		return nil
-	}
-	sum.DeleteScan = "ok"
 	return nil
 }
 

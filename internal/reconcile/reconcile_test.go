@@ -52,6 +52,9 @@ func (m *memTable) put(table string, row events.Fields) {
 }
 
 func (m *memTable) Scan(ctx context.Context, q Query, fn func([]events.Fields, int) error) error {
+	if q.ByID {
+		return m.scanIDs(q, fn)
+	}
 	m.mu.Lock()
 	var match []events.Fields
 	since := q.Since.UTC().Format(events.SNTimeLayout)
@@ -89,6 +92,38 @@ func (m *memTable) Scan(ctx context.Context, q Query, fn func([]events.Fields, i
 	return nil
 }
 
+// scanIDs pages sys_ids in sys_id order, as snclient's IDPager does.
+func (m *memTable) scanIDs(q Query, fn func([]events.Fields, int) error) error {
+	m.mu.Lock()
+	var ids []string
+	for _, r := range m.rows[q.Table] {
+		if len(q.IDs) == 0 || slices.Contains(q.IDs, r["sys_id"]) {
+			ids = append(ids, r["sys_id"])
+		}
+	}
+	m.mu.Unlock()
+	slices.Sort(ids)
+	for page := 0; page == 0 || page*q.PageSize < len(ids); page++ {
+		m.mu.Lock()
+		m.reqs++
+		m.mu.Unlock()
+		rows := []events.Fields{}
+		for _, id := range ids[min(page*q.PageSize, len(ids)):min((page+1)*q.PageSize, len(ids))] {
+			rows = append(rows, events.Fields{"sys_id": id})
+		}
+		if err := fn(rows, len(ids)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *memTable) remove(table, sysID string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rows[table] = slices.DeleteFunc(m.rows[table], func(r events.Fields) bool { return r["sys_id"] == sysID })
+}
+
 type memVersions struct {
 	mu sync.Mutex
 	v  map[string]int64
@@ -99,6 +134,18 @@ func (m *memVersions) LastVersion(_ context.Context, table, sysID string) (int64
 	defer m.mu.Unlock()
 	v, ok := m.v[table+"/"+sysID]
 	return v, ok, false, nil
+}
+
+func (m *memVersions) RecordIDs(_ context.Context, table string) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var ids []string
+	for k := range m.v {
+		if t, id, _ := strings.Cut(k, "/"); t == table {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
 }
 
 func (m *memVersions) set(table, sysID string, v int64) {

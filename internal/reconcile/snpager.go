@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"sync/atomic"
@@ -12,8 +13,9 @@ import (
 )
 
 // SNPager reads ServiceNow through snclient: keyset scans by
-// (sys_updated_on, sys_id), or sysparm_offset pages when Offset is set (kept
-// to measure the difference; never the right choice for a big table).
+// (sys_updated_on, sys_id), sys_id scans for ByID queries, or
+// sysparm_offset pages when Offset is set (kept to measure the difference;
+// never the right choice for a big table).
 type SNPager struct {
 	Client *snclient.Client
 	Offset bool
@@ -36,15 +38,31 @@ func (p *SNPager) Scan(ctx context.Context, q Query, fn func([]events.Fields, in
 	for _, k := range slices.Sorted(maps.Keys(q.Equals)) {
 		filter = filter.And(snclient.Field(k).EQ(q.Equals[k]))
 	}
+	if len(q.IDs) > 0 {
+		if !q.ByID {
+			return fmt.Errorf("reconcile: a query of %s by sys_id list must be a ByID query", q.Table)
+		}
+		ids := make([]any, len(q.IDs))
+		for i, id := range q.IDs {
+			ids[i] = id
+		}
+		filter = filter.And(snclient.Field("sys_id").In(ids...))
+	}
 	var src pageSource
-	if p.Offset {
+	switch {
+	case q.ByID:
+		if !q.Since.IsZero() {
+			return fmt.Errorf("reconcile: a sys_id scan of %s cannot start at a time", q.Table)
+		}
+		src = p.Client.IDs(q.Table, snclient.IDOptions{Filter: filter, PageSize: q.PageSize})
+	case p.Offset:
 		if !q.Since.IsZero() {
 			filter = filter.And(snclient.Field("sys_updated_on").GTE(q.Since.UTC()))
 		}
 		src = p.Client.Offset(q.Table, snclient.ListOptions{
 			Query: filter.OrderBy("sys_updated_on").OrderBy("sys_id"), Fields: q.Fields, Limit: q.PageSize, ExcludeReferenceLink: true,
 		})
-	} else {
+	default:
 		opts := snclient.KeysetOptions{Filter: filter, Fields: q.Fields, PageSize: q.PageSize, ExcludeReferenceLink: true}
 		if !q.Since.IsZero() {
 			// Strictly after the second before Since, at one-second
@@ -67,7 +85,7 @@ func (p *SNPager) Scan(ctx context.Context, q Query, fn func([]events.Fields, in
 		// A keyset page's count covers the rows from its cursor on.
 		if page.Total >= 0 {
 			est := page.Total
-			if !p.Offset {
+			if !p.Offset || q.ByID {
 				est += scanned
 			}
 			total = max(total, est)
@@ -79,8 +97,8 @@ func (p *SNPager) Scan(ctx context.Context, q Query, fn func([]events.Fields, in
 			return err
 		}
 	}
-	if ks, ok := src.(*snclient.KeysetPager); ok && ks.Err() != nil {
-		return ks.Err()
+	if e, ok := src.(interface{ Err() error }); ok && e.Err() != nil {
+		return e.Err()
 	}
 	return nil
 }

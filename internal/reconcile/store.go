@@ -24,6 +24,9 @@ func WatermarkKey(table string) string { return "reconcile.watermark." + table }
 // PassKey is the bridge_state key of the summary of a table's last pass.
 func PassKey(table string) string { return "reconcile.pass." + table }
 
+// PresenceKey is the bridge_state key of the table's last presence scan.
+func PresenceKey(table string) string { return "reconcile.presence." + table }
+
 // Summary describes one reconcile pass of one table. The last one of each
 // table is stored in bridge_state for `bridge status`.
 type Summary struct {
@@ -48,9 +51,28 @@ type Summary struct {
 	UpToDate int `json:"up_to_date"`
 	Echoes   int `json:"echoes"` // versions the bridge itself wrote
 	Deletes  int `json:"deletes"`
-	// DeleteScan is "ok", "off" or why sys_audit_delete could not be read.
+	// DeleteScan says how this pass checked for deletes: "presence" (a
+	// presence scan compared every id), "audit" (sys_audit_delete alone,
+	// readable), "hidden: ..." (what it had to read is hidden from the
+	// integration user, so nothing was concluded: deletes wait for the next
+	// presence scan, or the table itself is hidden), "off", or "error: ...".
+	// Never "ok".
 	DeleteScan string `json:"delete_scan,omitempty"`
-	Error      string `json:"error,omitempty"`
+	// Audit is what sys_audit_delete was to the integration user in this
+	// pass: "readable", "hidden" (rows counted, none returned), "empty"
+	// (no row at all), or "unreadable: <error>".
+	Audit string `json:"audit_delete,omitempty"`
+	// Presence is the presence scan this pass ran, if it ran one.
+	Presence *PresenceScan `json:"presence,omitempty"`
+	// PresenceLast is when the table's last presence scan started (this
+	// pass's or an earlier one); PresenceNext when the next is due (zero:
+	// only on --full, BRIDGE_DELETE_SCAN_INTERVAL=0).
+	PresenceLast time.Time `json:"presence_last,omitzero"`
+	PresenceNext time.Time `json:"presence_next,omitzero"`
+	// Hidden lists the tables this pass read whose rows ServiceNow counted
+	// but did not return: the table itself or sys_audit_delete.
+	Hidden []string `json:"hidden,omitempty"`
+	Error  string   `json:"error,omitempty"`
 }
 
 // Store reads and writes reconcile's entries in bridge_state.
@@ -93,6 +115,19 @@ func (s Store) LastPass(ctx context.Context, table string) (Summary, bool, error
 // SavePass stores the summary of a finished pass.
 func (s Store) SavePass(ctx context.Context, sum Summary) error {
 	return s.put(ctx, PassKey(sum.Table), sum)
+}
+
+// LastPresence returns the table's last finished presence scan.
+func (s Store) LastPresence(ctx context.Context, table string) (PresenceScan, bool, error) {
+	var ps PresenceScan
+	ok, err := s.get(ctx, PresenceKey(table), &ps)
+	return ps, ok, err
+}
+
+// SavePresence stores a finished presence scan: the next is due an
+// interval after its start, whichever replica runs it.
+func (s Store) SavePresence(ctx context.Context, ps PresenceScan) error {
+	return s.put(ctx, PresenceKey(ps.Table), ps)
 }
 
 func (s Store) get(ctx context.Context, key string, v any) (bool, error) {
