@@ -71,6 +71,11 @@ type Config struct {
 	LogLevel          string
 	ShutdownTimeout   time.Duration
 
+	// DeleteScanInterval is how often reconcile runs the presence scan
+	// (every sys_id of each table compared with bridge_state); 0 disables
+	// the schedule (bridge reconcile --once --full still runs it).
+	DeleteScanInterval time.Duration
+
 	// Writeback (SaaS -> ServiceNow) behaviour.
 	WritebackDelete      string            // resolve (default) or delete
 	WritebackDeleteState string            // state a resolve-mode delete sets (default "6")
@@ -94,6 +99,7 @@ func Default() Config {
 		PublishTimeout:       5 * time.Second,
 		Tables:               []string{"incident"},
 		ReconcileInterval:    5 * time.Minute,
+		DeleteScanInterval:   24 * time.Hour,
 		Applier:              "nats",
 		DedupeSize:           100_000,
 		DedupeTTL:            time.Hour,
@@ -284,6 +290,9 @@ func Settings() []Setting {
 		}),
 		setting("reconcile_interval", "BRIDGE_RECONCILE_INTERVAL", "how often reconcile runs; 0 disables", false, func() (func(*Config, string) error, func(*Config) string) {
 			return dur(func(c *Config) *time.Duration { return &c.ReconcileInterval })
+		}),
+		setting("delete_scan_interval", "BRIDGE_DELETE_SCAN_INTERVAL", "how often reconcile finds deletes by presence (every sys_id compared with bridge_state); 0 disables the schedule", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.DeleteScanInterval })
 		}),
 		setting("applier", "BRIDGE_APPLIER", "how changes reach the SaaS app: nats or http", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.Applier })
@@ -572,6 +581,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReconcileInterval < 0 {
 		return errors.New("BRIDGE_RECONCILE_INTERVAL: must be 0 (off) or positive")
+	}
+	if c.DeleteScanInterval < 0 {
+		return errors.New("BRIDGE_DELETE_SCAN_INTERVAL: must be 0 (off) or positive, e.g. 24h")
 	}
 	switch c.Applier {
 	case "nats":
