@@ -58,6 +58,12 @@ type scenario struct {
 	NowMS      int64             `json:"now_ms"`
 	Record     shimRecord        `json:"record"`
 	Response   *shimResponse     `json:"response,omitempty"`
+	// Resource runs a Scripted REST resource script (rest_api/) instead of a rule.
+	Resource string `json:"resource,omitempty"`
+	// GUID is what gs.generateGUID returns.
+	GUID string `json:"guid,omitempty"`
+	// MacCharset makes generateMac sign in this Java charset instead of UTF-8.
+	MacCharset string `json:"mac_charset,omitempty"`
 }
 
 type shimRecord struct {
@@ -83,6 +89,14 @@ type result struct {
 	Requests  []shimRequest `json:"requests"`
 	Logs      []logLine     `json:"logs"`
 	Error     string        `json:"error"`
+	REST      *restAnswer   `json:"rest"`
+}
+
+// restAnswer is what a Scripted REST resource set on its response.
+type restAnswer struct {
+	Status      int             `json:"status"`
+	ContentType string          `json:"content_type"`
+	Body        json.RawMessage `json:"body"`
 }
 
 type shimRequest struct {
@@ -256,8 +270,8 @@ func onlyRequest(t *testing.T, r result) shimRequest {
 	if req.TimeoutMS != 10000 {
 		t.Errorf("%s: setHttpTimeout(%d), want the default 10000", r.Name, req.TimeoutMS)
 	}
-	if req.Headers["Content-Type"] != "application/json" {
-		t.Errorf("%s: Content-Type %q, want application/json", r.Name, req.Headers["Content-Type"])
+	if req.Headers["Content-Type"] != "application/json; charset=utf-8" {
+		t.Errorf("%s: Content-Type %q, want application/json; charset=utf-8", r.Name, req.Headers["Content-Type"])
 	}
 	return req
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/servicenow"
 )
 
@@ -79,6 +80,109 @@ type recordUpdate struct {
 		Type  string `xml:"type"`
 		Value string `xml:"value"`
 	} `xml:"sys_properties"`
+	Role *struct {
+		SysID string `xml:"sys_id"`
+		Name  string `xml:"name"`
+	} `xml:"sys_user_role"`
+	ACL *struct {
+		SysID     string `xml:"sys_id"`
+		Type      string `xml:"type"`
+		Operation string `xml:"operation"`
+		Active    string `xml:"active"`
+	} `xml:"sys_security_acl"`
+	ACLRole *struct {
+		ACL  string `xml:"sys_security_acl"`
+		Role string `xml:"sys_user_role"`
+	} `xml:"sys_security_acl_role"`
+	API *struct {
+		SysID      string `xml:"sys_id"`
+		ServiceID  string `xml:"service_id"`
+		Namespace  string `xml:"namespace"`
+		BaseURI    string `xml:"base_uri"`
+		EnforceACL string `xml:"enforce_acl"`
+		Auth       string `xml:"requires_authentication"`
+		ACLAuth    string `xml:"requires_acl_authorization"`
+		Active     string `xml:"active"`
+	} `xml:"sys_ws_definition"`
+	Operation *struct {
+		Method     string `xml:"http_method"`
+		Relative   string `xml:"relative_path"`
+		URI        string `xml:"operation_uri"`
+		Script     string `xml:"operation_script"`
+		Definition string `xml:"web_service_definition"`
+		EnforceACL string `xml:"enforce_acl"`
+		Auth       string `xml:"requires_authentication"`
+		ACLAuth    string `xml:"requires_acl_authorization"`
+		Active     string `xml:"active"`
+	} `xml:"sys_ws_operation"`
+}
+
+// selfTestRecords checks the self-test's records as a whole: the resource
+// runs the shipped script, belongs to the API, and both require
+// authentication and the ACL that requires the role.
+type selfTestRecords struct {
+	roles, acls, aclRoles, apis, ops int
+	roleID, aclID, apiID             string
+	aclRole                          [2]string
+	apiACL, opACL, opDef             string
+}
+
+func (st *selfTestRecords) add(t *testing.T, rec recordUpdate) bool {
+	t.Helper()
+	resource, _ := servicenow.RESTScript("selftest.js")
+	switch {
+	case rec.Role != nil:
+		st.roles++
+		st.roleID = rec.Role.SysID
+		if rec.Role.Name != events.SelfTestRole {
+			t.Errorf("role %q, want %q", rec.Role.Name, events.SelfTestRole)
+		}
+	case rec.ACL != nil:
+		st.acls++
+		st.aclID = rec.ACL.SysID
+		if rec.ACL.Type != "rest_endpoint" || rec.ACL.Operation != "execute" || rec.ACL.Active != "true" {
+			t.Errorf("ACL %+v, want an active rest_endpoint ACL for execute", *rec.ACL)
+		}
+	case rec.ACLRole != nil:
+		st.aclRoles++
+		st.aclRole = [2]string{rec.ACLRole.ACL, rec.ACLRole.Role}
+	case rec.API != nil:
+		st.apis++
+		a := rec.API
+		st.apiID, st.apiACL = a.SysID, a.EnforceACL
+		if a.ServiceID != events.SelfTestAPIID || a.BaseURI != events.SelfTestBasePath(a.Namespace) || a.Auth != "true" || a.ACLAuth != "true" || a.Active != "true" {
+			t.Errorf("Scripted REST API %+v: want API ID %s, base /api/<namespace>/%s, authentication and ACL required", *a, events.SelfTestAPIID, events.SelfTestAPIID)
+		}
+	case rec.Operation != nil:
+		st.ops++
+		o := rec.Operation
+		st.opACL, st.opDef = o.EnforceACL, o.Definition
+		if o.Method != "POST" || o.Relative != events.SelfTestResource || o.URI != servicenow.SelfTestOperationPath || o.Auth != "true" || o.ACLAuth != "true" || o.Active != "true" {
+			t.Errorf("resource: %s %s (%s), auth %s, ACL %s: want POST %s at %s with authentication and ACL", o.Method, o.Relative, o.URI, o.Auth, o.ACLAuth, events.SelfTestResource, servicenow.SelfTestOperationPath)
+		}
+		if o.Script != resource {
+			t.Errorf("the resource's script differs from rest_api/selftest.js")
+		}
+	default:
+		return false
+	}
+	return true
+}
+
+func (st *selfTestRecords) check(t *testing.T) {
+	t.Helper()
+	if st.roles != 1 || st.acls != 1 || st.aclRoles != 1 || st.apis != 1 || st.ops != 1 {
+		t.Fatalf("self-test records: %d roles, %d ACLs, %d ACL roles, %d APIs, %d resources; want one each", st.roles, st.acls, st.aclRoles, st.apis, st.ops)
+	}
+	if st.aclRole != [2]string{st.aclID, st.roleID} {
+		t.Errorf("the ACL role links %v, want the ACL %s to the role %s", st.aclRole, st.aclID, st.roleID)
+	}
+	if st.apiACL != st.aclID || st.opACL != st.aclID {
+		t.Errorf("API enforces ACL %q, resource %q; want %q", st.apiACL, st.opACL, st.aclID)
+	}
+	if st.opDef != st.apiID {
+		t.Errorf("the resource belongs to %q, want the API %q", st.opDef, st.apiID)
+	}
 }
 
 // TestUpdateSet_Structure parses the update set the way an importer reads it:
@@ -104,6 +208,7 @@ func TestUpdateSet_Structure(t *testing.T) {
 	rules := map[string]bool{}
 	props := map[string]string{}
 	includes := 0
+	var st selfTestRecords
 	for _, up := range u.Updates {
 		if up.RemoteSet != u.Sets[0].SysID {
 			t.Errorf("%s: remote_update_set %q, want %q", up.Name, up.RemoteSet, u.Sets[0].SysID)
@@ -114,6 +219,9 @@ func TestUpdateSet_Structure(t *testing.T) {
 		}
 		if !strings.HasPrefix(up.Name, rec.Table+"_") {
 			t.Errorf("sys_update_xml name %q does not start with its table %q", up.Name, rec.Table)
+		}
+		if st.add(t, rec) {
+			continue
 		}
 		switch {
 		case rec.Include != nil:
@@ -149,6 +257,7 @@ func TestUpdateSet_Structure(t *testing.T) {
 	if includes != 1 {
 		t.Errorf("%d script includes, want 1", includes)
 	}
+	st.check(t)
 	for _, want := range []string{"incident/insert_update", "incident/delete", "sn_customerservice_case/insert_update", "sn_customerservice_case/delete"} {
 		if !rules[want] {
 			t.Errorf("missing business rule %s (have %v)", want, rules)

@@ -217,3 +217,45 @@ var cp1252 = map[rune]byte{
 	'Š': 0x8A, '‹': 0x8B, 'Œ': 0x8C, 'Ž': 0x8E, '‘': 0x91, '’': 0x92, '“': 0x93, '”': 0x94, '•': 0x95,
 	'–': 0x96, '—': 0x97, '˜': 0x98, '™': 0x99, 'š': 0x9A, '›': 0x9B, 'œ': 0x9C, 'ž': 0x9E, 'Ÿ': 0x9F,
 }
+
+// The instance's self-test resource, installed by the update set as a
+// Scripted REST API: POST /api/<namespace>/nowbridge/selftest. The update
+// set ships SelfTestNamespace; an instance may show its own namespace (the
+// company code in global scope), which is why callers discover the path.
+const (
+	SelfTestNamespace = "nowbridge"
+	SelfTestAPIID     = "nowbridge"
+	SelfTestResource  = "/selftest"
+	// SelfTestRole is the role the resource's ACL requires.
+	SelfTestRole = "nowbridge_integration"
+)
+
+// SelfTestBasePath is a namespace's base API path, /api/<namespace>/nowbridge.
+func SelfTestBasePath(namespace string) string { return "/api/" + namespace + "/" + SelfTestAPIID }
+
+// SelfTestPath is the resource's path under a namespace.
+func SelfTestPath(namespace string) string { return SelfTestBasePath(namespace) + SelfTestResource }
+
+// SelfTestOutcome is what the resource answers ({"result": SelfTestOutcome}):
+// NowbridgeWebhook.selfTest()'s return value.
+type SelfTestOutcome struct {
+	OK          bool   `json:"ok"`
+	Stage       string `json:"stage"` // config (nothing sent), send (no HTTP answer), bridge (the bridge answered)
+	WebhookURL  string `json:"webhook_url"`
+	WebhookID   string `json:"webhook_id"`
+	ContentType string `json:"content_type"`
+	Keys        int    `json:"keys"`
+	Status      int    `json:"status"`
+	Result      string `json:"result"` // the bridge's result or diagnosis
+	Detail      string `json:"detail"`
+	Body        string `json:"body"`
+	Error       string `json:"error"`
+	ElapsedMS   int64  `json:"elapsed_ms"`
+}
+
+// Stages of a SelfTestOutcome.
+const (
+	SelfTestStageConfig = "config"
+	SelfTestStageSend   = "send"
+	SelfTestStageBridge = "bridge"
+)

@@ -10,6 +10,11 @@
  * send every value as a string, and use JSON.stringify. servicenow/testdata/webhook_vectors.json holds
  * the shared vectors; `go test ./servicenow/` runs this file against them through Node.js.
  *
+ * selfTest() sends a test event through the same code, keys and property, synchronously, and returns
+ * what the bridge answered; the update set's Scripted REST resource POST .../nowbridge/selftest calls it
+ * (`bridge doctor --instance-selftest`). Its webhook-id starts with NowbridgeWebhook.SELFTEST_ID_PREFIX,
+ * which the bridge verifies like any webhook and never stores.
+ *
  * System properties (created by the update set):
  *   nowbridge.webhook_url            the receiver, e.g. https://bridge.example.com/webhooks/servicenow
  *   nowbridge.webhook_secret         password2: whsec_<base64>; several, comma-separated, sign with each
@@ -30,6 +35,15 @@ NowbridgeWebhook.DEFAULT_FIELDS = {
     incident: 'number,short_description,description,state,priority,urgency,impact,correlation_id,correlation_display,' +
         'close_code,close_notes,active,comments,work_notes'
 };
+
+// The self-test's marker and text (Go: events.SelfTestIDPrefix, events.SelfTestText). The text holds
+// Latin-1 (é), Windows-1252 (—) and CJK characters: signed or sent in any charset but UTF-8, its bytes
+// change and the bridge can tell which charset was used.
+NowbridgeWebhook.SELFTEST_ID_PREFIX = 'nowbridge-selftest:';
+NowbridgeWebhook.SELFTEST_TEXT = 'Caf\u00e9 \u2014 \u6771\u4eac';
+// A key check value signs this ASCII constant (Go: events.SelfTestKeyCheckData).
+NowbridgeWebhook.KEY_CHECK_DATA = 'nowbridge-key-check';
+NowbridgeWebhook.CONTENT_TYPE = 'application/json; charset=utf-8';
 
 NowbridgeWebhook.prototype = {
     initialize: function () {},
@@ -69,22 +83,7 @@ NowbridgeWebhook.prototype = {
         }
         var body = this.encode(event);
         var id = this.webhookId(event);
-        var ts = String(Math.floor(new GlideDateTime().getNumericValue() / 1000));
-        var sigs = [];
-        for (var i = 0; i < keys.length; i++) {
-            sigs.push(this.signature(keys[i], id, ts, body));
-        }
-
-        var request = new sn_ws.RESTMessageV2();
-        request.setEndpoint(url);
-        request.setHttpMethod('post');
-        request.setHttpTimeout(this._int('http_timeout_ms', 10000));
-        request.setRequestHeader('Content-Type', 'application/json');
-        request.setRequestHeader('Accept', 'application/json');
-        request.setRequestHeader('webhook-id', id);
-        request.setRequestHeader('webhook-timestamp', ts);
-        request.setRequestHeader('webhook-signature', sigs.join(' '));
-        request.setRequestBody(body);
+        var request = this._request(url, keys, id, body);
         try {
             // executeAsync: the HTTP call runs outside this transaction, so a slow or unreachable
             // bridge never slows the form save. ServiceNow does not retry it; reconcile does.
@@ -99,6 +98,114 @@ NowbridgeWebhook.prototype = {
             return false;
         }
         return true;
+    },
+
+    // selfTest builds a test event holding NowbridgeWebhook.SELFTEST_TEXT, signs it with the keys of
+    // nowbridge.webhook_secret exactly as send() signs a record change, posts it synchronously to
+    // nowbridge.webhook_url and returns what happened:
+    //   ok           true when the bridge verified it and the text arrived intact
+    //   stage        'config' (nothing sent: a property is missing), 'send' (no HTTP answer) or
+    //                'bridge' (the bridge answered; see status, result and detail)
+    //   status, body the bridge's HTTP status (0 without an answer) and body (at most 4000 characters)
+    //   result       the bridge's verdict: 'ok', 'text_altered', or why it refused ('charset',
+    //                'secret_mismatch', 'secret_encrypted', 'body_altered', 'timestamp_skew', ...)
+    //   detail       the bridge's explanation; error: the outbound call's error message, if any
+    // It never throws and never returns or logs key material.
+    selfTest: function () {
+        var out = {
+            ok: false, stage: 'config', webhook_url: '', webhook_id: '', content_type: NowbridgeWebhook.CONTENT_TYPE,
+            keys: 0, status: 0, result: '', detail: '', body: '', error: '', elapsed_ms: 0
+        };
+        var url = this._prop('webhook_url', '');
+        out.webhook_url = url;
+        if (url === '') {
+            out.error = 'property ' + NowbridgeWebhook.PROPERTY_PREFIX + 'webhook_url is empty: set it to the ' +
+                'bridge\'s https://<bridge>/webhooks/servicenow';
+            return out;
+        }
+        var entries = this._keyEntries();
+        out.keys = entries.length;
+        if (entries.length === 0) {
+            out.error = this._prop('webhook_secret', '') === '' ?
+                'property ' + NowbridgeWebhook.PROPERTY_PREFIX + 'webhook_secret is empty: put one of the bridge\'s ' +
+                'BRIDGE_WEBHOOK_SECRETS (whsec_<base64>) in it' :
+                'property ' + NowbridgeWebhook.PROPERTY_PREFIX + 'webhook_secret is set but yields no whsec_<base64> ' +
+                'value: gs.getProperty may be returning the encrypted form of the password2 property; re-enter the secret';
+            return out;
+        }
+        var keys = [];
+        for (var i = 0; i < entries.length; i++) {
+            keys.push(entries[i].key);
+        }
+        var body = this.encode(this.buildSelfTest(entries));
+        var id = NowbridgeWebhook.SELFTEST_ID_PREFIX + this._str(gs.generateGUID());
+        out.webhook_id = id;
+        out.stage = 'send';
+        var started = new GlideDateTime().getNumericValue();
+        try {
+            var response = this._request(url, keys, id, body).execute();
+            out.status = parseInt(this._str(response.getStatusCode()), 10) || 0;
+            out.body = this._str(response.getBody());
+            if (response.haveError()) {
+                out.error = this._str(response.getErrorMessage());
+            }
+        } catch (e) {
+            out.error = this._errText(e);
+        }
+        out.elapsed_ms = new GlideDateTime().getNumericValue() - started;
+        if (out.body.length > 4000) {
+            out.body = out.body.substring(0, 4000) + '...';
+        }
+        if (out.status === 0) {
+            if (out.error === '') {
+                out.error = 'no response from ' + url;
+            }
+            return out;
+        }
+        out.stage = 'bridge';
+        try {
+            var answer = JSON.parse(out.body);
+            out.result = this._str(answer.result || answer.diagnosis || '');
+            out.detail = typeof answer.detail === 'string' ? answer.detail : '';
+            out.ok = out.status === 202 && answer.selftest === true && answer.result === 'ok';
+        } catch (e2) {
+            out.detail = 'the answer is not JSON: is ' + url + ' the nowbridge receiver?';
+        }
+        return out;
+    },
+
+    // buildSelfTest returns the self-test event (Go: events.SelfTestEvent) for the given key entries:
+    // the text, and for each key whether it had the whsec_ prefix, its length and a key check value,
+    // so the bridge can tell a wrong secret from an encrypted one. The key itself never leaves.
+    buildSelfTest: function (entries) {
+        var event = {};
+        event.selftest = true;
+        var instance = this._str(gs.getProperty('instance_name', ''));
+        if (instance !== '') {
+            event.instance = instance;
+        }
+        var by = this._str(gs.getUserName());
+        if (by !== '') {
+            event.sent_by = by;
+        }
+        event.text = NowbridgeWebhook.SELFTEST_TEXT;
+        event.keys = [];
+        for (var i = 0; i < entries.length; i++) {
+            var k = entries[i].key;
+            event.keys.push({
+                whsec_prefix: entries[i].prefixed,
+                key_bytes: Math.floor(k.replace(/=+$/, '').length * 3 / 4),
+                check: this.keyCheck(k)
+            });
+        }
+        return event;
+    },
+
+    // keyCheck is the first 8 characters of the base64 HMAC of KEY_CHECK_DATA under the key: it
+    // identifies the key and reveals nothing usable about it (Go: events.SelfTestKeyCheck).
+    keyCheck: function (keyBase64) {
+        var mac = new GlideCertificateEncryption().generateMac(keyBase64, 'HmacSHA256', NowbridgeWebhook.KEY_CHECK_DATA);
+        return this._str(mac).substring(0, 8);
     },
 
     // buildEvent returns the SPEC §2 event object in the canonical property order, or null when
@@ -178,6 +285,27 @@ NowbridgeWebhook.prototype = {
         return 'v1,' + this._str(mac);
     },
 
+    // _request builds the signed POST of body to url: one signature per key, the Standard Webhooks
+    // headers, and the UTF-8 content type (the body and what generateMac signs must be the same bytes).
+    _request: function (url, keys, id, body) {
+        var ts = String(Math.floor(new GlideDateTime().getNumericValue() / 1000));
+        var sigs = [];
+        for (var i = 0; i < keys.length; i++) {
+            sigs.push(this.signature(keys[i], id, ts, body));
+        }
+        var request = new sn_ws.RESTMessageV2();
+        request.setEndpoint(url);
+        request.setHttpMethod('post');
+        request.setHttpTimeout(this._int('http_timeout_ms', 10000));
+        request.setRequestHeader('Content-Type', NowbridgeWebhook.CONTENT_TYPE);
+        request.setRequestHeader('Accept', 'application/json');
+        request.setRequestHeader('webhook-id', id);
+        request.setRequestHeader('webhook-timestamp', ts);
+        request.setRequestHeader('webhook-signature', sigs.join(' '));
+        request.setRequestBody(body);
+        return request;
+    },
+
     _logOutcome: function (response, id, url) {
         var status = parseInt(this._str(response.getStatusCode()), 10) || 0;
         if (!response.haveError() && status >= 200 && status < 300) {
@@ -215,19 +343,31 @@ NowbridgeWebhook.prototype = {
     },
 
     _keys: function () {
+        var entries = this._keyEntries();
+        var keys = [];
+        for (var i = 0; i < entries.length; i++) {
+            keys.push(entries[i].key);
+        }
+        return keys;
+    },
+
+    // _keyEntries parses nowbridge.webhook_secret: each comma-separated whsec_<base64> (or bare
+    // base64) value as {key: base64, prefixed: had whsec_}.
+    _keyEntries: function () {
         var raw = this._prop('webhook_secret', '');
         var parts = raw.split(',');
-        var keys = [];
+        var entries = [];
         for (var i = 0; i < parts.length; i++) {
             var s = parts[i].replace(/^\s+|\s+$/g, '');
-            if (s.indexOf('whsec_') === 0) {
+            var prefixed = s.indexOf('whsec_') === 0;
+            if (prefixed) {
                 s = s.substring(6);
             }
             if (s !== '' && /^[A-Za-z0-9+\/]+=*$/.test(s)) {
-                keys.push(s);
+                entries.push({ key: s, prefixed: prefixed });
             }
         }
-        return keys;
+        return entries;
     },
 
     _fields: function (table) {

@@ -3,14 +3,19 @@
 // (servicenow/contract_test.go). It follows ServiceNow's documented behaviour where it matters to the
 // scripts: getValue returns null for an empty field, journal fields read as "" through getValue and
 // their newest entry through getJournalEntry(1), generateMac takes a base64 key and returns a base64
-// HMAC, and RESTMessageV2 only records the request it would send.
+// HMAC, and RESTMessageV2 only records the request it would send. For the Scripted REST resource it
+// provides request/response objects that record what the resource answers.
+//
+// Knobs emulate what is undocumented on a real instance: mac_charset makes generateMac sign the text
+// in another charset, the way Java's String.getBytes(charset) encodes it ('?' for what the charset
+// cannot hold); the default is UTF-8.
 const crypto = require('node:crypto');
 
 // newGlobals returns the globals of one business-rule run and the log of what it did.
 function newGlobals(sc) {
   const out = { requests: [], logs: [] };
   const props = sc.properties || {};
-  const rec = sc.record;
+  const rec = sc.record || { table: '', values: {} };
   const journalFields = new Set(rec.journal_fields || []);
   const changed = new Set(rec.changed || []);
   const values = rec.values || {};
@@ -27,6 +32,7 @@ function newGlobals(sc) {
     warn(msg) { out.logs.push({ level: 'warn', msg: String(msg) }); },
     error(msg) { out.logs.push({ level: 'error', msg: String(msg) }); },
     nil(v) { return v === null || v === undefined || v === ''; },
+    generateGUID() { return sc.guid || '0123456789abcdef0123456789abcdef'; },
   };
 
   function element(name) {
@@ -66,7 +72,7 @@ function newGlobals(sc) {
   GlideCertificateEncryption.prototype.generateMac = function (keyBase64, algorithm, data) {
     if (algorithm !== 'HmacSHA256') throw new Error('shim: unsupported algorithm ' + algorithm);
     if (typeof data !== 'string') throw new Error('shim: generateMac data must be a string');
-    return crypto.createHmac('sha256', Buffer.from(keyBase64, 'base64')).update(data, 'utf8').digest('base64');
+    return crypto.createHmac('sha256', Buffer.from(keyBase64, 'base64')).update(javaBytes(data, sc.mac_charset)).digest('base64');
   };
 
   function RESTMessageV2() {
@@ -97,6 +103,19 @@ function newGlobals(sc) {
   RESTMessageV2.prototype.execute = function () { return this._run('sync'); };
   RESTMessageV2.prototype.executeAsync = function () { return this._run('async'); };
 
+  // The Scripted REST resource's request and response (RESTAPIRequest, RESTAPIResponse).
+  const rest = { status: 0, content_type: '', body: null };
+  out.rest = rest;
+  const request = { body: { data: sc.request_body || {} }, pathParams: {}, queryParams: {}, headers: {} };
+  const response = {
+    setStatus(n) { rest.status = n; },
+    setContentType(t) { rest.content_type = String(t); },
+    setBody(obj) {
+      // The platform serialises the object into {"result": ...}: it must survive JSON.
+      rest.body = JSON.parse(JSON.stringify(obj));
+    },
+  };
+
   const Class = {
     create() {
       return function () { this.initialize.apply(this, arguments); };
@@ -107,9 +126,38 @@ function newGlobals(sc) {
     out,
     globals: {
       gs, current, previous: null, GlideDateTime, GlideCertificateEncryption,
-      sn_ws: { RESTMessageV2 }, Class,
+      sn_ws: { RESTMessageV2 }, Class, request, response,
     },
   };
+}
+
+// javaBytes encodes a string as Java's String.getBytes(charset) does.
+function javaBytes(str, charset) {
+  switch (charset || 'UTF-8') {
+    case 'UTF-8':
+      return Buffer.from(str, 'utf8');
+    case 'ISO-8859-1': {
+      const out = [];
+      for (const ch of str) {
+        const cp = ch.codePointAt(0);
+        out.push(cp <= 0xff ? cp : 0x3f);
+      }
+      return Buffer.from(out);
+    }
+    case 'UTF-16': {
+      const le = Buffer.from(str, 'utf16le');
+      const be = Buffer.alloc(le.length + 2);
+      be[0] = 0xfe;
+      be[1] = 0xff;
+      for (let i = 0; i < le.length; i += 2) {
+        be[i + 2] = le[i + 1];
+        be[i + 3] = le[i];
+      }
+      return be;
+    }
+    default:
+      throw new Error('shim: unsupported mac_charset ' + charset);
+  }
 }
 
 module.exports = { newGlobals };
