@@ -37,12 +37,18 @@ func newReconcileCmd(a *app) *cobra.Command {
 		Use:   "reconcile [--once] [--since T | --full] [--json]",
 		Short: "Find ServiceNow changes the webhooks lost and publish them to SN_EVENTS",
 		Long: `reconcile scans each table in BRIDGE_TABLES by (sys_updated_on, sys_id) from its
-watermark (minus a 2-minute overlap), publishes every version bridge_state has
-not seen to SN_EVENTS under the webhook's own Nats-Msg-Id, and publishes deletes
-found in sys_audit_delete. --once runs one pass and prints a summary; without it
-the command runs a pass every BRIDGE_RECONCILE_INTERVAL, like bridge serve does.
---since (RFC 3339 or a duration back from now, e.g. 24h) and --full choose where
-the pass starts instead of the watermark; neither moves the watermark back.`,
+watermark (minus a 2-minute overlap) and publishes every version bridge_state has
+not seen to SN_EVENTS under the webhook's own Nats-Msg-Id. Deletes are found by
+presence: the sys_ids bridge_state knows that a scan of the table's sys_ids no
+longer returns, each confirmed with a sys_id query, are published as delete
+events once. The presence scan reads every sys_id, so it runs on --full and
+every BRIDGE_DELETE_SCAN_INTERVAL (24h); sys_audit_delete, where the integration
+user may read it, finds deletes on every pass. A table whose rows ServiceNow
+counts but does not return is reported hidden, and nothing is concluded from it.
+--once runs one pass and prints a summary; without it the command runs a pass
+every BRIDGE_RECONCILE_INTERVAL, like bridge serve does. --since (RFC 3339 or a
+duration back from now, e.g. 24h) and --full choose where the pass starts
+instead of the watermark; neither moves the watermark back.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -100,13 +106,17 @@ the pass starts instead of the watermark; neither moves the watermark back.`,
 				defer func() { _ = b.Finish() }()
 			}
 			if bar != nil {
-				opts.Progress = func(table string, scanned, total int) {
-					bar.Describe("reconcile " + table)
-					if total >= scanned && total > 0 {
-						bar.ChangeMax(total)
+				progress := func(what string) func(table string, scanned, total int) {
+					return func(table string, scanned, total int) {
+						bar.Describe(what + " " + table)
+						if total >= scanned && total > 0 {
+							bar.ChangeMax(total)
+						}
+						_ = bar.Set(scanned)
 					}
-					_ = bar.Set(scanned)
 				}
+				opts.Progress = progress("reconcile")
+				opts.PresenceProgress = progress("presence scan")
 			}
 			sums, err := r.Once(ctx, opts)
 			if bar != nil {
@@ -189,13 +199,16 @@ func newReconciler(ctx context.Context, cfg config.Config, js jetstream.JetStrea
 		return nil, nil, err
 	}
 	rc := reconcile.Config{
-		Tables:     cfg.Tables,
-		Fields:     mset.Fields,
-		Interval:   cfg.ReconcileInterval,
-		Limiter:    reconcile.SharedLimiter(cfg.SNRateLimit),
-		Echoes:     d.Echoes,
-		Logger:     logger,
-		Registerer: d.Registerer,
+		Tables:   cfg.Tables,
+		Fields:   mset.Fields,
+		Interval: cfg.ReconcileInterval,
+		// The presence scan's schedule; bridge reconcile --once --full
+		// runs it whatever the interval.
+		DeleteScanInterval: cfg.DeleteScanInterval,
+		Limiter:            reconcile.SharedLimiter(cfg.SNRateLimit),
+		Echoes:             d.Echoes,
+		Logger:             logger,
+		Registerer:         d.Registerer,
 	}
 	if u, err := url.Parse(cfg.SNInstanceURL); err == nil {
 		rc.Instance, _, _ = strings.Cut(u.Hostname(), ".")
@@ -219,16 +232,14 @@ func writeReconcileSummary(w io.Writer, sums []reconcile.Summary) {
 		if !s.From.IsZero() {
 			from = s.From.Format(events.SNTimeLayout)
 		}
-		result := "ok"
-		switch {
-		case s.Error != "":
-			result = "error: " + s.Error
-		case s.DeleteScan != "" && s.DeleteScan != "ok" && s.DeleteScan != "off":
-			result = "ok; deletes not checked (" + s.DeleteScan + ")"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Table, from, s.Pages, s.Scanned, s.Gaps, s.Deletes, s.InFlight, s.Duration.Round(time.Millisecond), result)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Table, from, s.Pages, s.Scanned, s.Gaps, s.Deletes, s.InFlight, s.Duration.Round(time.Millisecond), s.Result())
 	}
 	_ = tw.Flush()
+	for _, s := range sums {
+		if r := s.DeleteReport(); r != "" {
+			fmt.Fprintf(w, "deletes in %s: %s\n", s.Table, r)
+		}
+	}
 }
 
 // mappingFS is BRIDGE_MAPPING_DIR as a file system, nil for the built-in

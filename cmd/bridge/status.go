@@ -189,6 +189,8 @@ func newStatusReporter(js jetstream.JetStream, sn *snclient.Client, cfg config.C
 					"tables":             strings.Join(cfg.Tables, ","),
 					"applier":            cfg.Applier,
 					"reconcile_interval": cfg.ReconcileInterval.String(),
+					// The presence scan's schedule (0s: only on --full).
+					"delete_scan_interval": cfg.DeleteScanInterval.String(),
 				},
 			}
 			if sn != nil {

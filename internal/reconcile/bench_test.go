@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"slices"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -534,4 +535,59 @@ func (r *Reconciler) lookupIDs(ctx context.Context, table string, ids []string, 
 		return nil, 0, fmt.Errorf("confirm %d presence candidates of %s: %w", len(ids), table, err)
 	}
 	return shown, total, nil
+}
+
+// DeleteReport says in one line, for people (bridge reconcile, bridge
+// status), how the pass checked deletes and what it found.
+func (s Summary) DeleteReport() string {
+	if s.DeleteScan == "off" {
+		return "off: deletes not checked"
+	}
+	var parts []string
+	switch p := s.Presence; {
+	case p != nil && p.Result == PresenceComplete:
+		line := fmt.Sprintf("presence scan: %d of %d records the bridge knows are gone from ServiceNow (%d delete events); %d sys_ids read, %d counted, in %d requests, %s",
+			p.Deleted, p.Known, p.Deleted, p.Scanned, p.Total, p.Requests, p.Duration.Round(time.Millisecond))
+		if p.Hidden > 0 {
+			line += fmt.Sprintf("; %d hidden by a row ACL (not deleted)", p.Hidden)
+		}
+		parts = append(parts, line)
+	case p != nil:
+		parts = append(parts, p.Result)
+	case strings.HasPrefix(s.DeleteScan, "error: "):
+		parts = append(parts, s.DeleteScan)
+	}
+	switch {
+	case s.Audit == AuditReadable:
+		parts = append(parts, "sys_audit_delete readable (checked every pass)")
+	case s.Audit == AuditEmpty:
+		parts = append(parts, "sys_audit_delete has no rows")
+	case s.Audit == AuditHidden:
+		parts = append(parts, "sys_audit_delete hidden (grant the integration user read on it to find deletes on every pass)")
+	case s.Audit != "":
+		parts = append(parts, "sys_audit_delete "+s.Audit)
+	}
+	switch {
+	case !s.PresenceNext.IsZero():
+		parts = append(parts, "next presence scan due "+s.PresenceNext.UTC().Format(events.SNTimeLayout)+" UTC")
+	case s.Presence == nil && s.PresenceLast.IsZero():
+		parts = append(parts, "no presence scan yet (BRIDGE_DELETE_SCAN_INTERVAL=0: run `bridge reconcile --once --full`)")
+	case s.Presence == nil:
+		parts = append(parts, "last presence scan "+s.PresenceLast.UTC().Format(events.SNTimeLayout)+" UTC (no schedule: BRIDGE_DELETE_SCAN_INTERVAL=0)")
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Result is the pass's verdict in a word or a sentence: "ok" only when
+// nothing it had to read was hidden and nothing failed.
+func (s Summary) Result() string {
+	switch {
+	case s.Error != "":
+		return "error: " + s.Error
+	case slices.Contains(s.Hidden, s.Table):
+		return "hidden: ServiceNow counts " + s.Table + " rows but returns none to the integration user (grant it read on " + s.Table + ")"
+	case strings.HasPrefix(s.DeleteScan, "hidden: "):
+		return "records ok; " + s.DeleteScan
+	}
+	return "ok"
 }

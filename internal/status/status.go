@@ -266,13 +266,18 @@ func (r Report) WriteText(w io.Writer) error {
 			p("%s\tnever\t\t\t\t\t\n", s.Table)
 			continue
 		}
-		result := "ok"
-		if s.Error != "" {
-			result = "error: " + s.Error
-		} else if s.DeleteScan != "" && s.DeleteScan != "ok" && s.DeleteScan != "off" {
-			result = "ok (deletes not checked: sys_audit_delete unreadable)"
+		p("%s\t%s\t%d\t%d\t%d\t%s\t%s\n", s.Table, ago(r.Time, s.Finished), s.Gaps, s.Deletes, s.Scanned, s.Watermark.Format(events.SNTimeLayout), s.Result())
+	}
+	// How deletes were checked does not fit a column: a line per table.
+	for _, s := range r.Reconcile {
+		if s.Finished.IsZero() {
+			continue
 		}
-		p("%s\t%s\t%d\t%d\t%d\t%s\t%s\n", s.Table, ago(r.Time, s.Finished), s.Gaps, s.Deletes, s.Scanned, s.Watermark.Format(events.SNTimeLayout), result)
+		line := s.DeleteReport()
+		if !s.PresenceLast.IsZero() {
+			line = "last presence scan " + ago(r.Time, s.PresenceLast) + "; " + line
+		}
+		p("  deletes in %s: %s\n", s.Table, line)
 	}
 	p("\nPROCESS\tUPDATED\tTOKEN EXPIRES\tBREAKER\t\t\t\n")
 	if len(r.Processes) == 0 {
