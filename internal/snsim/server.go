@@ -107,6 +107,8 @@ type Server struct {
 	rowCost time.Duration
 
 	hooks *dispatcher
+
+	selftest selfTestState // the self-test resource's knobs (selftest.go)
 }
 
 // New builds a simulator with its tables, users and dictionary; it panics
@@ -392,6 +394,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) bool {
 			return false
 		}
 		s.handleToken(w, r)
+		return false
+	case isSelfTestRoute(r.URL.Path):
+		s.handleSelfTestRoute(w, r)
 		return false
 	case strings.HasPrefix(r.URL.Path, "/api/now/"):
 		if s.chance(f.DropRate) {
