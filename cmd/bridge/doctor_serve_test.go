@@ -30,8 +30,9 @@ type agreement struct {
 	doctorExit   int
 	doctorCheck  string
 	doctorStatus doctor.Status
-	// serve's behaviour.
-	serve serveOutcome
+	// serve's behaviour, and what its start-up error says when it refuses.
+	serve      serveOutcome
+	startError string
 }
 
 type serveOutcome int
@@ -40,12 +41,11 @@ const (
 	serveSyncs          serveOutcome = iota // both directions, a resolve included, no dead letter
 	serveRefusesToStart                     // exit 1 at start, naming the setting
 	serveDeadLetters                        // webhooks applied; app writes refused and dead-lettered once
-	serveCannotWrite                        // webhooks applied; app writes retried (credentials), never written
 	serveRejectsHooks                       // every webhook 401: nothing reaches the app
 )
 
 func (o serveOutcome) String() string {
-	return [...]string{"syncs", "refuses to start", "dead-letters app writes", "cannot write (retrying)", "rejects webhooks"}[o]
+	return [...]string{"syncs", "refuses to start", "dead-letters app writes", "rejects webhooks"}[o]
 }
 
 // TestDoctorAndServe_AgreeOnEveryFailureMode runs the doctor and then serve
@@ -64,7 +64,8 @@ func TestDoctorAndServe_AgreeOnEveryFailureMode(t *testing.T) {
 		{name: "retired close code configured", setup: func(_ *snsim.Server, env map[string]string, s webhook.Secret) webhook.Secret {
 			env["BRIDGE_CLOSE_CODE"] = "Solved (Permanently)"
 			return s
-		}, doctorExit: 1, doctorCheck: "close_code:incident", doctorStatus: doctor.Fail, serve: serveRefusesToStart},
+		}, doctorExit: 1, doctorCheck: "close_code:incident", doctorStatus: doctor.Fail, serve: serveRefusesToStart,
+			startError: `BRIDGE_CLOSE_CODE "Solved (Permanently)" is not an active choice of incident.close_code on this instance`},
 		{name: "no itil", setup: func(sim *snsim.Server, _ map[string]string, s webhook.Secret) webhook.Secret {
 			sim.SetACL(snsim.ACL{NoRoles: true})
 			return s
@@ -72,7 +73,11 @@ func TestDoctorAndServe_AgreeOnEveryFailureMode(t *testing.T) {
 		{name: "no OAuth application user", setup: func(sim *snsim.Server, _ map[string]string, s webhook.Secret) webhook.Secret {
 			sim.SetOAuthMode(snsim.OAuthNoAppUser)
 			return s
-		}, doctorExit: 1, doctorCheck: "token", doctorStatus: doctor.Fail, serve: serveCannotWrite},
+		}, doctorExit: 1, doctorCheck: "token", doctorStatus: doctor.Fail, serve: serveRefusesToStart, startError: "rejects the bridge's credentials"},
+		{name: "token issued, every API call 401", setup: func(sim *snsim.Server, _ map[string]string, s webhook.Secret) webhook.Secret {
+			sim.SetOAuthMode(snsim.OAuthTokenNotAuthenticated)
+			return s
+		}, doctorExit: 1, doctorCheck: "auth", doctorStatus: doctor.Fail, serve: serveRefusesToStart, startError: "OAuth Application User"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.run(t) })
@@ -132,8 +137,13 @@ func (c agreement) run(t *testing.T) {
 
 	if c.serve == serveRefusesToStart {
 		code, _, stderr := runTool(t, env, "", "serve", "--listen", "127.0.0.1:0", "--embedded-nats-listen", "127.0.0.1:0")
-		if code != 1 || !strings.Contains(stderr, "BRIDGE_CLOSE_CODE") || !strings.Contains(stderr, `"Solution provided"`) {
-			t.Fatalf("serve with %s: exit %d, stderr %q; want 1 naming the setting and the valid choices", c.name, code, stderr)
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		last := lines[len(lines)-1] // the logs come first
+		if code != 1 || !strings.HasPrefix(last, "bridge: ") || !strings.Contains(last, c.startError) {
+			t.Fatalf("serve with %s: exit %d, stderr %q; want 1 and one line saying %q", c.name, code, stderr, c.startError)
+		}
+		if strings.Contains(stderr, "csecret") {
+			t.Fatal("the client secret is in serve's error")
 		}
 		return
 	}
@@ -198,17 +208,6 @@ func (c agreement) run(t *testing.T) {
 		eventuallyTrue(t, 15*time.Second, "one dead letter", func() bool { return dlqCount(t, b.ctx, js) == 1 }, b.logs)
 		if resolved() {
 			t.Error("a write the instance refuses changed the record")
-		}
-	case serveCannotWrite:
-		time.Sleep(3 * time.Second)
-		if resolved() {
-			t.Error("written without a usable token")
-		}
-		if n := dlqCount(t, b.ctx, js); n != 0 {
-			t.Errorf("%d dead letters: a credentials problem is retried until an operator fixes it, not dead-lettered", n)
-		}
-		if !strings.Contains(b.logs.String(), "access_denied") {
-			t.Errorf("serve's logs do not show the token failure:\n%s", b.logs.String())
 		}
 	}
 	b.shutdown(t)

@@ -245,11 +245,38 @@ func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.Jet
 		_ = sn.Close()
 		return component{}, nil, nil, nil, err
 	}
+	if err := checkServiceNowAuth(ctx, sn, cfg, log); err != nil {
+		_ = sn.Close()
+		return component{}, nil, nil, nil, err
+	}
 	if err := checkCloseCodes(ctx, w, cfg, log); err != nil {
 		_ = sn.Close()
 		return component{}, nil, nil, nil, err
 	}
 	return component{"writeback", outbound.NewConsumer(js, w).Run}, w, sn, func() { _ = sn.Close() }, nil
+}
+
+// checkServiceNowAuth gets a token and makes one authenticated read, so
+// credentials the instance rejects (wrong secret, grant disabled, no OAuth
+// application user) stop the start with their fix, once, instead of every
+// app change retrying forever. An instance that is only unreachable or
+// failing now is logged: the writeback retries when it comes back.
+func checkServiceNowAuth(ctx context.Context, sn *snclient.Client, cfg config.Config, log *slog.Logger) error {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := sn.CheckAuth(cctx)
+	if err == nil {
+		_, err = sn.List(cctx, cfg.Tables[0], snclient.ListOptions{Limit: 1, Fields: []string{"sys_id"}, NoCount: true})
+	}
+	if err == nil {
+		return nil
+	}
+	if snclient.IsPermanent(err) && (errors.Is(err, snclient.ErrUnauthorized) || errors.Is(err, snclient.ErrTokenExchange)) {
+		return fmt.Errorf("ServiceNow at %s rejects the bridge's credentials (BRIDGE_SN_CLIENT_ID, BRIDGE_SN_CLIENT_SECRET), so no app change could be written; `bridge doctor` checks the setup: %w",
+			cfg.SNInstanceURL, err)
+	}
+	log.Warn("ServiceNow not usable at start; the writeback and reconcile retry", "err", err)
+	return nil
 }
 
 // checkCloseCodes reads the instance's close code choices of every synced
