@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -158,21 +159,26 @@ func TestContract_SelfTestAgainstTheRealReceiver(t *testing.T) {
 	now := time.Now().Unix()
 	cases := []struct {
 		name, property, charset string
+		asciiJSON               bool
 		ok                      bool
 		status                  int
 		result                  string
 	}{
-		{"healthy", vf.Secret, "", true, 202, events.SelfTestOK},
-		{"rotation, bridge has the old secret", newSecret + "," + vf.Secret, "", true, 202, events.SelfTestOK},
-		{"property holds another secret", newSecret, "", false, 401, events.SelfTestSecretMismatch},
-		{"property still encrypted", encrypted, "", false, 401, events.SelfTestSecretEncrypted},
-		{"generateMac signs ISO-8859-1", vf.Secret, "ISO-8859-1", false, 401, events.SelfTestCharset},
-		{"generateMac signs UTF-16", vf.Secret, "UTF-16", false, 401, events.SelfTestCharset},
+		{"healthy", vf.Secret, "", false, true, 202, events.SelfTestOK},
+		{"rotation, bridge has the old secret", newSecret + "," + vf.Secret, "", false, true, 202, events.SelfTestOK},
+		{"property holds another secret", newSecret, "", false, false, 401, events.SelfTestSecretMismatch},
+		{"property still encrypted", encrypted, "", false, false, 401, events.SelfTestSecretEncrypted},
+		{"generateMac signs ISO-8859-1", vf.Secret, "ISO-8859-1", false, false, 401, events.SelfTestCharset},
+		{"generateMac signs UTF-16", vf.Secret, "UTF-16", false, false, 401, events.SelfTestCharset},
+		{"generateMac signs ISO-8859-1, ascii_json on", vf.Secret, "ISO-8859-1", true, true, 202, events.SelfTestOK},
 	}
 	var first []scenario
 	for _, c := range cases {
 		sc := selfTestScenario(c.name, c.property, now)
 		sc.MacCharset = c.charset
+		if c.asciiJSON {
+			sc.Properties["nowbridge.ascii_json"] = "true"
+		}
 		first = append(first, sc)
 	}
 	sent := runNode(t, first)
@@ -276,5 +282,51 @@ func TestContract_SelfTestReportsWhatStopsIt(t *testing.T) {
 	}
 	if o := outcome(t, res[5]); o.Status != 200 || o.Body != "<html>login</html>" {
 		t.Errorf("a foreign answer: status %d body %q, want 200 and its body", o.Status, o.Body)
+	}
+}
+
+// TestContract_ASCIIJSONSurvivesAnyCharset: with nowbridge.ascii_json the
+// rules send every non-ASCII character as a \u escape, so an instance whose
+// generateMac signs Latin-1 still gets its record webhooks verified, and
+// the bridge decodes the same values as from the UTF-8 body.
+func TestContract_ASCIIJSONSurvivesAnyCharset(t *testing.T) {
+	vf := loadVectors(t)
+	var scs []scenario
+	var evs []events.SNEvent
+	for _, v := range vf.Vectors {
+		ev := decodeEvent(t, v.Event)
+		sc := scenarioFor(ev, vf.Secret, vf.Timestamp)
+		sc.Name = v.Name
+		sc.Properties["nowbridge.ascii_json"] = "true"
+		sc.MacCharset = "ISO-8859-1"
+		scs = append(scs, sc)
+		evs = append(evs, ev)
+	}
+	res := runNode(t, scs)
+	nonASCII := 0
+	for i, r := range res {
+		req := onlyRequest(t, r)
+		for j := 0; j < len(req.Body); j++ {
+			if req.Body[j] >= 0x80 {
+				t.Fatalf("%s: byte %d of the body is not ASCII: %q", r.Name, j, req.Body)
+			}
+		}
+		if req.Body != vf.Vectors[i].Body {
+			nonASCII++
+		}
+		got, err := deliver(t, req, time.Unix(vf.Timestamp, 0), vf.Secret)
+		if err != nil {
+			t.Fatalf("%s: the bridge rejects an ASCII body signed in Latin-1: %v", r.Name, err)
+		}
+		want := evs[i]
+		if len(want.Changed) == 0 {
+			want.Changed = nil
+		}
+		if len(got) != 1 || !reflect.DeepEqual(got[0], want) {
+			t.Errorf("%s: decoded %+v, want %+v", r.Name, got, want)
+		}
+	}
+	if nonASCII == 0 {
+		t.Fatal("no vector holds a non-ASCII character: the test proves nothing")
 	}
 }

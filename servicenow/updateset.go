@@ -65,6 +65,7 @@ func Properties(tables []string) []Property {
 		{Name: "nowbridge.response_wait_seconds", Type: "integer", Value: "0", Description: "0: send and do not wait (failures show in the outbound HTTP log; the bridge's reconcile recovers them). N > 0: wait up to N seconds for the bridge's answer and log failures with their HTTP status to the system log; the saving transaction waits that long at most."},
 		{Name: "nowbridge.skip_user", Type: "string", Description: "Optional user name (the bridge's integration user) whose changes are not sent. Saves traffic; the bridge already suppresses its own echoes, and skipping hides integration writes from the bridge's other listeners and from reconcile's webhook path."},
 		{Name: "nowbridge.enabled", Type: "boolean", Value: "true", Description: "false stops every nowbridge webhook."},
+		{Name: "nowbridge.ascii_json", Type: "boolean", Value: "false", Description: "true sends every non-ASCII character as a \\uXXXX escape, so the signed bytes do not depend on the charset GlideCertificateEncryption.generateMac or the outbound request use. Set it when the self-test (bridge doctor --instance-selftest) reports a charset mismatch."},
 	}
 	for _, t := range tables {
 		v := ""

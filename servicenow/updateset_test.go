@@ -270,6 +270,7 @@ func TestUpdateSet_Structure(t *testing.T) {
 		"nowbridge.response_wait_seconds":          "integer=0",
 		"nowbridge.skip_user":                      "string=",
 		"nowbridge.enabled":                        "boolean=true",
+		"nowbridge.ascii_json":                     "boolean=false",
 		"nowbridge.fields.incident":                "string=" + servicenow.DefaultIncidentFields,
 		"nowbridge.fields.sn_customerservice_case": "string=",
 	}

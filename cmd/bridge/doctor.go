@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,11 +26,11 @@ var doctorAliases = map[string]string{
 }
 
 func newDoctorCmd(a *app) *cobra.Command {
-	var writeProbe, asJSON bool
-	var webhookURL string
+	var writeProbe, asJSON, instanceSelfTest bool
+	var webhookURL, selfTestPath string
 	var maxSkew time.Duration
 	cmd := &cobra.Command{
-		Use:   "doctor [--write-probe] [--webhook-url URL] [--json]",
+		Use:   "doctor [--write-probe] [--webhook-url URL] [--instance-selftest [--selftest-path PATH]] [--json]",
 		Short: "Check a ServiceNow instance's integration setup and say what to fix",
 		Long: `doctor checks what the bridge needs from ServiceNow and prints a checklist, ✓ or ✗
 with the fix for each ✗: the OAuth token exchange, an authenticated Table API
@@ -38,6 +39,12 @@ every mapped field present, the clock skew from the instance's Date header, the
 rate-limit headers, and with --webhook-url the bridge's receiver (reachable,
 refuses unsigned requests, accepts ours). --write-probe also creates, updates
 and deletes a marked record in each table (its webhooks reach the bridge).
+--instance-selftest makes the instance sign and send a test webhook holding
+non-ASCII text to its nowbridge.webhook_url through the update set's self-test
+resource, and reports the bridge's verdict: ✓, or a secret mismatch (the property
+is another secret or still encrypted), a charset mismatch, or an unreachable
+bridge. The resource's path is found on the instance or taken from
+--selftest-path / BRIDGE_SN_SELFTEST_PATH; the report says which.
 It exits 1 when a check fails. Settings come from the usual flags, environment
 and --config file; --instance-url, --client-id and --client-secret are short
 for --sn-instance-url, --sn-client-id and --sn-client-secret.`,
@@ -71,7 +78,11 @@ for --sn-instance-url, --sn-client-id and --sn-client-secret.`,
 				WebhookURL:     webhookURL,
 				WebhookSecrets: secrets,
 				MaxClockSkew:   maxSkew,
-				Logger:         logger,
+				// The self-test's path: the flag, else BRIDGE_SN_SELFTEST_PATH,
+				// else the doctor finds it (selftest.go).
+				InstanceSelfTest: instanceSelfTest,
+				SelfTestPath:     firstNonEmpty(selfTestPath, a.getenv("BRIDGE_SN_SELFTEST_PATH")),
+				Logger:           logger,
 			})
 			if asJSON {
 				err = report.WriteJSON(a.stdout)
@@ -105,7 +116,18 @@ for --sn-instance-url, --sn-client-id and --sn-client-secret.`,
 	f.StringVar(&webhookURL, "webhook-url", "", "the bridge's receiver, e.g. https://bridge.example.com/webhooks/servicenow")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.DurationVar(&maxSkew, "max-clock-skew", time.Minute, "largest accepted difference between the instance's clock and this host's")
+	f.BoolVar(&instanceSelfTest, "instance-selftest", false, "make the instance sign and send a test webhook to the bridge (the update set's self-test resource)")
+	f.StringVar(&selfTestPath, "selftest-path", "", "path of the instance's self-test resource, e.g. /api/x_1234567/nowbridge/selftest (default: BRIDGE_SN_SELFTEST_PATH, else found on the instance)")
 	return cmd
+}
+
+func firstNonEmpty(vals ...string) string {
+	for _, v := range vals {
+		if v = strings.TrimSpace(v); v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 // mappedFields lists, per table, every ServiceNow field its mapping reads

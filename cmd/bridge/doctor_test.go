@@ -8,6 +8,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/doctor"
 	"github.com/nowbridge/nowbridge/internal/snsim"
+	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
 // doctorInstance starts a simulated instance with one incident and returns
@@ -60,5 +61,38 @@ func TestDoctorCmd_ShortFlagsAndUsage(t *testing.T) {
 	code, _, stderr = runTool(t, map[string]string{}, "", "doctor")
 	if code != 1 || !strings.Contains(stderr, "BRIDGE_SN_INSTANCE_URL") {
 		t.Errorf("no instance: exit %d, stderr %q; want 1 (a missing setting is a failure, as for serve) naming BRIDGE_SN_INSTANCE_URL", code, stderr)
+	}
+}
+
+// TestDoctorCmd_InstanceSelfTestFlags: --instance-selftest runs the check,
+// BRIDGE_SN_SELFTEST_PATH names the resource, --selftest-path beats it,
+// and the report says which path it used and why the instance failed.
+func TestDoctorCmd_InstanceSelfTestFlags(t *testing.T) {
+	sim, url := doctorInstance(t)
+	if err := sim.SetWebhooks(snsim.WebhookTarget{URL: "https://bridge.example.test/webhooks/servicenow", Secrets: []webhook.Secret{webhook.NewSecret(make([]byte, 32))}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.SetSelfTest(snsim.SelfTestOptions{Namespace: "x_77", Unreachable: true}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"BRIDGE_SN_INSTANCE_URL":  url,
+		"BRIDGE_SN_CLIENT_ID":     "cli",
+		"BRIDGE_SN_CLIENT_SECRET": "s3cr3t-value",
+		"BRIDGE_SN_SELFTEST_PATH": "/api/x_77/nowbridge/selftest",
+		"BRIDGE_WEBHOOK_SECRETS":  webhook.NewSecret(make([]byte, 32)).Encoded(),
+	}
+	code, out, _ := runTool(t, env, "", "doctor")
+	if code != 0 || !strings.Contains(out, "– Instance self-test") {
+		t.Errorf("without --instance-selftest: exit %d, want 0 and the check skipped:\n%s", code, out)
+	}
+	code, out, _ = runTool(t, env, "", "doctor", "--instance-selftest")
+	if code != 1 || !strings.Contains(out, "✗ Instance self-test (the instance signs and sends a test webhook) at /api/x_77/nowbridge/selftest: unreachable bridge") ||
+		!strings.Contains(out, "(from BRIDGE_SN_SELFTEST_PATH)") || !strings.Contains(out, "fix: "+doctor.FixSelfTestUnreachable) {
+		t.Errorf("unreachable bridge: exit %d, want 1 with the verdict, the path's source and the fix:\n%s", code, out)
+	}
+	code, out, _ = runTool(t, env, "", "doctor", "--instance-selftest", "--selftest-path", "/api/x_1/nowbridge/selftest")
+	if code != 1 || !strings.Contains(out, "at /api/x_1/nowbridge/selftest") || !strings.Contains(out, "fix: "+doctor.FixSelfTestPath) {
+		t.Errorf("--selftest-path should beat the environment:\n%s", out)
 	}
 }

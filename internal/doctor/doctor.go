@@ -76,6 +76,11 @@ type Options struct {
 	// skips the webhook check. WebhookSecrets are BRIDGE_WEBHOOK_SECRETS.
 	WebhookURL     string
 	WebhookSecrets []webhook.Secret
+	// InstanceSelfTest makes the instance sign and send a test webhook to
+	// the bridge (selftest.go); SelfTestPath is the resource's path when
+	// it is not found by itself (BRIDGE_SN_SELFTEST_PATH).
+	InstanceSelfTest bool
+	SelfTestPath     string
 
 	// HTTPClient sends every request (default: 15 s timeout).
 	HTTPClient *http.Client
@@ -240,6 +245,7 @@ func (d *run) serviceNow(ctx context.Context) {
 	for _, t := range d.opt.Tables {
 		d.writeProbe(ctx, sn, t)
 	}
+	d.instanceSelfTest(ctx, sn)
 }
 
 func (d *run) skipServiceNow(why string) {
@@ -262,6 +268,7 @@ func (d *run) skipServiceNow(why string) {
 	for _, t := range d.opt.Tables {
 		d.add(d.skippedProbe(t, why))
 	}
+	d.add(d.skippedSelfTest(why))
 }
 
 func (d *run) skippedProbe(table, why string) Check {

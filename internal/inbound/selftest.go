@@ -91,7 +91,8 @@ func (r *Receiver) handleSelfTest(c echo.Context) (err error) {
 		ans.Result = events.SelfTestTextAltered
 		ans.Detail = fmt.Sprintf("the signature verified, but the text arrived as %.120q instead of %q%s: the instance "+
 			"encoded the body in a charset other than UTF-8 before signing and sending it, so every non-ASCII character "+
-			"of a record would reach the bridge altered", ev.Text, events.SelfTestText, bodyCharsetNote(body))
+			"of a record would reach the bridge altered: set the ServiceNow property nowbridge.ascii_json to true",
+			ev.Text, events.SelfTestText, bodyCharsetNote(body))
 	}
 	if cs := declaredCharset(ct); cs != "" && !strings.EqualFold(cs, "utf-8") {
 		ans.Detail += fmt.Sprintf(" (Content-Type declares charset=%.40s; JSON must be UTF-8)", cs)
@@ -148,13 +149,13 @@ func (r *Receiver) diagnose(h http.Header, body []byte, verr error) (string, str
 	if cs, ok := r.matchOtherCharset(h, body); ok {
 		return events.SelfTestCharset, fmt.Sprintf("the signature matches the signed text encoded as %s, not as UTF-8: "+
 			"GlideCertificateEncryption.generateMac on this instance signs in %s, so every webhook whose record holds "+
-			"a non-ASCII character is refused (ASCII-only ones pass). Report it to ServiceNow support with this "+
-			"result; until then keep the synced fields ASCII or sign on a MID server", cs, cs)
+			"a non-ASCII character is refused (ASCII-only ones pass): set the ServiceNow property nowbridge.ascii_json "+
+			"to true (non-ASCII then travels as \\u escapes, the same bytes in every charset) and run the self-test again", cs, cs)
 	}
 	if !utf8.Valid(body) {
 		return events.SelfTestCharset, "the body that arrived is not UTF-8" + bodyCharsetNote(body) + ": the instance sent it in " +
-			"another charset than it signed; the outbound request must carry Content-Type: application/json; charset=utf-8 " +
-			"(update the NowbridgeWebhook Script Include from the current update set)"
+			"another charset than it signed: import the current update set (its requests carry Content-Type: " +
+			"application/json; charset=utf-8), or set the ServiceNow property nowbridge.ascii_json to true"
 	}
 	var ev events.SelfTestEvent
 	_ = json.Unmarshal(body, &ev) // what it claims about its keys; absent when it does not decode

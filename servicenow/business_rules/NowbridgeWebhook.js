@@ -23,6 +23,9 @@
  *   nowbridge.response_wait_seconds  0 (default): fire and forget; N: wait up to N s and log failures
  *   nowbridge.skip_user              optional user name whose changes are not sent (the integration user)
  *   nowbridge.enabled                "false" stops all webhooks
+ *   nowbridge.ascii_json             "true": non-ASCII characters go as \uXXXX escapes, so the signed bytes
+ *                                    are the same in every charset (the remedy when the self-test reports a
+ *                                    charset mismatch); default "false" sends UTF-8 text
  * The secret is never logged, never put in a header and never leaves the instance.
  */
 var NowbridgeWebhook = Class.create();
@@ -270,7 +273,14 @@ NowbridgeWebhook.prototype = {
     },
 
     encode: function (event) {
-        return JSON.stringify(event);
+        var json = JSON.stringify(event);
+        if (this._prop('ascii_json', 'false') !== 'true') {
+            return json;
+        }
+        // JSON.stringify writes non-ASCII characters only inside strings, where \uXXXX is the same character.
+        return json.replace(/[\u0080-\uffff]/g, function (c) {
+            return '\\u' + ('000' + c.charCodeAt(0).toString(16)).slice(-4);
+        });
     },
 
     // The webhook-id, also the bridge's Nats-Msg-Id: <table>:<sys_id>:<sys_mod_count>:<action>.
