@@ -2,6 +2,7 @@ package snsim
 
 import (
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -167,6 +168,12 @@ func (t *table) scan(p *plan, offset, limit int, count bool) scanResult {
 		exactTotal = unionSize(ranges)
 	}
 	dir := t.indexOrder(p, from, to)
+	if dir == 0 {
+		// Ordered by sys_id alone: the primary key's index serves it.
+		if byID, ok := t.scanByID(p, offset, limit, count); ok {
+			return byID
+		}
+	}
 	var ordered []*row
 	if dir == 0 {
 		// Not the index order: collect the matches and sort them, as a
@@ -243,4 +250,92 @@ func unionSize(rs []keyRange) int {
 		end = max(end, r.to)
 	}
 	return n
+}
+
+// scanByID serves a query ordered by sys_id alone, without ^NQ, from the
+// sys_id index: its sys_id comparisons (and the bounds of a sys_id IN
+// list) narrow the range, every clause is still matched row by row unless
+// the range alone decides the query. ok is false for other queries.
+func (t *table) scanByID(p *plan, offset, limit int, count bool) (res scanResult, ok bool) {
+	if len(p.order) != 1 || p.order[0].fi != t.iID || p.order[0].desc || len(p.parts) > 1 {
+		return res, false
+	}
+	lower := func(v string) int { // first position with sys_id >= v
+		i, _ := slices.BinarySearchFunc(t.ids, v, func(r *row, k string) int { return strings.Compare(r.vals[t.iID], k) })
+		return i
+	}
+	upper := func(v string) int { // first position with sys_id > v
+		i, found := slices.BinarySearchFunc(t.ids, v, func(r *row, k string) int { return strings.Compare(r.vals[t.iID], k) })
+		if found {
+			i++
+		}
+		return i
+	}
+	from, to, exact := 0, len(t.ids), true
+	for _, part := range p.parts {
+		for _, g := range part {
+			// Bounds only from lower-case values: the comparison of
+			// the query itself ignores case, a binary search does not.
+			if len(g) != 1 || g[0].fi != t.iID || g[0].Value != strings.ToLower(g[0].Value) {
+				exact = false
+				continue
+			}
+			switch c := g[0]; c.Op {
+			case opGT:
+				from = max(from, upper(c.Value))
+			case opGE:
+				from = max(from, lower(c.Value))
+			case opLT:
+				to = min(to, lower(c.Value))
+			case opLE:
+				to = min(to, upper(c.Value))
+			case opEQ:
+				from, to = max(from, lower(c.Value)), min(to, upper(c.Value))
+			case opIN:
+				exact = false
+				if len(c.Values) > 0 && !slices.ContainsFunc(c.Values, func(v string) bool { return v != strings.ToLower(v) }) {
+					from, to = max(from, lower(slices.Min(c.Values))), min(to, upper(slices.Max(c.Values)))
+				}
+			default:
+				exact = false
+			}
+		}
+	}
+	to = max(to, from)
+	res.total = -1
+	matched, i := 0, from
+	for ; i < to; i++ {
+		r := t.ids[i]
+		res.visited++
+		if !exact && !p.match(r.vals) {
+			continue
+		}
+		matched++
+		if matched <= offset {
+			res.skipped++
+			continue // walked, not returned: the cost of an offset
+		}
+		if len(res.rows) < limit {
+			res.rows = append(res.rows, r)
+			continue
+		}
+		res.more = true
+		i++
+		break
+	}
+	if !count {
+		return res, true
+	}
+	if exact {
+		res.total = to - from
+		return res, true
+	}
+	for ; i < to; i++ {
+		res.visited++
+		if p.match(t.ids[i].vals) {
+			matched++
+		}
+	}
+	res.total = matched
+	return res, true
 }

@@ -25,6 +25,11 @@ type table struct {
 	iID      int
 	iUpdated int
 	next     int // next number of the sequence (INC0010001...)
+
+	// ids orders the rows by sys_id, the primary key's index on a real
+	// instance: sys_id>X^ORDERBYsys_id pages (presence scans) are a binary
+	// search plus a short walk, not a sort of the table per request.
+	ids []*row
 }
 
 func newTable(s *tableSchema) *table {
@@ -57,6 +62,17 @@ func (t *table) put(r *row) {
 	t.rows[id] = r
 	i, _ := t.pos(r.updated(t), id)
 	t.index = slices.Insert(t.index, i, r)
+	j, found := t.idPos(id)
+	if found {
+		t.ids[j] = r
+	} else {
+		t.ids = slices.Insert(t.ids, j, r)
+	}
+}
+
+// idPos returns where id is or would be in the sys_id index.
+func (t *table) idPos(id string) (int, bool) {
+	return slices.BinarySearchFunc(t.ids, id, func(r *row, k string) int { return strings.Compare(r.vals[t.iID], k) })
 }
 
 func (t *table) removeIndex(r *row) {
@@ -71,6 +87,9 @@ func (t *table) remove(id string) *row {
 		return nil
 	}
 	t.removeIndex(r)
+	if j, found := t.idPos(id); found {
+		t.ids = slices.Delete(t.ids, j, j+1)
+	}
 	delete(t.rows, id)
 	return r
 }
@@ -85,6 +104,8 @@ func (t *table) bulkAppend(rs []*row) {
 	}
 	t.index = append(t.index, rs...)
 	slices.SortFunc(t.index, t.less)
+	t.ids = append(t.ids[:0], t.index...)
+	slices.SortFunc(t.ids, func(a, b *row) int { return strings.Compare(a.vals[t.iID], b.vals[t.iID]) })
 }
 
 // lowerBound returns the first index position with key >= (updated, id).

@@ -400,6 +400,14 @@ func TestScan_IndexedCountsMatchBruteForce(t *testing.T) {
 			"sys_updated_onBETWEEN" + T + "@" + T + "^sys_id<" + ID,
 			"sys_updated_on>=" + T + "^state=2^ORstate=3",
 			"sys_updated_on>" + T + "^NQstate=1^ORDERBYnumber",
+			// sys_id order (presence scans): the sys_id index.
+			"sys_id>" + ID + "^ORDERBYsys_id",
+			"ORDERBYsys_id",
+			"sys_id>=" + ID + "^state=2^ORDERBYsys_id",
+			"sys_id<=" + ID + "^sys_id>" + tb.index[(pivot+7)%3000].id(tb) + "^ORDERBYsys_id",
+			"sys_idIN" + ID + "," + tb.index[(pivot+11)%3000].id(tb) + ",ffffffffffffffffffffffffffffffff^ORDERBYsys_id",
+			"sys_id=" + ID + "^ORDERBYsys_id",
+			"sys_id>" + strings.ToUpper(ID) + "^ORDERBYsys_id",
 		} {
 			q, err := ParseQuery(qs)
 			if err != nil {
