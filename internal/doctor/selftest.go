@@ -31,7 +31,7 @@ const (
 	FixSelfTestUnreachable = "the instance cannot reach the bridge at nowbridge.webhook_url: start the bridge " +
 		"(bridge serve), check the URL in the property, and open the bridge's firewall to the instance's outbound " +
 		"addresses (a MID server does not carry these calls)"
-	FixSelfTestURL = "set the ServiceNow system property nowbridge.webhook_url to https://<bridge>/webhooks/servicenow"
+	FixSelfTestURL  = "set the ServiceNow system property nowbridge.webhook_url to https://<bridge>/webhooks/servicenow"
 	FixSelfTestRole = "grant the OAuth Application User the role " + events.SelfTestRole + " (created by the update " +
 		"set; it only allows the self-test)"
 	FixSelfTestMissing = "import the nowbridge update set (1.1.0 or later, servicenow/update_set/nowbridge.xml); if it " +

@@ -163,3 +163,14 @@ func TestDoctor_InstanceSelfTestSkippedWithoutToken(t *testing.T) {
 		t.Error("the self-test ran without a token")
 	}
 }
+
+// TestDoctor_InstanceSelfTestWithoutWebhookURL: the instance sends nothing
+// while nowbridge.webhook_url is empty, and the doctor says to set it.
+func TestDoctor_InstanceSelfTestWithoutWebhookURL(t *testing.T) {
+	in := newInstance(t, nil) // no business-rule endpoint configured
+	in.sim.SetGrants(snsim.Grants{Dictionary: true, AuditDelete: true})
+	opt := in.options()
+	opt.InstanceSelfTest = true
+	r := run(t, "selftest: no webhook URL", opt)
+	expect(t, r, "selftest", doctor.Fail, "nothing sent: property nowbridge.webhook_url is empty", doctor.FixSelfTestURL)
+}
