@@ -39,7 +39,9 @@ type SNEvent struct {
 	SysUpdatedOn string   `json:"sys_updated_on" validate:"required,sntime"`
 	SysUpdatedBy string   `json:"sys_updated_by,omitempty" validate:"max=100"`
 	Changed      []string `json:"changed,omitempty" validate:"max=1000,dive,required,max=80"`
-	Record       Fields   `json:"record" validate:"max=2000"`
+	// Record is required for insert and update (absent or null is a 422
+	// naming "record"); a delete may omit it.
+	Record Fields `json:"record" validate:"max=2000"`
 	// Source says who produced the event: "webhook" (default) or "reconcile".
 	Source string `json:"source,omitempty" validate:"omitempty,oneof=webhook reconcile"`
 }
