@@ -30,6 +30,7 @@ type agreement struct {
 	doctorExit   int
 	doctorCheck  string
 	doctorStatus doctor.Status
+	doctorSays   string
 	// serve's behaviour, and what its start-up error says when it refuses.
 	serve      serveOutcome
 	startError string
@@ -56,28 +57,31 @@ func TestDoctorAndServe_AgreeOnEveryFailureMode(t *testing.T) {
 		{name: "healthy (every optional grant)", setup: func(sim *snsim.Server, _ map[string]string, s webhook.Secret) webhook.Secret {
 			sim.SetGrants(snsim.Grants{Dictionary: true, AuditDelete: true})
 			return s
-		}, doctorExit: 0, doctorCheck: "close_code:incident", doctorStatus: doctor.Pass, serve: serveSyncs},
+		}, doctorExit: 0, doctorCheck: "selftest", doctorStatus: doctor.Pass, serve: serveSyncs},
 		{name: "sys_dictionary hidden (documented roles)", setup: keep,
-			doctorExit: 0, doctorCheck: "dictionary", doctorStatus: doctor.Pass, serve: serveSyncs},
+			doctorExit: 0, doctorCheck: "dictionary", doctorStatus: doctor.Pass, doctorSays: "not needed", serve: serveSyncs},
 		{name: "sys_audit_delete hidden (documented roles)", setup: keep,
-			doctorExit: 0, doctorCheck: "audit_delete:incident", doctorStatus: doctor.Warn, serve: serveSyncs},
+			doctorExit: 0, doctorCheck: "audit_delete:incident", doctorStatus: doctor.Warn, doctorSays: "presence scan", serve: serveSyncs},
 		{name: "retired close code configured", setup: func(_ *snsim.Server, env map[string]string, s webhook.Secret) webhook.Secret {
 			env["BRIDGE_CLOSE_CODE"] = "Solved (Permanently)"
 			return s
-		}, doctorExit: 1, doctorCheck: "close_code:incident", doctorStatus: doctor.Fail, serve: serveRefusesToStart,
+		}, doctorExit: 1, doctorCheck: "close_code:incident", doctorStatus: doctor.Fail, doctorSays: "valid: ", serve: serveRefusesToStart,
 			startError: `BRIDGE_CLOSE_CODE "Solved (Permanently)" is not an active choice of incident.close_code on this instance`},
+		{name: "webhook secret property not the bridge's", setup: func(_ *snsim.Server, _ map[string]string, _ webhook.Secret) webhook.Secret {
+			return webhook.NewSecret([]byte("another-secret-0123456789abcdef!"))
+		}, doctorExit: 1, doctorCheck: "selftest", doctorStatus: doctor.Fail, doctorSays: "secret mismatch: nowbridge.webhook_secret is not one of the bridge's secrets", serve: serveRejectsHooks},
 		{name: "no itil", setup: func(sim *snsim.Server, _ map[string]string, s webhook.Secret) webhook.Secret {
 			sim.SetACL(snsim.ACL{NoRoles: true})
 			return s
-		}, doctorExit: 1, doctorCheck: "table:incident", doctorStatus: doctor.Fail, serve: serveDeadLetters},
+		}, doctorExit: 1, doctorCheck: "table:incident", doctorStatus: doctor.Fail, doctorSays: "itil", serve: serveDeadLetters},
 		{name: "no OAuth application user", setup: func(sim *snsim.Server, _ map[string]string, s webhook.Secret) webhook.Secret {
 			sim.SetOAuthMode(snsim.OAuthNoAppUser)
 			return s
-		}, doctorExit: 1, doctorCheck: "token", doctorStatus: doctor.Fail, serve: serveRefusesToStart, startError: "rejects the bridge's credentials"},
+		}, doctorExit: 1, doctorCheck: "token", doctorStatus: doctor.Fail, doctorSays: "OAuth Application User", serve: serveRefusesToStart, startError: "rejects the bridge's credentials"},
 		{name: "token issued, every API call 401", setup: func(sim *snsim.Server, _ map[string]string, s webhook.Secret) webhook.Secret {
 			sim.SetOAuthMode(snsim.OAuthTokenNotAuthenticated)
 			return s
-		}, doctorExit: 1, doctorCheck: "auth", doctorStatus: doctor.Fail, serve: serveRefusesToStart, startError: "OAuth Application User"},
+		}, doctorExit: 1, doctorCheck: "auth", doctorStatus: doctor.Fail, doctorSays: "OAuth Application User", serve: serveRefusesToStart, startError: "OAuth Application User"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.run(t) })
@@ -111,7 +115,29 @@ func (c agreement) run(t *testing.T) {
 	}
 	instanceSecret := c.setup(sim, env, secret)
 
-	code, out, stderr := runTool(t, env, "", "doctor", "--json")
+	// The instance self-test needs the bridge running: serve starts first
+	// where it can.
+	var b *servedBridge
+	var natsURL string
+	if c.serve == serveRefusesToStart {
+		code, _, stderr := runTool(t, env, "", "serve", "--listen", "127.0.0.1:0", "--embedded-nats-listen", "127.0.0.1:0")
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		last := lines[len(lines)-1] // the logs come first
+		if code != 1 || !strings.HasPrefix(last, "bridge: ") || !strings.Contains(last, c.startError) {
+			t.Fatalf("serve with %s: exit %d, stderr %q; want 1 and one line saying %q", c.name, code, stderr, c.startError)
+		}
+		if strings.Contains(stderr, "csecret") {
+			t.Fatal("the client secret is in serve's error")
+		}
+	} else {
+		b = startServe(t, env, "--embedded-nats-listen", "127.0.0.1:0")
+		natsURL = logField(t, b.logs, "embedded NATS JetStream started", "url", b.exited)
+		if err := sim.SetWebhooks(snsim.WebhookTarget{URL: "http://" + b.addr + "/webhooks/servicenow", Secrets: []webhook.Secret{instanceSecret}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	code, out, stderr := runTool(t, env, "", "doctor", "--json", "--instance-selftest")
 	var report doctor.Report
 	if err := json.Unmarshal([]byte(out), &report); err != nil {
 		t.Fatalf("doctor --json: %v\n%s\n%s", err, out, stderr)
@@ -120,8 +146,8 @@ func (c agreement) run(t *testing.T) {
 	for _, ch := range report.Checks {
 		if ch.ID == c.doctorCheck {
 			verdict = string(ch.Status) + ": " + ch.Detail
-			if ch.Status != c.doctorStatus {
-				t.Errorf("doctor check %s = %s, want %s", c.doctorCheck, verdict, c.doctorStatus)
+			if ch.Status != c.doctorStatus || !strings.Contains(ch.Detail+" "+ch.Fix, c.doctorSays) {
+				t.Errorf("doctor check %s = %s (fix: %s), want %s saying %q", c.doctorCheck, verdict, ch.Fix, c.doctorStatus, c.doctorSays)
 			}
 		}
 	}
@@ -134,23 +160,8 @@ func (c agreement) run(t *testing.T) {
 	if (code == 0) != (c.serve == serveSyncs) {
 		t.Errorf("doctor exit %d but serve %s: the doctor must pass exactly when serve works", code, c.serve)
 	}
-
 	if c.serve == serveRefusesToStart {
-		code, _, stderr := runTool(t, env, "", "serve", "--listen", "127.0.0.1:0", "--embedded-nats-listen", "127.0.0.1:0")
-		lines := strings.Split(strings.TrimSpace(stderr), "\n")
-		last := lines[len(lines)-1] // the logs come first
-		if code != 1 || !strings.HasPrefix(last, "bridge: ") || !strings.Contains(last, c.startError) {
-			t.Fatalf("serve with %s: exit %d, stderr %q; want 1 and one line saying %q", c.name, code, stderr, c.startError)
-		}
-		if strings.Contains(stderr, "csecret") {
-			t.Fatal("the client secret is in serve's error")
-		}
 		return
-	}
-	b := startServe(t, env, "--embedded-nats-listen", "127.0.0.1:0")
-	natsURL := logField(t, b.logs, "embedded NATS JetStream started", "url", b.exited)
-	if err := sim.SetWebhooks(snsim.WebhookTarget{URL: "http://" + b.addr + "/webhooks/servicenow", Secrets: []webhook.Secret{instanceSecret}}); err != nil {
-		t.Fatal(err)
 	}
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
