@@ -366,7 +366,7 @@ func (d *dispatcher) deliver(job *hookJob, tg WebhookTarget) {
 		d.s.log.Error("snsim business rule: bad webhook URL", "webhook_id", job.id, "error", err)
 		return
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", "application/json; charset=utf-8") // as NowbridgeWebhook.js sends it
 	req.Header.Set("Accept", "application/json")
 	now := time.Now()
 	webhook.SetHeaders(req.Header, tg.Secrets[0], job.id, now, job.body)
