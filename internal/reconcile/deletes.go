@@ -370,7 +370,7 @@ func (r *Reconciler) presenceScan(ctx context.Context, ps *PresenceScan, skip ma
 	if err := r.wait(ctx); err != nil {
 		return err
 	}
-	q := Query{Table: table, ByID: true, Fields: []string{"sys_id"}, PageSize: r.cfg.PageSize}
+	q := Query{Table: table, ByID: true, Fields: []string{"sys_id"}, PageSize: r.cfg.IDPageSize}
 	err = r.pager.Scan(ctx, q, func(rows []events.Fields, total int) error {
 		ps.Requests++
 		sum.Requests++

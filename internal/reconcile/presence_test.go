@@ -53,6 +53,8 @@ func newPresenceReconciler(t *testing.T, env *recoverytest.Env, reg prometheus.R
 	t.Helper()
 	r, err := New(env.JS, env.Store.KV(), &SNPager{Client: env.SN}, env.Store, Config{
 		Tables: []string{recoverytest.Table}, Fields: env.Mapping.Fields, PageSize: 100, Instance: "dev00000",
+		// Several sys_id pages even for these small tables.
+		IDPageSize:         40,
 		DeleteScanInterval: interval, Registerer: reg,
 	})
 	if err != nil {

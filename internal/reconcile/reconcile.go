@@ -95,12 +95,16 @@ type Config struct {
 	Fields   func(table string) []string
 	Instance string // copied into synthesized events
 
-	PageSize int           // rows per request (default 1000)
-	Overlap  time.Duration // re-read window before the watermark (default 2m)
-	Backfill time.Duration // first run without a watermark starts now − Backfill (default 24h)
-	Interval time.Duration // Run's period; 0 makes Run return at once
-	LeaseTTL time.Duration // default 1m; renewed every third of it during a pass
-	Holder   string        // lease holder name (default host-pid-random)
+	PageSize int // rows per request (default 1000)
+	// IDPageSize is rows per request of the presence scan's sys_id pages
+	// (default 10 × PageSize, at most 10,000, the Table API's default
+	// limit): a row of sys_id alone is about 45 bytes.
+	IDPageSize int
+	Overlap    time.Duration // re-read window before the watermark (default 2m)
+	Backfill   time.Duration // first run without a watermark starts now − Backfill (default 24h)
+	Interval   time.Duration // Run's period; 0 makes Run return at once
+	LeaseTTL   time.Duration // default 1m; renewed every third of it during a pass
+	Holder     string        // lease holder name (default host-pid-random)
 	// DeleteScanInterval is how often a pass also runs the presence scan
 	// (BRIDGE_DELETE_SCAN_INTERVAL): it reads every sys_id of the table, so
 	// it does not run on every pass. The last scan's time is kept in
@@ -125,6 +129,9 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.PageSize <= 0 {
 		c.PageSize = 1000
+	}
+	if c.IDPageSize <= 0 {
+		c.IDPageSize = min(10*c.PageSize, 10_000)
 	}
 	if c.Overlap <= 0 {
 		c.Overlap = 2 * time.Minute
