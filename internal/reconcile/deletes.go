@@ -470,44 +470,48 @@ func (r *Reconciler) liveCandidates(ctx context.Context, table string, ids []str
 }
 
 // confirmGone asks the instance about each candidate and returns those it
-// no longer has. A batch whose count matches the rows returned settles
-// every id in it; otherwise each unreturned id is asked alone: counted
-// without a row is hidden (a row ACL), not counted is gone.
+// no longer has, a sys_idIN query per confirmBatch candidates. ServiceNow
+// counts the rows a row ACL hides (X-Total-Count) but does not return them:
+// a batch whose count matches the rows returned settles every id in it (the
+// others are gone); one whose unreturned ids are all counted is all hidden;
+// otherwise its unreturned ids are split in two and asked again, down to
+// single ids (counted without a row: hidden; not counted: gone).
 func (r *Reconciler) confirmGone(ctx context.Context, table string, ids []string, ps *PresenceScan, sum *Summary) ([]string, error) {
 	var gone []string
-	for start := 0; start < len(ids); start += confirmBatch {
-		batch := ids[start:min(start+confirmBatch, len(ids))]
+	var settle func(batch []string) error
+	settle = func(batch []string) error {
 		shown, total, err := r.lookupIDs(ctx, table, batch, ps, sum)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if total >= 0 && total == len(shown) {
-			for _, id := range batch {
-				if shown[id] {
-					ps.Present++
-				} else {
-					gone = append(gone, id)
-				}
-			}
-			continue
-		}
+		var unshown []string
 		for _, id := range batch {
 			if shown[id] {
 				ps.Present++
-				continue
+			} else {
+				unshown = append(unshown, id)
 			}
-			one, n, err := r.lookupIDs(ctx, table, []string{id}, ps, sum)
-			if err != nil {
-				return nil, err
+		}
+		hidden := total - len(shown)
+		switch {
+		case len(unshown) == 0:
+		case total >= 0 && hidden <= 0:
+			gone = append(gone, unshown...)
+		case total < 0 || hidden >= len(unshown):
+			// Every one counted, or nothing counted to tell: not deletes.
+			ps.Hidden += len(unshown)
+		default:
+			half := len(unshown) / 2
+			if err := settle(unshown[:half]); err != nil {
+				return err
 			}
-			switch {
-			case one[id]:
-				ps.Present++
-			case n == 0:
-				gone = append(gone, id)
-			default: // counted but not shown, or not countable
-				ps.Hidden++
-			}
+			return settle(unshown[half:])
+		}
+		return nil
+	}
+	for start := 0; start < len(ids); start += confirmBatch {
+		if err := settle(ids[start:min(start+confirmBatch, len(ids))]); err != nil {
+			return nil, err
 		}
 	}
 	return gone, nil
