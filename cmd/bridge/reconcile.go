@@ -177,7 +177,7 @@ func newReconciler(ctx context.Context, cfg config.Config, js jetstream.JetStrea
 	mset := d.Mapping
 	if mset == nil {
 		var err error
-		if mset, err = apply.LoadMapping(cfg.MappingDir, logger); err != nil {
+		if mset, err = apply.LoadMapping(cfg.MappingDir, cfg.Tables, logger); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -133,7 +133,7 @@ Times are RFC 3339 or a duration back from now (2h).`,
 
 // newReplayHandler builds the live consumer's per-message path for stream.
 func newReplayHandler(ctx context.Context, cfg config.Config, js jetstream.JetStream, stream string, logger *slog.Logger) (replay.Handler, func(), error) {
-	mset, err := apply.LoadMapping(cfg.MappingDir, logger)
+	mset, err := apply.LoadMapping(cfg.MappingDir, cfg.Tables, logger)
 	if err != nil {
 		return nil, nil, err
 	}

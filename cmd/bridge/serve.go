@@ -132,7 +132,7 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 		return err
 	}
 
-	mset, err := apply.LoadMapping(cfg.MappingDir, log) // a broken file stops start-up, naming its line
+	mset, err := apply.LoadMapping(cfg.MappingDir, cfg.Tables, log) // a broken file stops start-up, naming its line
 	if err != nil {
 		return err
 	}
@@ -228,7 +228,7 @@ func stopEmbedded(s *server.Server, log *slog.Logger) {
 // LinkWriter (correlation_id writes claimed as echoes). The returned close
 // function releases the ServiceNow client once the components stopped.
 func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.JetStream, reg prometheus.Registerer, echoes *dedupe.Cache, log *slog.Logger) (component, *outbound.Writer, *snclient.Client, func(), error) {
-	mset, err := mapping.Load(mappingFS(cfg), log)
+	mset, err := mapping.Load(mappingFS(cfg), cfg.Tables, log)
 	if err != nil {
 		return component{}, nil, nil, nil, err
 	}

@@ -14,7 +14,8 @@ import (
 // the instance (serve and dev's writeback and reconcile, bridge reconcile,
 // replay --stream app) from one place, so none forgets a setting. The
 // client learns a table's fields from the mapping, a record and
-// sys_dictionary where readable; BRIDGE_SN_KNOWN_FIELDS adds to them.
+// sys_dictionary where readable (the table's and its parents', as the
+// mapping names them); BRIDGE_SN_KNOWN_FIELDS adds to them.
 // reg may be nil.
 func newSNClient(cfg config.Config, mset *mapping.Set, log *slog.Logger, reg prometheus.Registerer) (*snclient.Client, error) {
 	return snclient.New(snclient.Config{
@@ -23,6 +24,7 @@ func newSNClient(cfg config.Config, mset *mapping.Set, log *slog.Logger, reg pro
 		ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()),
 		RateLimit:    cfg.SNRateLimit,
 		MappedFields: mappedFields(mset, mset.Tables()),
+		TableParents: mset.Parents(), // the mapping's parents: where inherited fields are defined
 		KnownFields:  cfg.SNKnownFields,
 		Logger:       log,
 		Registerer:   reg,

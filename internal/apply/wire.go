@@ -25,16 +25,17 @@ type Options struct {
 	Mapping *mapping.Set
 }
 
-// LoadMapping loads the mapping files of dir (BRIDGE_MAPPING_DIR), or the
-// built-in default when dir is "". A broken file is an error naming its line.
-func LoadMapping(dir string, log *slog.Logger) (*mapping.Set, error) {
+// LoadMapping loads the mapping of each synced table (BRIDGE_TABLES): its
+// file in dir (BRIDGE_MAPPING_DIR, "" for none), else the one nowbridge
+// ships. A broken file is an error naming its line.
+func LoadMapping(dir string, tables []string, log *slog.Logger) (*mapping.Set, error) {
 	if dir == "" {
-		return mapping.Default(log), nil
+		return mapping.Load(nil, tables, log)
 	}
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("BRIDGE_MAPPING_DIR %s: not a readable directory", dir)
 	}
-	return mapping.Load(os.DirFS(dir), log)
+	return mapping.Load(os.DirFS(dir), tables, log)
 }
 
 // FromConfig builds the apply pipeline from the bridge's configuration:
@@ -49,7 +50,7 @@ func FromConfig(ctx context.Context, c config.Config, js jetstream.JetStream, o 
 	m := o.Mapping
 	if m == nil {
 		var err error
-		if m, err = LoadMapping(c.MappingDir, log); err != nil {
+		if m, err = LoadMapping(c.MappingDir, c.Tables, log); err != nil {
 			return nil, err
 		}
 	}

@@ -20,6 +20,35 @@ func TestDefault_ShippedFileIsTheEmbeddedOne(t *testing.T) {
 	}
 }
 
+func TestShipped_DeployDirectoryHoldsTheEmbeddedFiles(t *testing.T) {
+	entries, err := os.ReadDir("../../deploy/mapping")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deployed []string
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".yaml") {
+			continue
+		}
+		table := strings.TrimSuffix(e.Name(), ".yaml")
+		deployed = append(deployed, table)
+		data, err := os.ReadFile("../../deploy/mapping/" + e.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		embedded, ok := ShippedFile(table)
+		if !ok || !bytes.Equal(data, embedded) {
+			t.Errorf("deploy/mapping/%s differs from internal/mapping/%s (or is not embedded): copy one over the other", e.Name(), e.Name())
+		}
+	}
+	if got, want := strings.Join(Shipped(), ","), strings.Join(deployed, ","); got != want {
+		t.Fatalf("embedded mappings %s, deploy/mapping holds %s", got, want)
+	}
+	if want := "change_request,incident,problem,sc_req_item,sn_hr_core_case"; strings.Join(Shipped(), ",") != want {
+		t.Fatalf("shipped = %v, want %s", Shipped(), want)
+	}
+}
+
 func TestDefault_IncidentToSaaS(t *testing.T) {
 	s := Default(nil)
 	entity, got, err := s.ToSaaS("incident", map[string]string{
@@ -100,7 +129,7 @@ fields:
 `
 
 func TestLoad_CustomFieldsAndValueMaps(t *testing.T) {
-	s, err := Load(fstest.MapFS{"incident.yaml": {Data: []byte(customMapping)}, "README.md": {Data: []byte("x")}}, nil)
+	s, err := Load(fstest.MapFS{"incident.yaml": {Data: []byte(customMapping)}, "README.md": {Data: []byte("x")}}, []string{"incident"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,14 +151,17 @@ func TestLoad_CustomFieldsAndValueMaps(t *testing.T) {
 	}
 }
 
-func TestLoad_AddsDefaultForOtherTables(t *testing.T) {
-	other := "table: u_change\nentity: change\nfields:\n  - saas: title\n    servicenow: short_description\n"
-	s, err := Load(fstest.MapFS{"change.yml": {Data: []byte(other)}}, nil)
+func TestLoad_ShippedMappingForEachSyncedTableWithoutAFile(t *testing.T) {
+	other := "table: u_change\nentity: u_change\nfields:\n  - saas: title\n    servicenow: short_description\n"
+	s, err := Load(fstest.MapFS{"change.yml": {Data: []byte(other)}}, []string{"incident", "u_change", "problem"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(s.Tables(), ","); got != "incident,u_change" {
-		t.Fatalf("tables = %s, want incident,u_change", got)
+	if got := strings.Join(s.Tables(), ","); got != "incident,problem,u_change" {
+		t.Fatalf("tables = %s, want incident,problem,u_change", got)
+	}
+	if tbl, _ := s.Table("problem"); tbl != "problem" {
+		t.Fatalf("entity problem maps to %q, want the shipped problem mapping", tbl)
 	}
 }
 
@@ -174,7 +206,7 @@ func TestParse_ErrorsNameTheLine(t *testing.T) {
 }
 
 func TestLoad_BrokenFileStopsWithItsLine(t *testing.T) {
-	_, err := Load(fstest.MapFS{"incident.yaml": {Data: []byte("table: incident\nentity: ticket\nfields:\n  - saas: title\n    servicenow: short_description\n    values: nope\n")}}, nil)
+	_, err := Load(fstest.MapFS{"incident.yaml": {Data: []byte("table: incident\nentity: ticket\nfields:\n  - saas: title\n    servicenow: short_description\n    values: nope\n")}}, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "incident.yaml line 6") {
 		t.Fatalf("err = %v, want one naming incident.yaml line 6", err)
 	}
