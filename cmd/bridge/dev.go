@@ -28,6 +28,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/inbound"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/snsim"
 	"github.com/nowbridge/nowbridge/internal/state"
 	"github.com/nowbridge/nowbridge/internal/webhook"
@@ -273,7 +274,11 @@ func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Li
 	if o.grace > 0 {
 		cfg.HandOverGrace = o.grace
 	}
-	st.cache = dedupe.New(dedupe.Config{Size: cfg.DedupeSize, TTL: cfg.DedupeTTL, Registerer: st.reg})
+	mset, err := mapping.Load(nil, cfg.Tables, logger)
+	if err != nil {
+		return err
+	}
+	st.cache = dedupe.New(dedupe.Config{Size: cfg.DedupeSize, TTL: cfg.DedupeTTL, Tables: mset, Registerer: st.reg})
 	if st.store, st.links, err = state.Open(ctx, st.js); err != nil {
 		return err
 	}

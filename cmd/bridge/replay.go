@@ -150,7 +150,7 @@ func newReplayHandler(ctx context.Context, cfg config.Config, js jetstream.JetSt
 		if err != nil {
 			return nil, nil, usageError{err}
 		}
-		w, err := newWriter(sn, mset, store, links, dedupe.New(dedupe.Config{}), outbound.Config{Logger: logger})
+		w, err := newWriter(sn, mset, store, links, dedupe.New(dedupe.Config{Tables: mset}), outbound.Config{Logger: logger})
 		if err != nil {
 			_ = sn.Close()
 			return nil, nil, err

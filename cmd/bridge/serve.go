@@ -108,9 +108,14 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	mset, err := apply.LoadMapping(cfg.MappingDir, cfg.Tables, log) // a broken file stops start-up, naming its line
+	if err != nil {
+		return err
+	}
 	// Echo suppression (issue 5): one cache shared by the receiver's echo
-	// check and the writeback (and the apply pipeline's RecordApplied).
-	echoes := dedupe.New(dedupe.Config{Size: cfg.DedupeSize, TTL: cfg.DedupeTTL, Registerer: reg})
+	// check and the writeback (and the apply pipeline's RecordApplied); the
+	// mapping tells it each table's journal, derived and insert-filled fields.
+	echoes := dedupe.New(dedupe.Config{Size: cfg.DedupeSize, TTL: cfg.DedupeTTL, Tables: mset, Registerer: reg})
 
 	var streams []string
 	for _, s := range events.Streams(events.StreamOptions{}) {
@@ -132,10 +137,6 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 		return err
 	}
 
-	mset, err := apply.LoadMapping(cfg.MappingDir, cfg.Tables, log) // a broken file stops start-up, naming its line
-	if err != nil {
-		return err
-	}
 	components := []component{
 		{"webhook receiver", func(ctx context.Context) error { return rcv.Serve(ctx, ln, cfg.ShutdownTimeout) }},
 	}

@@ -37,7 +37,7 @@ func receiver(t *testing.T, e *env, secret webhook.Secret, dd *dedupe.Cache) *ht
 func TestEndToEnd_SimulatorChangesReachTheAppLinkedAndOnce(t *testing.T) {
 	e := newEnv(t)
 	secret := newSecret()
-	dd := dedupe.New(dedupe.Config{})
+	dd := dedupe.New(dedupe.Config{Tables: mapping.Default(nil)})
 	recv := receiver(t, e, secret, dd)
 	sim := snsim.New(snsim.Config{ClientID: "bridge", ClientSecret: "sim-secret-value", Seed: 7,
 		Webhooks: []snsim.WebhookTarget{{URL: recv.URL + inbound.Path, Secrets: []webhook.Secret{secret}}}})
@@ -129,7 +129,7 @@ func mustInt(t *testing.T, s string) int64 {
 func TestEndToEnd_SimulatorUpdateIsOneBridgeApplyMessage(t *testing.T) {
 	e := newEnv(t)
 	secret := newSecret()
-	recv := receiver(t, e, secret, dedupe.New(dedupe.Config{}))
+	recv := receiver(t, e, secret, dedupe.New(dedupe.Config{Tables: mapping.Default(nil)}))
 	sim := snsim.New(snsim.Config{ClientID: "bridge", ClientSecret: "sim-secret-value", Seed: 8,
 		Webhooks: []snsim.WebhookTarget{{URL: recv.URL + inbound.Path, Secrets: []webhook.Secret{secret}}}})
 	t.Cleanup(sim.Close)

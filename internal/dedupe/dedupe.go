@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 )
 
 // Directions label the echo metrics.
@@ -31,39 +32,27 @@ type Config struct {
 	// PendingTTL bounds how long a write in flight waits for its response
 	// before it stops matching webhooks (default 2m).
 	PendingTTL time.Duration
-	// Derived lists ServiceNow fields the platform computes from others
-	// (priority from impact+urgency, active from state, ...): a webhook's
-	// change to them never makes it "not ours". Nil takes DefaultDerived.
-	Derived []string
-	// Journal lists journal fields (comments, work_notes): a write appends
-	// an entry, and the webhook renders the field as "" or as formatted
-	// entries, so a written journal field matches whatever the event holds.
-	// Nil takes DefaultJournal.
-	Journal    []string
+	// Tables says what the platform does with each table's fields and
+	// which field links a record to the app (*mapping.Set). A webhook's
+	// change to a derived field never makes it "not ours"; a written
+	// journal field matches whatever the event renders; an insert may list
+	// the fields it fills. Nil, or a table it does not map: only system
+	// fields are known, so fewer webhooks are matched (the app then gets
+	// its own change back once, never loses one).
+	Tables     Tables
 	Registerer prometheus.Registerer
+	// Now is the clock TTLs are measured with (default time.Now).
+	Now func() time.Time
 }
 
-// DefaultJournal are incident's journal fields.
-var DefaultJournal = []string{"comments", "work_notes"}
-
-// insertSet are the fields ServiceNow fills on an insert whatever was sent
-// (number, defaults, audit fields): an insert webhook matched by its
-// correlation id may list them as changed.
-var insertSet = map[string]bool{
-	"number": true, "sys_id": true, "sys_created_on": true, "sys_created_by": true,
-	"opened_at": true, "opened_by": true, "sys_class_name": true, "sys_domain": true,
-	"sys_domain_path": true, "state": true, "impact": true, "urgency": true,
-	"incident_state": true, "escalation": true, "severity": true, "approval": true,
-	"upon_approval": true, "upon_reject": true, "made_sla": true, "notify": true,
-	"contact_type": true, "task_effective_number": true, "knowledge": true,
-	"child_incidents": true, "caller_id": true, "company": true, "location": true,
+// Tables gives the mapping of a ServiceNow table; *mapping.Set satisfies it.
+type Tables interface {
+	ForTable(table string) (*mapping.Table, bool)
 }
 
-// DefaultDerived are incident fields ServiceNow sets as a side effect of a write.
-var DefaultDerived = []string{
-	"priority", "active", "closed_at", "closed_by", "resolved_at", "resolved_by",
-	"calendar_stc", "business_stc", "reopen_count", "sys_updated_on", "sys_updated_by", "sys_mod_count",
-}
+// unmapped stands in for a table the cache has no mapping of: system
+// fields only, no link field.
+var unmapped = &mapping.Table{}
 
 // Cache is safe for concurrent use.
 type Cache struct {
@@ -72,8 +61,8 @@ type Cache struct {
 	written *lru.Cache[verKey, int64]   // table:sys_id:mod_count of our own writes -> expiry (unix ns)
 	applied *lru.Cache[string, applied] // entity:id -> fields the app was last told (and their hash)
 	ttl     time.Duration
-	derived map[string]bool
-	journal map[string]bool
+	tables  Tables
+	now     func() time.Time
 	pendTTL time.Duration
 
 	mu      sync.Mutex
@@ -95,15 +84,12 @@ func New(cfg Config) *Cache {
 	if cfg.PendingTTL <= 0 {
 		cfg.PendingTTL = 2 * time.Minute
 	}
-	if cfg.Derived == nil {
-		cfg.Derived = DefaultDerived
-	}
-	if cfg.Journal == nil {
-		cfg.Journal = DefaultJournal
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	c := &Cache{
-		derived: make(map[string]bool, len(cfg.Derived)),
-		journal: make(map[string]bool, len(cfg.Journal)),
+		tables:  cfg.Tables,
+		now:     cfg.Now,
 		pendTTL: cfg.PendingTTL,
 		pending: make(map[pendKey][]*Pending),
 		echoes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -114,12 +100,6 @@ func New(cfg Config) *Cache {
 			Name: "bridge_dedupe_evictions_total",
 			Help: "Entries evicted from the echo-suppression LRU by size before their TTL (raise BRIDGE_DEDUPE_SIZE if this grows).",
 		}),
-	}
-	for _, f := range cfg.Derived {
-		c.derived[f] = true
-	}
-	for _, f := range cfg.Journal {
-		c.journal[f] = true
 	}
 	c.ttl = cfg.TTL
 	c.written, _ = lru.New[verKey, int64](cfg.Size) // only fails for size <= 0
@@ -132,6 +112,16 @@ func New(cfg Config) *Cache {
 		cfg.Registerer.MustRegister(c.echoes, c.evictions, c.entries)
 	}
 	return c
+}
+
+// table is the mapping of a ServiceNow table, or unmapped.
+func (c *Cache) table(name string) *mapping.Table {
+	if c.tables != nil {
+		if t, ok := c.tables.ForTable(name); ok {
+			return t
+		}
+	}
+	return unmapped
 }
 
 // verKey identifies one version of a record. A struct key costs no
@@ -153,7 +143,7 @@ type pendKey struct {
 
 // RecordWrite remembers that the bridge's own write produced this version.
 func (c *Cache) RecordWrite(table, sysID string, modCount int64) {
-	if c.written.Add(versionKey(table, sysID, modCount), time.Now().Add(c.ttl).UnixNano()) {
+	if c.written.Add(versionKey(table, sysID, modCount), c.now().Add(c.ttl).UnixNano()) {
 		c.evictions.Inc() // capacity eviction, not TTL expiry
 	}
 }
@@ -169,7 +159,7 @@ func (c *Cache) Forget(table, sysID string, modCount int64) {
 // it so as not to resurrect our own writes).
 func (c *Cache) Wrote(table, sysID string, modCount int64) bool {
 	exp, ok := c.written.Peek(versionKey(table, sysID, modCount))
-	return ok && time.Now().UnixNano() < exp
+	return ok && c.now().UnixNano() < exp
 }
 
 // Pending is a write to ServiceNow in flight. Call Done with the version the
@@ -225,7 +215,7 @@ func (c *Cache) BeginUpdate(table, sysID string, version int64, fields, unchange
 }
 
 func (c *Cache) begin(table, sysID, correlation string, version int64, fields, unchanged map[string]string) *Pending {
-	p := &Pending{c: c, table: table, fields: fields, unchanged: unchanged, expires: time.Now().Add(c.pendTTL), version: version, matched: -1}
+	p := &Pending{c: c, table: table, fields: fields, unchanged: unchanged, expires: c.now().Add(c.pendTTL), version: version, matched: -1}
 	if sysID != "" {
 		p.keys = append(p.keys, pendKey{table, sysID, false})
 	}
@@ -275,7 +265,7 @@ func (c *Cache) removePending(p *Pending) {
 // event's changed fields match. A match is counted in the echo metric.
 func (c *Cache) IsEcho(ev *events.SNEvent) bool {
 	mc := int64(ev.SysModCount)
-	if exp, ok := c.written.Get(versionKey(ev.Table, ev.SysID, mc)); ok && time.Now().UnixNano() < exp {
+	if exp, ok := c.written.Get(versionKey(ev.Table, ev.SysID, mc)); ok && c.now().UnixNano() < exp {
 		c.echoes.WithLabelValues(DirServiceNow).Inc()
 		return true
 	}
@@ -293,30 +283,34 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for _, p := range c.pending[pendKey{ev.Table, ev.SysID, false}] {
-			if p.fields == nil && time.Now().Before(p.expires) {
+			if p.fields == nil && c.now().Before(p.expires) {
 				p.matched = int64(ev.SysModCount)
 				return true
 			}
 		}
 		return false
 	}
-	now := time.Now()
+	now := c.now()
 	mc := int64(ev.SysModCount)
+	t := c.table(ev.Table)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, p := range c.pending[pendKey{ev.Table, ev.SysID, false}] {
 		if now.Before(p.expires) && p.fields != nil && (p.version == anyVersion || p.version == mc) &&
-			c.fieldsMatch(p.fields, ev) && c.unchangedMatch(p.unchanged, ev) {
+			fieldsMatch(t, p.fields, ev) && unchangedMatch(t, p.unchanged, ev) {
 			p.matched = mc
 			return true
 		}
 	}
-	// An insert is matched by the correlation id we wrote: the platform
-	// fills number, defaults and audit fields, so "changed" lists more than
-	// we sent, but every value we sent must be there.
-	if corr := ev.Record["correlation_id"]; corr != "" && ev.Action == events.ActionInsert {
+	// An insert is matched by the external id we wrote to the link field:
+	// the platform fills number, defaults and audit fields, so "changed"
+	// lists more than we sent, but every value we sent must be there.
+	if t.LinkField == "" || ev.Action != events.ActionInsert {
+		return false
+	}
+	if corr := ev.Record[t.LinkField]; corr != "" {
 		for _, p := range c.pending[pendKey{ev.Table, corr, true}] {
-			if now.Before(p.expires) && p.fields != nil && c.insertMatch(p.fields, ev) {
+			if now.Before(p.expires) && p.fields != nil && insertMatch(t, p.fields, ev) {
 				p.matched = mc
 				return true
 			}
@@ -327,24 +321,24 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 
 // valueMatch compares a written value with the event's; a journal field
 // matches when the event renders it empty or as entries holding our text.
-func (c *Cache) valueMatch(field, written, got string) bool {
+func valueMatch(t *mapping.Table, field, written, got string) bool {
 	if got == written {
 		return true
 	}
-	return c.journal[field] && (got == "" || strings.Contains(got, written))
+	return t.Kind(field).Journal() && (got == "" || strings.Contains(got, written))
 }
 
 // fieldsMatch: the event holds every value we wrote (a value ServiceNow did
 // not keep is news for the app), and every field it says changed was written
 // by us (derived fields aside).
-func (c *Cache) fieldsMatch(written map[string]string, ev *events.SNEvent) bool {
+func fieldsMatch(t *mapping.Table, written map[string]string, ev *events.SNEvent) bool {
 	for f, v := range written {
-		if got, ok := ev.Record[f]; ok && !c.valueMatch(f, v, got) {
+		if got, ok := ev.Record[f]; ok && !valueMatch(t, f, v, got) {
 			return false
 		}
 	}
 	for _, f := range ev.Changed {
-		if _, ours := written[f]; !ours && !c.derived[f] {
+		if _, ours := written[f]; !ours && !t.Kind(f).Derived() {
 			return false
 		}
 	}
@@ -352,9 +346,9 @@ func (c *Cache) fieldsMatch(written map[string]string, ev *events.SNEvent) bool 
 }
 
 // unchangedMatch: the event shows every value the write was to leave alone.
-func (c *Cache) unchangedMatch(unchanged map[string]string, ev *events.SNEvent) bool {
+func unchangedMatch(t *mapping.Table, unchanged map[string]string, ev *events.SNEvent) bool {
 	for f, v := range unchanged {
-		if got, ok := ev.Record[f]; ok && got != v && !c.journal[f] {
+		if got, ok := ev.Record[f]; ok && got != v && !t.Kind(f).Journal() {
 			return false
 		}
 	}
@@ -363,14 +357,17 @@ func (c *Cache) unchangedMatch(unchanged map[string]string, ev *events.SNEvent) 
 
 // insertMatch: every value we sent is in the inserted record, and every
 // other changed field is one the platform fills on insert (or derived).
-func (c *Cache) insertMatch(written map[string]string, ev *events.SNEvent) bool {
+func insertMatch(t *mapping.Table, written map[string]string, ev *events.SNEvent) bool {
 	for f, v := range written {
-		if got, ok := ev.Record[f]; ok && !c.valueMatch(f, v, got) {
+		if got, ok := ev.Record[f]; ok && !valueMatch(t, f, v, got) {
 			return false
 		}
 	}
 	for _, f := range ev.Changed {
-		if _, ours := written[f]; !ours && !c.derived[f] && !insertSet[f] && ev.Record[f] != "" {
+		if _, ours := written[f]; ours || ev.Record[f] == "" {
+			continue
+		}
+		if k := t.Kind(f); !k.Derived() && !k.FilledOnInsert() {
 			return false
 		}
 	}
@@ -384,7 +381,7 @@ func (c *Cache) insertMatch(written map[string]string, ev *events.SNEvent) bool 
 // message). It also remembers when, and the values the hand-over replaced,
 // for LastHandOver.
 func (c *Cache) RecordApplied(entity, id string, fields map[string]string) {
-	now := time.Now()
+	now := c.now()
 	key := entity + ":" + id
 	var replaced map[string]string
 	if a, ok := c.applied.Peek(key); ok && now.UnixNano() < a.expires {
@@ -405,7 +402,7 @@ func (c *Cache) RecordApplied(entity, id string, fields map[string]string) {
 // in ServiceNow. It is not a hand-over: the time of the last one stays, and
 // of the values it replaced only those the app has not set itself since.
 func (c *Cache) MergeApplied(entity, id string, fields map[string]string) {
-	now := time.Now()
+	now := c.now()
 	key := entity + ":" + id
 	merged := map[string]string{}
 	var told int64
@@ -429,7 +426,7 @@ func (c *Cache) MergeApplied(entity, id string, fields map[string]string) {
 // Applied returns a copy of the fields the app was last known to hold.
 func (c *Cache) Applied(entity, id string) (map[string]string, bool) {
 	a, ok := c.applied.Peek(entity + ":" + id)
-	if !ok || time.Now().UnixNano() >= a.expires {
+	if !ok || c.now().UnixNano() >= a.expires {
 		return nil, false
 	}
 	return maps.Clone(a.fields), true
@@ -448,7 +445,7 @@ type HandOver struct {
 // LastHandOver returns the last hand-over to the app of an entity id.
 func (c *Cache) LastHandOver(entity, id string) (HandOver, bool) {
 	a, ok := c.applied.Peek(entity + ":" + id)
-	if !ok || time.Now().UnixNano() >= a.expires || a.told == 0 {
+	if !ok || c.now().UnixNano() >= a.expires || a.told == 0 {
 		return HandOver{}, false
 	}
 	return HandOver{At: time.Unix(0, a.told), Replaced: maps.Clone(a.replaced)}, true
@@ -458,7 +455,7 @@ func (c *Cache) LastHandOver(entity, id string) (HandOver, bool) {
 // bridge last applied to that entity id (counted in the echo metric).
 func (c *Cache) IsAppEcho(entity, id string, fields map[string]string) bool {
 	a, ok := c.applied.Get(entity + ":" + id)
-	if ok && time.Now().UnixNano() < a.expires && a.hash == HashFields(fields) {
+	if ok && c.now().UnixNano() < a.expires && a.hash == HashFields(fields) {
 		c.echoes.WithLabelValues(DirSaaS).Inc()
 		return true
 	}

@@ -24,7 +24,7 @@ func ev(action string, mc int64, changed []string, rec map[string]string) *event
 }
 
 func TestIsEcho_RecordedVersionOnly(t *testing.T) {
-	c := New(Config{})
+	c := New(Config{Tables: incidentOnly})
 	c.RecordWrite("incident", sysID, 4)
 	if !c.IsEcho(ev("update", 4, nil, nil)) {
 		t.Error("version 4 was written by the bridge but was not recognised as an echo")
@@ -54,7 +54,7 @@ func TestIsEcho_WebhookBeforeResponse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := New(Config{})
+			c := New(Config{Tables: incidentOnly})
 			p := c.BeginWrite("incident", sysID, "", map[string]string{"state": "2", "short_description": "Email down", "urgency": "1"})
 			got := c.IsEcho(ev("update", 7, tt.changed, tt.record))
 			if got != tt.want {
@@ -69,7 +69,7 @@ func TestIsEcho_WebhookBeforeResponse(t *testing.T) {
 }
 
 func TestIsEcho_InsertMatchedByCorrelation(t *testing.T) {
-	c := New(Config{})
+	c := New(Config{Tables: incidentOnly})
 	p := c.BeginWrite("incident", "", "TCK-1042", map[string]string{"short_description": "New", "correlation_id": "TCK-1042", "comments": "first"})
 	// The platform fills number, defaults and audit fields on insert, and a
 	// raw read renders the journal field empty: still our insert.
@@ -98,14 +98,14 @@ func TestIsEcho_InsertMatchedByCorrelation(t *testing.T) {
 
 func TestIsEcho_JournalFieldRendering(t *testing.T) {
 	for _, rendered := range []string{"", "Looking into it", "2026-11-28 10:00:00 - System Administrator (Additional comments)\nLooking into it\n\n"} {
-		c := New(Config{})
+		c := New(Config{Tables: incidentOnly})
 		p := c.BeginWrite("incident", sysID, "", map[string]string{"comments": "Looking into it", "state": "2"})
 		if !c.IsEcho(ev("update", 5, []string{"comments", "state"}, map[string]string{"comments": rendered, "state": "2"})) {
 			t.Errorf("journal field rendered as %q: our comment was not recognised", rendered)
 		}
 		p.Cancel()
 	}
-	c := New(Config{})
+	c := New(Config{Tables: incidentOnly})
 	p := c.BeginWrite("incident", sysID, "", map[string]string{"comments": "Looking into it"})
 	defer p.Cancel()
 	if c.IsEcho(ev("update", 5, []string{"comments"}, map[string]string{"comments": "2026-11-28 10:00:00 - Beth Anglin (Additional comments)\nSomething else\n\n"})) {
@@ -114,7 +114,8 @@ func TestIsEcho_JournalFieldRendering(t *testing.T) {
 }
 
 func TestPending_CancelAndExpiry(t *testing.T) {
-	c := New(Config{PendingTTL: 30 * time.Millisecond})
+	clk := newClock()
+	c := New(Config{Tables: incidentOnly, PendingTTL: 30 * time.Second, Now: clk.now})
 	fields := map[string]string{"state": "2"}
 	p := c.BeginWrite("incident", sysID, "", fields)
 	p.Cancel()
@@ -122,7 +123,7 @@ func TestPending_CancelAndExpiry(t *testing.T) {
 		t.Fatal("a cancelled write must not match webhooks")
 	}
 	c.BeginWrite("incident", sysID, "", fields)
-	time.Sleep(50 * time.Millisecond)
+	clk.advance(31 * time.Second)
 	if c.IsEcho(ev("update", 1, []string{"state"}, fields)) {
 		t.Fatal("an expired pending write must not match webhooks")
 	}
@@ -130,7 +131,7 @@ func TestPending_CancelAndExpiry(t *testing.T) {
 
 func TestAppEcho(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	c := New(Config{Registerer: reg})
+	c := New(Config{Tables: incidentOnly, Registerer: reg})
 	applied := map[string]string{"title": "Email down", "status": "in_progress"}
 	c.RecordApplied("ticket", "TCK-1", applied)
 	if !c.IsAppEcho("ticket", "TCK-1", map[string]string{"status": "in_progress", "title": "Email down"}) {
@@ -146,7 +147,8 @@ func TestAppEcho(t *testing.T) {
 
 func TestTTLAndEvictions(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	c := New(Config{Size: 2, TTL: 40 * time.Millisecond, Registerer: reg})
+	clk := newClock()
+	c := New(Config{Tables: incidentOnly, Size: 2, TTL: time.Minute, Registerer: reg, Now: clk.now})
 	c.RecordWrite("incident", sysID, 1)
 	c.RecordWrite("incident", sysID, 2)
 	c.RecordWrite("incident", sysID, 3) // evicts 1
@@ -156,14 +158,17 @@ func TestTTLAndEvictions(t *testing.T) {
 	if got := testutil.ToFloat64(c.evictions); got < 1 {
 		t.Errorf("evictions metric = %v, want >= 1", got)
 	}
-	time.Sleep(80 * time.Millisecond)
+	if !c.Wrote("incident", sysID, 3) {
+		t.Error("entry expired before its TTL")
+	}
+	clk.advance(time.Minute)
 	if c.Wrote("incident", sysID, 3) {
 		t.Error("entry should have expired after its TTL")
 	}
 }
 
 func TestConcurrentUse(t *testing.T) {
-	c := New(Config{Size: 1000})
+	c := New(Config{Tables: incidentOnly, Size: 1000})
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Add(1)
@@ -202,7 +207,7 @@ func BenchmarkLRU(b *testing.B) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	c := New(Config{Size: n})
+	c := New(Config{Tables: incidentOnly, Size: n})
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%032x", i)
@@ -237,7 +242,7 @@ func BenchmarkLRU(b *testing.B) {
 
 // BenchmarkIsEcho is the cost the echo check adds to every ingested event.
 func BenchmarkIsEcho(b *testing.B) {
-	c := New(Config{Size: 100_000})
+	c := New(Config{Tables: incidentOnly, Size: 100_000})
 	for i := range 100_000 {
 		c.RecordWrite("incident", fmt.Sprintf("%032x", i), 3)
 	}
@@ -265,7 +270,7 @@ func BenchmarkRecordApplied(b *testing.B) {
 		return map[string]string{"title": fmt.Sprintf("ticket %d", i), "description": "Outlook cannot connect", "status": "in_progress", "priority": "3", "urgency": "2", "impact": "2"}
 	}
 	var before, after runtime.MemStats
-	c := New(Config{Size: n})
+	c := New(Config{Tables: incidentOnly, Size: n})
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("TCK-%07d", i)
@@ -290,7 +295,7 @@ func BenchmarkRecordApplied(b *testing.B) {
 }
 
 func TestIsEcho_SideEffectOnAFieldTheWriteLeftAloneIsNotOurs(t *testing.T) {
-	c := New(Config{})
+	c := New(Config{Tables: incidentOnly})
 	p := c.BeginWriteWith("incident", sysID, "", map[string]string{"urgency": "1"}, map[string]string{"impact": "2", "priority": "3"})
 	defer p.Cancel()
 	// priority is derived, so "changed" alone would call this ours; the
@@ -308,7 +313,7 @@ func TestIsEcho_SideEffectOnAFieldTheWriteLeftAloneIsNotOurs(t *testing.T) {
 // not seen, and matching it as the write's echo before the response would
 // drop it for good.
 func TestIsEcho_PendingUpdateMatchesOnlyTheVersionItCanClaim(t *testing.T) {
-	c := New(Config{})
+	c := New(Config{Tables: incidentOnly})
 	p := c.BeginUpdate("incident", sysID, 5, map[string]string{"state": "3"}, map[string]string{"urgency": "2"})
 	defer p.Cancel()
 	rec := map[string]string{"state": "3", "urgency": "2"}
@@ -332,7 +337,7 @@ func TestIsEcho_PendingUpdateMatchesOnlyTheVersionItCanClaim(t *testing.T) {
 }
 
 func TestIsEcho_PendingWriteNotKeptAsSentIsNotOurs(t *testing.T) {
-	c := New(Config{})
+	c := New(Config{Tables: incidentOnly})
 	p := c.BeginWrite("incident", sysID, "", map[string]string{"state": "3", "short_description": "Printer"})
 	defer p.Cancel()
 	// ServiceNow kept the old state (an ACL, a business rule): the change
@@ -343,7 +348,7 @@ func TestIsEcho_PendingWriteNotKeptAsSentIsNotOurs(t *testing.T) {
 }
 
 func TestLastHandOver_TimeAndReplacedValuesNotTheAppsOwn(t *testing.T) {
-	c := New(Config{})
+	c := New(Config{Tables: incidentOnly})
 	if _, ok := c.LastHandOver("ticket", "TCK-1"); ok {
 		t.Fatal("nothing was handed over yet")
 	}

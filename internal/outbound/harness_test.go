@@ -105,7 +105,7 @@ func newHarness(t testing.TB, o opts) *harness {
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	cache := dedupe.New(dedupe.Config{})
+	cache := dedupe.New(dedupe.Config{Tables: mapping.Default(nil)})
 	h := &harness{t: t, ctx: ctx, js: js, cache: cache, reg: prometheus.NewRegistry(), appVer: map[string]int64{}}
 	h.hooks = &hookSink{cache: cache, v: events.NewValidator([]string{"incident"})}
 	hookSrv := httptest.NewServer(h.hooks)

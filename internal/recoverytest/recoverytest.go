@@ -283,7 +283,7 @@ func (e *Env) RunWriteback(maxDeliver int) *outbound.Writer {
 	e.T.Helper()
 	w, err := outbound.NewWriter(outbound.Deps{
 		API: e.SN, Mapping: e.Mapping, States: e.Store, Links: e.Links, StateKV: e.Store.KV(),
-		Dedupe: dedupe.New(dedupe.Config{}),
+		Dedupe: dedupe.New(dedupe.Config{Tables: e.Mapping}),
 	}, outbound.Config{Logger: e.Log, MaxDeliver: maxDeliver, RetryBase: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond, BlindWrites: true})
 	if err != nil {
 		e.T.Fatal(err)
