@@ -33,10 +33,9 @@ package apply
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"time"
 
+	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/events"
 )
 
@@ -68,39 +67,23 @@ type Result struct {
 }
 
 // Applier hands one message to the app. It returns nil once the app has the
-// message; an *Error says whether a failure is worth retrying.
+// message. A failure says what retrying can do with consume's constructors:
+// consume.Permanent (the app rejected the message: dead letter, with the
+// app's status and response), consume.RetryAfter (the app asked to come
+// back later); any other error (network, NATS) is classified by
+// consume.Classify and retried.
 type Applier interface {
 	Apply(ctx context.Context, m *Message) (Result, error)
 	// Name labels metrics and logs ("nats", "http").
 	Name() string
 }
 
-// Error is a failed apply. Permanent errors go to the dead-letter stream;
-// the others are retried with backoff.
-type Error struct {
-	Status     int           // HTTP status, 0 when none
-	Body       string        // the app's response body (truncated)
-	Permanent  bool          // retrying cannot help
-	RetryAfter time.Duration // the app's Retry-After, 0 when none
-	Err        error
-}
+// HintAppRejected is a dead letter's hint when the app refused a version.
+const HintAppRejected = "the app rejected this version; fix the app or the mapping, then `bridge dlq retry`"
 
-func (e *Error) Error() string {
-	if e.Status != 0 {
-		return fmt.Sprintf("app answered %d: %v", e.Status, e.Err)
-	}
-	return e.Err.Error()
-}
-
-func (e *Error) Unwrap() error { return e.Err }
-
+// permanentf is a failure no retry can cure: the event is dead-lettered.
 func permanentf(format string, a ...any) error {
-	return &Error{Permanent: true, Err: fmt.Errorf(format, a...)}
-}
-
-func isPermanent(err error) bool {
-	var e *Error
-	return errors.As(err, &e) && e.Permanent
+	return consume.Permanent(fmt.Errorf(format, a...), "")
 }
 
 // LinkWriter stores the app's id on the ServiceNow record

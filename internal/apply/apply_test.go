@@ -63,7 +63,7 @@ func newEnv(t testing.TB) *env {
 func (e *env) testConfig(a Applier) Config {
 	return Config{
 		JS: e.js, Applier: a, Mapping: mapping.Default(nil), States: e.states, Links: e.links,
-		Workers: 4, Batch: 16, BackOff: []time.Duration{2 * time.Second}, MaxDeliver: 20,
+		Workers: 4, Batch: 16, AckWait: 2 * time.Second, MaxDeliver: 20,
 		RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
 		Registerer: prometheus.NewRegistry(),
 	}
@@ -378,8 +378,8 @@ func TestApply_HTTPSignedIdempotentRetriedUntilSuccess(t *testing.T) {
 	if v, known, _, _ := e.states.LastVersion(ctx, "incident", sys); !known || v != 0 {
 		t.Errorf("state = v%d known %v, want v0", v, known)
 	}
-	if n := testutil.ToFloat64(r.metrics.retries.WithLabelValues("app_status_5xx")); n != 2 {
-		t.Errorf("retries{app_status_5xx} = %v, want 2", n)
+	if n := testutil.ToFloat64(r.metrics.retries.WithLabelValues("server_error")); n != 2 {
+		t.Errorf("retries{server_error} = %v, want 2", n)
 	}
 	if n := testutil.ToFloat64(r.metrics.redelivered); n != 2 {
 		t.Errorf("redeliveries = %v, want 2", n)
@@ -516,7 +516,7 @@ func TestApply_RedeliveryAfterCrashAppliesNothingTwice(t *testing.T) {
 	t.Cleanup(nc1.Close)
 	js1, _ := jetstream.New(nc1)
 	cfg1 := e.testConfig(&NATSApplier{JS: js1})
-	cfg1.JS, cfg1.BackOff, cfg1.HandleTimeout = js1, []time.Duration{500 * time.Millisecond}, 300*time.Millisecond
+	cfg1.JS, cfg1.AckWait, cfg1.HandleTimeout = js1, 500*time.Millisecond, 300*time.Millisecond
 	st1, ln1, err := state.Open(context.Background(), js1)
 	if err != nil {
 		t.Fatal(err)
@@ -547,7 +547,7 @@ func TestApply_RedeliveryAfterCrashAppliesNothingTwice(t *testing.T) {
 
 	// Second bridge, same durable consumer: picks up what was never acked.
 	cfg2 := e.testConfig(&NATSApplier{JS: e.js})
-	cfg2.BackOff, cfg2.HandleTimeout = cfg1.BackOff, cfg1.HandleTimeout
+	cfg2.AckWait, cfg2.HandleTimeout = cfg1.AckWait, cfg1.HandleTimeout
 	r2, _ := e.start(cfg2)
 	e.waitDrained("apply", 20*time.Second)
 	got := e.waitApplied(records*versions, 5*time.Second)

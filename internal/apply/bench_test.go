@@ -35,7 +35,7 @@ func benchApply(b *testing.B, newApplier func(e *env) Applier) {
 		b.Fatal("publishing the events took over a minute")
 	}
 	cfg := e.testConfig(newApplier(e))
-	cfg.Workers, cfg.Batch, cfg.BackOff, cfg.Registerer = 8, 128, []time.Duration{30 * time.Second}, nil
+	cfg.Workers, cfg.Batch, cfg.AckWait, cfg.Registerer = 8, 128, 30*time.Second, nil
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()

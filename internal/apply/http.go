@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
@@ -97,7 +98,7 @@ func (a *HTTPApplier) Apply(ctx context.Context, m *Message) (Result, error) {
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return Result{}, &Error{Err: fmt.Errorf("POST %s: %w", a.URL, err)}
+		return Result{}, fmt.Errorf("POST %s: %w", a.URL, err) // network: consume.Classify retries it
 	}
 	defer resp.Body.Close()
 	respBody, rerr := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
@@ -114,11 +115,13 @@ func (a *HTTPApplier) Apply(ctx context.Context, m *Message) (Result, error) {
 	case s == http.StatusConflict:
 		return Result{AlreadyNewer: true}, nil
 	case s == http.StatusRequestTimeout || s == http.StatusTooEarly || s == http.StatusTooManyRequests || s >= 500:
-		return Result{}, &Error{Status: s, Body: string(respBody), RetryAfter: retryAfter(resp.Header.Get("Retry-After")),
-			Err: fmt.Errorf("POST %s: %s", a.URL, http.StatusText(s))}
+		e := consume.RetryAfter(fmt.Errorf("POST %s: app answered %d %s", a.URL, s, http.StatusText(s)), retryAfter(resp.Header.Get("Retry-After")))
+		e.Status, e.Response = s, string(respBody)
+		return Result{}, e
 	default:
-		return Result{}, &Error{Status: s, Body: string(respBody), Permanent: true,
-			Err: fmt.Errorf("POST %s rejected %s: %s", a.URL, m.MsgID, http.StatusText(s))}
+		e := consume.Permanent(fmt.Errorf("POST %s rejected %s: app answered %d %s", a.URL, m.MsgID, s, http.StatusText(s)), HintAppRejected)
+		e.Status, e.Response = s, string(respBody)
+		return Result{}, e
 	}
 }
 

@@ -37,7 +37,7 @@ func newMetrics(reg prometheus.Registerer, applier string) *metrics {
 		}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_apply_retries_total",
-			Help: "Events handed back to JetStream for a later retry, by reason (app_status_5xx, app_status_429, network, state, ordering).",
+			Help: "Events handed back to JetStream for a later retry, by reason (consume.Classify: rate_limited, server_error, network, nats, other; ordering: waiting behind an earlier version of the record).",
 		}, []string{"reason"}),
 		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_apply_redeliveries_total",

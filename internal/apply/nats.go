@@ -30,7 +30,7 @@ func (a *NATSApplier) Apply(ctx context.Context, m *Message) (Result, error) {
 	msg.Header.Set(events.HeaderMsgID, m.MsgID)
 	ack, err := a.JS.PublishMsg(ctx, msg, jetstream.WithExpectStream(events.StreamApply))
 	if err != nil {
-		return Result{}, &Error{Err: fmt.Errorf("publish %s to %s: %w", m.MsgID, events.StreamApply, err)}
+		return Result{}, fmt.Errorf("publish %s to %s: %w", m.MsgID, events.StreamApply, err) // consume.Classify decides
 	}
 	return Result{Duplicate: ack.Duplicate}, nil
 }

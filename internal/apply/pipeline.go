@@ -4,19 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
-	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/nowbridge/nowbridge/internal/dlq"
+	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/state"
@@ -40,18 +34,18 @@ const (
 	OutcomeStale        Outcome = "stale"         // bridge_state holds this version or a newer one
 )
 
-// Runner is the pipeline: a durable pull consumer on SN_EVENTS and the
-// path one event takes to the app. Build it with New; Run consumes.
+// Runner is the pipeline: a durable pull consumer on SN_EVENTS (the shared
+// consume engine) and the path one event takes to the app. Build it with
+// New; Run consumes.
 type Runner struct {
 	cfg     Config
-	js      jetstream.JetStream
 	applier Applier
 	mapping *mapping.Set
 	states  *state.Store
 	links   *state.Links
 	log     *slog.Logger
 	metrics *metrics
-	seed    maphash.Seed
+	engine  *consume.Engine
 
 	// afterApply runs between the app call and the state write (tests
 	// simulate a crash there).
@@ -64,284 +58,87 @@ func New(cfg Config) (*Runner, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	return &Runner{
-		cfg: cfg, js: cfg.JS, applier: cfg.Applier, mapping: cfg.Mapping, states: cfg.States, links: cfg.Links,
+	r := &Runner{
+		cfg: cfg, applier: cfg.Applier, mapping: cfg.Mapping, states: cfg.States, links: cfg.Links,
 		log: cfg.Logger.With("pipeline", Pipeline, "applier", cfg.Applier.Name()), metrics: newMetrics(cfg.Registerer, cfg.Applier.Name()),
-		seed: maphash.MakeSeed(),
-	}, nil
+	}
+	eng, err := consume.New(consume.Config{
+		JS: cfg.JS, Stream: events.StreamSN, Pipeline: Pipeline, Handler: handler{r},
+		Consumer: jetstream.ConsumerConfig{
+			Durable:       cfg.Durable,
+			Description:   "ServiceNow changes applied to the SaaS app (nowbridge apply, " + cfg.Applier.Name() + " applier)",
+			FilterSubject: events.SNSubjects,
+		},
+		Workers: cfg.Workers, Batch: cfg.Batch, MaxAckPending: cfg.MaxAckPending, AckWait: cfg.AckWait,
+		MaxDeliver: cfg.MaxDeliver, RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandleTimeout: cfg.HandleTimeout,
+		Logger: cfg.Logger.With("applier", cfg.Applier.Name()),
+		Metrics: consume.Metrics{
+			Retries: r.metrics.retries, DeadLetters: r.metrics.dlq, Redelivered: r.metrics.redelivered, Latency: r.metrics.latency,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.engine = eng
+	return r, nil
 }
 
 // ConsumerConfig is the durable consumer's definition.
-func (r *Runner) ConsumerConfig() jetstream.ConsumerConfig {
-	return jetstream.ConsumerConfig{
-		Durable:       r.cfg.Durable,
-		Description:   "ServiceNow changes applied to the SaaS app (nowbridge apply, " + r.applier.Name() + " applier)",
-		FilterSubject: events.SNSubjects,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       r.cfg.BackOff[0],
-		BackOff:       r.cfg.BackOff,
-		MaxDeliver:    r.cfg.MaxDeliver,
-		MaxAckPending: r.cfg.MaxAckPending,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	}
-}
+func (r *Runner) ConsumerConfig() jetstream.ConsumerConfig { return r.engine.ConsumerConfig() }
 
 // Run consumes SN_EVENTS until ctx ends. It then stops pulling, hands the
 // messages not yet started back to JetStream, and waits for the ones being
-// applied to finish (each bounded by HandleTimeout).
-func (r *Runner) Run(ctx context.Context) error {
-	queues := make([]chan jetstream.Msg, r.cfg.Workers)
-	var wg sync.WaitGroup
-	for i := range queues {
-		queues[i] = make(chan jetstream.Msg, r.cfg.Batch)
-		wg.Go(func() { r.work(ctx, queues[i]) })
-	}
-	defer func() {
-		for _, q := range queues {
-			close(q)
-		}
-		wg.Wait()
-	}()
-	first := true
-	for ctx.Err() == nil {
-		err := r.consume(ctx, queues)
-		if err == nil || ctx.Err() != nil {
-			return nil
-		}
-		if first && errors.Is(err, errCreateConsumer) {
-			return err // a wrong setup shows at start-up, not as an endless retry
-		}
-		first = false
-		r.log.Warn("apply consumer interrupted; restarting", "err", err)
-		sleep(ctx, time.Second)
-	}
-	return nil
-}
+// applied to finish. An error means the consumer could not be created.
+func (r *Runner) Run(ctx context.Context) error { return r.engine.Run(ctx) }
 
-var errCreateConsumer = errors.New("create apply consumer")
+// handler is the apply pipeline's part in the consume engine.
+type handler struct{ r *Runner }
 
-// consume pulls messages and routes each to its record's worker until ctx
-// ends (nil) or the subscription fails (the error).
-func (r *Runner) consume(ctx context.Context, queues []chan jetstream.Msg) error {
-	cons, err := r.js.CreateOrUpdateConsumer(ctx, events.StreamSN, r.ConsumerConfig())
-	if err != nil {
-		return fmt.Errorf("%w %s on %s: %w", errCreateConsumer, r.cfg.Durable, events.StreamSN, err)
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(r.cfg.Batch))
-	if err != nil {
-		return fmt.Errorf("pull from %s: %w", events.StreamSN, err)
-	}
-	stop := context.AfterFunc(ctx, it.Drain)
-	defer stop()
-	defer it.Stop()
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("pull from %s: iterator closed", events.StreamSN)
-			}
-			if errors.Is(err, jetstream.ErrNoHeartbeat) {
-				r.log.Debug("apply pull missed heartbeats; still waiting", "err", err)
-				continue
-			}
-			return fmt.Errorf("pull from %s: %w", events.StreamSN, err)
-		}
-		if ctx.Err() != nil {
-			_ = msg.Nak() // drained after stop: redelivered to whoever runs next
-			continue
-		}
-		queues[r.shard(msg)] <- msg
-	}
-}
-
-// shard sends one record always to the same worker, so its versions are
-// applied in stream order. The record comes from the Nats-Msg-Id
-// (<table>:<sys_id>:<count>:<action>), or the body when that is missing.
-func (r *Runner) shard(msg jetstream.Msg) int {
-	key := ""
+// Key is the record: table and sys_id from the Nats-Msg-Id
+// (<table>:<sys_id>:<count>:<action>), or from the body when that is
+// missing.
+func (h handler) Key(msg jetstream.Msg) string {
 	if _, table, _, ok := events.ParseSubject(msg.Subject()); ok {
 		// A replay or a DLQ retry carries an id of its own: trust only
 		// the receiver's and reconcile's form.
 		parts := strings.Split(msg.Headers().Get(events.HeaderMsgID), ":")
 		if len(parts) == 4 && parts[0] == table && events.ValidSysID(parts[1]) {
-			key = table + ":" + parts[1]
+			return table + ":" + parts[1]
 		}
 	}
-	if key == "" {
-		var probe struct {
-			Table string `json:"table"`
-			SysID string `json:"sys_id"`
-		}
-		_ = json.Unmarshal(msg.Data(), &probe)
-		key = probe.Table + ":" + probe.SysID
+	var probe struct {
+		Table string `json:"table"`
+		SysID string `json:"sys_id"`
 	}
-	return int(maphash.String(r.seed, key) % uint64(r.cfg.Workers))
+	if json.Unmarshal(msg.Data(), &probe) != nil || probe.SysID == "" {
+		return ""
+	}
+	return probe.Table + ":" + probe.SysID
 }
 
-// waiting holds, per record, the messages handed back to JetStream for a
-// later retry (by stream sequence): a message of the record with a higher
-// sequence waits behind them instead of overtaking them, so versions reach
-// the app in stream order even though JetStream redelivers naked messages in
-// no particular order. An entry lapses when its message does not come back
-// in time (another replica may have taken it over).
-type waiting map[string]map[uint64]retryAt
-
-type retryAt struct {
-	at    time.Time // when JetStream redelivers it
-	until time.Time // when the entry lapses
-}
-
-// earlier returns the first still-waiting message of key before seq.
-func (w waiting) earlier(key string, seq uint64, now time.Time) (retryAt, bool) {
-	var first retryAt
-	found := false
-	for s, e := range w[key] {
-		if now.After(e.until) {
-			delete(w[key], s)
-			continue
-		}
-		if s < seq && (!found || e.at.Before(first.at)) {
-			first, found = e, true
-		}
-	}
-	if len(w[key]) == 0 {
-		delete(w, key)
-	}
-	return first, found
-}
-
-func (w waiting) add(key string, seq uint64, delay, lapse time.Duration) {
-	if w[key] == nil {
-		w[key] = map[uint64]retryAt{}
-	}
-	now := time.Now()
-	w[key][seq] = retryAt{at: now.Add(delay), until: now.Add(delay + lapse)}
-}
-
-func (w waiting) done(key string, seq uint64) {
-	delete(w[key], seq)
-	if len(w[key]) == 0 {
-		delete(w, key)
-	}
-}
-
-func (r *Runner) work(ctx context.Context, q <-chan jetstream.Msg) {
-	w := waiting{}
-	for msg := range q {
-		if ctx.Err() != nil {
-			_ = msg.Nak()
-			continue
-		}
-		r.handleMsg(ctx, msg, w)
-	}
-}
-
-func (r *Runner) handleMsg(ctx context.Context, msg jetstream.Msg, w waiting) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		r.log.Error("message without JetStream metadata", "subject", msg.Subject(), "err", err)
-		_ = msg.Term()
-		return
-	}
-	seq := meta.Sequence.Stream
-	if meta.NumDelivered > 1 {
-		r.metrics.redelivered.Inc()
-	}
+// Handle decodes the event and applies it.
+func (h handler) Handle(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) error {
+	r := h.r
 	var ev events.SNEvent
 	if err := json.Unmarshal(msg.Data(), &ev); err != nil {
-		r.deadLetter(ctx, msg, meta, permanentf("decode ServiceNow event: %v", err))
-		return
+		return permanentf("decode ServiceNow event: %v", err)
 	}
 	if !events.ValidTable(ev.Table) || !events.ValidSysID(ev.SysID) {
-		r.deadLetter(ctx, msg, meta, permanentf("event has no valid table/sys_id (%q/%q)", ev.Table, ev.SysID))
-		return
+		return permanentf("event has no valid table/sys_id (%q/%q)", ev.Table, ev.SysID)
 	}
-	key := ev.Table + ":" + ev.SysID
-	if first, ok := w.earlier(key, seq, time.Now()); ok {
-		if int(meta.NumDelivered) >= r.cfg.MaxDeliver {
-			w.done(key, seq)
-			r.deadLetter(ctx, msg, meta, fmt.Errorf("gave up after %d deliveries waiting behind an earlier version of the record that kept failing", meta.NumDelivered))
-			return
-		}
-		delay := max(time.Until(first.at), 0) + r.cfg.RetryBase/2
-		w.add(key, seq, delay, r.cfg.BackOff[0])
-		r.metrics.retries.WithLabelValues("ordering").Inc()
-		_ = msg.NakWithDelay(delay)
-		return
+	out, err := r.Handle(ctx, &ev)
+	if err == nil && r.log.Enabled(ctx, slog.LevelDebug) {
+		r.log.Debug("event handled", "subject", msg.Subject(), "seq", meta.Sequence.Stream, "table", ev.Table, "sys_id", ev.SysID,
+			"sys_mod_count", int64(ev.SysModCount), "outcome", string(out))
 	}
-	// The effect, once started, finishes even when Run is stopping: an
-	// abandoned call would only be redone by the next owner.
-	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.HandleTimeout)
-	start := time.Now()
-	out, err := r.Handle(hctx, &ev)
-	cancel()
-	r.metrics.latency.Observe(time.Since(start).Seconds())
-	log := func() *slog.Logger {
-		return r.log.With("subject", msg.Subject(), "seq", seq, "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount))
-	}
-	if err == nil {
-		w.done(key, seq)
-		if r.log.Enabled(ctx, slog.LevelDebug) {
-			log().Debug("event handled", "outcome", string(out))
-		}
-		if err := msg.Ack(); err != nil {
-			log().Warn("ack failed; the event will be redelivered and found applied", "err", err)
-		}
-		return
-	}
-	if isPermanent(err) {
-		w.done(key, seq)
-		r.deadLetter(ctx, msg, meta, err)
-		return
-	}
-	if int(meta.NumDelivered) >= r.cfg.MaxDeliver {
-		w.done(key, seq)
-		r.deadLetter(ctx, msg, meta, fmt.Errorf("gave up after %d deliveries: %w", meta.NumDelivered, err))
-		return
-	}
-	delay := r.backoff(meta.NumDelivered)
-	var ae *Error
-	if errors.As(err, &ae) && ae.RetryAfter > 0 {
-		delay = min(max(delay, ae.RetryAfter), r.cfg.RetryMax)
-	}
-	w.add(key, seq, delay, r.cfg.BackOff[0])
-	reason := retryReason(err)
-	r.metrics.retries.WithLabelValues(reason).Inc()
-	log().Warn("apply failed; will retry", "reason", reason, "delivered", meta.NumDelivered, "retry_in", delay, "err", err)
-	_ = msg.NakWithDelay(delay)
-}
-
-func retryReason(err error) string {
-	var ae *Error
-	switch {
-	case errors.As(err, &ae) && ae.Status == 429:
-		return "app_status_429"
-	case errors.As(err, &ae) && ae.Status != 0:
-		return "app_status_" + strconv.Itoa(ae.Status/100) + "xx"
-	case errors.As(err, &ae):
-		return "network"
-	}
-	return "state"
-}
-
-// backoff is exponential in the delivery count, with jitter between half
-// and all of the step, capped at RetryMax.
-func (r *Runner) backoff(delivered uint64) time.Duration {
-	d := r.cfg.RetryBase
-	for i := uint64(1); i < delivered && d < r.cfg.RetryMax; i++ {
-		d *= 2
-	}
-	d = min(d, r.cfg.RetryMax)
-	return d/2 + rand.N(d/2+1)
+	return err
 }
 
 // Handle applies one event: version guard, mapping, the applier, link and
 // state. It is what the consumer runs per message, and what `bridge replay
-// --stream sn` can call directly. Errors are *Error (see Permanent) or
-// bridge_state/bridge_links failures, which are worth retrying.
+// --stream sn` can call directly. Errors are classified for consume.Classify:
+// the applier's (the app's answer), consume.Permanent ones (an unmappable
+// event), or bridge_state/bridge_links failures, which are worth retrying.
 func (r *Runner) Handle(ctx context.Context, ev *events.SNEvent) (Outcome, error) {
 	return r.handle(ctx, ev, false)
 }
@@ -499,68 +296,11 @@ func (r *Runner) externalID(ctx context.Context, tbl *mapping.Table, ev *events.
 	return corr, false, nil
 }
 
-// Link stores that the app's (entity, externalID) is the ServiceNow record
-// (table, sysID) in bridge_links and, with a LinkWriter, on the record's
-// correlation_id unless current (the record's correlation_id, when known)
-// already says so. The writeback calls it when the app's message links a
-// record created in ServiceNow (it carries the sys_id).
-func (r *Runner) Link(ctx context.Context, entity, externalID, table, sysID, current string) error {
-	if err := r.links.Link(ctx, entity, externalID, table, sysID); err != nil {
-		return err
-	}
-	r.log.Info("record linked", "table", table, "sys_id", sysID, "entity", entity, "external_id", externalID)
-	if r.cfg.LinkWriter != nil && strings.TrimSpace(current) != externalID {
-		r.writeCorrelation(ctx, table, sysID, externalID)
-	}
-	return nil
-}
-
 // writeCorrelation is best effort: bridge_links has the link; a failure is
 // retried when the record's next event shows its correlation_id still differs.
 func (r *Runner) writeCorrelation(ctx context.Context, table, sysID, externalID string) {
 	if err := r.cfg.LinkWriter.SetCorrelation(ctx, table, sysID, externalID); err != nil {
 		r.log.Warn("correlation_id not written to ServiceNow; retried on the record's next event",
 			"table", table, "sys_id", sysID, "external_id", externalID, "err", err)
-	}
-}
-
-// deadLetter stores the message in BRIDGE_DLQ with why, then terminates it.
-func (r *Runner) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, cause error) {
-	f := dlq.Failure{Reason: cause.Error()}
-	var ae *Error
-	if errors.As(cause, &ae) {
-		f.Status, f.Response = ae.Status, ae.Body
-		if ae.Status >= 400 && ae.Status < 500 {
-			f.Hint = "the app rejected this version; fix the app or the mapping, then `bridge dlq retry`"
-		}
-	}
-	out := dlq.NewMessage(Pipeline, msg, meta, f)
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if _, err := r.js.PublishMsg(pctx, out); err != nil {
-		r.log.Error("dead letter not stored; the event stays in SN_EVENTS for retry", "seq", meta.Sequence.Stream, "err", err)
-		_ = msg.NakWithDelay(r.cfg.RetryMax)
-		return
-	}
-	r.metrics.dlq.Inc()
-	r.log.Error("event dead-lettered (see `bridge dlq ls`)", "subject", msg.Subject(), "seq", meta.Sequence.Stream, "reason", cause.Error())
-	_ = msg.Term()
-}
-
-// oneLine makes s safe for a NATS header value.
-func oneLine(s string, limit int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > limit {
-		s = strings.ToValidUTF8(s[:limit], "") + "…"
-	}
-	return s
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }

@@ -33,7 +33,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"reason"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_writeback_retries_total",
-			Help: "App changes handed back to JetStream for a later retry, by reason (rate_limited, server_error, network, breaker_open, other).",
+			Help: "App changes handed back to JetStream for a later retry, by reason (consume.Classify: rate_limited, server_error, network, auth, breaker_open, nats, other; ordering: waiting behind an earlier change of the same id; paused: pulled while the breaker was open).",
 		}, []string{"reason"}),
 		dlq: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_writeback_dead_letters_total",
