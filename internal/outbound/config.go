@@ -4,23 +4,27 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nowbridge/nowbridge/internal/mapping"
 )
 
-// DeleteMode says what an app delete does in ServiceNow.
-type DeleteMode string
+// DeleteMode says what an app delete does in ServiceNow (the mapping's
+// delete.mode, or Config.DeleteMode overriding it).
+type DeleteMode = mapping.DeleteMode
 
 // Delete modes.
 const (
-	// DeleteResolve sets the record's state (default 6 Resolved, with
-	// close_code and close_notes): history, SLAs and audit stay.
-	DeleteResolve DeleteMode = "resolve"
+	// DeleteResolve sets the table's delete state (with the close rule's
+	// fields when it closes the record): history, SLAs and audit stay.
+	DeleteResolve = mapping.DeleteResolve
 	// DeleteRecord deletes the record (DELETE /api/now/table/...).
-	DeleteRecord DeleteMode = "delete"
+	DeleteRecord = mapping.DeleteRecord
 )
 
 // Config tunes the writeback. Zero values take the defaults.
@@ -37,8 +41,14 @@ type Config struct {
 	// after it, one change probes the half-open breaker.
 	BreakerPause time.Duration
 
-	DeleteMode  DeleteMode // default DeleteResolve
-	DeleteState string     // state a delete sets in DeleteResolve mode (default "6")
+	// DeleteMode overrides every table's delete.mode (BRIDGE_WRITEBACK_DELETE);
+	// "" keeps each mapping's.
+	DeleteMode DeleteMode
+	// DeleteState overrides the state a resolve-mode delete sets
+	// (BRIDGE_WRITEBACK_DELETE_STATE): "7" for every table, or per table
+	// "incident=7,change_request=4"; "" keeps each mapping's delete.state.
+	// A state must be a value of the table's state map.
+	DeleteState string
 	// CloseCode overrides the close code a write that moves a record into
 	// a closing state of its mapping's close rule carries (default: chosen
 	// from the instance's active choices, see CloseCodes).
@@ -52,7 +62,6 @@ type Config struct {
 	// DefaultPolicy covers the rest (default newest_wins).
 	Policies      map[string]Policy
 	DefaultPolicy Policy
-	JournalFields []string // ServiceNow journal fields (default comments, work_notes)
 	// BlindWrites skips reading the record before a write: one request per
 	// change instead of two, and a change made in ServiceNow that the bridge
 	// has not yet seen is overwritten (as with saas_wins) instead of being
@@ -95,20 +104,11 @@ func (c Config) withDefaults() Config {
 	if c.BreakerPause <= 0 {
 		c.BreakerPause = 5 * time.Second
 	}
-	if c.DeleteMode == "" {
-		c.DeleteMode = DeleteResolve
-	}
-	if c.DeleteState == "" {
-		c.DeleteState = "6"
-	}
 	if c.CorrelationDisplay == "" {
 		c.CorrelationDisplay = "nowbridge"
 	}
 	if c.DefaultPolicy == "" {
 		c.DefaultPolicy = NewestWins
-	}
-	if c.JournalFields == nil {
-		c.JournalFields = []string{"comments", "work_notes"}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -119,8 +119,11 @@ func (c Config) withDefaults() Config {
 // Validate reports every invalid setting.
 func (c Config) Validate() error {
 	var errs []error
-	if c.DeleteMode != "" && c.DeleteMode != DeleteResolve && c.DeleteMode != DeleteRecord {
-		errs = append(errs, fmt.Errorf("writeback delete mode %q: want resolve or delete", c.DeleteMode))
+	if c.DeleteMode != "" && !c.DeleteMode.Valid() {
+		errs = append(errs, fmt.Errorf("writeback delete mode %q: want resolve or delete (or empty for each mapping's delete.mode)", c.DeleteMode))
+	}
+	if _, err := ParseDeleteStates(c.DeleteState); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DefaultPolicy != "" && !c.DefaultPolicy.Valid() {
 		errs = append(errs, fmt.Errorf("writeback default conflict policy %q: want servicenow_wins, saas_wins or newest_wins", c.DefaultPolicy))
@@ -160,4 +163,107 @@ func (c Config) policy(field string) Policy {
 	return c.DefaultPolicy
 }
 
-func (c Config) isJournal(field string) bool { return slices.Contains(c.JournalFields, field) }
+// ParseDeleteStates reads BRIDGE_WRITEBACK_DELETE_STATE: one state for
+// every table ("7", under the key ""), or table=state pairs
+// ("incident=7,change_request=4"). "" overrides nothing.
+func ParseDeleteStates(s string) (map[string]string, error) {
+	out := map[string]string{}
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return out, nil
+	}
+	if !strings.Contains(s, "=") {
+		if strings.Contains(s, ",") {
+			return nil, fmt.Errorf("BRIDGE_WRITEBACK_DELETE_STATE %q: one state for every table, or table=state pairs (e.g. incident=7,change_request=4)", s)
+		}
+		out[""] = s
+		return out, nil
+	}
+	for part := range strings.SplitSeq(s, ",") {
+		table, state, ok := strings.Cut(strings.TrimSpace(part), "=")
+		table, state = strings.TrimSpace(table), strings.TrimSpace(state)
+		if !ok || table == "" || state == "" {
+			return nil, fmt.Errorf("BRIDGE_WRITEBACK_DELETE_STATE: %q is not table=state (e.g. incident=7,change_request=4)", part)
+		}
+		if _, dup := out[table]; dup {
+			return nil, fmt.Errorf("BRIDGE_WRITEBACK_DELETE_STATE: table %s is given twice", table)
+		}
+		out[table] = state
+	}
+	return out, nil
+}
+
+// deleteRule is what an app delete does to a record of t: the mapping's
+// delete with the overrides applied. An error says why no delete can be
+// made and what to set; retrying does not change it.
+func (c Config) deleteRule(t *mapping.Table) (mapping.Delete, error) {
+	d := t.Delete
+	if c.DeleteMode != "" {
+		d.Mode = c.DeleteMode
+	}
+	states, err := ParseDeleteStates(c.DeleteState)
+	if err != nil {
+		return d, err
+	}
+	override, ok := states[t.Name]
+	if !ok {
+		override, ok = states[""]
+	}
+	if ok && override != d.State {
+		d.State = override
+		if !t.Close.Closes(d.State) {
+			d.CloseCode = ""
+		}
+	}
+	switch {
+	case d.Mode == "":
+		return d, fmt.Errorf("the mapping of %s (%s) says nothing about deletes: add delete: {mode: resolve, state: <state>} or {mode: delete} to it, or set BRIDGE_WRITEBACK_DELETE", t.Name, t.Source)
+	case d.Mode == DeleteRecord:
+		return d, nil
+	case d.State == "":
+		return d, fmt.Errorf("deletes of %s resolve (BRIDGE_WRITEBACK_DELETE=resolve), but its mapping (%s) names no delete state: set BRIDGE_WRITEBACK_DELETE_STATE=%s=<state> or add delete.state to the mapping", t.Name, t.Source, t.Name)
+	}
+	if known := t.StateValues(); known != nil && !slices.Contains(known, d.State) {
+		return d, fmt.Errorf("BRIDGE_WRITEBACK_DELETE_STATE %q is not a state of %s (its mapping %s knows %s); give each table its own: %s=<state>",
+			d.State, t.Name, t.Source, strings.Join(known, ", "), t.Name)
+	}
+	return d, nil
+}
+
+// CheckDelete checks what an app delete does to each mapped table, with
+// the overrides applied, before the writeback starts: a wrong override is
+// returned (every delete of that table would be dead-lettered); a table
+// whose mapping says nothing about deletes is logged, since its deletes
+// only fail if the app sends one.
+func CheckDelete(m Mapping, tables []string, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var errs []error
+	for _, name := range tables {
+		t, ok := m.ForTable(name)
+		if !ok {
+			continue
+		}
+		d, err := cfg.deleteRule(t)
+		switch {
+		case err != nil && d.Mode == "":
+			log.Warn("app deletes of this table will be dead-lettered", "table", name, "err", err)
+		case err != nil:
+			errs = append(errs, err)
+		case d.Mode == DeleteRecord:
+			log.Info("an app delete deletes the record", "table", name)
+		default:
+			log.Info("an app delete sets the delete state", "table", name, "state", d.State, "closes", t.Close.Closes(d.State))
+		}
+	}
+	if states, _ := ParseDeleteStates(cfg.DeleteState); len(states) > 0 {
+		for _, name := range slices.Sorted(maps.Keys(states)) {
+			if _, ok := m.ForTable(name); name != "" && !ok {
+				errs = append(errs, fmt.Errorf("BRIDGE_WRITEBACK_DELETE_STATE names %s, which is not a synced table (BRIDGE_TABLES)", name))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -15,18 +15,23 @@
 //     even when ServiceNow holds something else now: ServiceNow changed it
 //     and the apply pipeline is carrying that to the app. That rule is what
 //     stops the two sides "correcting" each other.
-//   - upsert of an unknown id: POST with correlation_id = external_id (and
-//     correlation_display), then the link is stored.
-//   - journal fields (comment -> comments, work_note -> work_notes) are
-//     appended whenever the message carries them, whatever the plain diff
-//     says; a comment is an action, so an app must send it once.
-//   - delete: DeleteResolve (default) sets state 6 with close_code and
-//     close_notes (ServiceNow's data policy requires them); DeleteRecord
-//     sends DELETE and removes the link. Any write that sets a closing state
-//     of the table's mapping (close.states) always carries its code and
-//     notes fields: the app's, else the record's, else the close code chosen
-//     from the instance's active sys_choice rows (CloseCodes;
-//     BRIDGE_CLOSE_CODE overrides, checked at start) and generated notes.
+//   - upsert of an unknown id: POST with the mapping's link field
+//     (correlation_id) = external_id (and its display field), then the link
+//     is stored.
+//   - the table's journal fields (the mapping's journal list: incident's
+//     comments and work_notes) are appended whenever the message carries
+//     them, whatever the plain diff says; a comment is an action, so an app
+//     must send it once.
+//   - delete: what the table's mapping says (delete.mode and delete.state:
+//     incident resolves with state 6, change_request cancels with 4, ...),
+//     Config.DeleteMode and Config.DeleteState overriding it. A resolve-mode
+//     delete sets the state; DeleteRecord sends DELETE and removes the link.
+//     Any write that sets a closing state of the table's mapping
+//     (close.states) always carries its code and notes fields: the app's,
+//     else the record's, else the close code chosen from the instance's
+//     active sys_choice rows (CloseCodes; a delete's own close_code
+//     preferred; BRIDGE_CLOSE_CODE overrides, checked at start) and
+//     generated notes.
 //   - a message whose version is not newer than the last one written for
 //     its id is acked as stale; one entity id is handled by one worker, and
 //     a change waiting for a retry holds back later changes of its id.
@@ -116,6 +121,9 @@ type Mapping interface {
 	Fields(table string) []string
 	// Close is the table's closing rule (nil: writes never need close fields).
 	Close(table string) *mapping.Close
+	// ForTable is everything the mapping knows of a table: its link field,
+	// journal fields, state values and delete behaviour.
+	ForTable(table string) (*mapping.Table, bool)
 }
 
 // States reads and advances per-record state (bridge_state); *state.Store

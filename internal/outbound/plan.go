@@ -45,7 +45,7 @@ type Conflict struct {
 // field names and values.
 type planInput struct {
 	Desired map[string]string // the app's values for plain fields
-	Journal map[string]string // journal entries the app adds (comments, work_notes)
+	Journal map[string]string // journal entries the app adds (the table's journal fields)
 	// Base holds the values both sides last agreed on: what ServiceNow last
 	// told the bridge (and the apply pipeline handed to the app), or what
 	// the bridge last wrote. Nil when unknown.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/state"
 )
@@ -143,7 +144,7 @@ func (w *Writer) Apply(ctx context.Context, ch Change) (Result, error) {
 		// -- unless it took a version after sending them, which replaced
 		// them there: then what it was told stays the truth about it.
 		if res.holdBack == "" {
-			w.dedupe.MergeApplied(ch.Entity, ch.ExternalID, w.appState(ch))
+			w.dedupe.MergeApplied(ch.Entity, ch.ExternalID, w.appState(ch, table))
 		}
 	}
 	if ch.Version > 0 {
@@ -196,9 +197,23 @@ func (w *Writer) resolveLink(ctx context.Context, ch Change, table string) (sysI
 	return sysID, false, nil
 }
 
+// table is the mapping of a ServiceNow table; every table the writer
+// writes to is mapped (Apply refuses an entity without one), so a missing
+// one is the zero Table: no link field, no journal fields.
+func (w *Writer) table(name string) *mapping.Table {
+	if t, ok := w.mapping.ForTable(name); ok {
+		return t
+	}
+	return &mapping.Table{Name: name}
+}
+
+// isJournal reports whether a write appends to field of table (a comment
+// is an action, not state: it is never diffed, and reads render it).
+func (w *Writer) isJournal(table, field string) bool { return w.table(table).Kind(field).Journal() }
+
 // appState is the app's message without journal entries (comments are
 // actions, not state) and without fields the mapping does not know.
-func (w *Writer) appState(ch Change) map[string]string {
+func (w *Writer) appState(ch Change, table string) map[string]string {
 	out := make(map[string]string, len(ch.Fields))
 	for k, v := range ch.Fields {
 		sn, err := w.mapping.ToServiceNow(ch.Entity, map[string]string{k: v})
@@ -206,7 +221,7 @@ func (w *Writer) appState(ch Change) map[string]string {
 			continue
 		}
 		for f := range sn {
-			if !w.cfg.isJournal(f) {
+			if !w.isJournal(table, f) {
 				out[k] = v
 			}
 		}
@@ -215,37 +230,45 @@ func (w *Writer) appState(ch Change) map[string]string {
 }
 
 // split maps the app's fields to ServiceNow's and separates journal fields.
-func (w *Writer) split(ch Change) (plain, journal map[string]string, err error) {
+func (w *Writer) split(ch Change, table string) (plain, journal map[string]string, err error) {
 	sn, err := w.mapping.ToServiceNow(ch.Entity, ch.Fields)
 	if err != nil {
 		return nil, nil, &permanentError{err: fmt.Errorf("map %s %s: %w", ch.Entity, ch.ExternalID, err)}
 	}
+	t := w.table(table)
 	plain, journal = map[string]string{}, map[string]string{}
 	for f, v := range sn {
-		if w.cfg.isJournal(f) {
+		if t.Kind(f).Journal() {
 			journal[f] = v
 		} else {
 			plain[f] = v
 		}
 	}
 	// The link is the bridge's, not the app's to change.
-	delete(plain, "correlation_id")
+	if t.LinkField != "" {
+		delete(plain, t.LinkField)
+	}
 	delete(plain, "sys_id")
 	return plain, journal, nil
 }
 
 func (w *Writer) create(ctx context.Context, ch Change, res *Result) error {
-	plain, journal, err := w.split(ch)
+	plain, journal, err := w.split(ch, res.Table)
 	if err != nil {
 		return err
 	}
+	t := w.table(res.Table)
+	if t.LinkField == "" {
+		// Without it a lost bridge_links entry would create the record again.
+		return permanent("the mapping of %s (%s) has no link.field: the bridge cannot create records it could not find again", res.Table, t.Source)
+	}
 	body := maps.Clone(plain)
 	maps.Copy(body, journal)
-	body["correlation_id"] = ch.ExternalID
-	if w.cfg.CorrelationDisplay != "" {
-		body["correlation_display"] = w.cfg.CorrelationDisplay
+	body[t.LinkField] = ch.ExternalID
+	if w.cfg.CorrelationDisplay != "" && t.LinkDisplayField != "" {
+		body[t.LinkDisplayField] = w.cfg.CorrelationDisplay
 	}
-	if err := w.addCloseFields(ctx, res.Table, body, nil, ch); err != nil {
+	if err := w.addCloseFields(ctx, res.Table, body, nil, ch, ""); err != nil {
 		return err
 	}
 	pend := w.dedupe.BeginWrite(res.Table, "", ch.ExternalID, body)
@@ -274,7 +297,7 @@ func (w *Writer) create(ctx context.Context, ch Change, res *Result) error {
 func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	// A change that does not map is refused first, echo or not; the fields
 	// are split again below, once stale ones are put right.
-	if _, _, err := w.split(ch); err != nil {
+	if _, _, err := w.split(ch, res.Table); err != nil {
 		return err
 	}
 	if w.dedupe.IsAppEcho(ch.Entity, ch.ExternalID, ch.Fields) {
@@ -310,7 +333,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		// Not claimed, and what the app holds stays what it was handed.
 		claim = -1
 	}
-	plain, journal, err := w.split(ch)
+	plain, journal, err := w.split(ch, res.Table)
 	if err != nil {
 		return err
 	}
@@ -328,7 +351,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 				b = map[string]string{}
 			}
 			for f, v := range sn {
-				if !w.cfg.isJournal(f) {
+				if !w.isJournal(res.Table, f) {
 					b[f] = v
 				}
 			}
@@ -349,9 +372,9 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		if cur == nil {
 			cur = in.Base
 		}
-		if cur["correlation_id"] != ch.ExternalID {
+		if link := w.table(res.Table).LinkField; link != "" && cur[link] != ch.ExternalID {
 			// The link survives losing bridge_links only on the record.
-			p.Patch["correlation_id"] = ch.ExternalID
+			p.Patch[link] = ch.ExternalID
 		}
 	}
 	for _, c := range p.Conflicts {
@@ -370,10 +393,10 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	if cur == nil {
 		cur = in.Base
 	}
-	if err := w.addCloseFields(ctx, res.Table, p.Patch, cur, ch); err != nil {
+	if err := w.addCloseFields(ctx, res.Table, p.Patch, cur, ch, ""); err != nil {
 		return err
 	}
-	pend := w.dedupe.BeginUpdate(res.Table, res.SysID, claim, p.Patch, w.unchanged(in.Base, p.Patch))
+	pend := w.dedupe.BeginUpdate(res.Table, res.SysID, claim, p.Patch, w.unchanged(res.Table, in.Base, p.Patch))
 	rec, err := w.api.Update(ctx, res.Table, res.SysID, p.Patch)
 	if err != nil {
 		pend.Cancel()
@@ -407,9 +430,9 @@ func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, 
 	case why != "":
 	case !created && !contiguous:
 		why = reasonNotNextVersion
-	case !w.keptAsSent(sent, rec):
+	case !w.keptAsSent(res.Table, sent, rec):
 		why = reasonNotKeptAsSent
-	case w.sideEffects(sent, rec, base):
+	case w.sideEffects(res.Table, sent, rec, base):
 		why = reasonSideEffects
 	}
 	if why != "" {
@@ -476,10 +499,10 @@ func claimable(st state.Record, haveState bool) int64 {
 
 // unchanged is what a write leaves alone: the base without the fields sent
 // and without journal fields (rendered differently on every read).
-func (w *Writer) unchanged(base, sent map[string]string) map[string]string {
+func (w *Writer) unchanged(table string, base, sent map[string]string) map[string]string {
 	out := make(map[string]string, len(base))
 	for f, v := range base {
-		if _, ours := sent[f]; !ours && !w.cfg.isJournal(f) {
+		if _, ours := sent[f]; !ours && !w.isJournal(table, f) {
 			out[f] = v
 		}
 	}
@@ -489,9 +512,9 @@ func (w *Writer) unchanged(base, sent map[string]string) map[string]string {
 // sideEffects reports whether the write changed a mapped field it did not
 // send (priority computed from impact and urgency, a business rule's
 // change): the app knows base plus what it sent, and must hear of the rest.
-func (w *Writer) sideEffects(sent, rec, base map[string]string) bool {
+func (w *Writer) sideEffects(table string, sent, rec, base map[string]string) bool {
 	for f, b := range base {
-		if _, ours := sent[f]; ours || w.cfg.isJournal(f) {
+		if _, ours := sent[f]; ours || w.isJournal(table, f) {
 			continue
 		}
 		if got, ok := rec[f]; ok && got != b {
@@ -504,9 +527,9 @@ func (w *Writer) sideEffects(sent, rec, base map[string]string) bool {
 // keptAsSent reports whether the record holds every plain value we sent
 // (journal fields append and are rendered differently; omitted fields are
 // an ACL matter, not a change).
-func (w *Writer) keptAsSent(sent, rec map[string]string) bool {
+func (w *Writer) keptAsSent(table string, sent, rec map[string]string) bool {
 	for f, v := range sent {
-		if w.cfg.isJournal(f) {
+		if w.isJournal(table, f) {
 			continue
 		}
 		if got, ok := rec[f]; ok && got != v {
@@ -516,12 +539,20 @@ func (w *Writer) keptAsSent(sent, rec map[string]string) bool {
 	return true
 }
 
+// delete applies an app delete as the table's mapping says (delete.mode,
+// delete.state), BRIDGE_WRITEBACK_DELETE and BRIDGE_WRITEBACK_DELETE_STATE
+// overriding it.
 func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 	if res.SysID == "" {
 		res.Outcome = OutcomeSkipped
 		return nil
 	}
-	if w.cfg.DeleteMode == DeleteRecord {
+	t := w.table(res.Table)
+	rule, err := w.cfg.deleteRule(t)
+	if err != nil {
+		return &permanentError{err: fmt.Errorf("delete %s/%s for %s: %w", res.Table, res.SysID, ch.ExternalID, err)}
+	}
+	if rule.Mode == DeleteRecord {
 		pend := w.dedupe.BeginWrite(res.Table, res.SysID, "", nil)
 		err := w.api.Delete(ctx, res.Table, res.SysID)
 		pend.Cancel()
@@ -550,15 +581,15 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 		}
 		return fmt.Errorf("read %s/%s before resolving: %w", res.Table, res.SysID, err)
 	}
-	if cur["state"] == w.cfg.DeleteState {
+	if cur[mapping.StateField] == rule.State {
 		res.Outcome = OutcomeNoChange
 		return nil
 	}
-	patch := map[string]string{"state": w.cfg.DeleteState}
-	if err := w.addCloseFields(ctx, res.Table, patch, cur, ch); err != nil {
+	patch := map[string]string{mapping.StateField: rule.State}
+	if err := w.addCloseFields(ctx, res.Table, patch, cur, ch, rule.CloseCode); err != nil {
 		return err
 	}
-	pend := w.dedupe.BeginUpdate(res.Table, res.SysID, claimable(st, haveState), patch, w.unchanged(st.Fields, patch))
+	pend := w.dedupe.BeginUpdate(res.Table, res.SysID, claimable(st, haveState), patch, w.unchanged(res.Table, st.Fields, patch))
 	rec, err := w.api.Update(ctx, res.Table, res.SysID, patch)
 	if err != nil {
 		pend.Cancel()
@@ -572,20 +603,25 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 	return nil
 }
 
-// SetCorrelation writes the app's id to a record's correlation_id as a
-// write of the bridge's own (its webhook is an echo). The apply pipeline
-// calls it when a link exists only in bridge_links (apply.LinkWriter).
+// SetCorrelation writes the app's id to a record's link field (the
+// mapping's link.field, correlation_id in the shipped ones) as a write of
+// the bridge's own (its webhook is an echo). The apply pipeline calls it
+// when a link exists only in bridge_links (apply.LinkWriter).
 func (w *Writer) SetCorrelation(ctx context.Context, table, sysID, externalID string) error {
+	link := w.table(table).LinkField
+	if link == "" {
+		return permanent("the mapping of %s has no link.field to write %s to", table, externalID)
+	}
 	st, _, haveState, err := w.states.Get(ctx, table, sysID)
 	if err != nil {
 		return err
 	}
-	patch := map[string]string{"correlation_id": externalID}
-	pend := w.dedupe.BeginUpdate(table, sysID, claimable(st, haveState), patch, w.unchanged(st.Fields, patch))
+	patch := map[string]string{link: externalID}
+	pend := w.dedupe.BeginUpdate(table, sysID, claimable(st, haveState), patch, w.unchanged(table, st.Fields, patch))
 	rec, err := w.api.Update(ctx, table, sysID, patch)
 	if err != nil {
 		pend.Cancel()
-		return fmt.Errorf("write correlation_id of %s/%s: %w", table, sysID, err)
+		return fmt.Errorf("write %s of %s/%s: %w", link, table, sysID, err)
 	}
 	w.metrics.writes.WithLabelValues("PATCH").Inc()
 	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
@@ -595,18 +631,19 @@ func (w *Writer) SetCorrelation(ctx context.Context, table, sysID, externalID st
 }
 
 // addCloseFields completes a write that moves a record into one of its
-// table's closing states (the mapping's close rule) with the code and notes
-// ServiceNow's data policy requires. Both are always sent: the write's own,
-// else the record's (current: its values now, or the last the bridge knew),
-// else the instance's default code and generated notes -- so the data
+// table's closing states (the mapping's close rule) with the code and the
+// notes fields ServiceNow's data policy requires. All are always sent: the
+// write's own, else the record's (current: its values now, or the last the
+// bridge knew), else the instance's default code (deleteCode, a delete's
+// own close code, preferred when active) and generated notes -- so the data
 // policy never finds them missing, whatever a stale base said.
-func (w *Writer) addCloseFields(ctx context.Context, table string, patch, current map[string]string, ch Change) error {
+func (w *Writer) addCloseFields(ctx context.Context, table string, patch, current map[string]string, ch Change, deleteCode string) error {
 	rule := w.mapping.Close(table)
-	if rule == nil || !rule.Closes(patch["state"]) {
+	if rule == nil || !rule.Closes(patch[mapping.StateField]) {
 		return nil
 	}
 	if patch[rule.CodeField] == "" {
-		code, err := w.closeCodes.For(ctx, table, rule, current[rule.CodeField])
+		code, err := w.closeCodes.For(ctx, table, rule.Preferring(deleteCode), current[rule.CodeField])
 		if err != nil {
 			if errors.Is(err, ErrCloseCode) || errors.Is(err, snclient.ErrACLHidden) {
 				// Retrying cannot fix it: an operator must set or grant.
@@ -616,12 +653,15 @@ func (w *Writer) addCloseFields(ctx context.Context, table string, patch, curren
 		}
 		patch[rule.CodeField] = code
 	}
-	if patch[rule.NotesField] == "" {
-		notes := current[rule.NotesField]
+	for _, f := range rule.NotesFields {
+		if patch[f] != "" {
+			continue
+		}
+		notes := current[f]
 		if notes == "" {
 			notes = w.closeNotes(ch)
 		}
-		patch[rule.NotesField] = notes
+		patch[f] = notes
 	}
 	return nil
 }
