@@ -169,7 +169,11 @@ func newReplayHandler(ctx context.Context, cfg config.Config, js jetstream.JetSt
 
 // newWriter builds the writeback's per-change writer over the shared state
 // (bridge serve's writeback consumer and replay --stream app use the same).
+// A delete override that cannot apply to a synced table stops it here.
 func newWriter(sn *snclient.Client, mset *mapping.Set, store *state.Store, links *state.Links, dd *dedupe.Cache, cfg outbound.Config) (*outbound.Writer, error) {
+	if err := outbound.CheckDelete(mset, mset.Tables(), cfg); err != nil {
+		return nil, err
+	}
 	return outbound.NewWriter(outbound.Deps{
 		API: sn, Mapping: mset, States: store, Links: links, StateKV: store.KV(), Dedupe: dd,
 	}, cfg)

@@ -77,8 +77,8 @@ type Config struct {
 	DeleteScanInterval time.Duration
 
 	// Writeback (SaaS -> ServiceNow) behaviour.
-	WritebackDelete      string            // resolve (default) or delete
-	WritebackDeleteState string            // state a resolve-mode delete sets (default "6")
+	WritebackDelete      string            // resolve or delete for every table; "" each mapping's delete.mode
+	WritebackDeleteState string            // "7" or "incident=7,change_request=4"; "" each mapping's delete.state
 	CloseCode            string            // overrides the close code chosen from the instance's choices
 	ConflictPolicy       string            // default per-field policy: newest_wins, servicenow_wins, saas_wins
 	ConflictPolicies     map[string]string // ServiceNow field -> policy
@@ -106,8 +106,6 @@ func Default() Config {
 		LogFormat:            "json",
 		LogLevel:             "info",
 		ShutdownTimeout:      20 * time.Second,
-		WritebackDelete:      "resolve",
-		WritebackDeleteState: "6",
 		ConflictPolicy:       "newest_wins",
 		WritebackWorkers:     8,
 		HandOverGrace:        time.Second,
@@ -285,7 +283,7 @@ func Settings() []Setting {
 		setting("publish_timeout", "BRIDGE_PUBLISH_TIMEOUT", "how long a webhook waits for JetStream acks before answering 503", false, func() (func(*Config, string) error, func(*Config) string) {
 			return dur(func(c *Config) *time.Duration { return &c.PublishTimeout })
 		}),
-		setting("tables", "BRIDGE_TABLES", "comma-separated ServiceNow tables synced", false, func() (func(*Config, string) error, func(*Config) string) {
+		setting("tables", "BRIDGE_TABLES", "comma-separated ServiceNow tables synced, each with its mapping (shipped: incident, change_request, problem, sc_req_item, sn_hr_core_case)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return list(func(c *Config) *[]string { return &c.Tables })
 		}),
 		setting("reconcile_interval", "BRIDGE_RECONCILE_INTERVAL", "how often reconcile runs; 0 disables", false, func() (func(*Config, string) error, func(*Config) string) {
@@ -303,7 +301,7 @@ func Settings() []Setting {
 		setting("apply_secret", "BRIDGE_APPLY_SECRET", "whsec_ secret signing HTTP applier requests (default: the first webhook secret)", true, func() (func(*Config, string) error, func(*Config) string) {
 			return secret(func(c *Config) *Secret { return &c.ApplySecret })
 		}),
-		setting("mapping_dir", "BRIDGE_MAPPING_DIR", "directory of <table>.yaml field mappings (empty: the built-in incident mapping)", false, func() (func(*Config, string) error, func(*Config) string) {
+		setting("mapping_dir", "BRIDGE_MAPPING_DIR", "directory of <table>.yaml mappings; a file replaces the shipped mapping of its table (empty: the shipped mappings of BRIDGE_TABLES)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.MappingDir })
 		}),
 		setting("dedupe_size", "BRIDGE_DEDUPE_SIZE", "entries in the echo-suppression LRU", false, func() (func(*Config, string) error, func(*Config) string) {
@@ -318,10 +316,10 @@ func Settings() []Setting {
 		setting("log_level", "BRIDGE_LOG_LEVEL", "debug, info, warn or error", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.LogLevel })
 		}),
-		setting("writeback_delete", "BRIDGE_WRITEBACK_DELETE", "what an app delete does in ServiceNow: resolve (set a state with close fields) or delete", false, func() (func(*Config, string) error, func(*Config) string) {
+		setting("writeback_delete", "BRIDGE_WRITEBACK_DELETE", "what an app delete does in ServiceNow, for every table: resolve (set the delete state, with close fields when it closes) or delete; empty: each table's mapping says (delete.mode)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.WritebackDelete })
 		}),
-		setting("writeback_delete_state", "BRIDGE_WRITEBACK_DELETE_STATE", "state a delete sets in resolve mode (6 Resolved, 7 Closed, 8 Canceled)", false, func() (func(*Config, string) error, func(*Config) string) {
+		setting("writeback_delete_state", "BRIDGE_WRITEBACK_DELETE_STATE", "state a resolve-mode delete sets: one for every table (7) or per table (incident=7,change_request=4); empty: each table's mapping says (delete.state)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.WritebackDeleteState })
 		}),
 		setting("close_code", "BRIDGE_CLOSE_CODE", "close code a write that resolves or closes a record carries (empty: chosen from the instance's active choices, Solution provided first); checked against those choices at start", false, func() (func(*Config, string) error, func(*Config) string) {
@@ -599,9 +597,9 @@ func (c *Config) Validate() error {
 		return errors.New("BRIDGE_DEDUPE_SIZE: must be at least 1")
 	}
 	switch c.WritebackDelete {
-	case "resolve", "delete":
+	case "", "resolve", "delete":
 	default:
-		return fmt.Errorf("BRIDGE_WRITEBACK_DELETE: must be resolve or delete, got %q", c.WritebackDelete)
+		return fmt.Errorf("BRIDGE_WRITEBACK_DELETE: must be resolve or delete (or empty: each table's mapping decides), got %q", c.WritebackDelete)
 	}
 	validPolicy := func(p string) bool { return p == "newest_wins" || p == "servicenow_wins" || p == "saas_wins" }
 	if !validPolicy(c.ConflictPolicy) {
