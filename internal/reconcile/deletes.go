@@ -124,7 +124,7 @@ func (r *Reconciler) noteVisibility(table, source string, returned, total int, s
 			sum.Hidden = append(sum.Hidden, source)
 		}
 		if source == table {
-			r.cfg.Logger.Warn("reconcile cannot read the table: ServiceNow counts its rows but returns none; grant the integration user read access (the itil role for incident, see docs/servicenow-setup.md)",
+			r.cfg.Logger.Warn("reconcile cannot read the table: ServiceNow counts its rows but returns none; grant the integration user a role that reads this table (docs/servicenow-setup.md says which role each table needs)",
 				"table", table, "counted", total)
 		}
 	}

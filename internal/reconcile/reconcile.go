@@ -39,7 +39,7 @@ const AuditDeleteTable = "sys_audit_delete"
 // ByID, for its sys_ids.
 type Query struct {
 	Table    string
-	Equals   map[string]string // field=value conditions ANDed to the scan (tablename=incident)
+	Equals   map[string]string // field=value conditions ANDed to the scan (sys_audit_delete: tablename=<table>)
 	Since    time.Time         // sys_updated_on >= Since; zero reads the whole table
 	Fields   []string          // sysparm_fields
 	PageSize int               // sysparm_limit
