@@ -203,14 +203,18 @@ func scenarioFor(ev events.SNEvent, secretProp string, ts int64) scenario {
 		"nowbridge.webhook_url":    webhookURL,
 		"nowbridge.webhook_secret": secretProp,
 	}
-	// The default incident list is exercised as is; any other record gets
+	// A table's default list is exercised as is; any other record gets
 	// its field list in reverse order, to prove the script sorts.
 	slices.Sort(keys)
-	def := strings.Split(servicenow.DefaultIncidentFields, ",")
+	def := servicenow.DefaultFieldList(ev.Table)
 	slices.Sort(def)
 	if !slices.Equal(keys, def) {
 		slices.Reverse(keys)
 		props["nowbridge.fields."+ev.Table] = strings.Join(keys, ",")
+	}
+	// incident is sent by default; any other table must be listed.
+	if ev.Table != servicenow.DefaultSyncedTables {
+		props["nowbridge.tables"] = servicenow.DefaultSyncedTables + "," + ev.Table
 	}
 	rule := "webhook_insert_update.js"
 	if ev.Action == events.ActionDelete {
@@ -255,7 +259,7 @@ func deliver(t *testing.T, req shimRequest, now time.Time, secrets ...string) ([
 	if err := v.Verify(h["webhook-id"], h["webhook-timestamp"], h["webhook-signature"], []byte(req.Body)); err != nil {
 		return nil, err
 	}
-	return events.NewValidator([]string{"incident"}).DecodeBody([]byte(req.Body))
+	return events.NewValidator(servicenow.ShippedTables()).DecodeBody([]byte(req.Body))
 }
 
 func onlyRequest(t *testing.T, r result) shimRequest {
@@ -588,3 +592,102 @@ process.stdout.write(JSON.stringify(ins.map((b) => Buffer.from(JSON.stringify(ne
 		}
 	}
 }
+
+// TestContract_DefaultFieldsMatchGo: NowbridgeWebhook.DEFAULT_FIELDS and
+// DEFAULT_TABLES, read from the script itself, are what the Go mirror
+// (servicenow.DefaultFields, DefaultSyncedTables) says, table by table.
+func TestContract_DefaultFieldsMatchGo(t *testing.T) {
+	node := nodePath(t)
+	script := `const vm = require('node:vm');
+const fs = require('node:fs');
+const { newGlobals } = require('./contract/glide_shim.js');
+const ctx = vm.createContext(newGlobals({}).globals);
+vm.runInContext(fs.readFileSync('business_rules/NowbridgeWebhook.js', 'utf8'), ctx);
+process.stdout.write(JSON.stringify({ fields: ctx.NowbridgeWebhook.DEFAULT_FIELDS, tables: ctx.NowbridgeWebhook.DEFAULT_TABLES }));`
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, node, "-e", script).Output()
+	if err != nil {
+		t.Fatalf("node: %v", err)
+	}
+	var js struct {
+		Fields map[string]string `json:"fields"`
+		Tables string            `json:"tables"`
+	}
+	if err := json.Unmarshal(out, &js); err != nil {
+		t.Fatalf("decode %s: %v", out, err)
+	}
+	if js.Tables != servicenow.DefaultSyncedTables {
+		t.Errorf("DEFAULT_TABLES %q, Go DefaultSyncedTables %q", js.Tables, servicenow.DefaultSyncedTables)
+	}
+	if len(js.Fields) != len(servicenow.ShippedTables()) {
+		t.Errorf("DEFAULT_FIELDS has %d tables, want the %d shipped ones: %v", len(js.Fields), len(servicenow.ShippedTables()), js.Fields)
+	}
+	for _, table := range servicenow.ShippedTables() {
+		if js.Fields[table] != servicenow.DefaultFields(table) {
+			t.Errorf("DEFAULT_FIELDS.%s\n  js: %q\n  go: %q", table, js.Fields[table], servicenow.DefaultFields(table))
+		}
+	}
+}
+
+// TestContract_TablesProperty: a table's rules send only while
+// nowbridge.tables lists it; the property missing or empty means incident;
+// entries are trimmed. The rules of the HR scope reach the include as
+// global.NowbridgeWebhook like any other.
+func TestContract_TablesProperty(t *testing.T) {
+	vf := loadVectors(t)
+	var change, hr events.SNEvent
+	for _, v := range vf.Vectors {
+		switch ev := decodeEvent(t, v.Event); {
+		case ev.Table == "change_request" && change.Table == "":
+			change = ev
+		case ev.Table == "sn_hr_core_case" && hr.Table == "":
+			hr = ev
+		}
+	}
+	if change.Table == "" || hr.Table == "" {
+		t.Fatal("the vectors hold no change_request or sn_hr_core_case event")
+	}
+	incident := decodeEvent(t, vf.Vectors[0].Event)
+	cases := []struct {
+		name   string
+		ev     events.SNEvent
+		tables *string // nil: the property does not exist
+		send   bool
+	}{
+		{"incident, property missing", incident, nil, true},
+		{"incident, property empty", incident, ptr(""), true},
+		{"change_request, property missing", change, nil, false},
+		{"change_request, only incident listed", change, ptr("incident"), false},
+		{"change_request listed with spaces", change, ptr(" incident , change_request "), true},
+		{"incident not listed", incident, ptr("change_request"), false},
+		{"HR case listed (rule of the HR scope)", hr, ptr("sn_hr_core_case"), true},
+		{"HR case not listed", hr, ptr("incident,change_request"), false},
+	}
+	var scs []scenario
+	for _, c := range cases {
+		sc := scenarioFor(c.ev, vf.Secret, vf.Timestamp)
+		sc.Name = c.name
+		delete(sc.Properties, "nowbridge.tables")
+		if c.tables != nil {
+			sc.Properties["nowbridge.tables"] = *c.tables
+		}
+		scs = append(scs, sc)
+	}
+	res := runNode(t, scs)
+	for i, c := range cases {
+		if res[i].Condition != c.send {
+			t.Errorf("%s: condition %v, want %v", c.name, res[i].Condition, c.send)
+		}
+		if c.send {
+			req := onlyRequest(t, res[i])
+			if _, err := deliver(t, req, time.Unix(vf.Timestamp, 0), vf.Secret); err != nil {
+				t.Errorf("%s: the bridge rejects what the rule sent: %v", c.name, err)
+			}
+		} else if len(res[i].Requests) != 0 {
+			t.Errorf("%s: %d requests, want none", c.name, len(res[i].Requests))
+		}
+	}
+}
+
+func ptr(s string) *string { return &s }

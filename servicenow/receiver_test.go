@@ -13,6 +13,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/inbound"
 	"github.com/nowbridge/nowbridge/internal/natstest"
 	"github.com/nowbridge/nowbridge/internal/webhook"
+	"github.com/nowbridge/nowbridge/servicenow"
 )
 
 // TestContract_RealReceiverStoresWhatTheRuleSends posts what the real
@@ -30,7 +31,7 @@ func TestContract_RealReceiverStoresWhatTheRuleSends(t *testing.T) {
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rcv, err := inbound.New(inbound.Config{Conn: nc, Secrets: mustSecrets(t, newSecret, vf.Secret), Tables: []string{"incident"}})
+	rcv, err := inbound.New(inbound.Config{Conn: nc, Secrets: mustSecrets(t, newSecret, vf.Secret), Tables: servicenow.ShippedTables()})
 	if err != nil {
 		t.Fatal(err)
 	}

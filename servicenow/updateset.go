@@ -16,23 +16,23 @@ const UpdateSetName = "nowbridge webhooks"
 
 // UpdateSetVersion is bumped when the shipped records change in a way an
 // admin should notice; it is part of the update set's name and description.
-const UpdateSetVersion = "1.1.0"
+const UpdateSetVersion = "1.2.0"
 
 // stamp is every record's created/updated time: fixed, so regenerating from
 // unchanged sources gives byte-identical XML.
 const stamp = "2026-11-29 00:00:00"
 
-// ConditionScript is the condition of every shipped business rule.
-const ConditionScript = "new NowbridgeWebhook().shouldSend()"
-
-// DefaultIncidentFields mirrors NowbridgeWebhook.DEFAULT_FIELDS.incident.
-const DefaultIncidentFields = "number,short_description,description,state,priority,urgency,impact,correlation_id,correlation_display," +
-	"close_code,close_notes,active,comments,work_notes"
+// ConditionScript is the condition of every shipped business rule. It names
+// the include as global.NowbridgeWebhook so that the same condition works in
+// a rule of a scoped application (HR cases).
+const ConditionScript = "new global.NowbridgeWebhook().shouldSend(current)"
 
 // Options selects what the update set contains.
 type Options struct {
-	// Tables gets one insert/update and one delete business rule each, and a
-	// nowbridge.fields.<table> property. Default: incident.
+	// Tables get a nowbridge.fields.<table> property each, and those in the
+	// global scope (TableScope) one insert/update and one delete business
+	// rule each; a scoped table's rules are created by hand in its scope
+	// (docs/servicenow-setup.md). Default: ShippedTables.
 	Tables []string
 }
 
@@ -49,6 +49,7 @@ type Property struct {
 type Rule struct {
 	Name    string
 	Table   string
+	Scope   string // application scope the rule must be created in (TableScope)
 	File    string // script under business_rules/
 	Insert  bool
 	Update  bool
@@ -66,15 +67,12 @@ func Properties(tables []string) []Property {
 		{Name: "nowbridge.skip_user", Type: "string", Description: "Optional user name (the bridge's integration user) whose changes are not sent. Saves traffic; the bridge already suppresses its own echoes, and skipping hides integration writes from the bridge's other listeners and from reconcile's webhook path."},
 		{Name: "nowbridge.enabled", Type: "boolean", Value: "true", Description: "false stops every nowbridge webhook."},
 		{Name: "nowbridge.ascii_json", Type: "boolean", Value: "false", Description: "true sends every non-ASCII character as a \\uXXXX escape, so the signed bytes do not depend on the charset GlideCertificateEncryption.generateMac or the outbound request use. Set it when the self-test (bridge doctor --instance-selftest) reports a charset mismatch."},
+		{Name: "nowbridge.tables", Type: "string", Value: DefaultSyncedTables, Description: "Comma-separated tables whose changes the business rules send: the bridge's BRIDGE_TABLES (e.g. incident,change_request). A table's rules send nothing while it is not listed; empty means " + DefaultSyncedTables + "."},
 	}
 	for _, t := range tables {
-		v := ""
-		if t == "incident" {
-			v = DefaultIncidentFields
-		}
 		props = append(props, Property{
-			Name: "nowbridge.fields." + t, Type: "string", Value: v,
-			Description: "Comma-separated fields of " + t + " sent in each webhook's record (journal fields send the entry the change added). Must cover every field the bridge's mapping uses.",
+			Name: "nowbridge.fields." + t, Type: "string", Value: DefaultFields(t),
+			Description: "Comma-separated fields of " + t + " sent in each webhook's record (journal fields send the entry the change added). Must cover every field the bridge's mapping uses; empty takes the script's default list for the table.",
 		})
 	}
 	return props
@@ -84,11 +82,12 @@ func Properties(tables []string) []Property {
 func Rules(tables []string) []Rule {
 	var rules []Rule
 	for _, t := range tables {
+		scope := TableScope(t)
 		rules = append(rules,
-			Rule{Name: "nowbridge webhook (insert/update)", Table: t, File: "webhook_insert_update.js", Insert: true, Update: true,
-				Comment: "Sends each insert and update of " + t + " to nowbridge (after rule; the request goes out through executeAsync)."},
-			Rule{Name: "nowbridge webhook (delete)", Table: t, File: "webhook_delete.js", Delete: true,
-				Comment: "Sends each delete of " + t + " to nowbridge with the record's last values."},
+			Rule{Name: "nowbridge webhook (insert/update)", Table: t, Scope: scope, File: "webhook_insert_update.js", Insert: true, Update: true,
+				Comment: "Sends each insert and update of " + t + " to nowbridge while nowbridge.tables lists it (after rule; the request goes out through executeAsync)."},
+			Rule{Name: "nowbridge webhook (delete)", Table: t, Scope: scope, File: "webhook_delete.js", Delete: true,
+				Comment: "Sends each delete of " + t + " to nowbridge with the record's last values while nowbridge.tables lists it."},
 		)
 	}
 	return rules
@@ -143,50 +142,88 @@ type update struct {
 func BuildUpdateSet(opt Options) ([]byte, error) {
 	tables := opt.Tables
 	if len(tables) == 0 {
-		tables = []string{"incident"}
+		tables = ShippedTables()
 	}
 	for _, t := range tables {
 		if !events.ValidTable(t) {
 			return nil, fmt.Errorf("table %q is not a ServiceNow table name", t)
 		}
 	}
-	setID := sysID("sys_remote_update_set", UpdateSetName)
-	var updates []update
-
-	include, err := Script("NowbridgeWebhook.js")
+	include, err := includeUpdate()
 	if err != nil {
 		return nil, err
 	}
-	id := sysID("sys_script_include", "NowbridgeWebhook")
-	updates = append(updates, update{table: "sys_script_include", sysID: id, target: "NowbridgeWebhook", typ: "Script Include", payload: record("sys_script_include", []field{
-		{"access", "package_private"},
-		{"active", "true"},
-		{"api_name", "global.NowbridgeWebhook"},
-		{"caller_access", ""},
-		{"client_callable", "false"},
-		{"description", "nowbridge: builds, signs (Standard Webhooks) and sends record changes to the nowbridge receiver. Generated from servicenow/business_rules/NowbridgeWebhook.js; do not edit here."},
-		{"name", "NowbridgeWebhook"},
-		{"script", include},
-		{"sys_class_name", "sys_script_include"},
+	rules, ruleTables, err := ruleUpdates(tables)
+	if err != nil {
+		return nil, err
+	}
+	st, err := selfTestUpdates()
+	if err != nil {
+		return nil, err
+	}
+	updates := append([]update{include}, rules...)
+	updates = append(updates, propertyUpdates(tables)...)
+	updates = append(updates, st...)
+	return unload(describe(ruleTables, tables), updates), nil
+}
+
+// globalRecordFields are the fields every shipped record of the global
+// scope carries after its own.
+func globalRecordFields(table, id, name string) []field {
+	return []field{
+		{"sys_class_name", table},
 		{"sys_created_by", "admin"},
 		{"sys_created_on", stamp},
 		{"sys_id", id},
 		{"sys_mod_count", "0"},
-		{"sys_name", "NowbridgeWebhook"},
+		{"sys_name", name},
 		{`sys_package display_value="Global" source="global"`, "global"},
 		{`sys_scope display_value="Global"`, "global"},
-		{"sys_update_name", "sys_script_include_" + id},
+		{"sys_update_name", table + "_" + id},
 		{"sys_updated_by", "admin"},
 		{"sys_updated_on", stamp},
-	})})
+	}
+}
 
+// includeUpdate is the NowbridgeWebhook Script Include. It is accessible
+// from all application scopes (access public): the HR scope's rules call
+// it as global.NowbridgeWebhook.
+func includeUpdate() (update, error) {
+	include, err := Script("NowbridgeWebhook.js")
+	if err != nil {
+		return update{}, err
+	}
+	id := sysID("sys_script_include", "NowbridgeWebhook")
+	fields := []field{
+		{"access", "public"},
+		{"active", "true"},
+		{"api_name", "global.NowbridgeWebhook"},
+		{"caller_access", ""},
+		{"client_callable", "false"},
+		{"description", "nowbridge: builds, signs (Standard Webhooks) and sends record changes to the nowbridge receiver. Accessible from all application scopes: the HR scope's business rules call it as global.NowbridgeWebhook. Generated from servicenow/business_rules/NowbridgeWebhook.js; do not edit here."},
+		{"name", "NowbridgeWebhook"},
+		{"script", include},
+	}
+	fields = append(fields, globalRecordFields("sys_script_include", id, "NowbridgeWebhook")...)
+	return update{table: "sys_script_include", sysID: id, target: "NowbridgeWebhook", typ: "Script Include", payload: record("sys_script_include", fields)}, nil
+}
+
+// ruleUpdates are the business rules of the tables in the global scope;
+// ruleTables lists those tables.
+func ruleUpdates(tables []string) (updates []update, ruleTables []string, err error) {
 	for _, r := range Rules(tables) {
+		if r.Scope != "global" {
+			continue // created by hand in its scope (docs/servicenow-setup.md)
+		}
+		if !slices.Contains(ruleTables, r.Table) {
+			ruleTables = append(ruleTables, r.Table)
+		}
 		script, err := Script(r.File)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		id := sysID("sys_script", r.Table, r.File)
-		updates = append(updates, update{table: "sys_script", sysID: id, target: r.Name, typ: "Business Rule", collection: r.Table, payload: record("sys_script", []field{
+		fields := []field{
 			{"abort_action", "false"},
 			{"access", "package_private"},
 			{"action_delete", boolStr(r.Delete)},
@@ -221,12 +258,18 @@ func BuildUpdateSet(opt Options) ([]byte, error) {
 			{"sys_updated_by", "admin"},
 			{"sys_updated_on", stamp},
 			{"when", "after"},
-		})})
+		}
+		updates = append(updates, update{table: "sys_script", sysID: id, target: r.Name, typ: "Business Rule", collection: r.Table, payload: record("sys_script", fields)})
 	}
+	return updates, ruleTables, nil
+}
 
+// propertyUpdates are the nowbridge.* system properties.
+func propertyUpdates(tables []string) []update {
+	var updates []update
 	for _, p := range Properties(tables) {
 		id := sysID("sys_properties", p.Name)
-		updates = append(updates, update{table: "sys_properties", sysID: id, target: p.Name, typ: "System Property", payload: record("sys_properties", []field{
+		fields := []field{
 			{"choices", ""},
 			{"description", p.Description},
 			{"ignore_cache", "false"},
@@ -234,29 +277,36 @@ func BuildUpdateSet(opt Options) ([]byte, error) {
 			{"name", p.Name},
 			{"read_roles", p.Roles},
 			{"suffix", strings.TrimPrefix(p.Name, "nowbridge.")},
-			{"sys_class_name", "sys_properties"},
-			{"sys_created_by", "admin"},
-			{"sys_created_on", stamp},
-			{"sys_id", id},
-			{"sys_mod_count", "0"},
-			{"sys_name", p.Name},
-			{`sys_package display_value="Global" source="global"`, "global"},
-			{`sys_scope display_value="Global"`, "global"},
-			{"sys_update_name", "sys_properties_" + id},
-			{"sys_updated_by", "admin"},
-			{"sys_updated_on", stamp},
-			{"type", p.Type},
-			{"value", p.Value},
-			{"write_roles", p.Roles},
-		})})
+		}
+		fields = append(fields, globalRecordFields("sys_properties", id, p.Name)...)
+		fields = append(fields, field{"type", p.Type}, field{"value", p.Value}, field{"write_roles", p.Roles})
+		updates = append(updates, update{table: "sys_properties", sysID: id, target: p.Name, typ: "System Property", payload: record("sys_properties", fields)})
 	}
+	return updates
+}
 
-	st, err := selfTestUpdates()
-	if err != nil {
-		return nil, err
+// describe is the update set's description: what it creates, and which
+// tables' rules an admin creates by hand in their scope.
+func describe(ruleTables, tables []string) string {
+	d := "nowbridge " + UpdateSetVersion + ": the NowbridgeWebhook script include, after insert/update and after delete business rules for " +
+		strings.Join(ruleTables, ", ") + " (each sending while nowbridge.tables lists it), the nowbridge.* system properties, and the self-test (Scripted REST API nowbridge, POST /selftest, role " +
+		events.SelfTestRole + ")."
+	var scoped []string
+	for _, t := range tables {
+		if TableScope(t) != "global" {
+			scoped = append(scoped, t+" ("+TableScope(t)+")")
+		}
 	}
-	updates = append(updates, st...)
+	if len(scoped) > 0 {
+		d += " Rules for " + strings.Join(scoped, ", ") + " are created by hand in that scope."
+	}
+	return d + " Generated by `go generate ./servicenow` from servicenow/business_rules; see docs/servicenow-setup.md."
+}
 
+// unload writes the <unload> document: the remote update set, then one
+// sys_update_xml per record.
+func unload(description string, updates []update) []byte {
+	setID := sysID("sys_remote_update_set", UpdateSetName)
 	var b bytes.Buffer
 	b.WriteString(`<?xml version="1.0" encoding="UTF-8"?>` + "\n")
 	b.WriteString(`<unload unload_date="` + stamp + `">` + "\n")
@@ -268,7 +318,7 @@ func BuildUpdateSet(opt Options) ([]byte, error) {
 		{"collisions", ""},
 		{"commit_date", ""},
 		{"deleted", ""},
-		{"description", "nowbridge " + UpdateSetVersion + ": the NowbridgeWebhook script include, after insert/update and after delete business rules for " + strings.Join(tables, ", ") + ", the nowbridge.* system properties, and the self-test (Scripted REST API nowbridge, POST /selftest, role ` + events.SelfTestRole + `). Generated by `go generate ./servicenow` from servicenow/business_rules; see docs/servicenow-setup.md."},
+		{"description", description},
 		{"inserted", ""},
 		{"name", UpdateSetName + " " + UpdateSetVersion},
 		{"origin_sys_id", ""},
@@ -320,7 +370,7 @@ func BuildUpdateSet(opt Options) ([]byte, error) {
 		b.WriteString("\n")
 	}
 	b.WriteString("</unload>\n")
-	return b.Bytes(), nil
+	return b.Bytes()
 }
 
 // SelfTestOperationPath is the self-test resource's path in the shipped
@@ -337,41 +387,38 @@ func selfTestUpdates() ([]update, error) {
 	if err != nil {
 		return nil, err
 	}
+	return append(selfTestAccessUpdates(), selfTestAPIUpdates(script)...), nil
+}
+
+// Identities of the self-test's records.
+var (
+	selfTestACLName = "nowbridge self-test"
+	selfTestACLID   = sysID("sys_security_acl", selfTestACLName)
+	selfTestAPIName = "nowbridge"
+	selfTestAPIID   = sysID("sys_ws_definition", events.SelfTestAPIID)
+)
+
+// sortedRecord is a global-scope record's fields in name order.
+func sortedRecord(fs []field, table, id, name string) []field {
+	fs = append(fs, globalRecordFields(table, id, name)...)
+	slices.SortStableFunc(fs, func(a, b field) int {
+		an, _, _ := strings.Cut(a.name, " ")
+		bn, _, _ := strings.Cut(b.name, " ")
+		return strings.Compare(an, bn)
+	})
+	return fs
+}
+
+// selfTestAccessUpdates are the role, the REST endpoint ACL and the ACL's
+// role.
+func selfTestAccessUpdates() []update {
 	role := events.SelfTestRole
 	roleID := sysID("sys_user_role", role)
-	aclName := "nowbridge self-test"
-	aclID := sysID("sys_security_acl", aclName)
+	aclName, aclID := selfTestACLName, selfTestACLID
 	aclRoleID := sysID("sys_security_acl_role", aclName, role)
-	apiName := "nowbridge"
-	apiID := sysID("sys_ws_definition", events.SelfTestAPIID)
-	opID := sysID("sys_ws_operation", events.SelfTestAPIID, events.SelfTestResource)
 	base := events.SelfTestBasePath(events.SelfTestNamespace)
-	global := func(table, id, name string) []field {
-		return []field{
-			{"sys_class_name", table},
-			{"sys_created_by", "admin"},
-			{"sys_created_on", stamp},
-			{"sys_id", id},
-			{"sys_mod_count", "0"},
-			{"sys_name", name},
-			{`sys_package display_value="Global" source="global"`, "global"},
-			{`sys_scope display_value="Global"`, "global"},
-			{"sys_update_name", table + "_" + id},
-			{"sys_updated_by", "admin"},
-			{"sys_updated_on", stamp},
-		}
-	}
-	with := func(fs []field, table, id, name string) []field {
-		fs = append(fs, global(table, id, name)...)
-		slices.SortStableFunc(fs, func(a, b field) int {
-			an, _, _ := strings.Cut(a.name, " ")
-			bn, _, _ := strings.Cut(b.name, " ")
-			return strings.Compare(an, bn)
-		})
-		return fs
-	}
 	return []update{
-		{table: "sys_user_role", sysID: roleID, target: role, typ: "Role", payload: record("sys_user_role", with([]field{
+		{table: "sys_user_role", sysID: roleID, target: role, typ: "Role", payload: record("sys_user_role", sortedRecord([]field{
 			{"assignable_by", ""},
 			{"can_delegate", "true"},
 			{"description", "nowbridge: may run the instance self-test (POST " + base + events.SelfTestResource + "). Grant it to the OAuth Application User of the bridge."},
@@ -381,7 +428,7 @@ func selfTestUpdates() ([]update, error) {
 			{"name", role},
 			{"suffix", role},
 		}, "sys_user_role", roleID, role))},
-		{table: "sys_security_acl", sysID: aclID, target: aclName, typ: "Access Control", payload: record("sys_security_acl", with([]field{
+		{table: "sys_security_acl", sysID: aclID, target: aclName, typ: "Access Control", payload: record("sys_security_acl", sortedRecord([]field{
 			{"active", "true"},
 			{"admin_overrides", "true"},
 			{"advanced", "false"},
@@ -393,11 +440,21 @@ func selfTestUpdates() ([]update, error) {
 			{"script", ""},
 			{"type", "rest_endpoint"},
 		}, "sys_security_acl", aclID, aclName))},
-		{table: "sys_security_acl_role", sysID: aclRoleID, target: aclName + " / " + role, typ: "Access Roles", payload: record("sys_security_acl_role", with([]field{
+		{table: "sys_security_acl_role", sysID: aclRoleID, target: aclName + " / " + role, typ: "Access Roles", payload: record("sys_security_acl_role", sortedRecord([]field{
 			{`sys_security_acl display_value="` + aclName + `"`, aclID},
 			{`sys_user_role display_value="` + role + `"`, roleID},
 		}, "sys_security_acl_role", aclRoleID, aclName+" / "+role))},
-		{table: "sys_ws_definition", sysID: apiID, target: apiName, typ: "Scripted REST API", payload: record("sys_ws_definition", with([]field{
+	}
+}
+
+// selfTestAPIUpdates are the Scripted REST API and its one resource.
+func selfTestAPIUpdates(script string) []update {
+	aclName, aclID := selfTestACLName, selfTestACLID
+	apiName, apiID := selfTestAPIName, selfTestAPIID
+	opID := sysID("sys_ws_operation", events.SelfTestAPIID, events.SelfTestResource)
+	base := events.SelfTestBasePath(events.SelfTestNamespace)
+	return []update{
+		{table: "sys_ws_definition", sysID: apiID, target: apiName, typ: "Scripted REST API", payload: record("sys_ws_definition", sortedRecord([]field{
 			{"active", "true"},
 			{"base_uri", base},
 			{"consumes", "application/json"},
@@ -416,7 +473,7 @@ func selfTestUpdates() ([]update, error) {
 			{"service_id", events.SelfTestAPIID},
 			{"short_description", "nowbridge: the instance self-test (sends a signed test event to the bridge)."},
 		}, "sys_ws_definition", apiID, apiName))},
-		{table: "sys_ws_operation", sysID: opID, target: "selftest", typ: "Scripted REST Resource", payload: record("sys_ws_operation", with([]field{
+		{table: "sys_ws_operation", sysID: opID, target: "selftest", typ: "Scripted REST Resource", payload: record("sys_ws_operation", sortedRecord([]field{
 			{"active", "true"},
 			{"consumes", "application/json"},
 			{"consumes_customized", "false"},
@@ -436,5 +493,5 @@ func selfTestUpdates() ([]update, error) {
 			{`web_service_definition display_value="` + apiName + `"`, apiID},
 			{"web_service_version", ""},
 		}, "sys_ws_operation", opID, "selftest"))},
-	}, nil
+	}
 }

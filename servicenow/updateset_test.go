@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"encoding/xml"
 	"flag"
+	"maps"
 	"os"
-	"regexp"
 	"strings"
 	"testing"
 
@@ -42,9 +42,10 @@ func TestUpdateSet_CommittedMatchesSources(t *testing.T) {
 type unload struct {
 	XMLName xml.Name `xml:"unload"`
 	Sets    []struct {
-		Name  string `xml:"name"`
-		SysID string `xml:"sys_id"`
-		State string `xml:"state"`
+		Name        string `xml:"name"`
+		SysID       string `xml:"sys_id"`
+		State       string `xml:"state"`
+		Description string `xml:"description"`
 	} `xml:"sys_remote_update_set"`
 	Updates []struct {
 		Name      string `xml:"name"`
@@ -62,6 +63,7 @@ type recordUpdate struct {
 		API    string `xml:"api_name"`
 		Script string `xml:"script"`
 		Active string `xml:"active"`
+		Access string `xml:"access"`
 	} `xml:"sys_script_include"`
 	Rule *struct {
 		Name       string `xml:"name"`
@@ -74,6 +76,7 @@ type recordUpdate struct {
 		Script     string `xml:"script"`
 		Advanced   string `xml:"advanced"`
 		Active     string `xml:"active"`
+		Scope      string `xml:"sys_scope"`
 	} `xml:"sys_script"`
 	Property *struct {
 		Name  string `xml:"name"`
@@ -185,15 +188,22 @@ func (st *selfTestRecords) check(t *testing.T) {
 	}
 }
 
-// TestUpdateSet_Structure parses the update set the way an importer reads it:
-// one remote update set, and payloads holding the script include, the
-// business rules (with the scripts exactly as in the sources) and the
-// properties, the secret one typed password2 and empty.
-func TestUpdateSet_Structure(t *testing.T) {
-	raw, err := servicenow.BuildUpdateSet(servicenow.Options{Tables: []string{"incident", "sn_customerservice_case"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+// parsedSet is what an importer reads from an update set: the rules by
+// table/kind, the properties as type=value, the include's fields.
+type parsedSet struct {
+	rules         map[string]bool
+	props         map[string]string
+	includes      int
+	includeAccess string
+	description   string
+}
+
+// parseUpdateSet parses the update set the way an importer reads it and
+// checks what holds for every table list: one remote update set, every
+// record in it, the include and rules exactly as in the sources, the
+// self-test's records.
+func parseUpdateSet(t *testing.T, raw []byte) parsedSet {
+	t.Helper()
 	var u unload
 	if err := xml.Unmarshal(raw, &u); err != nil {
 		t.Fatalf("update set is not well-formed XML: %v", err)
@@ -205,9 +215,7 @@ func TestUpdateSet_Structure(t *testing.T) {
 	insertUpdate, _ := servicenow.Script("webhook_insert_update.js")
 	deleteRule, _ := servicenow.Script("webhook_delete.js")
 
-	rules := map[string]bool{}
-	props := map[string]string{}
-	includes := 0
+	ps := parsedSet{rules: map[string]bool{}, props: map[string]string{}, description: u.Sets[0].Description}
 	var st selfTestRecords
 	for _, up := range u.Updates {
 		if up.RemoteSet != u.Sets[0].SysID {
@@ -225,67 +233,132 @@ func TestUpdateSet_Structure(t *testing.T) {
 		}
 		switch {
 		case rec.Include != nil:
-			includes++
+			ps.includes++
+			ps.includeAccess = rec.Include.Access
 			if rec.Include.Script != include || rec.Include.API != "global.NowbridgeWebhook" || rec.Include.Active != "true" {
 				t.Errorf("script include differs from business_rules/NowbridgeWebhook.js or is not active/global")
 			}
 		case rec.Rule != nil:
 			r := rec.Rule
-			if r.When != "after" || r.Advanced != "true" || r.Active != "true" || r.Condition != servicenow.ConditionScript {
-				t.Errorf("rule %s on %s: when=%s advanced=%s active=%s condition=%q", r.Name, r.Collection, r.When, r.Advanced, r.Active, r.Condition)
+			if r.When != "after" || r.Advanced != "true" || r.Active != "true" || r.Condition != servicenow.ConditionScript || r.Scope != "global" {
+				t.Errorf("rule %s on %s: when=%s advanced=%s active=%s condition=%q scope=%q", r.Name, r.Collection, r.When, r.Advanced, r.Active, r.Condition, r.Scope)
 			}
 			switch {
 			case r.Insert == "true" && r.Update == "true" && r.Delete == "false":
 				if r.Script != insertUpdate {
 					t.Errorf("insert/update rule on %s differs from webhook_insert_update.js", r.Collection)
 				}
-				rules[r.Collection+"/insert_update"] = true
+				ps.rules[r.Collection+"/insert_update"] = true
 			case r.Insert == "false" && r.Update == "false" && r.Delete == "true":
 				if r.Script != deleteRule {
 					t.Errorf("delete rule on %s differs from webhook_delete.js", r.Collection)
 				}
-				rules[r.Collection+"/delete"] = true
+				ps.rules[r.Collection+"/delete"] = true
 			default:
 				t.Errorf("rule %s on %s has actions insert=%s update=%s delete=%s", r.Name, r.Collection, r.Insert, r.Update, r.Delete)
 			}
 		case rec.Property != nil:
-			props[rec.Property.Name] = rec.Property.Type + "=" + rec.Property.Value
+			ps.props[rec.Property.Name] = rec.Property.Type + "=" + rec.Property.Value
 		default:
 			t.Errorf("%s: payload holds no known record: %s", up.Name, up.Payload)
 		}
 	}
-	if includes != 1 {
-		t.Errorf("%d script includes, want 1", includes)
+	if ps.includes != 1 {
+		t.Errorf("%d script includes, want 1", ps.includes)
 	}
 	st.check(t)
-	for _, want := range []string{"incident/insert_update", "incident/delete", "sn_customerservice_case/insert_update", "sn_customerservice_case/delete"} {
-		if !rules[want] {
-			t.Errorf("missing business rule %s (have %v)", want, rules)
+	return ps
+}
+
+// commonProps are the properties every update set holds.
+var commonProps = map[string]string{
+	"nowbridge.webhook_url":           "string=",
+	"nowbridge.webhook_secret":        "password2=",
+	"nowbridge.http_timeout_ms":       "integer=10000",
+	"nowbridge.response_wait_seconds": "integer=0",
+	"nowbridge.skip_user":             "string=",
+	"nowbridge.enabled":               "boolean=true",
+	"nowbridge.ascii_json":            "boolean=false",
+	"nowbridge.tables":                "string=incident",
+}
+
+func checkProps(t *testing.T, got, extra map[string]string) {
+	t.Helper()
+	want := maps.Clone(commonProps)
+	maps.Copy(want, extra)
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("property %s = %q, want %q", name, got[name], w)
 		}
 	}
-	wantProps := map[string]string{
-		"nowbridge.webhook_url":                    "string=",
-		"nowbridge.webhook_secret":                 "password2=",
-		"nowbridge.http_timeout_ms":                "integer=10000",
-		"nowbridge.response_wait_seconds":          "integer=0",
-		"nowbridge.skip_user":                      "string=",
-		"nowbridge.enabled":                        "boolean=true",
-		"nowbridge.ascii_json":                     "boolean=false",
+	if len(got) != len(want) {
+		t.Errorf("%d properties, want %d: %v", len(got), len(want), got)
+	}
+}
+
+// TestUpdateSet_ShippedTables: the shipped update set has after rules for
+// every shipped table of the global scope, none for HR cases (a global
+// after rule with a script cannot run on a scoped table: created by hand in
+// the HR scope), a nowbridge.fields property per shipped table holding the
+// script's default list, nowbridge.tables = incident, and an include every
+// scope may call.
+func TestUpdateSet_ShippedTables(t *testing.T) {
+	raw, err := servicenow.BuildUpdateSet(servicenow.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := parseUpdateSet(t, raw)
+	extra := map[string]string{}
+	var wantRules []string
+	for _, table := range servicenow.ShippedTables() {
+		extra["nowbridge.fields."+table] = "string=" + servicenow.DefaultFields(table)
+		if servicenow.DefaultFields(table) == "" {
+			t.Errorf("shipped table %s has no default field list", table)
+		}
+		if servicenow.TableScope(table) == "global" {
+			wantRules = append(wantRules, table+"/insert_update", table+"/delete")
+		}
+	}
+	checkProps(t, ps.props, extra)
+	for _, r := range wantRules {
+		if !ps.rules[r] {
+			t.Errorf("missing business rule %s (have %v)", r, ps.rules)
+		}
+	}
+	if len(ps.rules) != len(wantRules) || len(wantRules) != 8 {
+		t.Errorf("rules %v, want exactly %v", ps.rules, wantRules)
+	}
+	if ps.rules["sn_hr_core_case/insert_update"] || ps.rules["sn_hr_core_case/delete"] {
+		t.Error("the global update set holds a rule on sn_hr_core_case; it must be created in the sn_hr_core scope")
+	}
+	if servicenow.TableScope("sn_hr_core_case") != "sn_hr_core" {
+		t.Errorf("sn_hr_core_case's scope is %q, want sn_hr_core", servicenow.TableScope("sn_hr_core_case"))
+	}
+	if ps.includeAccess != "public" {
+		t.Errorf("the include's access is %q, want public (the HR scope's rules call global.NowbridgeWebhook)", ps.includeAccess)
+	}
+	if !strings.Contains(ps.description, "sn_hr_core_case (sn_hr_core) are created by hand") {
+		t.Errorf("the description does not say the HR rules are created by hand: %q", ps.description)
+	}
+}
+
+// TestUpdateSet_OtherTables: -tables builds rules and an empty fields
+// property for a table without a default list.
+func TestUpdateSet_OtherTables(t *testing.T) {
+	raw, err := servicenow.BuildUpdateSet(servicenow.Options{Tables: []string{"incident", "sn_customerservice_case"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := parseUpdateSet(t, raw)
+	for _, want := range []string{"incident/insert_update", "incident/delete", "sn_customerservice_case/insert_update", "sn_customerservice_case/delete"} {
+		if !ps.rules[want] {
+			t.Errorf("missing business rule %s (have %v)", want, ps.rules)
+		}
+	}
+	checkProps(t, ps.props, map[string]string{
 		"nowbridge.fields.incident":                "string=" + servicenow.DefaultIncidentFields,
 		"nowbridge.fields.sn_customerservice_case": "string=",
-	}
-	for name, want := range wantProps {
-		if props[name] != want {
-			t.Errorf("property %s = %q, want %q", name, props[name], want)
-		}
-	}
-	if len(props) != len(wantProps) {
-		t.Errorf("%d properties, want %d: %v", len(props), len(wantProps), props)
-	}
-	m := regexp.MustCompile(`incident: '([^']*)' \+\s*'([^']*)'`).FindStringSubmatch(include)
-	if m == nil || m[1]+m[2] != servicenow.DefaultIncidentFields {
-		t.Errorf("NowbridgeWebhook.DEFAULT_FIELDS.incident (%q) differs from servicenow.DefaultIncidentFields", m)
-	}
+	})
 }
 
 func TestUpdateSet_RejectsBadTable(t *testing.T) {

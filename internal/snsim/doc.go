@@ -11,6 +11,7 @@
 //	srv := httptest.NewServer(sim)    // *Server is an http.Handler
 //	defer srv.Close()
 //	sim.Seed(20000)                   // incidents, ~50 per sys_updated_on second
+//	sim.SeedTable("change_request", 500, snsim.SeedOptions{})
 //
 // Reference links use the request's Host, so records point back at srv.URL.
 //
@@ -21,9 +22,11 @@
 //     {"error_description":"access_denied","error":"server_error"}.
 //   - /api/now/table/{table}[/{sys_id}], /api/now/v1/table/..., /api/now/v2/table/...:
 //     GET list and one, POST (201 + Location), PUT/PATCH (200, fields sent
-//     only), DELETE (204). Tables: incident (with task's fields), sys_user,
+//     only), DELETE (204). Ticket tables (TicketTables, each with task's
+//     fields): incident, change_request, problem, sc_req_item,
+//     sn_hr_core_case. System tables, read-only through the API: sys_user,
 //     sys_user_group, sys_journal_field, sys_choice, sys_audit_delete,
-//     sys_dictionary (all but incident are read-only through the API).
+//     sys_dictionary.
 //
 // List parameters: sysparm_query, sysparm_fields, sysparm_limit (default
 // 10000), sysparm_offset, sysparm_display_value (false/true/all),
@@ -67,9 +70,15 @@
 // sysparm_exclude_reference_link). System fields (sys_*) sent by a client are
 // ignored; sys_mod_count grows by one per update that changes something;
 // sys_updated_on is UTC at one-second resolution; sys_updated_by is the
-// writer's user name (Config.AppUser for API writes). Incident: numbers
-// INC0010001..., priority computed from impact and urgency (a sent priority
-// is overwritten), active "false" in states 7 and 8, comments/work_notes
+// writer's user name (Config.AppUser for API writes). Each ticket table has
+// one definition (tickets.go; facts and sources in
+// docs/servicenow-tables.md) from which its schema, sys_choice rows,
+// dictionary rows and write rules come: numbers with its prefix (INC, CHG,
+// PRB, RITM, HRC; 0010001...), its state list and insert defaults,
+// priority computed from impact and urgency where the platform computes it
+// (incident, problem: a sent priority is overwritten), a mirror of state
+// (incident_state, problem_state), active "false" in its closed states,
+// resolved_at/closed_at stamps, and its data policy. comments/work_notes
 // append sys_journal_field rows (raw reads give "", display values give the
 // entries newest first). A delete writes a sys_audit_delete row (tablename,
 // documentkey, payload).
@@ -84,8 +93,13 @@
 // an incident in state 6 or 7 without close_code or close_notes: 403
 // Operation Failed, detail "Data Policy Exception: \n\tThe following
 // fields are mandatory: Resolution code, Resolution notes" (naming only the
-// missing ones). Direct test writes follow both rules; Seed (an import)
-// writes the instance's own codes.
+// missing ones). change_request: closing (3) needs close_code (successful,
+// successful_issues, unsuccessful) and close_notes. problem: resolving or
+// closing (106, 107) needs resolution_code, then by code cause_notes and
+// fix_notes (fix_applied), cause_notes and close_notes (risk_accepted),
+// close_notes (canceled) or duplicate_of (duplicate). sc_req_item and
+// sn_hr_core_case have no close policy. Direct test writes follow the same
+// rules; Seed and SeedTable (imports) write records that satisfy them.
 //
 // # Knobs (all safe while requests run)
 //
@@ -93,11 +107,13 @@
 //     OAuthTokenNotAuthenticated), SetTokenTTL, RevokeTokens,
 //     TokenRequests, TokensIssued.
 //   - Least privilege by default: the OAuth application user has what
-//     snc_platform_rest_api_access + itil give. sys_dictionary and
-//     sys_audit_delete answer 200 with no rows while X-Total-Count counts
-//     them (Link pages through them), a single read 404.
-//     SetGrants(Grants{Dictionary, AuditDelete}) or Config.Grants grant
-//     them as an admin would.
+//     snc_platform_rest_api_access + itil give. sys_dictionary,
+//     sys_audit_delete and sn_hr_core_case (with its journal entries)
+//     answer 200 with no rows while X-Total-Count counts them (Link pages
+//     through them), a single read 404, writes 403.
+//     SetGrants(Grants{Dictionary, AuditDelete, HRRole}) or Config.Grants
+//     grant them as an admin would; HRRole sn_hr_core.case_reader reads HR
+//     cases, case_writer or admin also writes them.
 //   - SetChoices(table, element, []Choice), SetChoiceInactive, Choices:
 //     edit a choice list as an admin would; sys_choice rows follow.
 //   - SetACL(ACL{NoRoles, DenyWrites, HideRow, HiddenFields}). NoRoles takes
@@ -118,9 +134,11 @@
 //   - Business rules: SetWebhooks(targets...), SetWebhookOptions(
 //     WebhookOptions{DropRate, Delay, BeforeResponse, SkipUser, Fields}),
 //     WaitWebhooks(ctx), WebhookStats. After each insert/update/delete (API
-//     or direct call, unless written without workflow) the SPEC §2 event is
-//     encoded by events.EncodeWebhookBody, signed with every target secret
-//     and POSTed asynchronously, in order per record, never retried.
+//     or direct call, unless written without workflow) of a table Fields
+//     lists (default: every shipped table with its default field list, as
+//     an instance whose nowbridge.tables lists them all) the SPEC §2 event
+//     is encoded by events.EncodeWebhookBody, signed with every target
+//     secret and POSTed asynchronously, in order per record, never retried.
 //   - RequestCount(method, path, status), RequestStats, Requests, ResetStats.
 //
 // # Direct test API
@@ -128,5 +146,5 @@
 // Insert, Update, Delete (as a named user, business rules run),
 // InsertNoWorkflow, UpdateNoWorkflow, DeleteNoWorkflow (setWorkflow(false)),
 // Get, Count, IDs, Journal, JournalDisplay, SetUpdatedOn (a late commit),
-// Seed, SeedWith.
+// Seed, SeedWith, SeedTable.
 package snsim

@@ -39,6 +39,17 @@ func TestGolden(t *testing.T) {
 		}
 	}
 
+	chg, prb := strings.Repeat("4", 32), strings.Repeat("5", 32)
+	for table, f := range map[string]map[string]string{
+		"change_request":  {"sys_id": chg, "short_description": "Replace core switch", "state": "-1", "type": "normal", "category": "network"},
+		"problem":         {"sys_id": prb, "short_description": "Mail gateway restarts", "state": "104"},
+		"sn_hr_core_case": {"sys_id": strings.Repeat("6", 32), "short_description": "Parental leave request"},
+	} {
+		if _, err := sim.InsertNoWorkflow(table, f, "beth.anglin"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	tok := ""
 	call := func(method, path, ctype, body string, auth bool) string {
 		t.Helper()
@@ -166,6 +177,28 @@ func TestGolden(t *testing.T) {
 			sim.SetACL(ACL{HiddenFields: map[string][]string{"incident": {"description"}}})
 			defer sim.SetACL(ACL{})
 			return call("GET", "/api/now/table/incident?sysparm_query=descriptionLIKEmail", "", "", true)
+		}},
+		{"post_change_request_created", func() string {
+			return call("POST", "/api/now/v2/table/change_request?sysparm_fields=sys_id,number,state,priority,impact,urgency,active,type,category",
+				"application/json", `{"short_description":"Patch database servers","impact":"1","urgency":"1","priority":"2"}`, true)
+		}},
+		{"get_change_request_display_all", func() string {
+			return call("GET", "/api/now/table/change_request/"+chg+"?sysparm_display_value=all&sysparm_fields=number,state,priority,type,category,close_code,active", "", "", true)
+		}},
+		{"sys_choice_change_request_state", func() string {
+			return call("GET", "/api/now/v2/table/sys_choice?sysparm_query=name=change_request^element=state^inactive=false^ORDERBYsequence&sysparm_fields=value,label,sequence", "", "", true)
+		}},
+		{"error_403_data_policy_change_close", func() string {
+			return call("PATCH", "/api/now/table/change_request/"+chg, "application/json", `{"state":"3","close_code":"Solution provided"}`, true)
+		}},
+		{"error_403_data_policy_problem_resolve", func() string {
+			return call("PATCH", "/api/now/table/problem/"+prb, "application/json", `{"state":"106","resolution_code":"fix_applied","cause_notes":"Firmware leak"}`, true)
+		}},
+		{"hidden_sn_hr_core_case", func() string {
+			return call("GET", "/api/now/v2/table/sn_hr_core_case?sysparm_limit=1&sysparm_fields=number,state", "", "", true)
+		}},
+		{"error_403_hr_case_write", func() string {
+			return call("POST", "/api/now/table/sn_hr_core_case", "application/json", `{"short_description":"x"}`, true)
 		}},
 		{"error_429", func() string {
 			sim.SetBurstLimit(1)

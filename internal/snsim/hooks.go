@@ -13,14 +13,19 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/webhook"
+	"github.com/nowbridge/nowbridge/servicenow"
 )
 
-// DefaultWebhookFields is what the shipped business rule sends in `record`
-// for incident (NowbridgeWebhook.DEFAULT_FIELDS).
-var DefaultWebhookFields = map[string][]string{
-	"incident": {"number", "short_description", "description", "state", "priority", "urgency", "impact", "correlation_id", "correlation_display",
-		"close_code", "close_notes", "active", "comments", "work_notes"},
-}
+// DefaultWebhookFields is what the shipped business rules send in `record`
+// for each shipped table while nowbridge.fields.<table> is empty
+// (NowbridgeWebhook.DEFAULT_FIELDS, through its Go mirror).
+var DefaultWebhookFields = func() map[string][]string {
+	m := map[string][]string{}
+	for _, t := range servicenow.ShippedTables() {
+		m[t] = servicenow.DefaultFieldList(t)
+	}
+	return m
+}()
 
 // WebhookTarget is one business-rule endpoint. Every secret signs (one
 // webhook-signature entry each), as the script does with several secrets.
@@ -43,8 +48,10 @@ type WebhookOptions struct {
 	// SkipUser: changes made by this user name send no webhook (the
 	// script's nowbridge.skip_user loop guard). Empty sends all.
 	SkipUser string
-	// Fields lists, per table, the fields sent in `record`; tables not
-	// listed send no webhook. Nil takes DefaultWebhookFields.
+	// Fields lists, per table, the fields sent in `record` (the
+	// nowbridge.fields.<table> properties); tables not listed send no
+	// webhook, as tables missing from nowbridge.tables do. Nil takes
+	// DefaultWebhookFields: every shipped table, each with its default list.
 	Fields map[string][]string
 }
 

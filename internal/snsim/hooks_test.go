@@ -34,7 +34,7 @@ func newReceiver(t *testing.T) *receiver {
 	}
 	rc := &receiver{t: t, secret: sec}
 	ver := &webhook.Verifier{Secrets: []webhook.Secret{sec}}
-	val := events.NewValidator([]string{"incident"})
+	val := events.NewValidator(TicketTables())
 	rc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		id := r.Header.Get(webhook.HeaderID)

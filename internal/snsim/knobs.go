@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -132,13 +134,44 @@ type Grants struct {
 	// AuditDelete grants read on sys_audit_delete (admin, or an ACL an admin
 	// adds for the integration user).
 	AuditDelete bool
+	// HRRole is the HR scope role the integration user holds, if any:
+	// sn_hr_core_case (and the journal entries of HR cases) is readable with
+	// RoleHRCaseReader, readable and writable with RoleHRCaseWriter or
+	// RoleHRAdmin, and hidden otherwise (itil gives nothing in the HR scope).
+	HRRole string
 }
 
-// SetGrants replaces the integration user's extra grants.
-func (s *Server) SetGrants(g Grants) {
+// The HR scope's roles (see Grants.HRRole and docs/servicenow-tables.md).
+const (
+	RoleHRCaseReader = "sn_hr_core.case_reader"
+	RoleHRCaseWriter = "sn_hr_core.case_writer"
+	RoleHRAdmin      = "sn_hr_core.admin"
+)
+
+// HRRoles lists the HR roles Grants.HRRole accepts, least privilege first.
+func HRRoles() []string { return []string{RoleHRCaseReader, RoleHRCaseWriter, RoleHRAdmin} }
+
+func (g Grants) validate() error {
+	if g.HRRole != "" && !slices.Contains(HRRoles(), g.HRRole) {
+		return fmt.Errorf("snsim: HR role %q is not one of %s", g.HRRole, strings.Join(HRRoles(), ", "))
+	}
+	return nil
+}
+
+// hrRead and hrWrite say what the granted HR role allows on HR cases.
+func (g Grants) hrRead() bool  { return g.HRRole != "" }
+func (g Grants) hrWrite() bool { return g.HRRole == RoleHRCaseWriter || g.HRRole == RoleHRAdmin }
+
+// SetGrants replaces the integration user's extra grants; an unknown HR
+// role is an error and changes nothing.
+func (s *Server) SetGrants(g Grants) error {
+	if err := g.validate(); err != nil {
+		return err
+	}
 	s.knobMu.Lock()
 	s.grants = g
 	s.knobMu.Unlock()
+	return nil
 }
 
 // Grants returns the integration user's extra grants.
@@ -152,11 +185,12 @@ func (s *Server) Grants() Grants {
 // may do. Direct test calls are never restricted.
 type ACL struct {
 	// NoRoles: the user lacks the itil role (it has no role, or only
-	// snc_platform_rest_api_access). It still authenticates, but incident
-	// and the journal entries of incidents are hidden: lists answer 200
-	// with [] while X-Total-Count counts the hidden rows ("103 counted, 0
-	// returned"), single reads 404, writes 403. sys_user, sys_user_group
-	// and sys_choice stay readable.
+	// snc_platform_rest_api_access). It still authenticates, but every
+	// ticket table (HR cases too, whatever Grants.HRRole says) and their
+	// journal entries are hidden: lists answer 200 with [] while
+	// X-Total-Count counts the hidden rows ("103 counted, 0 returned"),
+	// single reads 404, writes 403. sys_user, sys_user_group and sys_choice
+	// stay readable.
 	NoRoles bool
 	// DenyWrites: POST/PUT/PATCH/DELETE answer 403 ACL Exception Update
 	// Failed due to security constraints.

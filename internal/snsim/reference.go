@@ -3,6 +3,8 @@ package snsim
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -98,7 +100,9 @@ func (s *Server) userDisplayLocked(login string) string {
 
 // seedDictionary writes sys_dictionary rows for every table: one
 // collection row (empty element) and one per field, on the table that
-// defines it (incident's inherited fields are task's rows).
+// defines it (the ticket tables' inherited fields are task's rows, written
+// once, from the first table in name order: labels a table overrides, such
+// as incident's "Resolution notes", are not task's).
 func (s *Server) seedDictionary() {
 	d := s.tables["sys_dictionary"]
 	add := func(tableName, element, label, typ, ref string, maxLen int, readOnly bool) {
@@ -115,7 +119,8 @@ func (s *Server) seedDictionary() {
 			d.put(r)
 		}
 	}
-	for _, t := range s.tables {
+	for _, name := range slices.Sorted(maps.Keys(s.tables)) {
+		t := s.tables[name]
 		add(t.s.name, "", t.s.label, "collection", "", 40, false)
 		if t.s.parent != "" {
 			add(t.s.parent, "", labelOf(t.s.parent), "collection", "", 40, false)

@@ -70,6 +70,9 @@ type tableSchema struct {
 	readOnly bool   // the API may not write it (system tables)
 	prefix   string // number prefix (INC)
 	read     access // what the API user needs to read it
+	// rules is the ticket table's business logic and data policy (nil for
+	// system tables); see ticketTable.
+	rules *ticketTable
 }
 
 // access is the read ACL of a table, reduced to who passes it.
@@ -77,7 +80,8 @@ type access int
 
 const (
 	accessAny         access = iota // every authenticated user (sys_user, sys_choice, ...)
-	accessITIL                      // the itil role (incident, journal entries of incidents)
+	accessITIL                      // the itil role (incident, change_request, problem, sc_req_item)
+	accessHR                        // the HR scope's roles: Grants.HRRole (sn_hr_core_case)
 	accessDictionary                // admin or personalize_dictionary: Grants.Dictionary
 	accessAuditDelete               // admin: Grants.AuditDelete
 )
@@ -146,7 +150,8 @@ func sysFields(on string) []*field {
 	}
 }
 
-// Choice lists of the simulated fields, in sys_choice sequence order.
+// Choice lists of incident's fields, in sys_choice sequence order (the
+// other ticket tables' are in tickets.go).
 var (
 	stateChoices = choiceList("1", "New", "2", "In Progress", "3", "On Hold", "6", "Resolved", "7", "Closed", "8", "Canceled")
 	impactLabels = choiceList("1", "1 - High", "2", "2 - Medium", "3", "3 - Low")
@@ -156,54 +161,6 @@ var (
 	holdReasons  = choiceList("1", "Awaiting Caller", "3", "Awaiting Problem", "4", "Awaiting User Info", "5", "Awaiting Evidence")
 	severities   = choiceList("1", "1 - High", "2", "2 - Medium", "3", "3 - Low")
 )
-
-// incidentSchema is incident with the fields it inherits from task, in the
-// order a dictionary read lists them.
-func incidentSchema() *tableSchema {
-	task := func(f *field) *field { f.definedOn = "task"; return f }
-	inc := func(f *field) *field { f.definedOn = "incident"; return f }
-	fs := sysFields("task")
-	fs = append(fs,
-		task(&field{name: "sys_class_name", label: "Task type", maxLen: 80}),
-		task(&field{name: "sys_domain", label: "Domain", typ: typeReference, ref: "sys_user_group", maxLen: 32}),
-		task(&field{name: "number", label: "Number"}),
-		task(&field{name: "short_description", label: "Short description", maxLen: 160}),
-		task(&field{name: "description", label: "Description", maxLen: 4000}),
-		task(&field{name: "state", label: "State", typ: typeChoice, choices: stateChoices, numeric: true}),
-		task(&field{name: "impact", label: "Impact", typ: typeChoice, choices: impactLabels, numeric: true}),
-		task(&field{name: "urgency", label: "Urgency", typ: typeChoice, choices: impactLabels, numeric: true}),
-		task(&field{name: "priority", label: "Priority", typ: typeChoice, choices: prioLabels, numeric: true}),
-		task(&field{name: "active", label: "Active", typ: typeBoolean}),
-		task(&field{name: "assigned_to", label: "Assigned to", typ: typeReference, ref: "sys_user", maxLen: 32}),
-		task(&field{name: "assignment_group", label: "Assignment group", typ: typeReference, ref: "sys_user_group", maxLen: 32}),
-		task(&field{name: "opened_by", label: "Opened by", typ: typeReference, ref: "sys_user", maxLen: 32}),
-		task(&field{name: "opened_at", label: "Opened", typ: typeDateTime}),
-		task(&field{name: "closed_by", label: "Closed by", typ: typeReference, ref: "sys_user", maxLen: 32}),
-		task(&field{name: "closed_at", label: "Closed", typ: typeDateTime}),
-		task(&field{name: "close_notes", label: "Resolution notes", maxLen: 4000}),
-		task(&field{name: "contact_type", label: "Channel", typ: typeChoice, choices: contactTypes}),
-		task(&field{name: "comments", label: "Additional comments", typ: typeJournal, maxLen: 4000}),
-		task(&field{name: "work_notes", label: "Work notes", typ: typeJournal, maxLen: 4000}),
-		task(&field{name: "correlation_id", label: "Correlation ID", maxLen: 100}),
-		task(&field{name: "correlation_display", label: "Correlation display", maxLen: 100}),
-		task(&field{name: "escalation", label: "Escalation", typ: typeInteger}),
-		task(&field{name: "reassignment_count", label: "Reassignment count", typ: typeInteger}),
-		inc(&field{name: "caller_id", label: "Caller", typ: typeReference, ref: "sys_user", maxLen: 32}),
-		inc(&field{name: "category", label: "Category", typ: typeChoice, choices: categories}),
-		inc(&field{name: "subcategory", label: "Subcategory"}),
-		inc(&field{name: "close_code", label: "Resolution code", typ: typeChoice, choices: CurrentCloseCodes(), strict: true}),
-		inc(&field{name: "incident_state", label: "Incident state", typ: typeChoice, choices: stateChoices, numeric: true}),
-		inc(&field{name: "hold_reason", label: "On hold reason", typ: typeChoice, choices: holdReasons, numeric: true}),
-		inc(&field{name: "resolved_by", label: "Resolved by", typ: typeReference, ref: "sys_user", maxLen: 32}),
-		inc(&field{name: "resolved_at", label: "Resolved", typ: typeDateTime}),
-		inc(&field{name: "severity", label: "Severity", typ: typeChoice, choices: severities, numeric: true}),
-		inc(&field{name: "reopen_count", label: "Reopen count", typ: typeInteger}),
-	)
-	t := newSchema("incident", "Incident", "task", "number", fs)
-	t.prefix = "INC"
-	t.read = accessITIL
-	return t
-}
 
 func userSchema() *tableSchema {
 	fs := append(sysFields("sys_user"),
@@ -239,7 +196,7 @@ func journalSchema() *tableSchema {
 	)
 	t := newSchema("sys_journal_field", "Journal Entry", "", "value", fs)
 	t.readOnly = true
-	t.read = accessITIL // entries of incidents: readable where the incident is
+	t.read = accessITIL // entries are readable where their record is (rowHiddenLocked)
 	return t
 }
 

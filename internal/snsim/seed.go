@@ -4,6 +4,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -36,7 +37,14 @@ var (
 func (s *Server) Seed(n int) error { return s.SeedWith(n, SeedOptions{}) }
 
 // SeedWith is Seed with options.
-func (s *Server) SeedWith(n int, o SeedOptions) error {
+func (s *Server) SeedWith(n int, o SeedOptions) error { return s.SeedTable("incident", n, o) }
+
+// SeedTable fills a ticket table (TicketTables) with n realistic records,
+// o.PerSecond per second of sys_updated_on, ending at o.End. Each record is
+// one the platform would hold: its number, the defaults and derived fields
+// of its table, the close fields its data policy needs in its state. It
+// runs no business rules (an import).
+func (s *Server) SeedTable(table string, n int, o SeedOptions) error {
 	if n < 0 {
 		return fmt.Errorf("snsim: seed count must not be negative, got %d", n)
 	}
@@ -56,7 +64,20 @@ func (s *Server) SeedWith(n int, o SeedOptions) error {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t := s.tables["incident"]
+	t := s.tables[table]
+	if t == nil || t.s.rules == nil {
+		return fmt.Errorf("snsim: cannot seed %q: seedable tables are %s", table, strings.Join(TicketTables(), ", "))
+	}
+	if table != "incident" {
+		return s.seedTicketsLocked(t, n, start, o.PerSecond, rng)
+	}
+	s.seedIncidentsLocked(t, n, start, o.PerSecond, rng)
+	s.log.Info("snsim seeded incidents", "count", n, "from", start.Format(snTimeLayout), "to", end.Format(snTimeLayout))
+	return nil
+}
+
+// seedIncidentsLocked writes n incidents from start on; the caller holds s.mu.
+func (s *Server) seedIncidentsLocked(t *table, n int, start time.Time, perSecond int, rng *mrand.Rand) {
 	userIDs := make([]string, 0, len(demoUsers))
 	logins := make([]string, 0, len(demoUsers))
 	for _, u := range demoUsers {
@@ -101,7 +122,7 @@ func (s *Server) SeedWith(n int, o SeedOptions) error {
 	rows := make([]*row, n)
 	for i := range n {
 		r := t.newRow()
-		updated := start.Add(time.Duration(i/o.PerSecond) * time.Second)
+		updated := start.Add(time.Duration(i/perSecond) * time.Second)
 		created := updated.Add(-time.Duration(rng.IntN(30*24*3600)) * time.Second)
 		v := r.vals
 		v[t.iID] = randHexFrom(rng, 32)
@@ -149,6 +170,4 @@ func (s *Server) SeedWith(n int, o SeedOptions) error {
 		rows[i] = r
 	}
 	t.bulkAppend(rows)
-	s.log.Info("snsim seeded incidents", "count", n, "from", stamp(start), "to", stamp(end))
-	return nil
 }

@@ -55,8 +55,9 @@ type Config struct {
 	// (Solution provided, ...); see CurrentCloseCodes, LegacyCloseCodes.
 	LegacyCloseCodes bool
 	// Grants are the integration user's grants beyond the least-privilege
-	// roles (see SetGrants). Zero: sys_dictionary and sys_audit_delete are
-	// hidden, as they are from snc_platform_rest_api_access + itil.
+	// roles (see SetGrants). Zero: sys_dictionary, sys_audit_delete and
+	// sn_hr_core_case are hidden, as they are from
+	// snc_platform_rest_api_access + itil.
 	Grants Grants
 }
 
@@ -72,6 +73,9 @@ func (c Config) Validate() error {
 		if len(w.Secrets) == 0 {
 			return fmt.Errorf("snsim: webhook #%d (%s) has no secret", i+1, w.URL)
 		}
+	}
+	if err := c.Grants.validate(); err != nil {
+		return err
 	}
 	return c.WebhookOptions.validate()
 }
@@ -153,7 +157,11 @@ func New(cfg Config) *Server {
 		stats:   map[RequestKey]int{},
 		created: cfg.Now().UTC(),
 	}
-	for _, sc := range []*tableSchema{incidentSchema(), userSchema(), groupSchema(), journalSchema(), auditDeleteSchema(), dictionarySchema(), choiceSchema()} {
+	schemas := []*tableSchema{userSchema(), groupSchema(), journalSchema(), auditDeleteSchema(), dictionarySchema(), choiceSchema()}
+	for _, tt := range ticketTables() {
+		schemas = append(schemas, tt.schema())
+	}
+	for _, sc := range schemas {
 		s.tables[sc.name] = newTable(sc)
 	}
 	if cfg.LegacyCloseCodes {

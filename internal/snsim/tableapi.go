@@ -159,19 +159,31 @@ func (s *Server) currentView() view {
 }
 
 // tableHidden reports whether the table's read ACL keeps every row from the
-// API user: the least-privilege roles cannot read sys_dictionary or
-// sys_audit_delete unless granted, and a user without itil cannot read
-// incidents or their journal entries.
+// API user: the least-privilege roles cannot read sys_dictionary,
+// sys_audit_delete or HR cases unless granted, and a user without itil
+// (NoRoles) cannot read the ITSM tables or their journal entries.
 func (v view) tableHidden(t *table) bool {
 	switch t.s.read {
 	case accessITIL:
 		return v.NoRoles
+	case accessHR:
+		return v.NoRoles || !v.grants.hrRead()
 	case accessDictionary:
 		return !v.grants.Dictionary
 	case accessAuditDelete:
 		return !v.grants.AuditDelete
 	}
 	return false
+}
+
+// writeDenied reports whether the API user may not write the table: system
+// tables, tables it cannot read, DenyWrites, and HR cases without a role
+// that writes them (sn_hr_core.case_reader only reads).
+func (v view) writeDenied(t *table) bool {
+	if v.DenyWrites || t.s.readOnly || v.tableHidden(t) {
+		return true
+	}
+	return t.s.read == accessHR && !v.grants.hrWrite()
 }
 
 // rowHiddenLocked reports whether the API user may not read a row: its
@@ -181,18 +193,23 @@ func (s *Server) rowHiddenLocked(t *table, r *row, v view) bool {
 	if v.tableHidden(t) {
 		return true
 	}
+	var parent *table
+	if t.s.name == "sys_journal_field" {
+		// Journal entries are readable where their record is: never when
+		// its table is hidden (an HR case's entries without an HR role).
+		if parent = s.tables[t.get("name", r)]; parent != nil && v.tableHidden(parent) {
+			return true
+		}
+	}
 	if v.HideRow == nil {
 		return false
 	}
 	if v.HideRow(t.s.name, t.toRecord(r)) {
 		return true
 	}
-	if t.s.name == "sys_journal_field" {
-		// Journal entries are readable where their record is.
-		if parent := s.tables[t.get("name", r)]; parent != nil {
-			if pr := parent.rows[t.get("element_id", r)]; pr != nil {
-				return v.HideRow(parent.s.name, parent.toRecord(pr))
-			}
+	if parent != nil {
+		if pr := parent.rows[t.get("element_id", r)]; pr != nil {
+			return v.HideRow(parent.s.name, parent.toRecord(pr))
 		}
 	}
 	return false
@@ -338,7 +355,7 @@ func (s *Server) getOne(w http.ResponseWriter, r *http.Request, t *table, ap api
 
 // writeAPI answers POST, PUT, PATCH and DELETE.
 func (s *Server) writeAPI(w http.ResponseWriter, r *http.Request, t *table, ap apiPath, p params, acl view, user, action string) {
-	if acl.DenyWrites || t.s.readOnly || acl.tableHidden(t) {
+	if acl.writeDenied(t) {
 		writeError(w, http.StatusForbidden, "Operation Failed", "ACL Exception Update Failed due to security constraints")
 		return
 	}

@@ -53,7 +53,9 @@ type writeResult struct {
 	hook    <-chan struct{} // closed once the business rule's webhook is done
 }
 
-// priorityMatrix is incident's default priority lookup: impact, urgency.
+// priorityMatrix is the platform's default priority lookup (impact,
+// urgency), the same for incident and problem (dl_u_priority,
+// dl_problem_priority).
 var priorityMatrix = map[[2]string]string{
 	{"1", "1"}: "1", {"1", "2"}: "2", {"2", "1"}: "2",
 	{"1", "3"}: "3", {"2", "2"}: "3", {"3", "1"}: "3",
@@ -121,8 +123,8 @@ func (s *Server) apply(w write) (writeResult, error) {
 		cur.vals[i] = truncate(v, f.maxLen)
 	}
 	slices.SortFunc(journal, func(a, b JournalEntry) int { return strings.Compare(a.Element, b.Element) })
-	if w.table == "incident" {
-		if err := s.incidentRules(t, old, cur, w, now); err != nil {
+	if t.s.rules != nil {
+		if err := s.applyRules(t, old, cur, w.user, now); err != nil {
 			return writeResult{}, err
 		}
 	}
@@ -178,66 +180,6 @@ func truncate(v string, n int) string {
 		return v
 	}
 	return string([]rune(v)[:n])
-}
-
-// incidentRules is incident's business logic: defaults, number, priority
-// from impact and urgency, state side effects and the close data policy.
-func (s *Server) incidentRules(t *table, old, cur *row, w write, now string) error {
-	get := func(n string) string { return cur.vals[t.s.idx(n)] }
-	set := func(n, v string) { cur.vals[t.s.idx(n)] = v }
-	if old == nil {
-		for n, d := range map[string]string{"state": "1", "impact": "3", "urgency": "3", "active": "true", "contact_type": "", "opened_at": now,
-			"escalation": "0", "reassignment_count": "0", "reopen_count": "0", "severity": "3", "sys_domain": "global"} {
-			if get(n) == "" {
-				set(n, d)
-			}
-		}
-		if get("opened_by") == "" {
-			set("opened_by", s.userID(w.user))
-		}
-		if get("number") == "" {
-			set("number", fmt.Sprintf("%s%07d", t.s.prefix, t.next))
-			t.next++
-		}
-	}
-	// Priority is computed: a value sent for it is overwritten.
-	if p, ok := priorityMatrix[[2]string{get("impact"), get("urgency")}]; ok {
-		set("priority", p)
-	} else {
-		set("priority", "5")
-	}
-	state := get("state")
-	set("incident_state", state)
-	if state == "6" || state == "7" {
-		// The data policy judges the record as the write leaves it.
-		var missing []string
-		for _, n := range []string{"close_code", "close_notes"} {
-			if f, i, _ := t.s.field(n); cur.vals[i] == "" {
-				missing = append(missing, f.label)
-			}
-		}
-		if len(missing) > 0 {
-			return &apiError{403, "Operation Failed", "Data Policy Exception: \n\tThe following fields are mandatory: " + strings.Join(missing, ", ")}
-		}
-	}
-	oldState := ""
-	if old != nil {
-		oldState = old.vals[t.s.idx("state")]
-	}
-	if state == "6" && oldState != "6" && get("resolved_at") == "" {
-		set("resolved_at", now)
-		set("resolved_by", s.userID(w.user))
-	}
-	if state == "7" && oldState != "7" && get("closed_at") == "" {
-		set("closed_at", now)
-		set("closed_by", s.userID(w.user))
-	}
-	if state == "7" || state == "8" {
-		set("active", "false")
-	} else {
-		set("active", "true")
-	}
-	return nil
 }
 
 // deleteLocked removes a record, writes its sys_audit_delete row and fires

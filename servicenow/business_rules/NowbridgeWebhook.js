@@ -15,10 +15,16 @@
  * (`bridge doctor --instance-selftest`). Its webhook-id starts with NowbridgeWebhook.SELFTEST_ID_PREFIX,
  * which the bridge verifies like any webhook and never stores.
  *
+ * Business rules call it as global.NowbridgeWebhook, so the same rule scripts also run in a scoped
+ * application (HR cases' rules live in the sn_hr_core scope); the include is accessible from all
+ * application scopes for that reason.
+ *
  * System properties (created by the update set):
  *   nowbridge.webhook_url            the receiver, e.g. https://bridge.example.com/webhooks/servicenow
  *   nowbridge.webhook_secret         password2: whsec_<base64>; several, comma-separated, sign with each
- *   nowbridge.fields.<table>         comma-separated fields sent in `record` (incident has a default)
+ *   nowbridge.tables                 comma-separated tables whose changes are sent (the bridge's
+ *                                    BRIDGE_TABLES); default incident
+ *   nowbridge.fields.<table>         comma-separated fields sent in `record` (DEFAULT_FIELDS when empty)
  *   nowbridge.http_timeout_ms        RESTMessageV2 timeout (default 10000)
  *   nowbridge.response_wait_seconds  0 (default): fire and forget; N: wait up to N s and log failures
  *   nowbridge.skip_user              optional user name whose changes are not sent (the integration user)
@@ -32,12 +38,24 @@ var NowbridgeWebhook = Class.create();
 
 NowbridgeWebhook.PROPERTY_PREFIX = 'nowbridge.';
 
-// Fields sent when nowbridge.fields.<table> is not set: the bridge's default incident mapping
-// (SPEC §3), plus number, the close fields and active.
+// Fields sent when nowbridge.fields.<table> is not set: what the bridge's shipped mapping of each table
+// uses (deploy/mapping/<table>.yaml), plus number, the fields a close needs and active. Go mirror:
+// servicenow.DefaultFields.
 NowbridgeWebhook.DEFAULT_FIELDS = {
     incident: 'number,short_description,description,state,priority,urgency,impact,correlation_id,correlation_display,' +
-        'close_code,close_notes,active,comments,work_notes'
+        'close_code,close_notes,active,comments,work_notes',
+    change_request: 'number,short_description,description,state,priority,urgency,impact,risk,type,category,start_date,' +
+        'end_date,correlation_id,correlation_display,close_code,close_notes,active,comments,work_notes',
+    problem: 'number,short_description,description,state,priority,urgency,impact,correlation_id,correlation_display,' +
+        'resolution_code,cause_notes,fix_notes,close_notes,duplicate_of,active,comments,work_notes',
+    sc_req_item: 'number,short_description,description,state,stage,priority,urgency,impact,quantity,requested_for,' +
+        'correlation_id,correlation_display,close_notes,active,comments,work_notes',
+    sn_hr_core_case: 'number,short_description,description,state,priority,opened_for,subject_person,' +
+        'correlation_id,correlation_display,close_notes,active,comments,work_notes'
 };
+
+// Tables sent while nowbridge.tables is empty or missing (Go: servicenow.DefaultSyncedTables).
+NowbridgeWebhook.DEFAULT_TABLES = 'incident';
 
 // The self-test's marker and text (Go: events.SelfTestIDPrefix, events.SelfTestText). The text holds
 // Latin-1 (é), Windows-1252 (—) and CJK characters: signed or sent in any charset but UTF-8, its bytes
@@ -51,14 +69,30 @@ NowbridgeWebhook.CONTENT_TYPE = 'application/json; charset=utf-8';
 NowbridgeWebhook.prototype = {
     initialize: function () {},
 
-    // Business-rule condition. False when webhooks are disabled, or when nowbridge.skip_user names
-    // the user making this change (see docs/servicenow-setup.md for the trade-off).
-    shouldSend: function () {
+    // Business-rule condition. False when webhooks are disabled, when gr's table is not listed in
+    // nowbridge.tables, or when nowbridge.skip_user names the user making this change (see
+    // docs/servicenow-setup.md for the trade-off).
+    shouldSend: function (gr) {
         if (this._prop('enabled', 'true') === 'false') {
+            return false;
+        }
+        if (gr && !this.sendsTable(this._str(gr.getTableName()))) {
             return false;
         }
         var skip = this._prop('skip_user', '');
         return skip === '' || this._str(gs.getUserName()) !== skip;
+    },
+
+    // sendsTable reports whether nowbridge.tables lists table (empty or missing: DEFAULT_TABLES).
+    sendsTable: function (table) {
+        var value = this._prop('tables', '');
+        var list = this._list(value === '' ? NowbridgeWebhook.DEFAULT_TABLES : value);
+        for (var i = 0; i < list.length; i++) {
+            if (list[i] === table) {
+                return true;
+            }
+        }
+        return false;
     },
 
     // Builds, signs and sends the event for gr. action is 'insert', 'update' or 'delete'.
@@ -385,6 +419,11 @@ NowbridgeWebhook.prototype = {
         if (list === '') {
             list = NowbridgeWebhook.DEFAULT_FIELDS[table] || '';
         }
+        return this._list(list);
+    },
+
+    // _list splits a comma-separated property value: trimmed, without empty or repeated entries.
+    _list: function (list) {
         var out = [];
         var seen = {};
         var parts = list.split(',');

@@ -1,6 +1,8 @@
 /*
  * nowbridge webhook (insert/update): business rule, When = after, Insert + Update, one per synced table.
- * Condition: new NowbridgeWebhook().shouldSend()
+ * Condition: new global.NowbridgeWebhook().shouldSend(current)
+ * Scope: the table's (global for the ITSM tables; Human Resources: Core for sn_hr_core_case, created by
+ * hand: a rule in another scope than its table may not be an after rule with a script).
  *
  * "after", not "async": an async rule reloads the record when a scheduler worker gets to it, so it
  * has no previous, changes() is false and a later update may already be visible (a wrong
@@ -9,5 +11,5 @@
  * not wait for the bridge either way.
  */
 (function executeRule(current, previous /*null when async*/) {
-    new NowbridgeWebhook().send(current, String(current.operation()));
+    new global.NowbridgeWebhook().send(current, String(current.operation()));
 })(current, previous);

@@ -122,13 +122,14 @@ function newGlobals(sc) {
     },
   };
 
-  return {
-    out,
-    globals: {
-      gs, current, previous: null, GlideDateTime, GlideCertificateEncryption,
-      sn_ws: { RESTMessageV2 }, Class, request, response,
-    },
+  const globals = {
+    gs, current, previous: null, GlideDateTime, GlideCertificateEncryption,
+    sn_ws: { RESTMessageV2 }, Class, request, response,
   };
+  // global.X names a global-scope Script Include from any scope; the include's top-level var lands
+  // on the context object, which is what global is here.
+  globals.global = globals;
+  return { out, globals };
 }
 
 // javaBytes encodes a string as Java's String.getBytes(charset) does.

@@ -1,7 +1,10 @@
 // Command gen writes servicenow/update_set/nowbridge.xml from the scripts in
 // servicenow/business_rules, so the update set never drifts from the sources.
 // Run it with `go generate ./servicenow` (or `go run ./servicenow/gen` from
-// the repository root); -tables adds rules for more tables.
+// the repository root); -tables builds one for other tables (default: every
+// shipped table). Tables of a scoped application (HR cases) get their
+// nowbridge.fields property here; their rules are created by hand in their
+// scope, and gen says so.
 package main
 
 import (
@@ -16,7 +19,7 @@ import (
 
 func main() {
 	out := flag.String("o", "", "output file (default update_set/nowbridge.xml under the servicenow directory)")
-	tables := flag.String("tables", "incident", "comma-separated tables that get business rules")
+	tables := flag.String("tables", strings.Join(servicenow.ShippedTables(), ","), "comma-separated tables that get business rules (global scope) and a nowbridge.fields property")
 	flag.Parse()
 	if err := run(*out, *tables); err != nil {
 		fmt.Fprintln(os.Stderr, "gen: "+err.Error())
@@ -45,5 +48,10 @@ func run(out, tables string) error {
 		return err
 	}
 	fmt.Printf("wrote %s (%d bytes, tables %s)\n", out, len(xml), strings.Join(list, ","))
+	for _, t := range list {
+		if scope := servicenow.TableScope(t); scope != "global" {
+			fmt.Printf("note: %s belongs to the %s scope: create its two business rules by hand in that scope (docs/servicenow-setup.md, \"HR cases\")\n", t, scope)
+		}
+	}
 	return nil
 }
