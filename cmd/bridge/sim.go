@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,6 +34,8 @@ type simFlags struct {
 	hideFraction                                      float64
 	invalidNoRows                                     bool
 	grantDictionary, grantAuditDelete                 bool
+	grantHRRole                                       string
+	tables                                            []string
 	legacyCloseCodes                                  bool
 	rngSeed                                           uint64
 	logFormat                                         string
@@ -44,15 +47,17 @@ func newSimCmd(a *app) *cobra.Command {
 		Use:   "sim",
 		Short: "Run the ServiceNow instance simulator alone (OAuth, Table API, business-rule webhooks, faults)",
 		Long: `Run a simulated ServiceNow instance: OAuth client credentials at /oauth_token.do, the Table API
-(incident, sys_journal_field, sys_audit_delete, sys_dictionary, sys_user, sys_user_group) and business
-rules that POST signed webhooks to --webhook-url. Point the bridge's BRIDGE_SN_INSTANCE_URL at it.
+(the ticket tables incident, change_request, problem, sc_req_item and sn_hr_core_case, and
+sys_journal_field, sys_choice, sys_audit_delete, sys_dictionary, sys_user, sys_user_group) and business
+rules that POST signed webhooks to --webhook-url for the tables in --tables (nowbridge.tables). Point the
+bridge's BRIDGE_SN_INSTANCE_URL at it. --seed N fills the --tables with N records in all, spread evenly.
 
 The OAuth application user has exactly what snc_platform_rest_api_access + itil give on a real instance:
-sys_dictionary and sys_audit_delete answer 200 with no rows (X-Total-Count still counts them).
---grant-dictionary and --grant-audit-delete grant them as an admin would; --acl-mode no-roles takes itil away.
-Incident close codes are the current release's, served from sys_choice (--legacy-close-codes: the older
-release's); a close_code that is not an active choice is dropped, and resolving or closing without a code
-and notes is refused with 403 (the data policy).
+sys_dictionary, sys_audit_delete and sn_hr_core_case answer 200 with no rows (X-Total-Count still counts
+them). --grant-dictionary, --grant-audit-delete and --grant-hr-role grant them as an admin would;
+--acl-mode no-roles takes itil away. Incident close codes are the current release's, served from
+sys_choice (--legacy-close-codes: the older release's); a close_code that is not an active choice is
+dropped, and closing any table without what its data policy needs is refused with 403.
 
 Credentials default to BRIDGE_SN_CLIENT_ID / BRIDGE_SN_CLIENT_SECRET and the webhook secret to the first
 of BRIDGE_WEBHOOK_SECRETS; a missing client secret or webhook secret is generated and printed.`,
@@ -67,7 +72,8 @@ of BRIDGE_WEBHOOK_SECRETS; a missing client secret or webhook secret is generate
 	fl.StringVar(&f.clientSecret, "client-secret", "", "OAuth client secret (default $BRIDGE_SN_CLIENT_SECRET, else generated)")
 	fl.StringVar(&f.appUser, "app-user", snsim.DefaultAppUser, "OAuth application user: sys_updated_by of API writes")
 	fl.StringVar(&f.instance, "instance", "dev00000", "instance name sent in webhooks")
-	fl.IntVar(&f.seed, "seed", 0, "fill incident with N records (about 50 per sys_updated_on second)")
+	fl.IntVar(&f.seed, "seed", 0, "fill the --tables with N records in all, spread evenly (about 50 per sys_updated_on second)")
+	fl.StringSliceVar(&f.tables, "tables", []string{"incident"}, "ticket tables seeded and sending webhooks (nowbridge.tables): "+strings.Join(snsim.TicketTables(), ", "))
 	fl.StringSliceVar(&f.webhookURLs, "webhook-url", nil, "business-rule webhook endpoint, e.g. http://127.0.0.1:8080/webhooks/servicenow (repeatable)")
 	fl.StringVar(&f.webhookSecret, "webhook-secret", "", "whsec_... secrets signing webhooks, comma-separated (default first of $BRIDGE_WEBHOOK_SECRETS, else generated)")
 	fl.Float64Var(&f.dropRate, "drop-rate", 0, "share of webhooks never sent, 0..1 (exercises reconcile)")
@@ -89,6 +95,8 @@ of BRIDGE_WEBHOOK_SECRETS; a missing client secret or webhook secret is generate
 	fl.DurationVar(&f.offsetRowCost, "offset-row-cost", 100*time.Nanosecond, "simulated cost of each row skipped by sysparm_offset (0 = only the real walk)")
 	fl.BoolVar(&f.grantDictionary, "grant-dictionary", false, "let the application user read sys_dictionary (as the admin or personalize_dictionary role does)")
 	fl.BoolVar(&f.grantAuditDelete, "grant-audit-delete", false, "let the application user read sys_audit_delete (as an admin-granted ACL does)")
+	fl.StringVar(&f.grantHRRole, "grant-hr-role", "", "give the application user an HR scope role: "+snsim.RoleHRCaseReader+" reads sn_hr_core_case, "+
+		snsim.RoleHRCaseWriter+" or "+snsim.RoleHRAdmin+" also writes it (default: none, HR cases are hidden)")
 	fl.BoolVar(&f.legacyCloseCodes, "legacy-close-codes", false, "serve incident close_code choices of older releases (Solved (Permanently), ...) instead of the current ones (Solution provided, ...)")
 	fl.BoolVar(&f.invalidNoRows, "invalid-query-no-rows", false, "glide.invalid_query.returns_no_rows: a clause on an unknown field returns no rows")
 	fl.Uint64Var(&f.rngSeed, "rng-seed", 0, "seed for generated ids and fault draws (0 = random)")
@@ -111,12 +119,8 @@ func runSim(ctx context.Context, a *app, f simFlags) error {
 	if err := opts(sim); err != nil {
 		return usageError{err}
 	}
-	if f.seed > 0 {
-		start := time.Now()
-		if err := sim.Seed(f.seed); err != nil {
-			return usageError{err}
-		}
-		cfg.Logger.Info("seeded incidents", "count", f.seed, "took", time.Since(start).Round(time.Millisecond))
+	if err := seedTables(sim, f.tables, f.seed, cfg.Logger); err != nil {
+		return err
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
@@ -128,7 +132,12 @@ func runSim(ctx context.Context, a *app, f simFlags) error {
 	fmt.Fprintf(a.stdout, "  BRIDGE_SN_INSTANCE_URL=%s\n", url)
 	fmt.Fprintf(a.stdout, "  BRIDGE_SN_CLIENT_ID=%s\n", cfg.ClientID)
 	fmt.Fprintf(a.stdout, "  BRIDGE_SN_CLIENT_SECRET=%s\n", cfg.ClientSecret)
-	fmt.Fprintf(a.stdout, "  application user: %s; incidents: %d\n", cfg.AppUser, sim.Count("incident"))
+	counts := make([]string, 0, len(f.tables))
+	for _, t := range f.tables {
+		counts = append(counts, fmt.Sprintf("%s %d", t, sim.Count(t)))
+	}
+	fmt.Fprintf(a.stdout, "  application user: %s; records: %s\n", cfg.AppUser, strings.Join(counts, ", "))
+	fmt.Fprintf(a.stdout, "  BRIDGE_TABLES=%s\n", strings.Join(f.tables, ","))
 	for _, w := range cfg.Webhooks {
 		fmt.Fprintf(a.stdout, "  business rules POST to %s\n", w.URL)
 	}
@@ -186,12 +195,21 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 	if f.logFormat != "json" && f.logFormat != "text" {
 		return bad("--log-format must be json or text, got %q", f.logFormat)
 	}
+	tables, err := simTables(f.tables)
+	if err != nil {
+		return bad("%v", err)
+	}
+	f.tables = tables
+	fields := map[string][]string{}
+	for _, t := range tables {
+		fields[t] = snsim.DefaultWebhookFields[t]
+	}
 	cfg := snsim.Config{
 		ClientID: f.clientID, ClientSecret: f.clientSecret, AppUser: f.appUser, TokenTTL: f.tokenTTL,
 		InstanceName: f.instance, Seed: f.rngSeed, InvalidQueryReturnsNoRows: f.invalidNoRows,
-		Grants:           snsim.Grants{Dictionary: f.grantDictionary, AuditDelete: f.grantAuditDelete},
+		Grants:           snsim.Grants{Dictionary: f.grantDictionary, AuditDelete: f.grantAuditDelete, HRRole: f.grantHRRole},
 		LegacyCloseCodes: f.legacyCloseCodes,
-		WebhookOptions:   snsim.WebhookOptions{DropRate: f.dropRate, Delay: f.webhookDelay, SkipUser: f.skipUser},
+		WebhookOptions:   snsim.WebhookOptions{DropRate: f.dropRate, Delay: f.webhookDelay, SkipUser: f.skipUser, Fields: fields},
 	}
 	if len(f.webhookURLs) > 0 {
 		secret := f.webhookSecret
@@ -257,4 +275,44 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 			CancelRate: f.cancelRate, DropRate: f.dropConnRate, SemaphoreRate: f.semaphoreRate, TokenErrorRate: f.tokenErrRate})
 	}
 	return cfg, apply, nil
+}
+
+// simTables checks --tables against the simulated ticket tables: trimmed,
+// without repeats, at least one.
+func simTables(list []string) ([]string, error) {
+	var out []string
+	for _, t := range list {
+		t = strings.TrimSpace(t)
+		if t == "" || slices.Contains(out, t) {
+			continue
+		}
+		if !slices.Contains(snsim.TicketTables(), t) {
+			return nil, fmt.Errorf("--tables: %q is not a simulated table; choose from %s", t, strings.Join(snsim.TicketTables(), ", "))
+		}
+		out = append(out, t)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--tables is empty; name at least one of %s", strings.Join(snsim.TicketTables(), ", "))
+	}
+	return out, nil
+}
+
+// seedTables spreads n records over the tables: each gets n/len(tables),
+// the first ones one more until n is used up.
+func seedTables(sim *snsim.Server, tables []string, n int, log *slog.Logger) error {
+	if n <= 0 {
+		return nil
+	}
+	start := time.Now()
+	for i, t := range tables {
+		share := n / len(tables)
+		if i < n%len(tables) {
+			share++
+		}
+		if err := sim.SeedTable(t, share, snsim.SeedOptions{}); err != nil {
+			return fmt.Errorf("sim: seed %s: %w", t, err)
+		}
+	}
+	log.Info("seeded records", "count", n, "tables", strings.Join(tables, ","), "took", time.Since(start).Round(time.Millisecond))
+	return nil
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -203,5 +205,88 @@ func TestSim_BadFlagIsUsageError(t *testing.T) {
 	}
 	if lines := strings.Count(strings.TrimSpace(errOut.String()), "\n"); lines != 0 {
 		t.Errorf("error should be one line, got:\n%s", errOut.String())
+	}
+}
+
+// TestSim_TablesSeededAndSendingWebhooks: --tables names the ticket tables
+// seeded (--seed N spread over them) and whose business rules send
+// (nowbridge.tables); a table not listed sends nothing.
+func TestSim_TablesSeededAndSendingWebhooks(t *testing.T) {
+	var mu sync.Mutex
+	got := map[string]int{}
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev struct {
+			Table string `json:"table"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		mu.Lock()
+		got[ev.Table]++
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer rcv.Close()
+	p := startSim(t, "--tables", "incident,change_request,problem", "--seed", "31", "--webhook-url", rcv.URL)
+	for table, want := range map[string]string{"incident": "11", "change_request": "10", "problem": "10", "sc_req_item": "0"} {
+		if _, total, _ := p.list(t, "/api/now/table/"+table+"?sysparm_limit=1"); total != want {
+			t.Errorf("%s: X-Total-Count %q, want %s", table, total, want)
+		}
+	}
+	if !strings.Contains(p.out.String(), "BRIDGE_TABLES=incident,change_request,problem") {
+		t.Errorf("the simulator does not print the tables to sync:\n%s", p.out.String())
+	}
+	post := func(table string) {
+		req, _ := http.NewRequest(http.MethodPost, p.base+"/api/now/table/"+table, strings.NewReader(`{"short_description":"from the test"}`))
+		req.Header.Set("Authorization", "Bearer "+p.token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST %s: %v %v", table, resp, err)
+		}
+		resp.Body.Close()
+	}
+	post("change_request")
+	post("sc_req_item")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := got["change_request"]
+		mu.Unlock()
+		if n == 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // a webhook for sc_req_item would have left by now
+	mu.Lock()
+	defer mu.Unlock()
+	if got["change_request"] != 1 || got["sc_req_item"] != 0 {
+		t.Errorf("webhooks by table %v; want one for change_request and none for sc_req_item (not in --tables)", got)
+	}
+}
+
+// TestSim_HRRoleFlag: HR cases are hidden unless --grant-hr-role names an
+// HR role; an unknown role or table is a usage error.
+func TestSim_HRRoleFlag(t *testing.T) {
+	for _, tt := range []struct {
+		flags    []string
+		readable bool
+	}{
+		{nil, false},
+		{[]string{"--grant-hr-role", "sn_hr_core.case_writer"}, true},
+	} {
+		p := startSim(t, append([]string{"--tables", "sn_hr_core_case", "--seed", "4"}, tt.flags...)...)
+		status, total, rows := p.list(t, "/api/now/table/sn_hr_core_case?sysparm_limit=2")
+		if status != http.StatusOK || total != "4" || (len(rows) > 0) != tt.readable {
+			t.Errorf("flags %v: status %d, X-Total-Count %q, %d rows; want 200, 4, rows=%v", tt.flags, status, total, len(rows), tt.readable)
+		}
+	}
+	for _, args := range [][]string{{"sim", "--grant-hr-role", "hr_admin"}, {"sim", "--tables", "incident,tickets"}} {
+		var out, errOut lockedBuffer
+		if code := run(context.Background(), args, func(string) string { return "" }, strings.NewReader(""), &out, &errOut); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (usage); stderr %s", args, code, errOut.String())
+		}
+		if !strings.Contains(errOut.String(), "change_request") && !strings.Contains(errOut.String(), "case_writer") {
+			t.Errorf("%v: the error does not list the valid values: %s", args, errOut.String())
+		}
 	}
 }
