@@ -58,12 +58,19 @@ const DefaultSyncedTables = "incident"
 // created in. ServiceNow allows a rule in another scope than its table's
 // only as an async rule or a before rule without a script (see
 // docs/servicenow-tables.md), and the webhook rules are after rules with a
-// script: HR cases (sn_hr_core_*) need their rules in the HR scope, which
-// an update set of the global scope cannot hold. Every other shipped table
-// is in the global scope.
+// script: a table of a scoped application needs its rules in that scope,
+// which an update set of the global scope cannot hold. Scoped
+// applications' tables are named after their scope (sn_hr_core_case in
+// sn_hr_core, x_acme_app_ticket in x_acme_app): a name starting sn_ or x_ is
+// taken as scoped, its scope the name without its last part; every other
+// table (incident, u_custom) is global. The table's Application field on
+// the instance is authoritative.
 func TableScope(table string) string {
-	if strings.HasPrefix(table, "sn_hr_core_") {
-		return "sn_hr_core"
+	if !strings.HasPrefix(table, "sn_") && !strings.HasPrefix(table, "x_") {
+		return "global"
 	}
-	return "global"
+	if i := strings.LastIndexByte(table, '_'); i > 2 {
+		return table[:i]
+	}
+	return table
 }

@@ -343,22 +343,34 @@ func TestUpdateSet_ShippedTables(t *testing.T) {
 }
 
 // TestUpdateSet_OtherTables: -tables builds rules and an empty fields
-// property for a table without a default list.
+// property for a global table without a default list, and only the
+// property for a table of a scoped application.
 func TestUpdateSet_OtherTables(t *testing.T) {
-	raw, err := servicenow.BuildUpdateSet(servicenow.Options{Tables: []string{"incident", "sn_customerservice_case"}})
+	raw, err := servicenow.BuildUpdateSet(servicenow.Options{Tables: []string{"incident", "u_vendor_ticket", "sn_customerservice_case"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ps := parseUpdateSet(t, raw)
-	for _, want := range []string{"incident/insert_update", "incident/delete", "sn_customerservice_case/insert_update", "sn_customerservice_case/delete"} {
-		if !ps.rules[want] {
-			t.Errorf("missing business rule %s (have %v)", want, ps.rules)
+	want := []string{"incident/insert_update", "incident/delete", "u_vendor_ticket/insert_update", "u_vendor_ticket/delete"}
+	for _, r := range want {
+		if !ps.rules[r] {
+			t.Errorf("missing business rule %s (have %v)", r, ps.rules)
 		}
+	}
+	if len(ps.rules) != len(want) {
+		t.Errorf("rules %v, want exactly %v (none for the scoped sn_customerservice_case)", ps.rules, want)
 	}
 	checkProps(t, ps.props, map[string]string{
 		"nowbridge.fields.incident":                "string=" + servicenow.DefaultIncidentFields,
+		"nowbridge.fields.u_vendor_ticket":         "string=",
 		"nowbridge.fields.sn_customerservice_case": "string=",
 	})
+	for table, scope := range map[string]string{"incident": "global", "u_vendor_ticket": "global", "sn_hr_core_case": "sn_hr_core",
+		"sn_customerservice_case": "sn_customerservice", "x_acme_app_ticket": "x_acme_app", "sc_req_item": "global"} {
+		if got := servicenow.TableScope(table); got != scope {
+			t.Errorf("TableScope(%s) = %q, want %q", table, got, scope)
+		}
+	}
 }
 
 func TestUpdateSet_RejectsBadTable(t *testing.T) {

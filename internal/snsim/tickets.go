@@ -115,6 +115,8 @@ func TicketTables() []string {
 	return out
 }
 
+// incidentTable: the shared facts file (../shared/servicenow-facts.md,
+// "Incident") is the source.
 func incidentTable() *ticketTable {
 	return &ticketTable{
 		name: "incident", label: "Incident", prefix: "INC", read: accessITIL,
@@ -138,6 +140,12 @@ func incidentTable() *ticketTable {
 	}
 }
 
+// changeRequestTable. States: ServiceNow docs, "State model and
+// transitions" (c_ChangeStateModel); close code choices and the close
+// needing close_code and close_notes: "Get and update change request
+// details in Azure DevOps pipeline" and ansible-collections/servicenow.itsm
+// plugins/modules/change_request.py; priority and risk choices:
+// plugins/module_utils/change_request.py. URLs in docs/servicenow-tables.md.
 func changeRequestTable() *ticketTable {
 	return &ticketTable{
 		name: "change_request", label: "Change Request", prefix: "CHG", read: accessITIL,
@@ -159,6 +167,12 @@ func changeRequestTable() *ticketTable {
 	}
 }
 
+// problemTable. States (Madrid state model): ansible-collections/
+// servicenow.itsm plugins/module_utils/problem.py and ServiceNow docs "Life
+// cycle of a problem"; the resolve/close policy by resolution code:
+// plugins/modules/problem.py (validate_params, after the Madrid data
+// policies); priority lookup: ServiceNow docs "Data lookup for prioritizing
+// problems". URLs in docs/servicenow-tables.md.
 func problemTable() *ticketTable {
 	return &ticketTable{
 		name: "problem", label: "Problem", prefix: "PRB", read: accessITIL,
@@ -191,6 +205,10 @@ func problemTable() *ticketTable {
 	}
 }
 
+// requestedItemTable. States and closed states 3, 4, 7: ServiceNow docs
+// "TaskStateUtil" and "State closure in the request fulfillment execution
+// plan"; stage values as scripts against instances use them (unverified as
+// a complete list). URLs in docs/servicenow-tables.md.
 func requestedItemTable() *ticketTable {
 	return &ticketTable{
 		name: "sc_req_item", label: "Requested Item", prefix: "RITM", read: accessITIL,
@@ -207,6 +225,10 @@ func requestedItemTable() *ticketTable {
 	}
 }
 
+// hrCaseTable. Labels, HRC prefix, Draft as the default and the case_writer
+// role: ServiceNow docs "Work an HR case"; case_reader: "View HR case
+// information"; Draft = 1 from the HR scope's hr_Case script; 10, 16, 18, 20
+// and 24 are unverified (docs/servicenow-tables.md).
 func hrCaseTable() *ticketTable {
 	return &ticketTable{
 		name: "sn_hr_core_case", label: "HR Case", prefix: "HRC", read: accessHR,

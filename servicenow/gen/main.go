@@ -50,7 +50,7 @@ func run(out, tables string) error {
 	fmt.Printf("wrote %s (%d bytes, tables %s)\n", out, len(xml), strings.Join(list, ","))
 	for _, t := range list {
 		if scope := servicenow.TableScope(t); scope != "global" {
-			fmt.Printf("note: %s belongs to the %s scope: create its two business rules by hand in that scope (docs/servicenow-setup.md, \"HR cases\")\n", t, scope)
+			fmt.Printf("note: %s belongs to the %s scope: create its two business rules by hand in that scope (docs/servicenow-setup.md, \"HR cases\"); the update set holds its nowbridge.fields property\n", t, scope)
 		}
 	}
 	return nil
