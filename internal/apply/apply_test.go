@@ -301,6 +301,11 @@ type appServer struct {
 }
 
 func newAppServer(t *testing.T, secret webhook.Secret, respond func(key string, attempt int, m Message) (int, string)) *appServer {
+	return newAppServerRetryAfter(t, secret, "", respond)
+}
+
+// newAppServerRetryAfter answers every 503 with Retry-After: retryAfter.
+func newAppServerRetryAfter(t *testing.T, secret webhook.Secret, retryAfter string, respond func(key string, attempt int, m Message) (int, string)) *appServer {
 	a := &appServer{verifier: webhook.Verifier{Secrets: []webhook.Secret{secret}}, attempts: map[string][]string{}, respond: respond}
 	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		body, _ := io.ReadAll(req.Body)
@@ -325,6 +330,9 @@ func newAppServer(t *testing.T, secret webhook.Secret, respond func(key string, 
 			a.accepted = append(a.accepted, m)
 		}
 		w.Header().Set("Content-Type", "application/json")
+		if status == http.StatusServiceUnavailable && retryAfter != "" {
+			w.Header().Set("Retry-After", retryAfter)
+		}
 		w.WriteHeader(status)
 		_, _ = io.WriteString(w, resp)
 	}))
@@ -392,6 +400,42 @@ func TestApply_HTTPSignedIdempotentRetriedUntilSuccess(t *testing.T) {
 	app.mu.Unlock()
 	if last.ExternalID != "TCK-9" || last.Version != 1 {
 		t.Errorf("next version sent with external_id %q v%d, want TCK-9 v1", last.ExternalID, last.Version)
+	}
+}
+
+// Issue 16: an app answering 503 with Retry-After: 1 twice got its attempts
+// 1 s and then 31 s apart, because the consumer's BackOff (30s, 1m, ...)
+// overrode the second NakWithDelay. With the default ack wait, every
+// attempt must now come when the app asked.
+func TestApply_RetryAfterIsHonouredOnEveryRetry(t *testing.T) {
+	e := newEnv(t)
+	secret := newSecret()
+	var mu sync.Mutex
+	var at []time.Time
+	app := newAppServerRetryAfter(t, secret, "1", func(key string, attempt int, m Message) (int, string) {
+		mu.Lock()
+		at = append(at, time.Now())
+		mu.Unlock()
+		if attempt <= 2 {
+			return http.StatusServiceUnavailable, `{"error":"maintenance"}`
+		}
+		return http.StatusOK, ""
+	})
+	cfg := e.testConfig(httpApplier(t, app.URL, secret))
+	cfg.AckWait, cfg.HandleTimeout, cfg.RetryMax = 0, 0, time.Minute // the defaults: 30 s ack wait
+	e.start(cfg)
+	e.publish(snEvent(sysID(5), 1, events.ActionUpdate), "")
+	e.waitDrained("apply", 15*time.Second)
+	app.check(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(at) != 3 {
+		t.Fatalf("%d attempts, want 3 (503, 503, 200)", len(at))
+	}
+	for i := 1; i < len(at); i++ {
+		if gap := at[i].Sub(at[i-1]); gap < time.Second || gap > 2500*time.Millisecond {
+			t.Errorf("attempt %d came %v after the one before, want 1 s (Retry-After: 1)", i+1, gap)
+		}
 	}
 }
 
