@@ -28,8 +28,8 @@ var defaultFields = map[string]string{
 	"change_request": "number,short_description,description,state,priority,urgency,impact,risk,type,category,start_date,end_date," +
 		"correlation_id,correlation_display,close_code,close_notes,active,comments,work_notes",
 	"problem": "number,short_description,description,state,priority,urgency,impact,correlation_id,correlation_display," +
-		"resolution_code,cause_notes,fix_notes,close_notes,duplicate_of,active,comments,work_notes",
-	"sc_req_item": "number,short_description,description,state,stage,priority,urgency,impact,quantity,requested_for," +
+		"resolution_code,cause_notes,fix_notes,close_notes,duplicate_of,workaround,active,comments,work_notes",
+	"sc_req_item": "number,short_description,description,state,stage,priority,urgency,impact,quantity,requested_for,due_date," +
 		"correlation_id,correlation_display,close_notes,active,comments,work_notes",
 	"sn_hr_core_case": "number,short_description,description,state,priority,opened_for,subject_person," +
 		"correlation_id,correlation_display,close_notes,active,comments,work_notes",

@@ -6,10 +6,12 @@ import (
 	"flag"
 	"maps"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/servicenow"
 )
 
@@ -376,5 +378,34 @@ func TestUpdateSet_OtherTables(t *testing.T) {
 func TestUpdateSet_RejectsBadTable(t *testing.T) {
 	if _, err := servicenow.BuildUpdateSet(servicenow.Options{Tables: []string{"Incident; drop"}}); err == nil {
 		t.Fatal("a malformed table name was accepted")
+	}
+}
+
+// TestDefaultFields_CoverTheShippedMappings: every field the bridge's
+// shipped mapping of a table reads or writes (its pairs, link, close code
+// and notes, number) is in the business rules' default list for that table,
+// so a webhook carries what the bridge needs without setting
+// nowbridge.fields.<table>; and the two ship the same tables.
+func TestDefaultFields_CoverTheShippedMappings(t *testing.T) {
+	if got, want := mapping.Shipped(), slices.Sorted(slices.Values(servicenow.ShippedTables())); !slices.Equal(got, want) {
+		t.Errorf("the bridge ships mappings for %v, the business rules default field lists for %v", got, want)
+	}
+	for _, table := range servicenow.ShippedTables() {
+		set, err := mapping.Load(nil, []string{table}, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", table, err)
+		}
+		m, _ := set.ForTable(table)
+		need := set.Fields(table)
+		for _, f := range m.Fields {
+			need = append(need, f.ServiceNow)
+		}
+		def := servicenow.DefaultFieldList(table)
+		slices.Sort(need)
+		for _, f := range slices.Compact(need) {
+			if !slices.Contains(def, f) {
+				t.Errorf("%s: the mapping uses %s, which NowbridgeWebhook.DEFAULT_FIELDS.%s does not send", table, f, table)
+			}
+		}
 	}
 }

@@ -273,6 +273,7 @@ func taskFields(tt *ticketTable) []*field {
 		task(&field{name: "correlation_display", label: "Correlation display", maxLen: 100}),
 		task(&field{name: "escalation", label: "Escalation", typ: typeInteger}),
 		task(&field{name: "reassignment_count", label: "Reassignment count", typ: typeInteger}),
+		task(&field{name: "due_date", label: "Due date", typ: typeDateTime}),
 	)
 }
 

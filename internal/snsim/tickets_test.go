@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 )
 
 // hrWriter is a harness whose integration user may read and write HR cases.
@@ -422,5 +423,118 @@ func TestTickets_SeedEveryTable(t *testing.T) {
 	}
 	if err := s.SeedTable("sys_user", 1, SeedOptions{}); err == nil || !strings.Contains(err.Error(), "change_request") {
 		t.Errorf("seeding sys_user: %v, want an error listing the seedable tables", err)
+	}
+}
+
+// TestTickets_ShippedMappingsMatchTheTables cross-checks the bridge's
+// shipped mapping of every ticket table against the simulated table: each
+// field it maps, its link, close and notes fields exist; every ServiceNow
+// value of a choice field's value map is one of its choices; the close and
+// delete states are states of the table, and the close code field is the
+// one the table's close policy names.
+func TestTickets_ShippedMappingsMatchTheTables(t *testing.T) {
+	s := New(Config{})
+	defer s.Close()
+	if got := mapping.Shipped(); !slices.Equal(got, slices.Sorted(slices.Values(TicketTables()))) {
+		t.Errorf("the bridge ships mappings for %v, the simulator serves %v", got, TicketTables())
+	}
+	for _, table := range TicketTables() {
+		set, err := mapping.Load(nil, []string{table}, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", table, err)
+		}
+		m, _ := set.ForTable(table)
+		tb := s.tables[table]
+		has := func(what, name string) *field {
+			f, _, ok := tb.s.field(name)
+			if !ok {
+				t.Errorf("%s: the mapping's %s %q is not a field of the table", table, what, name)
+			}
+			return f
+		}
+		has("link field", m.LinkField)
+		has("link display field", m.LinkDisplayField)
+		for _, mf := range m.Fields {
+			f := has("field", mf.ServiceNow)
+			if f == nil || f.choices == nil {
+				continue
+			}
+			for saas, v := range mf.Values {
+				if !f.activeChoice(v) {
+					t.Errorf("%s.%s: the mapping maps %s to %q, not one of the table's choices", table, mf.ServiceNow, saas, v)
+				}
+			}
+		}
+		state, _, _ := tb.s.field("state")
+		if c := m.Close; c != nil {
+			has("close code field", c.CodeField)
+			for _, n := range c.AllNotes() {
+				has("notes field", n)
+			}
+			for _, st := range c.States {
+				if !state.activeChoice(st) {
+					t.Errorf("%s: close state %q is not a state of the table", table, st)
+				}
+			}
+			var policyStates []string
+			for _, p := range tb.s.rules.policies {
+				policyStates = append(policyStates, p.states...)
+			}
+			if !slices.Equal(slices.Sorted(slices.Values(c.States)), slices.Sorted(slices.Values(policyStates))) {
+				t.Errorf("%s: the mapping closes in %v, the table's data policy applies in %v", table, c.States, policyStates)
+			}
+		} else if len(tb.s.rules.policies) > 0 {
+			t.Errorf("%s: the table has a close data policy, the mapping no close rule", table)
+		}
+		if d := m.Delete; d.State != "" && !state.activeChoice(d.State) {
+			t.Errorf("%s: the delete state %q is not a state of the table", table, d.State)
+		}
+	}
+}
+
+// TestTickets_ShippedDeleteAndCloseWritesPass: what the writeback sends to
+// close a record (the mapping's preferred code and the notes it names for
+// that code) and to resolve an app delete (its delete state and code) is
+// accepted by the table's data policy.
+func TestTickets_ShippedDeleteAndCloseWritesPass(t *testing.T) {
+	h := hrWriter(t, Config{})
+	for _, table := range TicketTables() {
+		set, err := mapping.Load(nil, []string{table}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := set.ForTable(table)
+		writes := map[string]map[string]string{}
+		if c := m.Close; c != nil {
+			code := c.PreferredCodes[0]
+			w := map[string]string{"state": c.States[0], c.CodeField: code}
+			for _, n := range c.NotesFor(code) {
+				w[n] = "closed by the app"
+			}
+			writes["close"] = w
+		}
+		if d := m.Delete; d.Mode == mapping.DeleteResolve {
+			w := map[string]string{"state": d.State}
+			if c := m.Close; c != nil && c.Closes(d.State) {
+				code := d.CloseCode
+				if code == "" {
+					code = c.PreferredCodes[0]
+				}
+				w[c.CodeField] = code
+				for _, n := range c.NotesFor(code) {
+					w[n] = "deleted in the app"
+				}
+			}
+			writes["delete"] = w
+		}
+		for what, w := range writes {
+			rec, err := h.sim.Insert(table, map[string]string{"short_description": what}, "beth.anglin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := h.sim.Update(table, rec["sys_id"], w, DefaultAppUser); err != nil {
+				t.Errorf("%s: the writeback's %s write %v is refused: %v", table, what, w, err)
+			}
+		}
 	}
 }
