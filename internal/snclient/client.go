@@ -197,7 +197,10 @@ func idempotent(method string) bool { return method != http.MethodPost }
 //   - 401: the token is dropped, a new one exchanged and the call retried
 //     once; a 401 with that fresh token gets HintAppUser.
 //
-// The whole is bounded by ctx and RetryMaxElapsed.
+// The whole is bounded by ctx and RetryMaxElapsed. These are retries within
+// one call; what a consumer does with the error a call finally returns
+// (retry the message later, dead-letter it, pause) is consume.Classify's
+// decision, from IsPermanent and the error's type.
 func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
@@ -223,7 +226,7 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 		if err != nil {
 			keep(err)
 			var te *TokenError
-			if errors.As(err, &te) && te.transient {
+			if errors.As(err, &te) && !te.Permanent() { // the token endpoint failed or shed load
 				reason = "token"
 				return nil, err
 			}
