@@ -183,19 +183,44 @@ func (t *Table) StateValues() []string {
 }
 
 // Close is a table's closing rule: a write that moves a record into one of
-// States must carry CodeField and every NotesFields (incident: close_code
-// and close_notes, a data policy that applies to REST too). CodeField is a
-// choice field: its active sys_choice rows are the valid codes, and the
-// first of PreferredCodes that is active is the default one.
+// States must carry CodeField and the notes fields of its code (incident:
+// close_code and close_notes, a data policy that applies to REST too).
+// CodeField is a choice field: its active sys_choice rows are the valid
+// codes, and the first of PreferredCodes that is active is the default one.
 type Close struct {
 	States    []string
 	CodeField string
-	// NotesField is the first of NotesFields.
+	// NotesField is the first of NotesFields ("" when only NotesByCode
+	// names notes fields).
 	NotesField string
-	// NotesFields are the text fields a close needs (problem: fix_notes and
-	// cause_notes).
-	NotesFields    []string
+	// NotesFields are the text fields a close needs whatever its code.
+	NotesFields []string
+	// NotesByCode replaces NotesFields for the codes it lists (problem:
+	// fix_applied needs cause_notes and fix_notes, canceled close_notes).
+	NotesByCode    map[string][]string
 	PreferredCodes []string
+}
+
+// NotesFor lists the notes fields a close with code needs.
+func (c *Close) NotesFor(code string) []string {
+	if fs, ok := c.NotesByCode[code]; ok {
+		return fs
+	}
+	return c.NotesFields
+}
+
+// AllNotes lists every notes field the rule names, sorted.
+func (c *Close) AllNotes() []string {
+	set := map[string]bool{}
+	for _, f := range c.NotesFields {
+		set[f] = true
+	}
+	for _, fs := range c.NotesByCode {
+		for _, f := range fs {
+			set[f] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
 }
 
 // ErrCloseCode wraps every reason Pick finds no usable close code; retrying
@@ -328,7 +353,7 @@ func (t *Table) computeFields() []string {
 		// The writeback keeps them in its base, so it knows whether a
 		// record already carries a code and notes when it closes it.
 		set[t.Close.CodeField] = true
-		for _, f := range t.Close.NotesFields {
+		for _, f := range t.Close.AllNotes() {
 			set[f] = true
 		}
 	}

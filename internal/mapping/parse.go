@@ -272,6 +272,7 @@ func (p *parser) close(n *yaml.Node) *Close {
 			p.lines["close.notes_field"] = v.Line
 		},
 		"notes_fields":    func(k, v *yaml.Node) { c.NotesFields = p.names(v, "close.notes_fields") },
+		"notes_by_code":   func(k, v *yaml.Node) { c.NotesByCode = p.notesByCode(v) },
 		"preferred_codes": func(k, v *yaml.Node) { c.PreferredCodes = p.list(v, "close.preferred_codes") },
 	})
 	if p.err != nil {
@@ -281,16 +282,45 @@ func (p *parser) close(n *yaml.Node) *Close {
 		p.fail(n.Line, "close takes notes_field or notes_fields, not both")
 		return nil
 	}
-	if len(c.States) == 0 || c.CodeField == "" || len(c.NotesFields) == 0 {
-		p.fail(n.Line, "close needs states (the values that close a record), code_field and notes_field (or notes_fields)")
+	if len(c.States) == 0 || c.CodeField == "" || (len(c.NotesFields) == 0 && len(c.NotesByCode) == 0) {
+		p.fail(n.Line, "close needs states (the values that close a record), code_field and notes_field (or notes_fields, notes_by_code)")
 		return nil
 	}
-	if slices.Contains(c.NotesFields, c.CodeField) {
-		p.fail(max(p.lines["close.notes_fields."+c.CodeField], p.lines["close.notes_field"]), "%s is the close code field; notes fields hold text", c.CodeField)
+	if slices.Contains(c.AllNotes(), c.CodeField) {
+		p.fail(max(p.lines["close.notes_fields."+c.CodeField], p.lines["close.notes_field"], p.lines["close.notes_by_code"]), "%s is the close code field; notes fields hold text", c.CodeField)
 		return nil
 	}
-	c.NotesField = c.NotesFields[0]
+	if len(c.NotesFields) > 0 {
+		c.NotesField = c.NotesFields[0]
+	}
 	return c
+}
+
+// notesByCode reads close.notes_by_code: code -> the notes fields a close
+// with that code needs.
+func (p *parser) notesByCode(n *yaml.Node) map[string][]string {
+	if n.Kind != yaml.MappingNode || len(n.Content) == 0 {
+		p.fail(n.Line, "close.notes_by_code must be a non-empty mapping of close code: [notes fields]")
+		return nil
+	}
+	p.lines["close.notes_by_code"] = n.Line
+	out := map[string][]string{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		code := p.scalar(k, "a close code of close.notes_by_code")
+		if p.err != nil {
+			return nil
+		}
+		if _, dup := out[code]; dup {
+			p.fail(k.Line, "close.notes_by_code lists code %q twice", code)
+			return nil
+		}
+		out[code] = p.names(v, "close.notes_by_code."+code)
+		if p.err != nil {
+			return nil
+		}
+	}
+	return out
 }
 
 // delete reads what an app delete does.

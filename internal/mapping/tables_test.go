@@ -18,7 +18,8 @@ var shippedWant = map[string]struct {
 	states      map[string]string // saas -> servicenow, the whole map
 	closeStates []string          // nil: no close rule
 	codeField   string
-	notes       []string
+	notes       []string            // the notes fields whatever the code
+	notesByCode map[string][]string // those of codes with their own
 	delete      Delete
 }{
 	"incident": {
@@ -38,17 +39,18 @@ var shippedWant = map[string]struct {
 		entity: "problem",
 		states: map[string]string{"new": "101", "assess": "102", "root_cause_analysis": "103", "fix_in_progress": "104",
 			"resolved": "106", "closed": "107"},
-		closeStates: []string{"106", "107"}, codeField: "resolution_code", notes: []string{"fix_notes", "cause_notes"},
-		delete: Delete{Mode: DeleteResolve, State: "107", CloseCode: "canceled"},
+		closeStates: []string{"106", "107"}, codeField: "resolution_code", notes: []string{"close_notes"},
+		notesByCode: map[string][]string{"fix_applied": {"cause_notes", "fix_notes"}, "risk_accepted": {"cause_notes", "close_notes"}, "canceled": {"close_notes"}},
+		delete:      Delete{Mode: DeleteResolve, State: "107", CloseCode: "canceled"},
 	},
 	"sc_req_item": {
 		entity: "request_item",
-		states: map[string]string{"open": "1", "work_in_progress": "2", "closed_complete": "3", "closed_incomplete": "4", "closed_skipped": "7"},
+		states: map[string]string{"pending": "-5", "open": "1", "work_in_progress": "2", "closed_complete": "3", "closed_incomplete": "4", "closed_skipped": "7"},
 		delete: Delete{Mode: DeleteResolve, State: "4"},
 	},
 	"sn_hr_core_case": {
 		entity: "hr_case",
-		states: map[string]string{"draft": "1", "ready": "10", "work_in_progress": "18", "awaiting_acceptance": "20",
+		states: map[string]string{"draft": "1", "ready": "10", "awaiting_approval": "16", "work_in_progress": "18", "awaiting_acceptance": "20",
 			"suspended": "24", "closed_complete": "3", "closed_incomplete": "4", "cancelled": "7"},
 		delete: Delete{Mode: DeleteResolve, State: "7"},
 	},
@@ -109,7 +111,18 @@ func TestShipped_EachParsesAndRoundTripsItsStates(t *testing.T) {
 			case want.closeStates != nil:
 				c := tbl.Close
 				if c == nil || !slices.Equal(c.States, want.closeStates) || c.CodeField != want.codeField || !slices.Equal(c.NotesFields, want.notes) || c.NotesField != want.notes[0] {
-					t.Errorf("close rule %+v, want states %v code %s notes %v", c, want.closeStates, want.codeField, want.notes)
+					t.Fatalf("close rule %+v, want states %v code %s notes %v", c, want.closeStates, want.codeField, want.notes)
+				}
+				if len(c.NotesByCode) != len(want.notesByCode) {
+					t.Errorf("notes by code %v, want %v", c.NotesByCode, want.notesByCode)
+				}
+				for code, fs := range want.notesByCode {
+					if !slices.Equal(c.NotesFor(code), fs) {
+						t.Errorf("NotesFor(%s) = %v, want %v", code, c.NotesFor(code), fs)
+					}
+				}
+				if got := c.NotesFor("some_other_code"); !slices.Equal(got, want.notes) {
+					t.Errorf("NotesFor(another code) = %v, want %v", got, want.notes)
 				}
 			}
 			got := tbl.Delete
@@ -142,6 +155,7 @@ close:
   states: ["9"]
   code_field: u_code
   notes_fields: [u_notes, u_more]
+  notes_by_code: {done: [u_done]}
 delete:
   mode: resolve
   state: "9"
@@ -180,13 +194,14 @@ fields:
 			t.Errorf("Kind(%s) = journal %v derived %v insert %v, want %v %v %v", k.field, got.Journal(), got.Derived(), got.FilledOnInsert(), k.journal, k.derived, k.insert)
 		}
 	}
-	if d := tbl.Delete; d.Mode != DeleteResolve || d.State != "9" || d.CloseCode != "done" || d.Line != 15 {
+	if d := tbl.Delete; d.Mode != DeleteResolve || d.State != "9" || d.CloseCode != "done" || d.Line != 16 {
 		t.Errorf("delete = %+v", d)
 	}
-	if c := tbl.Close; c.NotesField != "u_notes" || !slices.Equal(c.NotesFields, []string{"u_notes", "u_more"}) {
-		t.Errorf("close notes = %s %v", c.NotesField, c.NotesFields)
+	if c := tbl.Close; c.NotesField != "u_notes" || !slices.Equal(c.NotesFields, []string{"u_notes", "u_more"}) ||
+		!slices.Equal(c.NotesFor("done"), []string{"u_done"}) || !slices.Equal(c.NotesFor("other"), c.NotesFields) {
+		t.Errorf("close notes = %s %v, by code %v", c.NotesField, c.NotesFields, c.NotesByCode)
 	}
-	if got := strings.Join(tbl.ServiceNowFields(), ","); got != "correlation_id,number,state,u_code,u_more,u_notes" {
+	if got := strings.Join(tbl.ServiceNowFields(), ","); got != "correlation_id,number,state,u_code,u_done,u_more,u_notes" {
 		t.Errorf("read fields = %s: the close rule's code and every notes field are read", got)
 	}
 	s, _ := NewSet(nil, tbl)
@@ -228,6 +243,9 @@ func TestParse_TableKnowledgeErrorsNameTheLine(t *testing.T) {
 		{"close code without a closing delete", head + "close:\n  states: [\"9\"]\n  code_field: u_code\n  notes_field: u_notes\ndelete:\n  mode: resolve\n  state: \"1\"\n  close_code: done\n" + state, 10, "only sent when delete.state closes"},
 		{"notes_field and notes_fields", head + "close:\n  states: [\"9\"]\n  code_field: u_code\n  notes_field: a\n  notes_fields: [b]\n", 4, "not both"},
 		{"notes field is the code field", head + "close:\n  states: [\"9\"]\n  code_field: u_code\n  notes_fields: [u_code]\n", 6, "is the close code field"},
+		{"notes by code not a mapping", head + "close:\n  states: [\"9\"]\n  code_field: u_code\n  notes_by_code: [a]\n", 6, "notes_by_code must be a non-empty mapping"},
+		{"notes by code not names", head + "close:\n  states: [\"9\"]\n  code_field: u_code\n  notes_by_code:\n    done: [Notes]\n", 7, "must match"},
+		{"notes by code code twice", head + "close:\n  states: [\"9\"]\n  code_field: u_code\n  notes_by_code:\n    done: [a]\n    done: [b]\n", 8, "lists code \"done\" twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -92,9 +92,14 @@ func (h *hookSink) counts(sysID string) (echo, other int) {
 }
 
 type opts struct {
-	cfg      outbound.Config
-	snCfg    func(*snclient.Config)
+	cfg   outbound.Config
+	snCfg func(*snclient.Config)
+	// tables are the synced tables, each with its shipped mapping (default
+	// incident); extraMap adds mappings, replacing a shipped one of the
+	// same table.
+	tables   []string
 	extraMap []*mapping.Table
+	simCfg   func(*snsim.Config) // tunes the simulator (grants, ...)
 }
 
 func newHarness(t testing.TB, o opts) *harness {
@@ -105,13 +110,21 @@ func newHarness(t testing.TB, o opts) *harness {
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	cache := dedupe.New(dedupe.Config{Tables: mapping.Default(nil)})
-	h := &harness{t: t, ctx: ctx, js: js, cache: cache, reg: prometheus.NewRegistry(), appVer: map[string]int64{}}
-	h.hooks = &hookSink{cache: cache, v: events.NewValidator([]string{"incident"})}
+	maps, err := harnessMappings(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := dedupe.New(dedupe.Config{Tables: maps})
+	h := &harness{t: t, ctx: ctx, js: js, cache: cache, maps: maps, reg: prometheus.NewRegistry(), appVer: map[string]int64{}}
+	h.hooks = &hookSink{cache: cache, v: events.NewValidator(maps.Tables())}
 	hookSrv := httptest.NewServer(h.hooks)
 	secret := webhook.NewSecret([]byte("0123456789abcdef0123456789abcdef"))
-	h.sim = snsim.New(snsim.Config{ClientID: "bridge", ClientSecret: "s3cret", Seed: 42,
-		Webhooks: []snsim.WebhookTarget{{URL: hookSrv.URL, Secrets: []webhook.Secret{secret}}}})
+	simCfg := snsim.Config{ClientID: "bridge", ClientSecret: "s3cret", Seed: 42,
+		Webhooks: []snsim.WebhookTarget{{URL: hookSrv.URL, Secrets: []webhook.Secret{secret}}}}
+	if o.simCfg != nil {
+		o.simCfg(&simCfg)
+	}
+	h.sim = snsim.New(simCfg)
 	simSrv := httptest.NewServer(h.sim)
 	h.simURL = simSrv.URL
 	snCfg := snclient.Config{
@@ -127,11 +140,6 @@ func newHarness(t testing.TB, o opts) *harness {
 		t.Fatal(err)
 	}
 	h.sn = sn
-	def, _ := mapping.Parse("incident.yaml", mapping.DefaultIncident)
-	h.maps, err = mapping.NewSet(nil, append([]*mapping.Table{def}, o.extraMap...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
 	h.store, h.links, err = state.Open(ctx, js)
 	if err != nil {
 		t.Fatal(err)
@@ -168,6 +176,36 @@ func newHarness(t testing.TB, o opts) *harness {
 		hookSrv.Close()
 	})
 	return h
+}
+
+// harnessMappings is the shipped mapping of each of o.tables (incident by
+// default) with o.extraMap replacing or adding tables.
+func harnessMappings(o opts) (*mapping.Set, error) {
+	tables := o.tables
+	if len(tables) == 0 {
+		tables = []string{"incident"}
+	}
+	var all []*mapping.Table
+	extra := map[string]bool{}
+	for _, t := range o.extraMap {
+		extra[t.Name] = true
+		all = append(all, t)
+	}
+	for _, name := range tables {
+		if extra[name] {
+			continue
+		}
+		data, ok := mapping.ShippedFile(name)
+		if !ok {
+			return nil, fmt.Errorf("no shipped mapping of %s", name)
+		}
+		t, err := mapping.Parse(name+".yaml", data)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, t)
+	}
+	return mapping.NewSet(nil, all...)
 }
 
 // human inserts an incident as a ServiceNow user and makes the bridge know

@@ -653,7 +653,7 @@ func (w *Writer) addCloseFields(ctx context.Context, table string, patch, curren
 		}
 		patch[rule.CodeField] = code
 	}
-	for _, f := range rule.NotesFields {
+	for _, f := range rule.NotesFor(patch[rule.CodeField]) {
 		if patch[f] != "" {
 			continue
 		}
