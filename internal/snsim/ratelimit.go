@@ -30,6 +30,7 @@ type limiter struct {
 	counts map[string]int      // rule|user|window -> requests
 	burst  int
 	bucket map[string]int // user|second -> requests
+	window time.Duration  // the rules' counting period (SetRateLimitWindow); 0 is an hour
 }
 
 func newLimiter() *limiter {
@@ -64,7 +65,10 @@ func (s *Server) SetUserRoles(user string, roles ...string) {
 }
 
 // SetBurstLimit caps API requests per user per second (0 turns it off): a
-// fast way for tests to provoke 429.
+// fast way for tests to provoke 429. It behaves as a rule of that many
+// requests per second for every resource: its X-RateLimit-* headers (rule
+// BurstRule) come on every answer it counts, as a rule's do, unless an
+// hourly rule matches too (whose headers win).
 func (s *Server) SetBurstLimit(perSecond int) {
 	s.knobMu.Lock()
 	s.limits.burst = max(perSecond, 0)
@@ -133,11 +137,15 @@ func (s *Server) rateLimit(w http.ResponseWriter, r *http.Request, user string, 
 	}
 	rule, ok := l.pick(user, resource(r, ap))
 	if !ok {
+		burst := l.burst
 		s.knobMu.Unlock()
+		if burst > 0 {
+			rateHeaders(w.Header(), burst, now.Unix()+1, BurstRule)
+		}
 		return true
 	}
-	window := now.Truncate(time.Hour)
-	reset := window.Add(time.Hour).Unix()
+	window := now.Truncate(l.period())
+	reset := window.Add(l.period()).Unix()
 	key := rule.SysID + "|" + user + "|" + strconv.FormatInt(window.Unix(), 10)
 	if l.counts[key] >= rule.Count {
 		s.knobMu.Unlock()
