@@ -24,6 +24,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
+	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/natstest"
@@ -63,8 +64,10 @@ func newEnv(t testing.TB) *env {
 func (e *env) testConfig(a Applier) Config {
 	return Config{
 		JS: e.js, Applier: a, Mapping: mapping.Default(nil), States: e.states, Links: e.links,
-		Workers: 4, Batch: 16, AckWait: 2 * time.Second, MaxDeliver: 20,
-		RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
+		Tuning: consume.Tuning{
+			Workers: 4, Batch: 16, AckWait: 2 * time.Second, MaxDeliver: 20,
+			RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
+		},
 		Registerer: prometheus.NewRegistry(),
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/state"
 )
@@ -28,26 +29,10 @@ type Config struct {
 	Applied AppliedRecorder
 
 	Durable string // consumer name (default "apply")
-	Workers int    // concurrent appliers; one record is always on one worker (default 4)
-	Batch   int    // messages pulled ahead (default 64)
-	// MaxAckPending bounds messages handed out and not yet acked, retries
-	// waiting for their delay included (default Workers*Batch*2).
-	MaxAckPending int
-	// AckWait is how long JetStream waits before it redelivers a message
-	// the bridge took and never answered (a crash); one being applied is
-	// kept with in-progress acks (default 30s).
-	AckWait time.Duration
-	// MaxDeliver dead-letters a message after that many failed deliveries
-	// (default 100: about 1.5 h of retries at the default RetryMax).
-	MaxDeliver int
-	// RetryBase and RetryMax shape the exponential, jittered delay before a
-	// failed apply is retried (defaults 500ms, 1m). An app's Retry-After
-	// replaces it, up to RetryMax.
-	RetryBase time.Duration
-	RetryMax  time.Duration
-	// HandleTimeout bounds one message's apply, state and link work
-	// (default AckWait*2/3).
-	HandleTimeout time.Duration
+	// Tuning of the consumer engine; zero values take its defaults, except
+	// MaxDeliver (default 100: about 1.5 h of retries at the default
+	// RetryMax) and HandleTimeout (default AckWait*2/3).
+	consume.Tuning
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer

@@ -69,8 +69,7 @@ func New(cfg Config) (*Runner, error) {
 			Description:   "ServiceNow changes applied to the SaaS app (nowbridge apply, " + cfg.Applier.Name() + " applier)",
 			FilterSubject: events.SNSubjects,
 		},
-		Workers: cfg.Workers, Batch: cfg.Batch, MaxAckPending: cfg.MaxAckPending, AckWait: cfg.AckWait,
-		MaxDeliver: cfg.MaxDeliver, RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandleTimeout: cfg.HandleTimeout,
+		Tuning: cfg.Tuning,
 		Logger: cfg.Logger.With("applier", cfg.Applier.Name()),
 		Metrics: consume.Metrics{
 			Retries: r.metrics.retries, DeadLetters: r.metrics.dlq, Redelivered: r.metrics.redelivered, Latency: r.metrics.latency,

@@ -54,12 +54,19 @@ type Config struct {
 	Stream string
 	// Consumer names and filters the durable consumer (Durable,
 	// Description, FilterSubject or FilterSubjects); the engine sets its
-	// ack, delivery and pending settings from the fields below.
+	// ack, delivery and pending settings from the Tuning.
 	Consumer jetstream.ConsumerConfig
 	// Pipeline names the dead letters' subject: bridge.dlq.<Pipeline>.
 	Pipeline string
 	Handler  Handler
+	Tuning
 
+	Logger  *slog.Logger
+	Metrics Metrics
+}
+
+// Tuning are the engine's knobs, which a pipeline's configuration embeds.
+type Tuning struct {
 	Workers int // messages handled at once (default 4)
 	Batch   int // messages pulled ahead (default 64)
 	// MaxAckPending bounds messages delivered and not yet acked, retries
@@ -88,9 +95,6 @@ type Config struct {
 	// finish before their context is cancelled (default 10s): an abandoned
 	// call would only be redone by the next owner.
 	StopGrace time.Duration
-
-	Logger  *slog.Logger
-	Metrics Metrics
 }
 
 func (c Config) withDefaults() Config {

@@ -73,8 +73,8 @@ func (h *harness) config(hf handlerFunc) Config {
 	return Config{
 		JS: h.js, Stream: testStream, Pipeline: testPipeline, Handler: hf,
 		Consumer: jetstream.ConsumerConfig{Durable: "work", FilterSubject: "work.>"},
-		Workers:  4, Batch: 16, RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
-		Metrics: Metrics{Retries: h.retries, DeadLetters: h.dead, Paused: h.paused},
+		Tuning:   Tuning{Workers: 4, Batch: 16, RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond},
+		Metrics:  Metrics{Retries: h.retries, DeadLetters: h.dead, Paused: h.paused},
 	}
 }
 
@@ -271,30 +271,11 @@ func TestEngine_ASlowRecordHoldsUpNoOther(t *testing.T) {
 // delay it asks for must be what happens.
 func TestEngine_EveryRetryDelayIsHonoured(t *testing.T) {
 	t.Run("Retry-After", func(t *testing.T) {
-		h := newHarness(t)
-		var mu sync.Mutex
-		var attempts []time.Time
-		cfg := h.config(func(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) error {
-			mu.Lock()
-			defer mu.Unlock()
-			attempts = append(attempts, time.Now())
-			if len(attempts) <= 3 {
-				e := RetryAfter(errors.New("app answered 503"), time.Second)
-				e.Status = 503
-				return e
-			}
-			return nil
+		gaps := retrySchedule(t, 50*time.Millisecond, 3, func() error {
+			e := RetryAfter(errors.New("app answered 503"), time.Second)
+			e.Status = 503
+			return e
 		})
-		cfg.RetryBase, cfg.RetryMax, cfg.AckWait = 50*time.Millisecond, 10*time.Second, 0 // AckWait: the default
-		h.run(cfg)
-		h.publish("a", "x")
-		h.waitDone(20 * time.Second)
-		mu.Lock()
-		defer mu.Unlock()
-		gaps := gapsOf(attempts)
-		if len(gaps) != 3 {
-			t.Fatalf("%d attempts, want 4 (3 answered 503 with Retry-After: 1)", len(attempts))
-		}
 		for i, g := range gaps {
 			// Never earlier than asked; later only by the tenth of jitter
 			// and a loaded machine's scheduling.
@@ -304,29 +285,8 @@ func TestEngine_EveryRetryDelayIsHonoured(t *testing.T) {
 		}
 	})
 	t.Run("exponential backoff", func(t *testing.T) {
-		h := newHarness(t)
-		var mu sync.Mutex
-		var attempts []time.Time
-		cfg := h.config(func(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) error {
-			mu.Lock()
-			defer mu.Unlock()
-			attempts = append(attempts, time.Now())
-			if len(attempts) <= 4 {
-				return errors.New("app answered 502")
-			}
-			return nil
-		})
 		base := 200 * time.Millisecond
-		cfg.RetryBase, cfg.RetryMax, cfg.AckWait = base, 10*time.Second, 0
-		h.run(cfg)
-		h.publish("a", "x")
-		h.waitDone(20 * time.Second)
-		mu.Lock()
-		defer mu.Unlock()
-		gaps := gapsOf(attempts)
-		if len(gaps) != 4 {
-			t.Fatalf("%d attempts, want 5", len(attempts))
-		}
+		gaps := retrySchedule(t, base, 4, func() error { return errors.New("app answered 502") })
 		step := base
 		for i, g := range gaps {
 			// Jittered between half and all of the step.
@@ -336,6 +296,34 @@ func TestEngine_EveryRetryDelayIsHonoured(t *testing.T) {
 			step *= 2
 		}
 	})
+}
+
+// retrySchedule runs one message whose first failures attempts fail with
+// fail(), with the default ack wait, and returns the gaps between attempts.
+func retrySchedule(t *testing.T, retryBase time.Duration, failures int, fail func() error) []time.Duration {
+	t.Helper()
+	h := newHarness(t)
+	var mu sync.Mutex
+	var attempts []time.Time
+	cfg := h.config(func(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) error {
+		mu.Lock()
+		defer mu.Unlock()
+		attempts = append(attempts, time.Now())
+		if len(attempts) <= failures {
+			return fail()
+		}
+		return nil
+	})
+	cfg.RetryBase, cfg.RetryMax, cfg.AckWait = retryBase, 10*time.Second, 0 // AckWait: the default, 30 s
+	h.run(cfg)
+	h.publish("a", "x")
+	h.waitDone(20 * time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) != failures+1 {
+		t.Fatalf("%d attempts, want %d (%d failures, then success)", len(attempts), failures+1, failures)
+	}
+	return gapsOf(attempts)
 }
 
 func gapsOf(ts []time.Time) []time.Duration {

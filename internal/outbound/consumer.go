@@ -98,8 +98,10 @@ func NewConsumer(js jetstream.JetStream, w *Writer) *Consumer {
 			Description:   "SaaS changes written back to ServiceNow (nowbridge writeback)",
 			FilterSubject: events.AppSubjects,
 		},
-		Workers: w.cfg.Workers, Batch: w.cfg.Batch, AckWait: w.cfg.AckWait, MaxDeliver: maxDeliver,
-		RetryBase: w.cfg.RetryBase, RetryMax: w.cfg.RetryMax, PauseDefault: w.cfg.BreakerPause,
+		Tuning: consume.Tuning{
+			Workers: w.cfg.Workers, Batch: w.cfg.Batch, AckWait: w.cfg.AckWait, MaxDeliver: maxDeliver,
+			RetryBase: w.cfg.RetryBase, RetryMax: w.cfg.RetryMax, PauseDefault: w.cfg.BreakerPause,
+		},
 		Logger: w.log,
 		Metrics: consume.Metrics{
 			Retries: w.metrics.retries, DeadLetters: w.metrics.dlq, Paused: w.metrics.paused, Latency: w.metrics.latency,

@@ -23,6 +23,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/apply"
 	"github.com/nowbridge/nowbridge/internal/broker"
+	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/inbound"
@@ -122,7 +123,7 @@ func (e *Env) NewApply() *apply.Runner {
 	r, err := apply.New(apply.Config{
 		JS: e.JS, Applier: apply.NewHTTPApplier(e.SaaS.URL, e.Secret, 5*time.Second, 4),
 		Mapping: e.Mapping, States: e.Store, Links: e.Links, Logger: e.Log,
-		RetryBase: 50 * time.Millisecond, RetryMax: time.Second,
+		Tuning: consume.Tuning{RetryBase: 50 * time.Millisecond, RetryMax: time.Second},
 	})
 	if err != nil {
 		e.T.Fatal(err)
