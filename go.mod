@@ -2,6 +2,8 @@ module github.com/nowbridge/nowbridge
 
 go 1.26.0
 
+toolchain go1.27.3
+
 require (
 	github.com/go-playground/validator/v10 v10.30.6
 	github.com/nats-io/nats.go v1.55.0
