@@ -29,6 +29,13 @@ const (
 func (d Direction) toSaaS() bool       { return d == Both || d == ToSaaS }
 func (d Direction) toServiceNow() bool { return d == Both || d == ToServiceNow }
 
+// The link fields of a mapping without a link key: task's, which every
+// table extending task has.
+const (
+	DefaultLinkField        = "correlation_id"
+	DefaultLinkDisplayField = "correlation_display"
+)
+
 // StateField is the field a close rule and a resolve-mode delete read and
 // set: every table that extends task keeps its state there.
 const StateField = "state"
@@ -145,9 +152,10 @@ type Table struct {
 	// Parents are the tables Name extends, nearest first: ServiceNow
 	// defines inherited fields (incident's number, state...) on them.
 	Parents []string
-	// LinkField is the ServiceNow field holding the app's external_id
-	// (correlation_id by default); LinkDisplayField names the linked system
-	// for ServiceNow users (correlation_display by default).
+	// LinkField is the ServiceNow field holding the app's external_id;
+	// LinkDisplayField names the linked system for ServiceNow users. A file
+	// without a link key gets DefaultLinkField and DefaultLinkDisplayField;
+	// a link key sets exactly what it names.
 	LinkField        string
 	LinkDisplayField string
 	Fields           []Field

@@ -49,12 +49,15 @@ func Parse(name string, data []byte) (*Table, error) {
 		root = root.Content[0]
 	}
 	p := parser{file: name, lines: map[string]int{}}
-	t := &Table{Source: name}
+	// Without a link key, the task table's link fields (every shipped table
+	// extends task): the writeback must find the records it creates again.
+	t := &Table{Source: name, LinkField: DefaultLinkField, LinkDisplayField: DefaultLinkDisplayField}
 	p.mapping(root, "the file", map[string]func(k, v *yaml.Node){
 		"table":   func(k, v *yaml.Node) { t.Name = p.name(v, "table") },
 		"entity":  func(k, v *yaml.Node) { t.Entity = p.name(v, "entity") },
 		"parents": func(k, v *yaml.Node) { t.Parents = p.names(v, "parents") },
 		"link": func(k, v *yaml.Node) {
+			t.LinkField, t.LinkDisplayField = "", ""
 			p.mapping(v, "link", map[string]func(k, v *yaml.Node){
 				"field":         func(k, v *yaml.Node) { t.LinkField = p.name(v, "link.field") },
 				"display_field": func(k, v *yaml.Node) { t.LinkDisplayField = p.name(v, "link.display_field") },

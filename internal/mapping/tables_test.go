@@ -331,3 +331,25 @@ func TestClose_Preferring(t *testing.T) {
 		t.Fatalf("Pick = %q %v, want canceled", code, err)
 	}
 }
+
+func TestParse_LinkDefaultsToTasksFields(t *testing.T) {
+	const fields = "fields:\n  - saas: title\n    servicenow: short_description\n"
+	tests := []struct {
+		name, doc, field, display string
+	}{
+		{"no link key", "table: u_case\nentity: case\n" + fields, "correlation_id", "correlation_display"},
+		{"a link key sets what it names", "table: u_case\nentity: case\nlink:\n  field: u_external\n" + fields, "u_external", ""},
+	}
+	for _, tt := range tests {
+		tbl, err := Parse("u_case.yaml", []byte(tt.doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tbl.LinkField != tt.field || tbl.LinkDisplayField != tt.display {
+			t.Errorf("%s: link %q/%q, want %q/%q", tt.name, tbl.LinkField, tbl.LinkDisplayField, tt.field, tt.display)
+		}
+	}
+	if _, err := Parse("u_case.yaml", []byte("table: u_case\nentity: case\nfields:\n  - saas: x\n    servicenow: correlation_id\n")); err == nil || !strings.Contains(err.Error(), "link field") {
+		t.Fatalf("err = %v: the default link field cannot be mapped either", err)
+	}
+}
