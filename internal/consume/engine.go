@@ -154,7 +154,7 @@ type Engine struct {
 	log *slog.Logger
 
 	mu    sync.Mutex
-	order *order[jetstream.Msg]
+	order *order[item]
 	// inFlight are the messages with a worker; they get in-progress acks
 	// with the ones waiting in order.
 	inFlight map[jetstream.Msg]struct{}
@@ -172,7 +172,7 @@ func New(cfg Config) (*Engine, error) {
 	cfg = cfg.withDefaults()
 	return &Engine{
 		cfg: cfg, log: cfg.Logger.With("pipeline", cfg.Pipeline),
-		order:    newOrder[jetstream.Msg](cfg.AckWait, max(cfg.RetryBase/2, 10*time.Millisecond)),
+		order:    newOrder[item](cfg.AckWait, max(cfg.RetryBase/2, 10*time.Millisecond)),
 		inFlight: map[jetstream.Msg]struct{}{},
 	}, nil
 }
@@ -314,7 +314,7 @@ func (e *Engine) admit(ctx context.Context, msg jetstream.Msg, ready chan<- item
 	}
 	it := item{msg: msg, meta: meta, key: e.cfg.Handler.Key(msg)}
 	e.mu.Lock()
-	v, delay := e.order.admit(tracked[jetstream.Msg]{msg: msg, seq: meta.Sequence.Stream, key: it.key}, time.Now())
+	v, delay := e.order.admit(tracked[item]{msg: it, seq: meta.Sequence.Stream, key: it.key}, time.Now())
 	if v == run {
 		e.inFlight[msg] = struct{}{}
 	}
@@ -367,7 +367,7 @@ func (e *Engine) abandon(it item) {
 	e.mu.Unlock()
 	_ = it.msg.Nak()
 	for _, q := range rest {
-		_ = q.msg.Nak()
+		_ = q.msg.msg.Nak()
 	}
 }
 
@@ -428,17 +428,10 @@ func (e *Engine) handle(hctx context.Context, it item) (item, bool) {
 	delete(e.inFlight, it.msg)
 	next, ok := e.order.done(it.key)
 	if ok {
-		e.inFlight[next.msg] = struct{}{}
+		e.inFlight[next.msg.msg] = struct{}{}
 	}
 	e.mu.Unlock()
-	if !ok {
-		return item{}, false
-	}
-	meta, err := next.msg.Metadata()
-	if err != nil { // admit parsed it already
-		return item{}, false
-	}
-	return item{msg: next.msg, meta: meta, key: next.key}, true
+	return next.msg, ok
 }
 
 func (e *Engine) logRetry(it item, reason string, delay time.Duration, err error) {
@@ -457,7 +450,7 @@ func (e *Engine) retry(it item, delay time.Duration, reason string) {
 	e.nak(it.msg, delay)
 	for i, q := range back {
 		e.countRetry(ReasonOrdering)
-		e.nak(q.msg, delays[i])
+		e.nak(q.msg.msg, delays[i])
 	}
 }
 
@@ -567,16 +560,18 @@ func (e *Engine) heartbeat(stop <-chan struct{}) {
 			return
 		case <-t.C:
 		}
+		// Under the lock: a worker takes a message out of the engine's
+		// hands (under it too) before its NAK, so no in-progress ack can
+		// follow a NakWithDelay and reset its delay to the ack wait.
 		e.mu.Lock()
-		held := e.order.waiting()
+		for _, w := range e.order.waiting() {
+			_ = w.msg.InProgress()
+		}
 		for m := range e.inFlight {
-			held = append(held, m)
+			_ = m.InProgress()
 		}
 		e.order.sweep(time.Now())
 		e.mu.Unlock()
-		for _, m := range held {
-			_ = m.InProgress()
-		}
 	}
 }
 
