@@ -284,6 +284,19 @@ func TestEngine_EveryRetryDelayIsHonoured(t *testing.T) {
 			}
 		}
 	})
+	t.Run("Retry-After longer than the ack wait, handler beating in-progress acks", func(t *testing.T) {
+		// An in-progress ack arriving after a NakWithDelay would make
+		// JetStream redeliver after the ack wait (300 ms) instead.
+		gaps := retrySchedule(t, 50*time.Millisecond, 2, func() error {
+			time.Sleep(250 * time.Millisecond) // several heartbeats while handling
+			return RetryAfter(errors.New("app answered 429"), time.Second)
+		}, func(c *Config) { c.AckWait = 300 * time.Millisecond })
+		for i, g := range gaps {
+			if g < time.Second+250*time.Millisecond || g > 3*time.Second {
+				t.Errorf("retry %d came %v after the attempt before, want 1 s after the 250 ms attempt -- all gaps: %v", i+1, g, gaps)
+			}
+		}
+	})
 	t.Run("exponential backoff", func(t *testing.T) {
 		base := 200 * time.Millisecond
 		gaps := retrySchedule(t, base, 4, func() error { return errors.New("app answered 502") })
@@ -300,7 +313,7 @@ func TestEngine_EveryRetryDelayIsHonoured(t *testing.T) {
 
 // retrySchedule runs one message whose first failures attempts fail with
 // fail(), with the default ack wait, and returns the gaps between attempts.
-func retrySchedule(t *testing.T, retryBase time.Duration, failures int, fail func() error) []time.Duration {
+func retrySchedule(t *testing.T, retryBase time.Duration, failures int, fail func() error, tune ...func(*Config)) []time.Duration {
 	t.Helper()
 	h := newHarness(t)
 	var mu sync.Mutex
@@ -315,6 +328,9 @@ func retrySchedule(t *testing.T, retryBase time.Duration, failures int, fail fun
 		return nil
 	})
 	cfg.RetryBase, cfg.RetryMax, cfg.AckWait = retryBase, 10*time.Second, 0 // AckWait: the default, 30 s
+	for _, f := range tune {
+		f(&cfg)
+	}
 	h.run(cfg)
 	h.publish("a", "x")
 	h.waitDone(20 * time.Second)
