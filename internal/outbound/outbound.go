@@ -104,9 +104,9 @@ type TableAPI interface {
 	Create(ctx context.Context, table string, fields map[string]string) (events.Fields, error)
 	Update(ctx context.Context, table, sysID string, fields map[string]string) (events.Fields, error)
 	Delete(ctx context.Context, table, sysID string) error
-	// FindByCorrelation returns the sys_id of the record whose
-	// correlation_id is id, or "" when there is none.
-	FindByCorrelation(ctx context.Context, table, id string) (string, error)
+	// FindByCorrelation returns the sys_id of the record whose link
+	// field (mapping.Table.LinkField) holds id, or "" when there is none.
+	FindByCorrelation(ctx context.Context, table, field, id string) (string, error)
 }
 
 // Mapping translates the app's entities and fields to ServiceNow's.

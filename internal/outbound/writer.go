@@ -159,9 +159,10 @@ func (w *Writer) Apply(ctx context.Context, ch Change) (Result, error) {
 
 // resolveLink finds the record an external id is linked to: the message's
 // own sys_id (the app linking a record created in ServiceNow), the link
-// bucket, or ServiceNow's correlation_id (so a lost bucket never creates
-// duplicates). "" means not in ServiceNow. linkedNow says the message's
-// sys_id made a new link, whose correlation_id the write should carry.
+// bucket, or the mapping's link field in ServiceNow (correlation_id for the
+// shipped tables), so a lost bucket never creates duplicates. "" means not
+// in ServiceNow. linkedNow says the message's sys_id made a new link, whose
+// link field the write should carry.
 func (w *Writer) resolveLink(ctx context.Context, ch Change, table string) (sysID string, linkedNow bool, err error) {
 	if events.ValidSysID(ch.SysID) {
 		_, linked, ok, err := w.links.SysID(ctx, ch.Entity, ch.ExternalID)
@@ -184,12 +185,16 @@ func (w *Writer) resolveLink(ctx context.Context, ch Change, table string) (sysI
 	if ok && (t == "" || t == table) {
 		return sysID, false, nil
 	}
-	sysID, err = w.api.FindByCorrelation(ctx, table, ch.ExternalID)
+	field := w.table(table).LinkField
+	if field == "" {
+		return "", false, nil // the mapping links through bridge_links alone
+	}
+	sysID, err = w.api.FindByCorrelation(ctx, table, field, ch.ExternalID)
 	if err != nil {
-		return "", false, fmt.Errorf("look up %s by correlation_id %s: %w", table, ch.ExternalID, err)
+		return "", false, fmt.Errorf("look up %s by %s %s: %w", table, field, ch.ExternalID, err)
 	}
 	if sysID != "" {
-		w.log.Info("link restored from correlation_id", "table", table, "sys_id", sysID, "external_id", ch.ExternalID)
+		w.log.Info("link restored from the link field", "table", table, "sys_id", sysID, "external_id", ch.ExternalID, "field", field)
 		if err := w.links.Link(ctx, ch.Entity, ch.ExternalID, table, sysID); err != nil {
 			return "", false, err
 		}

@@ -699,7 +699,7 @@ var _ interface {
 	Create(ctx context.Context, table string, fields map[string]string) (events.Fields, error)
 	Update(ctx context.Context, table, sysID string, fields map[string]string) (events.Fields, error)
 	Delete(ctx context.Context, table, sysID string) error
-	FindByCorrelation(ctx context.Context, table, id string) (string, error)
+	FindByCorrelation(ctx context.Context, table, field, id string) (string, error)
 } = (*Client)(nil)
 
 // The deadline ending while a retry is in flight still reports the failure

@@ -102,8 +102,15 @@ func TestFields_DictionaryHiddenLearnedFromARecordAndTheMapping(t *testing.T) {
 	if err != nil || created["correlation_id"] != "TCK-9" {
 		t.Fatalf("create: %v %v", created, err)
 	}
-	if got, err := c.FindByCorrelation(ctx, "incident", "TCK-9"); err != nil || got != created["sys_id"] {
+	if got, err := c.FindByCorrelation(ctx, "incident", "correlation_id", "TCK-9"); err != nil || got != created["sys_id"] {
 		t.Errorf("find by correlation_id: %q %v", got, err)
+	}
+	// The link field is the mapping's: the lookup queries the field given.
+	if got, err := c.FindByCorrelation(ctx, "incident", "correlation_display", "TCK-9"); err != nil || got != "" {
+		t.Errorf("find TCK-9 by correlation_display = %q %v, want none (it is in correlation_id)", got, err)
+	}
+	if _, err := c.FindByCorrelation(ctx, "incident", "", "TCK-9"); !errors.Is(err, ErrInvalidQuery) {
+		t.Errorf("find without a link field: err = %v, want ErrInvalidQuery", err)
 	}
 
 	// A query naming a field that does not exist is refused, unsent.

@@ -256,7 +256,7 @@ func TestSim_TableAPIRoundTrip(t *testing.T) {
 			if rec["number"] == "" || rec["priority"] != "2" || rec["sys_mod_count"] != "0" || rec["sys_updated_by"] != sim.AppUser() {
 				t.Errorf("created = %v", rec)
 			}
-			if got, err := c.FindByCorrelation(ctx, "incident", "TCK-1"); err != nil || got != id {
+			if got, err := c.FindByCorrelation(ctx, "incident", "correlation_id", "TCK-1"); err != nil || got != id {
 				t.Errorf("FindByCorrelation = %q, %v", got, err)
 			}
 			up, err := c.Update(ctx, "incident", id, map[string]string{"state": "2", "comments": "Looking into it"})

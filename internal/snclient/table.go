@@ -302,11 +302,15 @@ func (c *Client) Delete(ctx context.Context, table, sysID string) error {
 	return nil
 }
 
-// FindByCorrelation returns the sys_id of the record whose correlation_id
-// is id, or "" when there is none.
-func (c *Client) FindByCorrelation(ctx context.Context, table, id string) (string, error) {
+// FindByCorrelation returns the sys_id of the oldest record of table whose
+// link field (the mapping's, e.g. correlation_id) holds id, or "" when there
+// is none.
+func (c *Client) FindByCorrelation(ctx context.Context, table, field, id string) (string, error) {
+	if field == "" {
+		return "", fmt.Errorf("%w: find %s by an external id: no link field given", ErrInvalidQuery, table)
+	}
 	p, err := c.List(ctx, table, ListOptions{
-		Query:  And(Field("correlation_id").EQ(id)).OrderBy("sys_created_on"),
+		Query:  And(Field(field).EQ(id)).OrderBy("sys_created_on"),
 		Fields: []string{"sys_id"}, Limit: 1, NoCount: true,
 	})
 	if err != nil {
