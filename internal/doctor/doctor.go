@@ -108,8 +108,8 @@ const (
 		"on the application: ServiceNow answers the same 401 access_denied for all three"
 	FixAppUser = "the token is issued but every API call answers 401: set the OAuth Application User on the OAuth " +
 		"application (add the field to the form if it is not shown), and make sure that user is active, not locked out"
-	FixRoles = "grant the OAuth Application User snc_platform_rest_api_access and itil (incident, problem, change); " +
-		"sn_hr_core.admin only for HR tables; nothing more"
+	FixRoles = "grant the OAuth Application User snc_platform_rest_api_access and itil (incident, problem, change, requested items); " +
+		"sn_hr_core.case_writer only for HR cases; nothing more"
 	FixNoRole = "every counted row is hidden: the OAuth Application User has no role that may read the table (ServiceNow " +
 		"answers 200 with no rows, not 403): " + FixRoles
 	FixCloseCode = "set BRIDGE_CLOSE_CODE to one of the instance's active choices, or leave it empty so the bridge picks one " +
