@@ -444,7 +444,13 @@ func loadFile(cfg *Config, path string, settings []Setting) error {
 	}
 	var raw map[string]yaml.Node
 	if err := yaml.Unmarshal(b, &raw); err != nil {
-		return fmt.Errorf("config file %s: %v", path, err)
+		// yaml's own message spans lines ("unmarshal errors:\n  line 1: ..."):
+		// keep the one-line error every start-up failure has.
+		msg := strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "yaml: unmarshal errors:", "")), " ")
+		if strings.Contains(msg, "cannot unmarshal") {
+			msg += " (the file must be a mapping of setting: value)"
+		}
+		return fmt.Errorf("config file %s: %s", path, msg)
 	}
 	byKey := make(map[string]Setting, len(settings))
 	for _, s := range settings {

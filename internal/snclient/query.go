@@ -103,7 +103,25 @@ func (f FieldRef) list(op string, vs []any) Cond {
 	return c
 }
 
+// formatValue renders a condition's value. A value ServiceNow would run as
+// a script (it starts with javascript:) is refused: query values come from
+// records and app changes (an app's external_id in the correlation lookup),
+// and must never execute on the instance.
 func formatValue(v any) (string, error) {
+	s, err := formatPlain(v)
+	if err == nil && isScript(s) {
+		return "", fmt.Errorf("query: value %.40q starts with javascript:, which ServiceNow would run as a script on the instance", s)
+	}
+	return s, err
+}
+
+// isScript reports whether ServiceNow evaluates a query value as a script.
+func isScript(s string) bool {
+	s = strings.TrimLeft(s, " \t\r\n")
+	return len(s) >= len("javascript:") && strings.EqualFold(s[:len("javascript:")], "javascript:")
+}
+
+func formatPlain(v any) (string, error) {
 	switch x := v.(type) {
 	case string:
 		return x, nil
