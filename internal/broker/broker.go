@@ -73,8 +73,30 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	return s, nil
 }
 
-// Connect dials NATS and keeps reconnecting forever with jittered backoff, so
-// a restarted server or a cluster failover never needs a bridge restart.
+// Reconnect pacing: the first retry comes after reconnectFirst, each next
+// one after twice as long, up to reconnectMax. Each wait is drawn from its
+// upper half, so a fleet of bridges does not reconnect in step, and no wait
+// is longer than reconnectMax: once the server is back, service resumes
+// within reconnectMax plus one handshake. A failed attempt on loopback or a
+// LAN costs a refused dial, so retrying this often is cheap for the server.
+const (
+	reconnectFirst = 50 * time.Millisecond
+	reconnectMax   = 500 * time.Millisecond
+)
+
+// reconnectDelay is the wait before reconnect attempt n (1, 2, ...), for a
+// random draw u in [0, 1).
+func reconnectDelay(attempt int, u float64) time.Duration {
+	d := reconnectMax
+	if attempt < 16 {
+		d = min(reconnectFirst<<max(attempt-1, 0), reconnectMax)
+	}
+	return d/2 + time.Duration(u*float64(d/2))
+}
+
+// Connect dials NATS and keeps reconnecting forever with jittered backoff
+// bounded by reconnectMax, so a restarted server or a cluster failover never
+// needs a bridge restart and is used again within a second of being back.
 func Connect(ctx context.Context, url, name string, logger *slog.Logger) (*nats.Conn, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -83,10 +105,9 @@ func Connect(ctx context.Context, url, name string, logger *slog.Logger) (*nats.
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
-		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectWait(reconnectFirst),
 		nats.CustomReconnectDelay(func(attempts int) time.Duration {
-			d := 250 * time.Millisecond << min(attempts, 5) // caps at 8s
-			return d/2 + rand.N(d/2+1)
+			return reconnectDelay(attempts, rand.Float64())
 		}),
 		nats.PingInterval(5 * time.Second),
 		nats.MaxPingsOutstanding(2),

@@ -215,3 +215,62 @@ func TestStartEmbedded_BusyPortFailsAtOnce(t *testing.T) {
 		t.Errorf("took %s to notice the busy port", time.Since(start))
 	}
 }
+
+func TestReconnectDelay_JitteredAndNeverAboveTheCap(t *testing.T) {
+	for _, c := range []struct {
+		attempt  int
+		min, max time.Duration
+	}{
+		{1, 25 * time.Millisecond, 50 * time.Millisecond},
+		{2, 50 * time.Millisecond, 100 * time.Millisecond},
+		{3, 100 * time.Millisecond, 200 * time.Millisecond},
+		{4, 200 * time.Millisecond, 400 * time.Millisecond},
+		{5, 250 * time.Millisecond, 500 * time.Millisecond},
+		{40, 250 * time.Millisecond, 500 * time.Millisecond},
+		{1 << 30, 250 * time.Millisecond, 500 * time.Millisecond},
+	} {
+		lo, hi := reconnectDelay(c.attempt, 0), reconnectDelay(c.attempt, 0.999999)
+		if lo != c.min || hi > c.max || hi < c.max-time.Millisecond {
+			t.Errorf("attempt %d: waits %s..%s, want %s..%s", c.attempt, lo, hi, c.min, c.max)
+		}
+	}
+	// A fleet spreads out: the draws of one attempt cover the upper half.
+	seen := map[time.Duration]bool{}
+	for i := range 100 {
+		seen[reconnectDelay(10, float64(i)/100)] = true
+	}
+	if len(seen) < 50 {
+		t.Errorf("only %d distinct waits among 100 draws: the jitter does not spread a fleet", len(seen))
+	}
+}
+
+// TestConnect_ResumesWithinASecondOfTheServerReturning: after an outage long
+// enough for the backoff to reach its cap, the connection is back well
+// within a second of the server accepting connections again (issue 16: up to
+// 5.7s before, with waits growing to 8s).
+func TestConnect_ResumesWithinASecondOfTheServerReturning(t *testing.T) {
+	opts := natstest.Options(t.TempDir())
+	s := natstest.RunServerWithOptions(t, opts)
+	nc, err := Connect(context.Background(), s.ClientURL(), "t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	s.Shutdown()
+	s.WaitForShutdown()
+	waitUntil(t, "the disconnect", func() bool { return !nc.IsConnected() })
+	time.Sleep(3 * time.Second) // several attempts: the waits reach their cap
+	natstest.Restart(t, s, opts)
+	back := time.Now() // Restart returns once the server accepts connections
+	for !nc.IsConnected() {
+		if time.Since(back) > 5*time.Second {
+			t.Fatal("not reconnected 5s after the server came back")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if d := time.Since(back); d > time.Second {
+		t.Errorf("reconnected %s after the server came back, want within 1s (waits are capped at %s)", d, reconnectMax)
+	} else {
+		t.Logf("reconnected %s after the server came back", d.Round(time.Millisecond))
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -55,10 +56,21 @@ type Config struct {
 	// it learns (from the mapping, a record and sys_dictionary where readable).
 	SNKnownFields map[string][]string
 
-	WebhookSecrets    Secret // comma-separated whsec_ list
-	WebhookTolerance  time.Duration
-	MaxBodyBytes      int64
-	PublishTimeout    time.Duration
+	WebhookSecrets   Secret // comma-separated whsec_ list
+	WebhookTolerance time.Duration
+	MaxBodyBytes     int64
+	PublishTimeout   time.Duration
+
+	// The receiver's HTTP server (issue 16): a connection cap, timeouts
+	// that cut slow or stalled clients loose, the drain before shutdown,
+	// and the proxies whose X-Forwarded-For names the client in logs.
+	MaxConnections    int
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	IdleTimeout       time.Duration
+	DrainGrace        time.Duration // 0: no drain
+	TrustedProxies    []netip.Prefix
+
 	Tables            []string
 	ReconcileInterval time.Duration
 	Applier           string
@@ -90,25 +102,30 @@ type Config struct {
 // Default returns the documented defaults.
 func Default() Config {
 	return Config{
-		Listen:               ":8080",
-		DataDir:              "./data",
-		EmbeddedNATSListen:   "127.0.0.1:4222",
-		StreamReplicas:       1,
-		WebhookTolerance:     5 * time.Minute,
-		MaxBodyBytes:         1 << 20,
-		PublishTimeout:       5 * time.Second,
-		Tables:               []string{"incident"},
-		ReconcileInterval:    5 * time.Minute,
-		DeleteScanInterval:   24 * time.Hour,
-		Applier:              "nats",
-		DedupeSize:           100_000,
-		DedupeTTL:            time.Hour,
-		LogFormat:            "json",
-		LogLevel:             "info",
-		ShutdownTimeout:      20 * time.Second,
-		ConflictPolicy:       "newest_wins",
-		WritebackWorkers:     8,
-		HandOverGrace:        time.Second,
+		Listen:             ":8080",
+		DataDir:            "./data",
+		EmbeddedNATSListen: "127.0.0.1:4222",
+		StreamReplicas:     1,
+		WebhookTolerance:   5 * time.Minute,
+		MaxBodyBytes:       1 << 20,
+		PublishTimeout:     5 * time.Second,
+		MaxConnections:     1024,
+		ReadHeaderTimeout:  5 * time.Second,
+		ReadTimeout:        30 * time.Second,
+		IdleTimeout:        60 * time.Second,
+		DrainGrace:         2 * time.Second,
+		Tables:             []string{"incident"},
+		ReconcileInterval:  5 * time.Minute,
+		DeleteScanInterval: 24 * time.Hour,
+		Applier:            "nats",
+		DedupeSize:         100_000,
+		DedupeTTL:          time.Hour,
+		LogFormat:          "json",
+		LogLevel:           "info",
+		ShutdownTimeout:    20 * time.Second,
+		ConflictPolicy:     "newest_wins",
+		WritebackWorkers:   8,
+		HandOverGrace:      time.Second,
 	}
 }
 
@@ -197,6 +214,36 @@ func list(p func(*Config) *[]string) (func(*Config, string) error, func(*Config)
 		}
 }
 
+// prefixes parses a comma-separated list of addresses (a single host) and
+// CIDR ranges.
+func prefixes(p func(*Config) *[]netip.Prefix) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error {
+			var out []netip.Prefix
+			for _, part := range strings.Split(v, ",") {
+				if part = strings.TrimSpace(part); part == "" {
+					continue
+				}
+				pfx, err := netip.ParsePrefix(part)
+				if err != nil {
+					addr, aerr := netip.ParseAddr(part)
+					if aerr != nil {
+						return fmt.Errorf("%q is neither an IP address nor a CIDR range like 10.0.0.0/8", part)
+					}
+					pfx = netip.PrefixFrom(addr, addr.BitLen())
+				}
+				out = append(out, pfx.Masked())
+			}
+			*p(c) = out
+			return nil
+		}, func(c *Config) string {
+			parts := make([]string, len(*p(c)))
+			for i, pfx := range *p(c) {
+				parts[i] = pfx.String()
+			}
+			return strings.Join(parts, ",")
+		}
+}
+
 // knownFields parses table=field,field;table=field (a YAML map of table to
 // a list of fields arrives in the same form). A table given twice gets the
 // fields of both.
@@ -282,6 +329,24 @@ func Settings() []Setting {
 		}),
 		setting("publish_timeout", "BRIDGE_PUBLISH_TIMEOUT", "how long a webhook waits for JetStream acks before answering 503", false, func() (func(*Config, string) error, func(*Config) string) {
 			return dur(func(c *Config) *time.Duration { return &c.PublishTimeout })
+		}),
+		setting("max_connections", "BRIDGE_MAX_CONNECTIONS", "most HTTP connections open at once on BRIDGE_LISTEN; further clients wait in the listen queue until one closes", false, func() (func(*Config, string) error, func(*Config) string) {
+			return integer(func(c *Config) *int { return &c.MaxConnections })
+		}),
+		setting("read_header_timeout", "BRIDGE_READ_HEADER_TIMEOUT", "how long a client may take to send a request's headers before its connection is closed", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.ReadHeaderTimeout })
+		}),
+		setting("read_timeout", "BRIDGE_READ_TIMEOUT", "how long a client may take to send a whole request, headers and body, before its connection is closed", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.ReadTimeout })
+		}),
+		setting("idle_timeout", "BRIDGE_IDLE_TIMEOUT", "how long a kept-alive connection may wait for its next request before it is closed", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.IdleTimeout })
+		}),
+		setting("drain_grace", "BRIDGE_DRAIN_GRACE", "at shutdown, how long the receiver keeps answering with /readyz 503 and Connection: close before it stops accepting (ends early once no connection is open; part of BRIDGE_SHUTDOWN_TIMEOUT; 0: no drain)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.DrainGrace })
+		}),
+		setting("trusted_proxies", "BRIDGE_TRUSTED_PROXIES", "comma-separated addresses or CIDR ranges of reverse proxies whose X-Forwarded-For names the client in logs (empty: the connection's address; forwarding headers are ignored)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return prefixes(func(c *Config) *[]netip.Prefix { return &c.TrustedProxies })
 		}),
 		setting("tables", "BRIDGE_TABLES", "comma-separated ServiceNow tables synced, each with its mapping (shipped: incident, change_request, problem, sc_req_item, sn_hr_core_case)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return list(func(c *Config) *[]string { return &c.Tables })
@@ -583,6 +648,9 @@ func (c *Config) Validate() error {
 	if c.PublishTimeout <= 0 {
 		return errors.New("BRIDGE_PUBLISH_TIMEOUT: must be positive")
 	}
+	if err := c.validateReceiver(); err != nil {
+		return err
+	}
 	if c.ReconcileInterval < 0 {
 		return errors.New("BRIDGE_RECONCILE_INTERVAL: must be 0 (off) or positive")
 	}
@@ -630,6 +698,45 @@ func (c *Config) Validate() error {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return fmt.Errorf("BRIDGE_LOG_LEVEL: must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	return nil
+}
+
+// validateReceiver checks the HTTP server's settings and the webhook
+// tolerance against SN_EVENTS' duplicate window.
+func (c *Config) validateReceiver() error {
+	var window time.Duration
+	for _, s := range events.Streams(events.StreamOptions{}) {
+		if s.Name == events.StreamSN {
+			window = s.Duplicates
+		}
+	}
+	if span := webhook.ReplaySpan(c.WebhookTolerance); span >= window {
+		return fmt.Errorf("BRIDGE_WEBHOOK_TOLERANCE: %s is too long for the %s stream's duplicate window of %s: a captured webhook "+
+			"verifies for up to %s after it first arrived (its timestamp may be that much ahead or behind), so a replay after the window "+
+			"would be stored twice; set it below %s", c.WebhookTolerance, events.StreamSN, window, span, window/2)
+	}
+	if c.MaxConnections < 1 || c.MaxConnections > 1<<20 {
+		return fmt.Errorf("BRIDGE_MAX_CONNECTIONS: must be 1 to 1048576, got %d", c.MaxConnections)
+	}
+	for _, t := range []struct {
+		env string
+		d   time.Duration
+	}{{"BRIDGE_READ_HEADER_TIMEOUT", c.ReadHeaderTimeout}, {"BRIDGE_READ_TIMEOUT", c.ReadTimeout}, {"BRIDGE_IDLE_TIMEOUT", c.IdleTimeout}} {
+		if t.d <= 0 {
+			return fmt.Errorf("%s: must be positive, got %s", t.env, t.d)
+		}
+	}
+	if c.ReadHeaderTimeout > c.ReadTimeout {
+		return fmt.Errorf("BRIDGE_READ_HEADER_TIMEOUT (%s) must not exceed BRIDGE_READ_TIMEOUT (%s), which bounds the headers and the body together",
+			c.ReadHeaderTimeout, c.ReadTimeout)
+	}
+	if c.ShutdownTimeout <= 0 {
+		return fmt.Errorf("BRIDGE_SHUTDOWN_TIMEOUT: must be positive, got %s", c.ShutdownTimeout)
+	}
+	if c.DrainGrace < 0 || c.DrainGrace > c.ShutdownTimeout/2 {
+		return fmt.Errorf("BRIDGE_DRAIN_GRACE: must be 0 (no drain) up to half of BRIDGE_SHUTDOWN_TIMEOUT (%s), which also covers the requests still running, got %s",
+			c.ShutdownTimeout, c.DrainGrace)
 	}
 	return nil
 }

@@ -350,3 +350,78 @@ func TestLoad_SNKnownFields(t *testing.T) {
 		t.Errorf("a map for a setting that takes none: err %v", err)
 	}
 }
+
+func TestLoad_ReceiverSettings(t *testing.T) {
+	cfg, err := load(t, map[string]string{
+		"BRIDGE_MAX_CONNECTIONS":     "256",
+		"BRIDGE_READ_HEADER_TIMEOUT": "2s",
+		"BRIDGE_TRUSTED_PROXIES":     "10.0.0.0/8, 192.0.2.7,2001:db8::/32",
+		"BRIDGE_DRAIN_GRACE":         "0",
+	}, "--read-timeout", "10s", "--idle-timeout", "20s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxConnections != 256 || cfg.ReadHeaderTimeout != 2*time.Second || cfg.ReadTimeout != 10*time.Second ||
+		cfg.IdleTimeout != 20*time.Second || cfg.DrainGrace != 0 {
+		t.Errorf("receiver settings not loaded: %+v", cfg)
+	}
+	var got []string
+	for _, p := range cfg.TrustedProxies {
+		got = append(got, p.String())
+	}
+	if want := []string{"10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("BRIDGE_TRUSTED_PROXIES parsed as %v, want %v (a bare address is a one-host range)", got, want)
+	}
+	def := Default()
+	if def.MaxConnections != 1024 || def.ReadHeaderTimeout != 5*time.Second || def.ReadTimeout != 30*time.Second ||
+		def.IdleTimeout != time.Minute || def.DrainGrace != 2*time.Second || len(def.TrustedProxies) != 0 {
+		t.Errorf("receiver defaults changed: %+v", def)
+	}
+	for _, bad := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"BRIDGE_MAX_CONNECTIONS": "0"}, "BRIDGE_MAX_CONNECTIONS: must be 1 to"},
+		{map[string]string{"BRIDGE_READ_HEADER_TIMEOUT": "-1s"}, "BRIDGE_READ_HEADER_TIMEOUT: must be positive"},
+		{map[string]string{"BRIDGE_READ_HEADER_TIMEOUT": "1m"}, "BRIDGE_READ_HEADER_TIMEOUT (1m0s) must not exceed BRIDGE_READ_TIMEOUT (30s)"},
+		{map[string]string{"BRIDGE_IDLE_TIMEOUT": "0s"}, "BRIDGE_IDLE_TIMEOUT: must be positive"},
+		{map[string]string{"BRIDGE_DRAIN_GRACE": "15s"}, "BRIDGE_DRAIN_GRACE: must be 0 (no drain) up to half of BRIDGE_SHUTDOWN_TIMEOUT (20s)"},
+		{map[string]string{"BRIDGE_SHUTDOWN_TIMEOUT": "0s"}, "BRIDGE_SHUTDOWN_TIMEOUT: must be positive"},
+		{map[string]string{"BRIDGE_TRUSTED_PROXIES": "proxy.internal"}, `BRIDGE_TRUSTED_PROXIES: "proxy.internal" is neither an IP address nor a CIDR range`},
+	} {
+		_, err := load(t, bad.env)
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%v: err %v, want it to contain %q", bad.env, err, bad.want)
+		}
+	}
+}
+
+// TestLoad_WebhookToleranceBelowTheDuplicateWindow: a signed webhook can be
+// replayed for up to twice the tolerance after it first arrived, and only
+// SN_EVENTS' duplicate window (1h) keeps the replay from being stored again.
+func TestLoad_WebhookToleranceBelowTheDuplicateWindow(t *testing.T) {
+	for _, c := range []struct {
+		tolerance string
+		ok        bool
+	}{
+		{"5m", true},
+		{"29m59s", true},
+		{"30m", false},
+		{"45m", false},
+		{"2h", false},
+	} {
+		_, err := load(t, map[string]string{"BRIDGE_WEBHOOK_TOLERANCE": c.tolerance})
+		switch {
+		case c.ok && err != nil:
+			t.Errorf("BRIDGE_WEBHOOK_TOLERANCE=%s refused: %v", c.tolerance, err)
+		case !c.ok && err == nil:
+			t.Errorf("BRIDGE_WEBHOOK_TOLERANCE=%s accepted, though a replay could outlive the 1h duplicate window", c.tolerance)
+		case !c.ok:
+			for _, want := range []string{"BRIDGE_WEBHOOK_TOLERANCE", "SN_EVENTS", "duplicate window of 1h0m0s", "stored twice", "set it below 30m0s"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("BRIDGE_WEBHOOK_TOLERANCE=%s: error %q does not say %q", c.tolerance, err, want)
+				}
+			}
+		}
+	}
+}

@@ -39,6 +39,13 @@ type ErrorBody struct {
 
 func (r *Receiver) handleWebhook(c echo.Context) error {
 	req := c.Request()
+	if r.closing.Load() {
+		// The last moments of a shutdown: tell the sender to come back
+		// (to this bridge once restarted, or another one) and let it go
+		// quiet before the listener closes (see Serve).
+		c.Response().Header().Set("Retry-After", r.retryAfter)
+		return fail(c, http.StatusServiceUnavailable, "shutting down", "the bridge is stopping; retry the whole body later")
+	}
 	if events.IsSelfTestID(req.Header.Get(webhook.HeaderID)) {
 		return r.handleSelfTest(c)
 	}
@@ -49,7 +56,7 @@ func (r *Receiver) handleWebhook(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if status, e := r.verify(req.Header, body); status != 0 {
+	if status, e := r.verify(c, body); status != 0 {
 		return fail(c, status, e.Error, e.Detail)
 	}
 	evs, err := r.validator.DecodeBody(body)
@@ -63,7 +70,8 @@ func (r *Receiver) handleWebhook(c echo.Context) error {
 	res, err := r.publish(req.Context(), evs)
 	if err != nil {
 		r.m.publishFailures.Inc()
-		r.log.Warn("webhook not stored: answering 503", "webhook_id", req.Header.Get(webhook.HeaderID), "events", len(evs), "err", err)
+		r.log.Warn("webhook not stored: answering 503", "webhook_id", req.Header.Get(webhook.HeaderID), "events", len(evs),
+			"client_ip", c.RealIP(), "err", err)
 		c.Response().Header().Set("Retry-After", r.retryAfter)
 		return fail(c, http.StatusServiceUnavailable, "event store unavailable",
 			"JetStream did not acknowledge every event; retry the whole body later (events already stored are de-duplicated)")
@@ -101,16 +109,20 @@ func (r *Receiver) readBody(req *http.Request) ([]byte, error) {
 }
 
 // verify checks the signature; a non-zero status means rejected.
-func (r *Receiver) verify(h http.Header, body []byte) (int, ErrorBody) {
+func (r *Receiver) verify(c echo.Context, body []byte) (int, ErrorBody) {
+	h := c.Request().Header
 	err := r.verifier.Verify(h.Get(webhook.HeaderID), h.Get(webhook.HeaderTimestamp), h.Get(webhook.HeaderSignature), body)
 	if err == nil {
 		return 0, ErrorBody{}
 	}
-	return r.rejectSignature(h, err)
+	return r.rejectSignature(c, err)
 }
 
 // rejectSignature counts and logs a failed verification and builds its 401.
-func (r *Receiver) rejectSignature(h http.Header, err error) (int, ErrorBody) {
+// The log names the client as the IPExtractor sees it (see ipExtractor): by
+// default the connection's address, never a header the sender wrote.
+func (r *Receiver) rejectSignature(c echo.Context, err error) (int, ErrorBody) {
+	h := c.Request().Header
 	reason := "signature"
 	switch {
 	case errors.Is(err, webhook.ErrMissingHeaders):
@@ -123,7 +135,7 @@ func (r *Receiver) rejectSignature(h http.Header, err error) (int, ErrorBody) {
 		reason = "no_secrets"
 	}
 	r.m.signatureFailures.WithLabelValues(reason).Inc()
-	r.log.Warn("webhook rejected", "reason", reason, "webhook_id", truncate(h.Get(webhook.HeaderID), 120))
+	r.log.Warn("webhook rejected", "reason", reason, "webhook_id", truncate(h.Get(webhook.HeaderID), 120), "client_ip", c.RealIP())
 	// The webhook errors name what was wrong, never key material.
 	return http.StatusUnauthorized, ErrorBody{Error: "invalid signature", Detail: err.Error()}
 }
@@ -195,6 +207,10 @@ func (r *Receiver) handleHealth(c echo.Context) error {
 }
 
 func (r *Receiver) handleReady(c echo.Context) error {
+	if r.draining.Load() {
+		c.Response().Header().Set("Retry-After", r.retryAfter)
+		return fail(c, http.StatusServiceUnavailable, "not ready", "shutting down")
+	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
 	defer cancel()
 	if err := r.Ready(ctx); err != nil {

@@ -15,6 +15,8 @@ type metrics struct {
 	selfTests         *prometheus.CounterVec // by result
 	publishFailures   prometheus.Counter
 	publishSeconds    prometheus.Histogram
+	openConns         prometheus.Gauge
+	connLimitWaits    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -52,8 +54,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from the first publish of a webhook body's events to the last JetStream ack.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs .. 3.3s
 		}),
+		openConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bridge_http_connections",
+			Help: "HTTP connections open on the receiver's listener (at most BRIDGE_MAX_CONNECTIONS).",
+		}),
+		connLimitWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_http_connection_limit_waits_total",
+			Help: "Times the receiver stopped accepting because BRIDGE_MAX_CONNECTIONS connections were open; further clients waited in the listen queue.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.published, m.duplicates, m.echoes, m.signatureFailures, m.selfTests, m.publishFailures, m.publishSeconds} {
+	for _, c := range []prometheus.Collector{m.requests, m.published, m.duplicates, m.echoes, m.signatureFailures, m.selfTests,
+		m.publishFailures, m.publishSeconds, m.openConns, m.connLimitWaits} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

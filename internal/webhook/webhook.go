@@ -131,6 +131,13 @@ type Verifier struct {
 	Now       func() time.Time
 }
 
+// ReplaySpan is how long after its first delivery a captured signed request
+// still verifies: its timestamp may be up to tolerance ahead of the
+// receiver's clock then, and it is accepted until tolerance past that
+// timestamp. A receiver de-duplicating by message id must remember ids for
+// longer than this, or a replay is taken for a new message.
+func ReplaySpan(tolerance time.Duration) time.Duration { return 2 * tolerance }
+
 // Verify checks the headers and body. It compares every entry against every
 // secret in constant time per comparison, so rotation works and timing leaks
 // nothing about which byte differed.
