@@ -69,7 +69,8 @@ type Config struct {
 	IdleTimeout       time.Duration
 	// DrainGrace is how long Serve keeps answering after ctx ends, with
 	// /readyz 503 and "Connection: close" on every answer, before it stops
-	// accepting (see Serve). It ends early once no connection is open.
+	// accepting (see Serve). It ends early once no connection is open and
+	// none has opened for a moment.
 	// 0: a quarter of the shutdown timeout, at most 2s; negative: no grace.
 	DrainGrace time.Duration
 	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
@@ -219,7 +220,8 @@ func (r *Receiver) Handler() http.Handler { return r.e }
 // shutdown goes in steps, each of which only ever closes a connection right
 // after answering on it:
 //
-//  1. Drain, for DrainGrace or until no connection is open: /readyz answers
+//  1. Drain, for DrainGrace or until no connection is open (nor has been
+//     for a moment): /readyz answers
 //     503 so load balancers move away, webhooks are still stored and
 //     answered, and every answer carries "Connection: close", which moves
 //     each client off its kept-alive connection cleanly.
@@ -250,8 +252,8 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, shutdownTimeout t
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lim) }()
 	r.log.Info("webhook receiver listening", "addr", ln.Addr().String(), "path", Path,
-		"max_connections", r.cfg.MaxConnections, "read_header_timeout", r.cfg.ReadHeaderTimeout,
-		"read_timeout", r.cfg.ReadTimeout, "idle_timeout", r.cfg.IdleTimeout)
+		"max_connections", r.cfg.MaxConnections, "read_header_timeout", r.cfg.ReadHeaderTimeout.String(),
+		"read_timeout", r.cfg.ReadTimeout.String(), "idle_timeout", r.cfg.IdleTimeout.String())
 	select {
 	case err := <-errc:
 		return fmt.Errorf("HTTP server on %s: %w", ln.Addr(), err)
@@ -301,8 +303,10 @@ func (r *Receiver) drain(conns *connTracker, lim *limitListener, grace time.Dura
 	start := time.Now()
 	r.draining.Store(true)
 	r.log.Info("webhook receiver draining: /readyz answers 503, connections are closed after their answer",
-		"grace", grace, "open_connections", conns.open())
-	waitUntil(start.Add(grace), func() bool { return conns.open() == 0 })
+		"grace", grace.String(), "open_connections", conns.open())
+	// Early only once no client has been connected for a moment: under
+	// load every connection closes after its answer and another opens.
+	waitUntil(start.Add(grace), func() bool { return conns.open() == 0 && lim.sinceAccept() >= drainQuiet })
 	r.closing.Store(true)
 	closeBy := time.Now().Add(drainCloseMax)
 	if half := time.Now().Add(time.Until(deadline) / 2); half.Before(closeBy) {
@@ -314,7 +318,7 @@ func (r *Receiver) drain(conns *connTracker, lim *limitListener, grace time.Dura
 		}
 		return lim.sinceAccept() >= drainQuiet
 	})
-	r.log.Info("webhook receiver closing", "drained_for", time.Since(start).Round(time.Millisecond), "open_connections", conns.open())
+	r.log.Info("webhook receiver closing", "drained_for", time.Since(start).Round(time.Millisecond).String(), "open_connections", conns.open())
 }
 
 // waitUntil polls done until it is true or the deadline passes.
