@@ -118,19 +118,26 @@ func (h *harness) run(cfg Config) (stop func() time.Duration) {
 	return stop
 }
 
-// waitDone waits until the consumer has nothing pending or unacked.
+// waitDone waits until the consumer has acked (or terminated) every
+// message of the stream. The ack floor is what says so: right after a
+// publish the consumer's pending count may not include it yet.
 func (h *harness) waitDone(timeout time.Duration) {
 	h.t.Helper()
 	deadline := time.Now().Add(timeout)
 	var info *jetstream.ConsumerInfo
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		c, err := h.js.Consumer(ctx, testStream, "work")
+		var last uint64
+		st, err := h.js.Stream(ctx, testStream)
 		if err == nil {
-			info, err = c.Info(ctx)
+			last = st.CachedInfo().State.LastSeq
+			var c jetstream.Consumer
+			if c, err = h.js.Consumer(ctx, testStream, "work"); err == nil {
+				info, err = c.Info(ctx)
+			}
 		}
 		cancel()
-		if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+		if err == nil && info.AckFloor.Stream >= last && info.NumPending == 0 && info.NumAckPending == 0 {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
