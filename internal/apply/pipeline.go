@@ -82,9 +82,6 @@ func New(cfg Config) (*Runner, error) {
 	return r, nil
 }
 
-// ConsumerConfig is the durable consumer's definition.
-func (r *Runner) ConsumerConfig() jetstream.ConsumerConfig { return r.engine.ConsumerConfig() }
-
 // Run consumes SN_EVENTS until ctx ends. It then stops pulling, hands the
 // messages not yet started back to JetStream, and waits for the ones being
 // applied to finish. An error means the consumer could not be created.

@@ -81,15 +81,13 @@ func (w *Writer) CheckCloseCodes(ctx context.Context, tables []string) (map[stri
 // Consumer is the durable pull consumer on APP_EVENTS: the shared consume
 // engine running the writer.
 type Consumer struct {
-	w      *Writer
-	js     jetstream.JetStream
 	engine *consume.Engine
 	err    error // a configuration the engine refused, reported by Run
 }
 
 // NewConsumer builds the writeback consumer; Run starts it.
 func NewConsumer(js jetstream.JetStream, w *Writer) *Consumer {
-	c := &Consumer{w: w, js: js}
+	c := &Consumer{}
 	maxDeliver := max(w.cfg.MaxDeliver, 0)
 	c.engine, c.err = consume.New(consume.Config{
 		JS: js, Stream: events.StreamApp, Pipeline: Pipeline, Handler: handler{w},
@@ -109,9 +107,6 @@ func NewConsumer(js jetstream.JetStream, w *Writer) *Consumer {
 	})
 	return c
 }
-
-// ConsumerConfig is the durable consumer's definition.
-func (c *Consumer) ConsumerConfig() jetstream.ConsumerConfig { return c.engine.ConsumerConfig() }
 
 // Run consumes until ctx ends, then waits for changes in flight to finish.
 // An error means the consumer could not be created (no APP_EVENTS stream).
