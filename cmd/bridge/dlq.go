@@ -2,17 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/dlq"
 	"github.com/nowbridge/nowbridge/internal/events"
 )
@@ -30,20 +34,21 @@ with the reason in headers. Fix the cause, then retry them.`,
 			return usageError{errors.New("dlq needs a subcommand: ls, show SEQ, retry SEQ|--all, purge")}
 		},
 	}
-	bindToolFlags(cmd.PersistentFlags())
+	// BRIDGE_TABLES and BRIDGE_MAPPING_DIR name each table's entity for --table.
+	bindToolFlags(cmd.PersistentFlags(), "tables", "mapping-dir")
 	cmd.AddCommand(newDLQLsCmd(a), newDLQShowCmd(a), newDLQRetryCmd(a), newDLQPurgeCmd(a))
 	return cmd
 }
 
 func newDLQLsCmd(a *app) *cobra.Command {
-	var pipeline string
+	var pipeline, table string
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "ls",
+		Use:   "ls [--pipeline P] [--table T]",
 		Short: "List dead letters: seq, pipeline, record, status, reason, age",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, nc, js, err := connectTool(cmd.Context(), a, cmd, "bridge dlq")
+			cfg, nc, js, err := connectTool(cmd.Context(), a, cmd, "bridge dlq")
 			if err != nil {
 				return err
 			}
@@ -51,7 +56,7 @@ func newDLQLsCmd(a *app) *cobra.Command {
 			if _, err := needStream(cmd.Context(), js, events.StreamDLQ); err != nil {
 				return err
 			}
-			entries, err := dlq.List(cmd.Context(), js, pipeline)
+			entries, err := listDeadLetters(cmd.Context(), js, cfg, pipeline, table)
 			if err != nil {
 				return err
 			}
@@ -83,8 +88,54 @@ func newDLQLsCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&pipeline, "pipeline", "", "only this pipeline (apply or writeback)")
+	cmd.Flags().StringVar(&table, "table", "", tableFlagUsage)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
 	return cmd
+}
+
+const tableFlagUsage = "only this ServiceNow table's dead letters: apply's of the table, the writeback's of its entity (from its mapping)"
+
+// listDeadLetters lists the dead letters of pipeline ("" for both) and,
+// with table, of that table only.
+func listDeadLetters(ctx context.Context, js jetstream.JetStream, cfg config.Config, pipeline, table string) ([]dlq.Entry, error) {
+	entries, err := dlq.List(ctx, js, pipeline)
+	if err != nil || table == "" {
+		return entries, err
+	}
+	match, err := tableMatcher(cfg, table)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(entries, func(e dlq.Entry) bool { return !match(e) }), nil
+}
+
+// tableMatcher matches the dead letters of one table: apply's came from
+// sn.<table>.<action>, the writeback's from app.<entity>.<action> with the
+// entity the table's mapping names (its file in BRIDGE_MAPPING_DIR, else the
+// shipped one).
+func tableMatcher(cfg config.Config, table string) (func(dlq.Entry) bool, error) {
+	tables := slices.Clone(cfg.Tables)
+	if !slices.Contains(tables, table) {
+		tables = append(tables, table)
+	}
+	cfg.Tables = tables
+	mset, err := loadMapping(cfg, nil)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--table %s: %w", table, err)}
+	}
+	entity, _ := mset.Entity(table)
+	return func(e dlq.Entry) bool {
+		kind, name, _, ok := events.ParseSubject(e.Origin)
+		switch {
+		case !ok:
+			return false
+		case kind == "sn":
+			return name == table
+		case kind == "app":
+			return name == entity
+		}
+		return false
+	}, nil
 }
 
 func oneLine(s string, n int) string {
@@ -178,28 +229,31 @@ func rawOrString(b []byte) json.RawMessage {
 
 func newDLQRetryCmd(a *app) *cobra.Command {
 	var all, asJSON bool
-	var pipeline string
+	var pipeline, table string
 	cmd := &cobra.Command{
-		Use:   "retry SEQ | --all [--pipeline P]",
+		Use:   "retry SEQ | --all [--pipeline P] [--table T]",
 		Short: "Republish dead letters to the subject they came from; each is removed once stored again",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if all == (len(args) == 1) {
 				return usageError{errors.New("retry takes either a sequence number or --all")}
 			}
-			if pipeline != "" && !all {
-				return usageError{errors.New("--pipeline goes with --all")}
+			if (pipeline != "" || table != "") && !all {
+				return usageError{errors.New("--pipeline and --table go with --all")}
 			}
-			_, nc, js, err := connectTool(cmd.Context(), a, cmd, "bridge dlq")
+			cfg, nc, js, err := connectTool(cmd.Context(), a, cmd, "bridge dlq")
 			if err != nil {
 				return err
 			}
 			defer nc.Close()
 			var results []dlq.RetryResult
 			var rerr error
-			if all {
+			switch {
+			case all && table != "":
+				results, rerr = retryTable(cmd.Context(), js, cfg, pipeline, table)
+			case all:
 				results, rerr = dlq.RetryAll(cmd.Context(), js, pipeline)
-			} else {
+			default:
 				seq, err := parseSeq(args[0])
 				if err != nil {
 					return err
@@ -226,10 +280,34 @@ func newDLQRetryCmd(a *app) *cobra.Command {
 			return rerr
 		},
 	}
-	cmd.Flags().BoolVar(&all, "all", false, "retry every dead letter (of --pipeline)")
+	cmd.Flags().BoolVar(&all, "all", false, "retry every dead letter (of --pipeline, of --table)")
 	cmd.Flags().StringVar(&pipeline, "pipeline", "", "with --all: only this pipeline (apply or writeback)")
+	cmd.Flags().StringVar(&table, "table", "", "with --all: "+tableFlagUsage)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
 	return cmd
+}
+
+// retryTable retries the dead letters of one table, oldest first, going on
+// past failures (returned joined), as dlq.RetryAll does for a pipeline.
+func retryTable(ctx context.Context, js jetstream.JetStream, cfg config.Config, pipeline, table string) ([]dlq.RetryResult, error) {
+	entries, err := listDeadLetters(ctx, js, cfg, pipeline, table)
+	if err != nil {
+		return nil, err
+	}
+	var out []dlq.RetryResult
+	var errs []error
+	for _, e := range entries {
+		res, err := dlq.Retry(ctx, js, e.Seq)
+		if err != nil {
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		out = append(out, res)
+	}
+	return out, errors.Join(errs...)
 }
 
 func newDLQPurgeCmd(a *app) *cobra.Command {

@@ -62,7 +62,7 @@ for --sn-instance-url, --sn-client-id and --sn-client-secret.`,
 				return fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)
 			}
 			logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-			mset, err := mapping.Load(mappingFS(cfg), cfg.Tables, logger)
+			mset, err := loadMapping(cfg, logger)
 			if err != nil {
 				return err
 			}

@@ -1,31 +1,20 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"net/url"
-	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
-	"github.com/nowbridge/nowbridge/internal/apply"
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/events"
-	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/reconcile"
 	"github.com/nowbridge/nowbridge/internal/replay"
-	"github.com/nowbridge/nowbridge/internal/snclient"
-	"github.com/nowbridge/nowbridge/internal/state"
 )
 
 func newReconcileCmd(a *app) *cobra.Command {
@@ -82,13 +71,13 @@ instead of the watermark; neither moves the watermark back.`,
 			if err := broker.EnsureAll(ctx, js, events.StreamOptions{Replicas: cfg.StreamReplicas}); err != nil {
 				return err
 			}
-			r, closeFn, err := newReconciler(ctx, cfg, js, reconcileDeps{Logger: logger}, func(c *reconcile.Config) {
-				c.PageSize, c.Overlap = pageSize, overlap
-			})
+			b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snRequired, Reconcile: true,
+				Tune: func(c *reconcile.Config) { c.PageSize, c.Overlap = pageSize, overlap }})
 			if err != nil {
 				return err
 			}
-			defer closeFn()
+			defer b.Close()
+			r := b.reconciler
 			if !once {
 				if cfg.ReconcileInterval <= 0 {
 					return usageError{errors.New("BRIDGE_RECONCILE_INTERVAL is 0: nothing to run in a loop (use --once)")}
@@ -146,84 +135,6 @@ instead of the watermark; neither moves the watermark back.`,
 	return cmd
 }
 
-// reconcileDeps are the parts bridge serve shares with its reconcile loop;
-// bridge reconcile leaves them zero and gets its own.
-type reconcileDeps struct {
-	// SN is the process's ServiceNow client: sharing it shares its rate
-	// limiter with the writeback. Nil: a client is built from cfg.
-	SN *snclient.Client
-	// Mapping is the process's mapping set; nil loads BRIDGE_MAPPING_DIR.
-	Mapping *mapping.Set
-	// Echoes is the process's echo-suppression cache (versions the
-	// writeback just wrote); nil relies on bridge_state alone.
-	Echoes     reconcile.Echoes
-	Registerer prometheus.Registerer
-	Logger     *slog.Logger
-}
-
-// newReconciler builds the reconciler bridge serve and bridge reconcile run:
-// the ServiceNow client paced to reconcile's share of BRIDGE_SN_RATE_LIMIT,
-// bridge_state for versions, watermarks and leases, the mapping's fields.
-// bridge serve wires it as
-//
-//	r, closeRec, err := newReconciler(ctx, cfg, js, reconcileDeps{SN: sn, Mapping: mset, Echoes: dd, Registerer: reg, Logger: log}, nil)
-//	defer closeRec()
-//	g.Go(func() error { return r.Run(ctx) }) // returns at once when BRIDGE_RECONCILE_INTERVAL=0
-func newReconciler(ctx context.Context, cfg config.Config, js jetstream.JetStream, d reconcileDeps, tune func(*reconcile.Config)) (*reconcile.Reconciler, func(), error) {
-	logger := d.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	mset := d.Mapping
-	if mset == nil {
-		var err error
-		if mset, err = apply.LoadMapping(cfg.MappingDir, cfg.Tables, logger); err != nil {
-			return nil, nil, err
-		}
-	}
-	sn, closeFn := d.SN, func() {}
-	if sn == nil {
-		if err := cfg.RequireServiceNow(); err != nil {
-			return nil, nil, usageError{err}
-		}
-		var err error
-		sn, err = newSNClient(cfg, mset, logger, nil)
-		if err != nil {
-			return nil, nil, usageError{err}
-		}
-		closeFn = func() { _ = sn.Close() }
-	}
-	store, _, err := state.Open(ctx, js)
-	if err != nil {
-		closeFn()
-		return nil, nil, err
-	}
-	rc := reconcile.Config{
-		Tables:   cfg.Tables,
-		Fields:   mset.Fields,
-		Interval: cfg.ReconcileInterval,
-		// The presence scan's schedule; bridge reconcile --once --full
-		// runs it whatever the interval.
-		DeleteScanInterval: cfg.DeleteScanInterval,
-		Limiter:            reconcile.SharedLimiter(cfg.SNRateLimit),
-		Echoes:             d.Echoes,
-		Logger:             logger,
-		Registerer:         d.Registerer,
-	}
-	if u, err := url.Parse(cfg.SNInstanceURL); err == nil {
-		rc.Instance, _, _ = strings.Cut(u.Hostname(), ".")
-	}
-	if tune != nil {
-		tune(&rc)
-	}
-	r, err := reconcile.New(js, store.KV(), &reconcile.SNPager{Client: sn}, store, rc)
-	if err != nil {
-		closeFn()
-		return nil, nil, err
-	}
-	return r, closeFn, nil
-}
-
 func writeReconcileSummary(w io.Writer, sums []reconcile.Summary) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TABLE\tFROM\tPAGES\tSCANNED\tGAPS\tDELETES\tIN FLIGHT\tDURATION\tRESULT")
@@ -240,13 +151,4 @@ func writeReconcileSummary(w io.Writer, sums []reconcile.Summary) {
 			fmt.Fprintf(w, "deletes in %s: %s\n", s.Table, r)
 		}
 	}
-}
-
-// mappingFS is BRIDGE_MAPPING_DIR as a file system, nil for the built-in
-// mapping (mapping.Load's convention).
-func mappingFS(cfg config.Config) fs.FS {
-	if cfg.MappingDir == "" {
-		return nil
-	}
-	return os.DirFS(cfg.MappingDir)
 }

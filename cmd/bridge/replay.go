@@ -12,15 +12,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
-	"github.com/nowbridge/nowbridge/internal/apply"
 	"github.com/nowbridge/nowbridge/internal/config"
-	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
-	"github.com/nowbridge/nowbridge/internal/mapping"
-	"github.com/nowbridge/nowbridge/internal/outbound"
 	"github.com/nowbridge/nowbridge/internal/replay"
-	"github.com/nowbridge/nowbridge/internal/snclient"
-	"github.com/nowbridge/nowbridge/internal/state"
 )
 
 func newReplayCmd(a *app) *cobra.Command {
@@ -114,7 +108,11 @@ Times are RFC 3339 or a duration back from now (2h).`,
 			return err
 		},
 	}
-	bindToolFlags(cmd.Flags(), "sn-instance-url", "sn-client-id", "sn-client-secret", "sn-rate-limit", "mapping-dir", "applier", "apply-url", "apply-secret", "webhook-secrets", "tables")
+	// The settings of the apply path (--stream sn) and of the writeback
+	// (--stream app): a replay applies exactly as bridge serve does.
+	bindToolFlags(cmd.Flags(), "tables", "mapping-dir", "applier", "apply-url", "apply-secret", "webhook-secrets",
+		"sn-instance-url", "sn-client-id", "sn-client-secret", "sn-rate-limit", "sn-known-fields",
+		"writeback-delete", "writeback-delete-state", "close-code", "conflict-policy", "conflict-policies", "writeback-blind", "writeback-handover-grace")
 	f := cmd.Flags()
 	f.StringVar(&stream, "stream", "sn", "sn (SN_EVENTS -> the SaaS app) or app (APP_EVENTS -> ServiceNow)")
 	f.StringVar(&since, "since", "", "messages stored at or after (RFC 3339 or a duration like 2h)")
@@ -131,52 +129,28 @@ Times are RFC 3339 or a duration back from now (2h).`,
 	return cmd
 }
 
-// newReplayHandler builds the live consumer's per-message path for stream.
+// newReplayHandler builds the live consumer's per-message path for stream
+// from the configuration, wired as bridge serve wires it: --stream app
+// writes with every writeback setting (delete mode and state, conflict
+// policies, close code, blind writes), --stream sn applies with the
+// configured applier, minus the link write-back (a replayed version's link
+// is already known or comes with the next one).
 func newReplayHandler(ctx context.Context, cfg config.Config, js jetstream.JetStream, stream string, logger *slog.Logger) (replay.Handler, func(), error) {
-	mset, err := apply.LoadMapping(cfg.MappingDir, cfg.Tables, logger)
-	if err != nil {
-		return nil, nil, err
-	}
-	store, links, err := state.Open(ctx, js)
-	if err != nil {
-		return nil, nil, err
-	}
-	switch stream {
-	case events.StreamApp:
+	if stream == events.StreamApp {
 		if err := cfg.RequireServiceNow(); err != nil {
 			return nil, nil, usageError{fmt.Errorf("replay --stream app writes to ServiceNow: %w", err)}
 		}
-		sn, err := newSNClient(cfg, mset, logger, nil)
+		b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snRequired})
 		if err != nil {
-			return nil, nil, usageError{err}
-		}
-		w, err := newWriter(sn, mset, store, links, dedupe.New(dedupe.Config{Tables: mset}), outbound.Config{Logger: logger})
-		if err != nil {
-			_ = sn.Close()
 			return nil, nil, err
 		}
-		return replay.Writeback{W: w}, func() { _ = sn.Close() }, nil
+		return replay.Writeback{W: b.writer}, b.Close, nil
 	}
-	// The apply path with the configured applier (BRIDGE_APPLIER), exactly
-	// as bridge serve builds it, minus the correlation_id write-back (a
-	// replayed version's link is already known or comes with the next one).
-	r, err := apply.FromConfig(ctx, cfg, js, apply.Options{Logger: logger, Mapping: mset})
+	b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snOff, Apply: true})
 	if err != nil {
 		return nil, nil, err
 	}
-	return replay.Apply{R: r}, func() {}, nil
-}
-
-// newWriter builds the writeback's per-change writer over the shared state
-// (bridge serve's writeback consumer and replay --stream app use the same).
-// A delete override that cannot apply to a synced table stops it here.
-func newWriter(sn *snclient.Client, mset *mapping.Set, store *state.Store, links *state.Links, dd *dedupe.Cache, cfg outbound.Config) (*outbound.Writer, error) {
-	if err := outbound.CheckDelete(mset, mset.Tables(), cfg); err != nil {
-		return nil, err
-	}
-	return outbound.NewWriter(outbound.Deps{
-		API: sn, Mapping: mset, States: store, Links: links, StateKV: store.KV(), Dedupe: dd,
-	}, cfg)
+	return replay.Apply{R: b.apply}, b.Close, nil
 }
 
 func writeReplaySummary(w io.Writer, sum replay.Summary) {

@@ -17,16 +17,10 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/nowbridge/nowbridge/internal/apply"
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
-	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/inbound"
-	"github.com/nowbridge/nowbridge/internal/mapping"
-	"github.com/nowbridge/nowbridge/internal/outbound"
-	"github.com/nowbridge/nowbridge/internal/snclient"
-	"github.com/nowbridge/nowbridge/internal/state"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
@@ -109,14 +103,19 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	mset, err := apply.LoadMapping(cfg.MappingDir, cfg.Tables, log) // a broken file stops start-up, naming its line
+	// Every part from this one configuration (wire.go): a broken mapping
+	// file stops start-up naming its line. The writer is also the apply
+	// pipeline's LinkWriter (link-field writes claimed as echoes); its
+	// client is shared with reconcile so both draw on one rate limiter.
+	b, err := wire(ctx, cfg, js, wireOptions{Logger: log, Registerer: reg, ServiceNow: snIfSet,
+		Apply: true, LinkBack: true, Writeback: true, Reconcile: true})
 	if err != nil {
 		return err
 	}
-	// Echo suppression (issue 5): one cache shared by the receiver's echo
-	// check and the writeback (and the apply pipeline's RecordApplied); the
-	// mapping tells it each table's journal, derived and insert-filled fields.
-	echoes := dedupe.New(dedupe.Config{Size: cfg.DedupeSize, TTL: cfg.DedupeTTL, Tables: mset, Registerer: reg})
+	defer b.Close()
+	if err := b.checkServiceNow(ctx); err != nil {
+		return err
+	}
 
 	var streams []string
 	for _, s := range events.Streams(events.StreamOptions{}) {
@@ -130,7 +129,7 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		PublishTimeout: cfg.PublishTimeout,
 		ReadyStreams:   streams,
-		Echoes:         echoes,
+		Echoes:         b.echoes,
 		Logger:         log,
 		Registry:       reg,
 
@@ -154,37 +153,15 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	components := []component{
 		{"webhook receiver", func(ctx context.Context) error { return rcv.Serve(ctx, ln, cfg.ShutdownTimeout) }},
 	}
-	applyOpts := apply.Options{Logger: log, Registerer: reg, Applied: echoes, Mapping: mset}
-	var sn *snclient.Client
-	if err := cfg.RequireServiceNow(); err != nil {
-		log.Warn("ServiceNow is not configured: writeback and reconcile are off; the receiver and the apply pipeline run", "missing", err.Error())
-	} else {
-		// The writer is also the apply pipeline's LinkWriter (correlation_id
-		// writes claimed as echoes); its client is shared with reconcile so
-		// both draw on one rate limiter.
-		wb, w, client, closeWB, err := writebackComponent(ctx, cfg, js, reg, echoes, log)
-		if err != nil {
-			return err
-		}
-		defer closeWB()
-		sn = client
-		applyOpts.LinkWriter = w // only when non-nil: a typed nil in the interface would panic
-		components = append(components, wb)
-
-		rec, closeRec, err := newReconciler(ctx, cfg, js, reconcileDeps{SN: sn, Mapping: mset, Echoes: echoes, Registerer: reg, Logger: log}, nil)
-		if err != nil {
-			return err
-		}
-		defer closeRec()
-		components = append(components, component{"reconcile", rec.Run}) // returns at once when BRIDGE_RECONCILE_INTERVAL=0
-	}
-	ap, err := apply.FromConfig(ctx, cfg, js, applyOpts)
-	if err != nil {
-		return err
+	if b.writeback != nil { // with the ServiceNow settings
+		components = append(components,
+			component{"writeback", b.writeback.Run},
+			component{"reconcile", b.reconciler.Run}, // returns at once when BRIDGE_RECONCILE_INTERVAL=0
+		)
 	}
 	components = append(components,
-		component{"apply", ap.Run},
-		component{"status report", newStatusReporter(js, sn, cfg, log).Run},
+		component{"apply", b.apply.Run},
+		component{"status report", newStatusReporter(js, b.sn, cfg, log).Run},
 	)
 	log.Info("bridge serving", "listen", ln.Addr().String(), "nats", natsMode(cfg), "tables", cfg.Tables, "components", len(components))
 	return runComponents(ctx, components, log)
@@ -236,100 +213,4 @@ func stopEmbedded(s *server.Server, log *slog.Logger) {
 	s.Shutdown()
 	s.WaitForShutdown()
 	log.Info("embedded NATS JetStream stopped")
-}
-
-// writebackComponent builds the APP_EVENTS -> ServiceNow writeback (issue 5)
-// over the shared echo cache. Its writer doubles as the apply pipeline's
-// LinkWriter (correlation_id writes claimed as echoes). The returned close
-// function releases the ServiceNow client once the components stopped.
-func writebackComponent(ctx context.Context, cfg config.Config, js jetstream.JetStream, reg prometheus.Registerer, echoes *dedupe.Cache, log *slog.Logger) (component, *outbound.Writer, *snclient.Client, func(), error) {
-	mset, err := mapping.Load(mappingFS(cfg), cfg.Tables, log)
-	if err != nil {
-		return component{}, nil, nil, nil, err
-	}
-	store, links, err := state.Open(ctx, js)
-	if err != nil {
-		return component{}, nil, nil, nil, err
-	}
-	sn, err := newSNClient(cfg, mset, log, reg)
-	if err != nil {
-		return component{}, nil, nil, nil, err
-	}
-	w, err := newWriter(sn, mset, store, links, echoes, writebackConfig(cfg, log, reg))
-	if err != nil {
-		_ = sn.Close()
-		return component{}, nil, nil, nil, err
-	}
-	if err := checkServiceNowAuth(ctx, sn, cfg, log); err != nil {
-		_ = sn.Close()
-		return component{}, nil, nil, nil, err
-	}
-	if err := checkCloseCodes(ctx, w, cfg, log); err != nil {
-		_ = sn.Close()
-		return component{}, nil, nil, nil, err
-	}
-	return component{"writeback", outbound.NewConsumer(js, w).Run}, w, sn, func() { _ = sn.Close() }, nil
-}
-
-// checkServiceNowAuth gets a token and makes one authenticated read, so
-// credentials the instance rejects (wrong secret, grant disabled, no OAuth
-// application user) stop the start with their fix, once, instead of every
-// app change retrying forever. An instance that is only unreachable or
-// failing now is logged: the writeback retries when it comes back.
-func checkServiceNowAuth(ctx context.Context, sn *snclient.Client, cfg config.Config, log *slog.Logger) error {
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	err := sn.CheckAuth(cctx)
-	if err == nil {
-		_, err = sn.List(cctx, cfg.Tables[0], snclient.ListOptions{Limit: 1, Fields: []string{"sys_id"}, NoCount: true})
-	}
-	if err == nil {
-		return nil
-	}
-	if snclient.IsPermanent(err) && (errors.Is(err, snclient.ErrUnauthorized) || errors.Is(err, snclient.ErrTokenExchange)) {
-		return fmt.Errorf("ServiceNow at %s rejects the bridge's credentials (BRIDGE_SN_CLIENT_ID, BRIDGE_SN_CLIENT_SECRET), so no app change could be written; `bridge doctor` checks the setup: %w",
-			cfg.SNInstanceURL, err)
-	}
-	log.Warn("ServiceNow not usable at start; the writeback and reconcile retry", "err", err)
-	return nil
-}
-
-// checkCloseCodes reads the instance's close code choices of every synced
-// table with a close rule. A BRIDGE_CLOSE_CODE the instance does not offer
-// stops the start (every resolve would be refused); a list that cannot be
-// read now is only logged: the writeback reads it again when it resolves.
-func checkCloseCodes(ctx context.Context, w *outbound.Writer, cfg config.Config, log *slog.Logger) error {
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	codes, err := w.CheckCloseCodes(cctx, cfg.Tables)
-	for table, code := range codes {
-		log.Info("close code for resolving writes", "table", table, "close_code", code, "configured", cfg.CloseCode != "")
-	}
-	if errors.Is(err, outbound.ErrCloseCode) {
-		return err // it names the setting and the valid choices
-	}
-	if err != nil {
-		log.Warn("close code choices not read at start; resolving writes read them when they need them", "err", err)
-	}
-	return nil
-}
-
-// writebackConfig maps the writeback settings onto outbound.Config.
-func writebackConfig(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) outbound.Config {
-	policies := make(map[string]outbound.Policy, len(cfg.ConflictPolicies))
-	for field, p := range cfg.ConflictPolicies {
-		policies[field] = outbound.Policy(p)
-	}
-	return outbound.Config{
-		Workers:       cfg.WritebackWorkers,
-		DeleteMode:    outbound.DeleteMode(cfg.WritebackDelete),
-		DeleteState:   cfg.WritebackDeleteState,
-		CloseCode:     cfg.CloseCode,
-		DefaultPolicy: outbound.Policy(cfg.ConflictPolicy),
-		Policies:      policies,
-		BlindWrites:   cfg.WritebackBlind,
-		HandOverGrace: cfg.HandOverGrace,
-		Logger:        log,
-		Registerer:    reg,
-	}
 }
