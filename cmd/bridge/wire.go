@@ -256,8 +256,8 @@ func (b *bridge) newReconciler(js jetstream.JetStream, reg prometheus.Registerer
 		// The presence scan's schedule; bridge reconcile --once --full
 		// runs it whatever the interval.
 		DeleteScanInterval: b.cfg.DeleteScanInterval,
-		Limiter:            reconcile.SharedLimiter(b.cfg.SNRateLimit),
-		Echoes:             b.echoes, // versions the writeback just wrote
+		Limiter:            reconcile.ClientShare(b.sn), // at most RateShare of the client's learned budget while the writeback is busy
+		Echoes:             b.echoes,                    // versions the writeback just wrote
 		Logger:             b.log,
 		Registerer:         reg,
 	}

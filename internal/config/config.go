@@ -51,7 +51,7 @@ type Config struct {
 	SNInstanceURL  string
 	SNClientID     string
 	SNClientSecret Secret
-	SNRateLimit    float64 // client-side requests/s towards ServiceNow; 0 = unlimited
+	SNRateLimit    float64 // cap on requests/s towards ServiceNow; 0 = none (the client paces itself to the rules it learns)
 	// SNKnownFields lists, per table, fields the bridge may use beyond those
 	// it learns (from the mapping, a record and sys_dictionary where readable).
 	SNKnownFields map[string][]string
@@ -312,7 +312,7 @@ func Settings() []Setting {
 		setting("sn_client_secret", "BRIDGE_SN_CLIENT_SECRET", "OAuth 2.0 client secret", true, func() (func(*Config, string) error, func(*Config) string) {
 			return secret(func(c *Config) *Secret { return &c.SNClientSecret })
 		}),
-		setting("sn_rate_limit", "BRIDGE_SN_RATE_LIMIT", "client-side requests per second towards ServiceNow (0 = unlimited)", false, func() (func(*Config, string) error, func(*Config) string) {
+		setting("sn_rate_limit", "BRIDGE_SN_RATE_LIMIT", "cap on requests per second towards ServiceNow, an override (0 = none: the bridge paces itself to the rate limit rules it learns from the instance's answers)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return float(func(c *Config) *float64 { return &c.SNRateLimit })
 		}),
 		setting("sn_known_fields", "BRIDGE_SN_KNOWN_FIELDS", "fields of a table to accept beyond those learned from the mapping, a record and sys_dictionary (when readable), e.g. incident=number,state,u_code;problem=number (YAML: a map of table to a list of fields)", false, func() (func(*Config, string) error, func(*Config) string) {

@@ -28,6 +28,7 @@ func (d *run) serviceNow(ctx context.Context) {
 		RetryMax:                 2 * time.Second,
 		RetryMaxElapsed:          d.opt.RetryMaxElapsed,
 		BreakerFailures:          1000, // the doctor wants every answer, not a tripped breaker
+		Unpaced:                  true, // and the instance's own 429, not a rate limit rule's wait
 		DisableBackgroundRefresh: true,
 		SkipFieldValidation:      true, // the fields check reads the dictionary itself
 		Logger:                   d.opt.Logger,

@@ -30,6 +30,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/snclient"
 )
 
 // AuditDeleteTable is where ServiceNow records deletes of audited tables.
@@ -556,12 +557,27 @@ func (r *Reconciler) publish(ctx context.Context, evs []*events.SNEvent, sum *Su
 	return nil
 }
 
-// RateShare is the part of the client-side ServiceNow rate that
-// reconcile paces itself to, leaving the rest to the writeback.
+// RateShare is the part of the ServiceNow client's rate that reconcile
+// takes at most while the writeback is busy, leaving it the rest.
 const RateShare = 0.5
+
+// ClientShare paces reconcile on the budget of sn, the client the
+// writeback uses too: the rate sn may send at (the rate limit rules it
+// learns from the instance's answers, capped by BRIDGE_SN_RATE_LIMIT), of
+// which reconcile takes at most RateShare while the writeback is busy and
+// all of it while the writeback is idle. Nil when sn is.
+func ClientShare(sn *snclient.Client) Limiter {
+	if sn == nil {
+		return nil
+	}
+	return sn.Share(RateShare)
+}
 
 // SharedLimiter paces reconcile to RateShare of perSecond (the
 // client's own rate limit, BRIDGE_SN_RATE_LIMIT); nil when unlimited.
+//
+// Deprecated: use ClientShare, which follows the rules the client learns
+// and gives reconcile what the writeback leaves.
 func SharedLimiter(perSecond float64) Limiter {
 	if perSecond <= 0 {
 		return nil

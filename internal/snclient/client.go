@@ -33,7 +33,7 @@ type Client struct {
 	http    *http.Client
 	tok     *tokens
 	breaker *gobreaker.CircuitBreaker[*response]
-	limiter *rate.Limiter
+	pace    *pacer
 	m       *metrics
 	log     *slog.Logger
 	schema  *schemaCache
@@ -56,17 +56,14 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("servicenow client metrics: %w", err)
 	}
 	c := &Client{
-		cfg:     cfg,
-		base:    cfg.baseURL(),
-		http:    cfg.HTTPClient,
-		m:       m,
-		log:     cfg.Logger.With("instance", u.Host),
-		limiter: rate.NewLimiter(rate.Inf, 0),
-		schema:  newSchemaCache(),
+		cfg:    cfg,
+		base:   cfg.baseURL(),
+		http:   cfg.HTTPClient,
+		m:      m,
+		log:    cfg.Logger.With("instance", u.Host),
+		schema: newSchemaCache(),
 	}
-	if cfg.RateLimit > 0 {
-		c.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst)
-	}
+	c.pace = newPacer(cfg, m, c.log)
 	c.cfg.Logger = c.log
 	c.tok = newTokens(c.cfg, m)
 	c.breaker = gobreaker.NewCircuitBreaker[*response](gobreaker.Settings{
@@ -115,15 +112,16 @@ func (c *Client) CheckAuth(ctx context.Context) error {
 	return err
 }
 
-// SetRateLimit sets the client-side rate (requests per second, 0 for
-// unlimited), e.g. to an instance's rate-limit rule: 3600/h is 1/s.
+// SetRateLimit sets the cap on the client's request rate (requests per
+// second, 0 for none; Config.RateLimit). The rules the client learns from
+// the instance's answers pace it whatever the cap.
 func (c *Client) SetRateLimit(perSecond float64, burst int) {
 	if perSecond <= 0 {
-		c.limiter.SetLimit(rate.Inf)
+		c.pace.cap.SetLimit(rate.Inf)
 		return
 	}
-	c.limiter.SetLimit(rate.Limit(perSecond))
-	c.limiter.SetBurst(max(burst, 1))
+	c.pace.cap.SetLimit(rate.Limit(perSecond))
+	c.pace.cap.SetBurst(max(burst, 1))
 }
 
 // BreakerState is the circuit breaker's state: "closed", "half-open", "open".
@@ -186,7 +184,9 @@ func (e *transportError) Unwrap() error { return e.err }
 
 func idempotent(method string) bool { return method != http.MethodPost }
 
-// do sends a call with rate limiting, the breaker and retries:
+// do sends a call with pacing, the breaker and retries:
+//   - pacing: the cap (Config.RateLimit) and the rate limit rule the
+//     resource's answers name, learned from their headers (see pacer);
 //   - 429: wait what Retry-After or X-RateLimit-Reset says (else backoff);
 //   - 5xx and network errors: backoff with full jitter, for GET, PATCH,
 //     PUT and DELETE, which are idempotent. POST is retried only when the
@@ -216,12 +216,25 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 			last = err
 		}
 	}
+	// The pacer fails a request it would start after the caller's
+	// deadline or the retry budget at once, as the 429 it avoids.
+	deadline := time.Now().Add(c.cfg.RetryMaxElapsed)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
 	op := func() (*response, error) {
 		reason = ""
-		if err := c.limiter.Wait(ctx); err != nil {
+		tk, err := c.pace.wait(ctx, resourceOf(cl), deadline)
+		if err != nil {
+			var hb *heldBack
+			if errors.As(err, &hb) {
+				last = hb.apiError(cl, time.Now())
+				return nil, backoff.Permanent(last)
+			}
 			keep(err)
 			return nil, backoff.Permanent(err)
 		}
+		defer c.pace.finish(tk)
 		tok, err := c.tok.get(ctx)
 		if err != nil {
 			keep(err)
@@ -232,7 +245,7 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 			}
 			return nil, backoff.Permanent(err)
 		}
-		resp, err := c.breaker.Execute(func() (*response, error) { return c.attempt(ctx, cl, tok) })
+		resp, err := c.breaker.Execute(func() (*response, error) { return c.attempt(ctx, cl, tok, tk) })
 		if err == nil {
 			return resp, nil
 		}
@@ -300,8 +313,8 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 	return nil, last
 }
 
-// attempt sends one HTTP request.
-func (c *Client) attempt(ctx context.Context, cl *call, tok *token) (*response, error) {
+// attempt sends one HTTP request and tells the pacer what the answer said.
+func (c *Client) attempt(ctx context.Context, cl *call, tok *token, tk *ticket) (*response, error) {
 	actx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
 	var gotConn atomic.Bool
@@ -349,8 +362,11 @@ func (c *Client) attempt(ctx context.Context, cl *call, tok *token) (*response, 
 			Message: fmt.Sprintf("response body over %d bytes", maxBody), Hint: "ask for fewer rows (sysparm_limit) or fields"}
 	}
 	if resp.StatusCode >= 400 {
-		return nil, c.apiError(cl, resp, b)
+		e := c.apiError(cl, resp, b)
+		c.pace.answer(tk, resp.StatusCode, resp.Header, e.RetryAfter)
+		return nil, e
 	}
+	c.pace.answer(tk, resp.StatusCode, resp.Header, 0)
 	return &response{status: resp.StatusCode, header: resp.Header, body: b}, nil
 }
 

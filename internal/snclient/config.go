@@ -60,12 +60,25 @@ type Config struct {
 	// by the caller's context.
 	RetryInitial, RetryMax, RetryMaxElapsed time.Duration
 
-	// RateLimit is the client-side request rate in requests per second
-	// (0: unlimited), RateBurst its burst (default 1 when RateLimit > 0).
-	// Set it to the instance's rate-limit rule (requests per hour / 3600);
-	// SetRateLimit changes it at run time.
+	// The client learns the instance's rate limit rules from the
+	// X-RateLimit-* headers of its answers and paces itself to spend each
+	// rule's count evenly until the rule's window resets (see pacer).
+	// RateLimit caps the request rate on top, in requests per second (0:
+	// no cap; BRIDGE_SN_RATE_LIMIT), e.g. to leave part of the user's quota
+	// to something else; RateBurst is its burst (default 1 when RateLimit >
+	// 0). SetRateLimit changes the cap at run time.
 	RateLimit float64
 	RateBurst int
+	// RateWindow is the window a rule is taken to count over until two of
+	// its resets show it (default an hour, as on ServiceNow). On first
+	// sight of a rule mid-window the client assumes the window so far was
+	// spent at the rule's even rate (by an earlier run or another replica),
+	// and so starts at that rate. Tests against a simulator with shorter
+	// windows set it to theirs.
+	RateWindow time.Duration
+	// Unpaced turns the learning off: only RateLimit and the Retry-After
+	// of 429s pace the client (the client before issue 16; for comparison).
+	Unpaced bool
 
 	// BreakerFailures consecutive failures (5xx, network, timeouts) open
 	// the circuit breaker (default 5); after BreakerOpenFor (default 30s)
@@ -136,6 +149,7 @@ func (c Config) withDefaults() Config {
 	def(&c.RetryInitial, 250*time.Millisecond)
 	def(&c.RetryMax, 20*time.Second)
 	def(&c.RetryMaxElapsed, 2*time.Minute)
+	def(&c.RateWindow, time.Hour)
 	if c.RateLimit > 0 && c.RateBurst == 0 {
 		c.RateBurst = 1
 	}
@@ -190,6 +204,7 @@ func (c Config) Validate() error {
 		"request timeout": c.RequestTimeout, "token min validity": c.TokenMinValidity,
 		"refresh lead min": c.RefreshLeadMin, "retry initial": c.RetryInitial, "retry max": c.RetryMax,
 		"retry max elapsed": c.RetryMaxElapsed, "breaker open time": c.BreakerOpenFor, "schema TTL": c.SchemaTTL,
+		"rate window": c.RateWindow,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s is negative (%s)", name, d))

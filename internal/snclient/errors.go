@@ -43,8 +43,12 @@ const (
 		"and close_notes"
 	HintACLHidden = "ACL may be hiding rows/fields: the OAuth application user needs read access " +
 		"(role itil for incident, snc_platform_rest_api_access)"
-	HintNotFound      = "the record does not exist or an ACL hides it from the OAuth application user"
-	HintRateLimited   = "a rate limit rule (sys_rate_limit_rules) is exhausted: set RateLimit to the rule's quota or ask for a higher one"
+	HintNotFound    = "the record does not exist or an ACL hides it from the OAuth application user"
+	HintRateLimited = "a rate limit rule (sys_rate_limit_rules) is exhausted for the integration user: the client paces itself to the rules it learns, so something else spends the same user's quota (another bridge replica, a script) or the rule was lowered; ask for a higher count, give the other consumer its own user, or cap each bridge with BRIDGE_SN_RATE_LIMIT"
+	// HintRateLimitHeld: the client holds a request back to stay within a
+	// rule (see the pacer), longer than the caller could wait.
+	HintRateLimitHeld = "the instance's rate limit rule (sys_rate_limit_rules) allows the integration user no more requests until then, " +
+		"and the client holds requests back rather than meet 429s: it is retried after the wait; if the bridge falls behind, ask for a higher count"
 	HintServer        = "the instance failed or shed load (semaphores exhausted); retried with backoff"
 	HintUnknownField  = "ServiceNow silently drops a clause on a field the table does not have (and may return everything): fix the field name or the mapping"
 	HintTokenEndpoint = "no OAuth token endpoint answered at this URL: check BRIDGE_SN_INSTANCE_URL (a hibernating developer instance answers with a web page)"

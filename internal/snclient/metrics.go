@@ -19,6 +19,11 @@ type metrics struct {
 	fieldsLearned      *prometheus.GaugeVec   // table, source
 	learningIncomplete *prometheus.GaugeVec   // table
 	fieldsIgnored      *prometheus.CounterVec // table
+
+	rateLimit     *prometheus.GaugeVec // rule
+	rateWindow    *prometheus.GaugeVec // rule
+	rateRemaining *prometheus.GaugeVec // rule
+	pacing        prometheus.Histogram
 }
 
 // newMetrics labels every series with the instance host, so one process
@@ -71,12 +76,30 @@ func newMetrics(reg prometheus.Registerer, instance string) (*metrics, error) {
 			Name: "bridge_servicenow_write_fields_ignored_total", ConstLabels: cl,
 			Help: "Writes whose answer lacked a field sent: ServiceNow ignored it (no such field) or the integration user cannot read it.",
 		}, []string{"table"}),
+		rateLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_servicenow_rate_limit", ConstLabels: cl,
+			Help: "Requests per window a rate limit rule allows (X-RateLimit-Limit), by rule (X-RateLimit-Rule, the sys_rate_limit_rules sys_id); the client paces itself to it.",
+		}, []string{"rule"}),
+		rateWindow: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_servicenow_rate_limit_window_seconds", ConstLabels: cl,
+			Help: "A rate limit rule's window as learned from its resets (3600 on ServiceNow), 0 until two resets were seen.",
+		}, []string{"rule"}),
+		rateRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_servicenow_rate_limit_remaining", ConstLabels: cl,
+			Help: "Requests the client may still send under a rule before its window resets (its own count; the instance does not say).",
+		}, []string{"rule"}),
+		pacing: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "bridge_servicenow_pacing_seconds", ConstLabels: cl,
+			Help:    "Time a request waited for the rate budget (the learned rules and BRIDGE_SN_RATE_LIMIT) before it was sent.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}),
 	}
 	m.refreshes.WithLabelValues("ok")
 	m.refreshes.WithLabelValues("failed")
 	if reg != nil {
 		var errs []error
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.retries, m.rateLimited, m.refreshes, m.tokenExpiry, m.breaker, m.aclWarnings, m.fieldsLearned, m.learningIncomplete, m.fieldsIgnored} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.retries, m.rateLimited, m.refreshes, m.tokenExpiry, m.breaker, m.aclWarnings, m.fieldsLearned, m.learningIncomplete, m.fieldsIgnored,
+			m.rateLimit, m.rateWindow, m.rateRemaining, m.pacing} {
 			if err := reg.Register(c); err != nil {
 				errs = append(errs, err)
 			}
