@@ -32,27 +32,17 @@ package apply
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
 	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/events"
 )
 
-// Message is one ServiceNow record version for the app.
-type Message struct {
-	Entity string `json:"entity"`
-	Action string `json:"action"` // events.ActionInsert, ActionUpdate or ActionDelete
-	events.AppChange
-	// MsgID is the message's idempotency key (events.ApplyMsgID).
-	MsgID string `json:"-"`
-}
-
-// Subject is the message's bridge.apply subject.
-func (m *Message) Subject() string { return events.ApplySubject(m.Entity, m.Action) }
-
-// Body renders the message as the app receives it.
-func (m *Message) Body() ([]byte, error) { return json.Marshal(m) }
+// Message is one ServiceNow record version for the app: entity, action,
+// the app change shape and MsgID (events.ApplyMsgID), with Subject and Body.
+// It is the app SDK's ApplyMessage (sdk/wire), so the bridge and the apps
+// share one definition of what the app receives.
+type Message = events.ApplyMessage
 
 // Result is what an applier learned from the app.
 type Result struct {

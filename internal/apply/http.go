@@ -13,14 +13,15 @@ import (
 	"time"
 
 	"github.com/nowbridge/nowbridge/internal/consume"
+	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
 // Headers of an HTTP apply request besides the Standard Webhooks ones.
 const (
-	HeaderIdempotencyKey = "Idempotency-Key"
-	HeaderEntity         = "Bridge-Entity"
-	HeaderAction         = "Bridge-Action"
+	HeaderIdempotencyKey = events.HeaderIdempotencyKey
+	HeaderEntity         = events.HeaderEntity
+	HeaderAction         = events.HeaderAction
 )
 
 // maxResponse bounds how much of the app's response is read and kept.

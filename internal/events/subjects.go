@@ -1,29 +1,30 @@
 package events
 
 import (
-	"strconv"
 	"strings"
+
+	"github.com/nowbridge/nowbridge/sdk/wire"
 )
 
 // Stream, bucket and subject names (SPEC §3).
 const (
 	StreamSN    = "SN_EVENTS"
-	StreamApp   = "APP_EVENTS"
-	StreamApply = "BRIDGE_APPLY"
+	StreamApp   = wire.StreamApp
+	StreamApply = wire.StreamApply
 	StreamDLQ   = "BRIDGE_DLQ"
 
 	BucketLinks = "bridge_links"
 	BucketState = "bridge_state"
 
 	SNSubjects    = "sn.>"
-	AppSubjects   = "app.>"
-	ApplySubjects = "bridge.apply.>"
+	AppSubjects   = wire.AppSubjects
+	ApplySubjects = wire.ApplySubjects
 	DLQSubjects   = "bridge.dlq.>"
 )
 
 // Header names the bridge sets on JetStream messages besides Nats-Msg-Id.
 const (
-	HeaderMsgID       = "Nats-Msg-Id"
+	HeaderMsgID       = wire.HeaderMsgID
 	HeaderSource      = "Bridge-Source"      // webhook | reconcile | replay
 	HeaderDLQReason   = "Bridge-Dlq-Reason"  // why a message was dead-lettered
 	HeaderDLQStatus   = "Bridge-Dlq-Status"  // HTTP status of the failed call, if any
@@ -34,14 +35,26 @@ const (
 	HeaderDLQResponse = "Bridge-Dlq-Response" // the remote side's response body
 )
 
+// Headers of the HTTP applier's POST besides the Standard Webhooks ones.
+const (
+	HeaderIdempotencyKey = wire.HeaderIdempotencyKey
+	HeaderEntity         = wire.HeaderEntity
+	HeaderAction         = wire.HeaderAction
+)
+
+// Handled is the last version of a record a consumer handled, and decides
+// whether a version carries news (Supersedes); the app SDK's version guard
+// uses the same rule.
+type Handled = wire.Handled
+
 // SNSubject is "sn.<table>.<action>".
 func SNSubject(table, action string) string { return "sn." + table + "." + action }
 
 // AppSubject is "app.<entity>.<action>".
-func AppSubject(entity, action string) string { return "app." + entity + "." + action }
+func AppSubject(entity, action string) string { return wire.AppSubject(entity, action) }
 
 // ApplySubject is "bridge.apply.<entity>.<action>".
-func ApplySubject(entity, action string) string { return "bridge.apply." + entity + "." + action }
+func ApplySubject(entity, action string) string { return wire.ApplySubject(entity, action) }
 
 // DLQSubject is "bridge.dlq.<pipeline>".
 func DLQSubject(pipeline string) string { return "bridge.dlq." + pipeline }
@@ -49,16 +62,7 @@ func DLQSubject(pipeline string) string { return "bridge.dlq." + pipeline }
 // MsgID is "<table>:<sys_id>:<sys_mod_count>:<action>", the id the business
 // rule sends as webhook-id and SN_EVENTS de-duplicates on.
 func MsgID(table, sysID string, modCount int64, action string) string {
-	var b strings.Builder
-	b.Grow(len(table) + len(sysID) + len(action) + 24)
-	b.WriteString(table)
-	b.WriteByte(':')
-	b.WriteString(sysID)
-	b.WriteByte(':')
-	b.WriteString(strconv.FormatInt(modCount, 10))
-	b.WriteByte(':')
-	b.WriteString(action)
-	return b.String()
+	return wire.MsgID(table, sysID, modCount, action)
 }
 
 // ParseSubject splits "<prefix>.<a>.<b>" into a and b (table/entity and action).

@@ -70,10 +70,7 @@ type Record struct {
 // carries news over r: a newer version, or the delete of the version r holds
 // (ServiceNow does not bump sys_mod_count on delete).
 func (r Record) Supersedes(v int64, action string) bool {
-	if v != r.Version {
-		return v > r.Version
-	}
-	return action == events.ActionDelete && !r.Deleted
+	return events.Handled{Version: r.Version, Deleted: r.Deleted}.Supersedes(v, action)
 }
 
 // newer reports whether r should replace old.
