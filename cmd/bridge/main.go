@@ -36,9 +36,6 @@ type usageError struct{ err error }
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
 
-// errNotBuilt is returned by commands whose issue has not landed yet.
-var errNotBuilt = errors.New("not yet built")
-
 // run is the real main: it returns the exit status (0 ok, 1 failure, 2 usage).
 func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
 	a := &app{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
