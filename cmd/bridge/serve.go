@@ -60,12 +60,9 @@ type component struct {
 // serve wires the bridge's parts from cfg and runs them until ctx ends.
 func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	log := cfg.Logger(a.stderr)
-	secrets, err := webhook.ParseSecrets(cfg.WebhookSecrets.Reveal())
+	secrets, err := webhookSecrets(cfg)
 	if err != nil {
-		return fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)
-	}
-	if len(secrets) == 0 {
-		return errors.New("BRIDGE_WEBHOOK_SECRETS: required: every webhook must be signed; create a secret with `echo whsec_$(openssl rand -base64 32)` and give the same one to the business rule")
+		return err
 	}
 
 	// Bind first, so a busy port stops start-up before anything else runs.
@@ -75,30 +72,11 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	}
 	defer ln.Close() // no-op once the receiver has served and closed it
 
-	natsURL := cfg.NATSURL.Reveal()
-	if natsURL == "" {
-		srv, err := broker.StartEmbedded(broker.EmbeddedConfig{Listen: cfg.EmbeddedNATSListen, DataDir: cfg.DataDir, Logger: log})
-		if err != nil {
-			return err
-		}
-		defer stopEmbedded(srv, log) // after the drain below: defers run last-in first-out
-		natsURL = srv.ClientURL()
-	}
-	nc, err := broker.Connect(ctx, natsURL, "nowbridge serve", log)
+	nc, js, closeNATS, err := openNATS(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	defer drain(nc, cfg.ShutdownTimeout, log)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = broker.EnsureAll(ectx, js, events.StreamOptions{Replicas: cfg.StreamReplicas})
-	cancel()
-	if err != nil {
-		return fmt.Errorf("%w (BRIDGE_STREAM_REPLICAS=%d needs at least that many JetStream servers)", err, cfg.StreamReplicas)
-	}
+	defer closeNATS()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -165,6 +143,58 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	)
 	log.Info("bridge serving", "listen", ln.Addr().String(), "nats", natsMode(cfg), "tables", cfg.Tables, "components", len(components))
 	return runComponents(ctx, components, log)
+}
+
+// webhookSecrets are BRIDGE_WEBHOOK_SECRETS, required: every webhook is signed.
+func webhookSecrets(cfg config.Config) ([]webhook.Secret, error) {
+	secrets, err := webhook.ParseSecrets(cfg.WebhookSecrets.Reveal())
+	if err != nil {
+		return nil, fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)
+	}
+	if len(secrets) == 0 {
+		return nil, errors.New("BRIDGE_WEBHOOK_SECRETS: required: every webhook must be signed; create a secret with `echo whsec_$(openssl rand -base64 32)` and give the same one to the business rule")
+	}
+	return secrets, nil
+}
+
+// openNATS starts the embedded JetStream server unless BRIDGE_NATS_URL is
+// set, connects to it, and creates or updates the streams and buckets.
+// closeNATS drains the connection, then stops the embedded server.
+func openNATS(ctx context.Context, cfg config.Config, log *slog.Logger) (nc *nats.Conn, js jetstream.JetStream, closeNATS func(), err error) {
+	var stops []func()
+	closeNATS = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeNATS()
+		}
+	}()
+	natsURL := cfg.NATSURL.Reveal()
+	if natsURL == "" {
+		srv, err := broker.StartEmbedded(broker.EmbeddedConfig{Listen: cfg.EmbeddedNATSListen, DataDir: cfg.DataDir, Logger: log})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		stops = append(stops, func() { stopEmbedded(srv, log) }) // after the drain
+		natsURL = srv.ClientURL()
+	}
+	if nc, err = broker.Connect(ctx, natsURL, "nowbridge serve", log); err != nil {
+		return nil, nil, nil, err
+	}
+	stops = append(stops, func() { drain(nc, cfg.ShutdownTimeout, log) })
+	if js, err = jetstream.New(nc); err != nil {
+		return nil, nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = broker.EnsureAll(ectx, js, events.StreamOptions{Replicas: cfg.StreamReplicas})
+	cancel()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w (BRIDGE_STREAM_REPLICAS=%d needs at least that many JetStream servers)", err, cfg.StreamReplicas)
+	}
+	return nc, js, closeNATS, nil
 }
 
 // runComponents runs every component until ctx ends or one fails.
