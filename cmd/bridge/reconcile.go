@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -17,11 +18,16 @@ import (
 	"github.com/nowbridge/nowbridge/internal/replay"
 )
 
+// reconcileFlags are `bridge reconcile`'s own flags.
+type reconcileFlags struct {
+	once, full, asJSON bool
+	since              string
+	pageSize           int
+	overlap            time.Duration
+}
+
 func newReconcileCmd(a *app) *cobra.Command {
-	var once, full, asJSON bool
-	var since string
-	var pageSize int
-	var overlap time.Duration
+	var rf reconcileFlags
 	cmd := &cobra.Command{
 		Use:   "reconcile [--once] [--since T | --full] [--json]",
 		Short: "Find ServiceNow changes the webhooks lost and publish them to SN_EVENTS",
@@ -40,7 +46,6 @@ duration back from now, e.g. 24h) and --full choose where the pass starts
 instead of the watermark; neither moves the watermark back.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
 			cfg, err := config.Load(cmd.Flags(), a.getenv)
 			if err != nil {
 				return err
@@ -48,91 +53,87 @@ instead of the watermark; neither moves the watermark back.`,
 			if err := cfg.RequireServiceNow(); err != nil {
 				return err
 			}
-			if full && since != "" {
+			if rf.full && rf.since != "" {
 				return usageError{errors.New("--since and --full exclude each other")}
 			}
-			if (full || since != "") && !once {
+			if (rf.full || rf.since != "") && !rf.once {
 				return usageError{errors.New("--since and --full go with --once")}
 			}
-			opts := reconcile.PassOptions{Full: full}
-			if opts.Since, err = replay.ParseTime(since, time.Now()); err != nil {
+			opts := reconcile.PassOptions{Full: rf.full}
+			if opts.Since, err = replay.ParseTime(rf.since, time.Now()); err != nil {
 				return usageError{fmt.Errorf("--since: %w", err)}
 			}
-			logger := cfg.Logger(a.stderr)
-			if once {
-				// The summary is the output; keep the log to problems.
-				logger = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			}
-			nc, js, err := connectNATS(ctx, cfg, "bridge reconcile")
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			if err := broker.EnsureAll(ctx, js, events.StreamOptions{Replicas: cfg.StreamReplicas}); err != nil {
-				return err
-			}
-			b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snRequired, Reconcile: true,
-				Tune: func(c *reconcile.Config) { c.PageSize, c.Overlap = pageSize, overlap }})
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			r := b.reconciler
-			if !once {
-				if cfg.ReconcileInterval <= 0 {
-					return usageError{errors.New("BRIDGE_RECONCILE_INTERVAL is 0: nothing to run in a loop (use --once)")}
-				}
-				return r.Run(ctx)
-			}
-			var bar interface {
-				ChangeMax(int)
-				Set(int) error
-				Describe(string)
-				Finish() error
-			}
-			if b := newProgress(a, -1, "reconcile"); b != nil {
-				bar = b
-				defer func() { _ = b.Finish() }()
-			}
-			if bar != nil {
-				progress := func(what string) func(table string, scanned, total int) {
-					return func(table string, scanned, total int) {
-						bar.Describe(what + " " + table)
-						if total >= scanned && total > 0 {
-							bar.ChangeMax(total)
-						}
-						_ = bar.Set(scanned)
-					}
-				}
-				opts.Progress = progress("reconcile")
-				opts.PresenceProgress = progress("presence scan")
-			}
-			sums, err := r.Once(ctx, opts)
-			if bar != nil {
-				_ = bar.Finish()
-			}
-			if asJSON {
-				if sums == nil {
-					sums = []reconcile.Summary{}
-				}
-				if jerr := writeJSON(a.stdout, sums); jerr != nil {
-					return jerr
-				}
-			} else {
-				writeReconcileSummary(a.stdout, sums)
-			}
-			return err
+			return runReconcile(cmd.Context(), a, cfg, opts, rf)
 		},
 	}
 	config.BindFlags(cmd.Flags())
 	f := cmd.Flags()
-	f.BoolVar(&once, "once", false, "run one pass of every table, print a summary and exit")
-	f.StringVar(&since, "since", "", "with --once: start at this time (RFC 3339 or a duration like 24h) instead of the watermark")
-	f.BoolVar(&full, "full", false, "with --once: read the whole table")
-	f.BoolVar(&asJSON, "json", false, "print the summary as JSON")
-	f.IntVar(&pageSize, "page-size", 1000, "rows per ServiceNow request")
-	f.DurationVar(&overlap, "overlap", 2*time.Minute, "re-read window before the watermark (late commits)")
+	f.BoolVar(&rf.once, "once", false, "run one pass of every table, print a summary and exit")
+	f.StringVar(&rf.since, "since", "", "with --once: start at this time (RFC 3339 or a duration like 24h) instead of the watermark")
+	f.BoolVar(&rf.full, "full", false, "with --once: read the whole table")
+	f.BoolVar(&rf.asJSON, "json", false, "print the summary as JSON")
+	f.IntVar(&rf.pageSize, "page-size", 1000, "rows per ServiceNow request")
+	f.DurationVar(&rf.overlap, "overlap", 2*time.Minute, "re-read window before the watermark (late commits)")
 	return cmd
+}
+
+// runReconcile wires the reconciler from cfg and runs one pass of every
+// table (--once, printing the summaries) or a pass every interval.
+func runReconcile(ctx context.Context, a *app, cfg config.Config, opts reconcile.PassOptions, rf reconcileFlags) error {
+	logger := cfg.Logger(a.stderr)
+	if rf.once {
+		// The summary is the output; keep the log to problems.
+		logger = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	nc, js, err := connectNATS(ctx, cfg, "bridge reconcile")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	if err := broker.EnsureAll(ctx, js, events.StreamOptions{Replicas: cfg.StreamReplicas}); err != nil {
+		return err
+	}
+	b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snRequired, Reconcile: true,
+		Tune: func(c *reconcile.Config) { c.PageSize, c.Overlap = rf.pageSize, rf.overlap }})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	if !rf.once {
+		if cfg.ReconcileInterval <= 0 {
+			return usageError{errors.New("BRIDGE_RECONCILE_INTERVAL is 0: nothing to run in a loop (use --once)")}
+		}
+		return b.reconciler.Run(ctx)
+	}
+	bar := newProgress(a, -1, "reconcile")
+	if bar != nil {
+		progress := func(what string) func(table string, scanned, total int) {
+			return func(table string, scanned, total int) {
+				bar.Describe(what + " " + table)
+				if total >= scanned && total > 0 {
+					bar.ChangeMax(total)
+				}
+				_ = bar.Set(scanned)
+			}
+		}
+		opts.Progress = progress("reconcile")
+		opts.PresenceProgress = progress("presence scan")
+	}
+	sums, err := b.reconciler.Once(ctx, opts)
+	if bar != nil {
+		_ = bar.Finish() // cleared before the summary is printed
+	}
+	if rf.asJSON {
+		if sums == nil {
+			sums = []reconcile.Summary{}
+		}
+		if jerr := writeJSON(a.stdout, sums); jerr != nil {
+			return jerr
+		}
+	} else {
+		writeReconcileSummary(a.stdout, sums)
+	}
+	return err
 }
 
 func writeReconcileSummary(w io.Writer, sums []reconcile.Summary) {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
+	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/inbound"
 	"github.com/nowbridge/nowbridge/internal/webhook"
@@ -95,35 +96,7 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 		return err
 	}
 
-	var streams []string
-	for _, s := range events.Streams(events.StreamOptions{}) {
-		streams = append(streams, s.Name)
-	}
-	rcv, err := inbound.New(inbound.Config{
-		Conn:           nc,
-		Secrets:        secrets,
-		Tolerance:      cfg.WebhookTolerance,
-		Tables:         cfg.Tables,
-		MaxBodyBytes:   cfg.MaxBodyBytes,
-		PublishTimeout: cfg.PublishTimeout,
-		ReadyStreams:   streams,
-		Echoes:         b.echoes,
-		Logger:         log,
-		Registry:       reg,
-
-		MaxConnections:    cfg.MaxConnections,
-		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
-		ReadTimeout:       cfg.ReadTimeout,
-		IdleTimeout:       cfg.IdleTimeout,
-		DrainGrace:        cmp.Or(cfg.DrainGrace, -1), // BRIDGE_DRAIN_GRACE=0: no drain
-		TrustedProxies:    cfg.TrustedProxies,
-	})
-	if err != nil {
-		return err
-	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err = rcv.CheckReplayWindow(cctx) // the live stream's window: it may differ from the default
-	cancel()
+	rcv, err := newReceiver(ctx, cfg, nc, secrets, b.echoes, log, reg)
 	if err != nil {
 		return err
 	}
@@ -143,6 +116,44 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	)
 	log.Info("bridge serving", "listen", ln.Addr().String(), "nats", natsMode(cfg), "tables", cfg.Tables, "components", len(components))
 	return runComponents(ctx, components, log)
+}
+
+// newReceiver builds the webhook receiver from cfg over the process's echo
+// cache, and checks the live SN_EVENTS stream's replay window.
+func newReceiver(ctx context.Context, cfg config.Config, nc *nats.Conn, secrets []webhook.Secret, echoes *dedupe.Cache, log *slog.Logger, reg *prometheus.Registry) (*inbound.Receiver, error) {
+	var streams []string
+	for _, s := range events.Streams(events.StreamOptions{}) {
+		streams = append(streams, s.Name)
+	}
+	rcv, err := inbound.New(inbound.Config{
+		Conn:           nc,
+		Secrets:        secrets,
+		Tolerance:      cfg.WebhookTolerance,
+		Tables:         cfg.Tables,
+		MaxBodyBytes:   cfg.MaxBodyBytes,
+		PublishTimeout: cfg.PublishTimeout,
+		ReadyStreams:   streams,
+		Echoes:         echoes,
+		Logger:         log,
+		Registry:       reg,
+
+		MaxConnections:    cfg.MaxConnections,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		DrainGrace:        cmp.Or(cfg.DrainGrace, -1), // BRIDGE_DRAIN_GRACE=0: no drain
+		TrustedProxies:    cfg.TrustedProxies,
+	})
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = rcv.CheckReplayWindow(cctx) // the live stream's window: it may differ from the default
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	return rcv, nil
 }
 
 // webhookSecrets are BRIDGE_WEBHOOK_SECRETS, required: every webhook is signed.
