@@ -8,5 +8,6 @@
 // Every scenario is bounded in time and runs in the default `go test ./...`
 // (under -race the binary is built with the race detector too). Set
 // NOWBRIDGE_FAULTS_SOAK to a duration (e.g. 2m) to run the load phases that
-// long instead of a couple of seconds.
+// long instead of a couple of seconds, and NOWBRIDGE_FAULTS_BRIDGE to the
+// path of a bridge binary to test that one instead of building it.
 package faults

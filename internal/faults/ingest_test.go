@@ -195,7 +195,9 @@ func TestNATSRestartUnderLoad_503ThenResumesWithinASecond(t *testing.T) {
 	mu.Lock()
 	downAt = time.Now()
 	mu.Unlock()
-	time.Sleep(2 * time.Second)
+	// Long enough for a reconnect backoff to grow: the old one reached 2-4s
+	// waits by then, so its first 202 came seconds after NATS was back.
+	time.Sleep(4 * time.Second)
 
 	// Note when the port accepts again, independently of the restart call.
 	host := strings.TrimPrefix(natsURL, "nats://")
