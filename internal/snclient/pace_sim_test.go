@@ -38,15 +38,16 @@ type ruleRun struct {
 // ruleResult is what the simulator counted.
 type ruleResult struct {
 	elapsed           time.Duration
-	total, ok, lim    int // Table API requests, 2xx, 429
-	failed            int // writes that returned an error
+	total, ok, lim    int           // Table API requests, 2xx, 429
+	failed            int           // writes that returned an error
+	stall             time.Duration // the longest time without a write completing
 	perSecond, ofRule float64
 	pct429            float64
 }
 
 func (r ruleResult) String() string {
-	return fmt.Sprintf("%d requests in %s: %d 2xx = %.2f req/s = %.3f of the rule; %d × 429 = %.2f%%; %d writes failed",
-		r.total, r.elapsed.Round(time.Millisecond), r.ok, r.perSecond, r.ofRule, r.lim, r.pct429, r.failed)
+	return fmt.Sprintf("%d requests in %s: %d 2xx = %.2f req/s = %.3f of the rule; %d × 429 = %.2f%%; longest stall %s; %d writes failed",
+		r.total, r.elapsed.Round(time.Millisecond), r.ok, r.perSecond, r.ofRule, r.lim, r.pct429, r.stall.Round(time.Millisecond), r.failed)
 }
 
 // runUnderRule writes run.writes PATCHes over 50 incidents from run.workers
@@ -93,7 +94,9 @@ func runUnderRule(tb testing.TB, run ruleRun) ruleResult {
 	ctx := context.Background()
 	var next, failed atomic.Int64
 	var wg sync.WaitGroup
+	var mu sync.Mutex
 	start := time.Now()
+	lastDone, stall := start, time.Duration(0)
 	for range run.workers {
 		wg.Go(func() {
 			for {
@@ -105,11 +108,15 @@ func runUnderRule(tb testing.TB, run ruleRun) ruleResult {
 					failed.Add(1)
 					tb.Logf("write %d: %v", i, err)
 				}
+				mu.Lock()
+				now := time.Now()
+				stall, lastDone = max(stall, now.Sub(lastDone)), now
+				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
-	res := ruleResult{elapsed: time.Since(start), failed: int(failed.Load())}
+	res := ruleResult{elapsed: time.Since(start), failed: int(failed.Load()), stall: stall}
 	for k, n := range sim.RequestStats() {
 		if !strings.HasPrefix(k.Path, "/api/now/") {
 			continue
@@ -160,8 +167,8 @@ func TestPacing_UnderARuleFew429sNearTheRate(t *testing.T) {
 // BenchmarkRateLimitLearned: 600 writes (PATCH, 8 workers) under a rate
 // limit rule with no client configuration, the learning client side by
 // side with the unpaced one (the client before issue 16) in the same run.
-// It reports the 429 share (pct_429) and the 2xx rate over the rule's rate
-// (of_rule). One run per sub-benchmark whatever b.N (use -benchtime=1x):
+// It reports the 429 share (pct_429), the 2xx rate over the rule's rate
+// (of_rule) and the longest time no write completed (max_stall_s). One run per sub-benchmark whatever b.N (use -benchtime=1x):
 //
 //	go test -run '^$' -bench RateLimitLearned -benchtime 1x -timeout 30m ./internal/snclient
 //
@@ -199,6 +206,7 @@ func BenchmarkRateLimitLearned(b *testing.B) {
 				b.ReportMetric(res.pct429, "pct_429")
 				b.ReportMetric(res.ofRule, "of_rule")
 				b.ReportMetric(res.perSecond, "ok_req/s")
+				b.ReportMetric(res.stall.Seconds(), "max_stall_s")
 				b.Logf("%d writes: %s", writes, res)
 				if res.failed > 0 {
 					b.Errorf("%d writes failed", res.failed)
