@@ -90,7 +90,7 @@ func runReconcile(ctx context.Context, a *app, cfg config.Config, opts reconcile
 		return err
 	}
 	defer nc.Close()
-	if err := broker.EnsureAll(ctx, js, events.StreamOptions{Replicas: cfg.StreamReplicas}); err != nil {
+	if err := broker.EnsureAll(ctx, js, cfg.StreamOptions()); err != nil {
 		return err
 	}
 	b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snRequired, Reconcile: true,

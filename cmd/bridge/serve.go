@@ -200,7 +200,7 @@ func openNATS(ctx context.Context, cfg config.Config, log *slog.Logger) (nc *nat
 		return nil, nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = broker.EnsureAll(ectx, js, events.StreamOptions{Replicas: cfg.StreamReplicas})
+	err = broker.EnsureAll(ectx, js, cfg.StreamOptions()) // the replicas and BRIDGE_RESULTS' limits
 	cancel()
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%w (BRIDGE_STREAM_REPLICAS=%d needs at least that many JetStream servers)", err, cfg.StreamReplicas)

@@ -151,10 +151,11 @@ func TestWritebackConfig_CarriesEverySetting(t *testing.T) {
 	cfg.WritebackDelete, cfg.WritebackDeleteState, cfg.CloseCode = "delete", "incident=7,change_request=4", "Workaround provided"
 	cfg.ConflictPolicy, cfg.ConflictPolicies = "servicenow_wins", map[string]string{"short_description": "saas_wins"}
 	cfg.WritebackBlind, cfg.WritebackWorkers, cfg.HandOverGrace = true, 3, 7*time.Second
+	cfg.SNInstanceURL = "https://dev12345.service-now.com"
 	got := writebackConfig(cfg, nil, nil)
 	if got.DeleteMode != outbound.DeleteRecord || got.DeleteState != cfg.WritebackDeleteState || got.CloseCode != cfg.CloseCode ||
 		got.DefaultPolicy != outbound.ServiceNowWins || got.Policies["short_description"] != outbound.SaaSWins ||
-		!got.BlindWrites || got.Workers != 3 || got.HandOverGrace != 7*time.Second {
+		!got.BlindWrites || got.Workers != 3 || got.HandOverGrace != 7*time.Second || got.InstanceURL != cfg.SNInstanceURL || got.InstanceURL == "" {
 		t.Fatalf("writebackConfig = %+v; a setting did not reach the writer", got)
 	}
 }

@@ -83,6 +83,15 @@ type Config struct {
 	LogLevel          string
 	ShutdownTimeout   time.Duration
 
+	// Results of app changes (issue 12). ResultsURL receives a signed POST
+	// of each (signed like the HTTP applier's requests); "" leaves them in
+	// BRIDGE_RESULTS alone. The limits are BRIDGE_RESULTS' (0: no limit on
+	// count or size).
+	ResultsURL      string
+	ResultsMaxAge   time.Duration
+	ResultsMaxMsgs  int64
+	ResultsMaxBytes int64
+
 	// DeleteScanInterval is how often reconcile runs the presence scan
 	// (every sys_id of each table compared with bridge_state); 0 disables
 	// the schedule (bridge reconcile --once --full still runs it).
@@ -118,6 +127,7 @@ func Default() Config {
 		ReconcileInterval:  5 * time.Minute,
 		DeleteScanInterval: 24 * time.Hour,
 		Applier:            "nats",
+		ResultsMaxAge:      events.DefaultResultsMaxAge,
 		DedupeSize:         100_000,
 		DedupeTTL:          time.Hour,
 		LogFormat:          "json",
@@ -365,6 +375,18 @@ func Settings() []Setting {
 		}),
 		setting("apply_secret", "BRIDGE_APPLY_SECRET", "whsec_ secret signing HTTP applier requests (default: the first webhook secret)", true, func() (func(*Config, string) error, func(*Config) string) {
 			return secret(func(c *Config) *Secret { return &c.ApplySecret })
+		}),
+		setting("results_url", "BRIDGE_RESULTS_URL", "where each app change's result (created, updated, rejected, ...) is also POSTed, signed like the HTTP applier's requests (empty: results only in the BRIDGE_RESULTS stream)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return str(func(c *Config) *string { return &c.ResultsURL })
+		}),
+		setting("results_max_age", "BRIDGE_RESULTS_MAX_AGE", "how long BRIDGE_RESULTS keeps a result (at least the 1h duplicate window)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return dur(func(c *Config) *time.Duration { return &c.ResultsMaxAge })
+		}),
+		setting("results_max_msgs", "BRIDGE_RESULTS_MAX_MSGS", "most results BRIDGE_RESULTS keeps, the oldest dropped first (0: no limit)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return integer(func(c *Config) *int64 { return &c.ResultsMaxMsgs })
+		}),
+		setting("results_max_bytes", "BRIDGE_RESULTS_MAX_BYTES", "most bytes BRIDGE_RESULTS keeps, the oldest results dropped first (0: no limit)", false, func() (func(*Config, string) error, func(*Config) string) {
+			return integer(func(c *Config) *int64 { return &c.ResultsMaxBytes })
 		}),
 		setting("mapping_dir", "BRIDGE_MAPPING_DIR", "directory of <table>.yaml mappings; a file replaces the shipped mapping of its table (empty: the shipped mappings of BRIDGE_TABLES)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.MappingDir })
@@ -667,6 +689,9 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("BRIDGE_APPLIER: must be nats or http, got %q", c.Applier)
 	}
+	if err := c.validateResults(); err != nil {
+		return err
+	}
 	if c.DedupeSize < 1 {
 		return errors.New("BRIDGE_DEDUPE_SIZE: must be at least 1")
 	}
@@ -739,6 +764,46 @@ func (c *Config) validateReceiver() error {
 			c.ShutdownTimeout, c.DrainGrace)
 	}
 	return nil
+}
+
+// validateResults checks the results settings: the URL, and limits that
+// keep a result at least as long as the stream de-duplicates it (a
+// redelivered app change must find its result's id still known).
+func (c *Config) validateResults() error {
+	if c.ResultsURL != "" {
+		u, err := url.Parse(c.ResultsURL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("BRIDGE_RESULTS_URL: %q is not an http(s) URL", c.ResultsURL)
+		}
+	}
+	var window time.Duration
+	for _, s := range events.Streams(events.StreamOptions{}) {
+		if s.Name == events.StreamResults {
+			window = s.Duplicates
+		}
+	}
+	if c.ResultsMaxAge < window {
+		return fmt.Errorf("BRIDGE_RESULTS_MAX_AGE: %s is shorter than %s' %s duplicate window, which keeps a redelivered app change from publishing a second result; set at least %s",
+			c.ResultsMaxAge, events.StreamResults, window, window)
+	}
+	if c.ResultsMaxMsgs < 0 {
+		return fmt.Errorf("BRIDGE_RESULTS_MAX_MSGS: must be 0 (no limit) or positive, got %d", c.ResultsMaxMsgs)
+	}
+	if c.ResultsMaxBytes < 0 {
+		return fmt.Errorf("BRIDGE_RESULTS_MAX_BYTES: must be 0 (no limit) or positive, got %d", c.ResultsMaxBytes)
+	}
+	return nil
+}
+
+// StreamOptions are the stream definitions this configuration asks for:
+// the replicas and BRIDGE_RESULTS' limits.
+func (c *Config) StreamOptions() events.StreamOptions {
+	return events.StreamOptions{
+		Replicas:        c.StreamReplicas,
+		ResultsMaxAge:   c.ResultsMaxAge,
+		ResultsMaxMsgs:  c.ResultsMaxMsgs,
+		ResultsMaxBytes: c.ResultsMaxBytes,
+	}
 }
 
 // RequireServiceNow checks the settings needed to talk to ServiceNow.

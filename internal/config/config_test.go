@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/pflag"
+
+	"github.com/nowbridge/nowbridge/internal/events"
 )
 
 const (
@@ -422,6 +425,45 @@ func TestLoad_WebhookToleranceBelowTheDuplicateWindow(t *testing.T) {
 					t.Errorf("BRIDGE_WEBHOOK_TOLERANCE=%s: error %q does not say %q", c.tolerance, err, want)
 				}
 			}
+		}
+	}
+}
+
+func TestLoad_ResultsSettingsReachTheStream(t *testing.T) {
+	cfg, err := load(t, map[string]string{
+		"BRIDGE_RESULTS_URL":       "https://app.example.com/nowbridge/results",
+		"BRIDGE_RESULTS_MAX_AGE":   "72h",
+		"BRIDGE_RESULTS_MAX_BYTES": "536870912",
+	}, "--results-max-msgs", "100000", "--stream-replicas", "3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ResultsURL != "https://app.example.com/nowbridge/results" {
+		t.Errorf("results url = %q", cfg.ResultsURL)
+	}
+	var results jetstream.StreamConfig
+	for _, s := range events.Streams(cfg.StreamOptions()) {
+		if s.Name == events.StreamResults {
+			results = s
+		}
+	}
+	if results.MaxAge != 72*time.Hour || results.MaxMsgs != 100000 || results.MaxBytes != 536870912 || results.Replicas != 3 || results.Duplicates != time.Hour {
+		t.Errorf("BRIDGE_RESULTS = max age %v, max msgs %d, max bytes %d, replicas %d, duplicates %v; want the settings, with the 1h duplicate window",
+			results.MaxAge, results.MaxMsgs, results.MaxBytes, results.Replicas, results.Duplicates)
+	}
+	def := Default()
+	if d := def.StreamOptions(); d.ResultsMaxAge != 7*24*time.Hour || d.ResultsMaxMsgs != 0 || d.ResultsMaxBytes != 0 {
+		t.Errorf("default results limits %+v, want 7 days and no count or size limit", d)
+	}
+	for _, bad := range []struct{ env, val, want string }{
+		{"BRIDGE_RESULTS_URL", "app.example.com/results", "BRIDGE_RESULTS_URL: \"app.example.com/results\" is not an http(s) URL"},
+		{"BRIDGE_RESULTS_MAX_AGE", "30m", "BRIDGE_RESULTS_MAX_AGE: 30m0s is shorter than BRIDGE_RESULTS' 1h0m0s duplicate window"},
+		{"BRIDGE_RESULTS_MAX_MSGS", "-1", "BRIDGE_RESULTS_MAX_MSGS: must be 0 (no limit) or positive"},
+		{"BRIDGE_RESULTS_MAX_BYTES", "lots", "BRIDGE_RESULTS_MAX_BYTES: not an integer"},
+	} {
+		_, err := load(t, map[string]string{bad.env: bad.val})
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s=%s: err %v, want it to contain %q", bad.env, bad.val, err, bad.want)
 		}
 	}
 }

@@ -37,6 +37,25 @@ type Handler interface {
 	Handle(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) error
 }
 
+// Observer is what a Handler may also implement to hear what the engine
+// decided about a message it could not handle, before the engine acts on
+// it (the writeback tells the app that its change is pending or refused).
+// Both run while the message is still held, so what they publish is stored
+// before the message can come back or end.
+type Observer interface {
+	// Retrying: msg goes back to JetStream for a later delivery. d says why
+	// (d.Reason: rate_limited, server_error, breaker_open, paused, ...);
+	// err is the handler's error (nil for ReasonPaused: handed back
+	// unhandled while fetching is paused). Called for every such retry;
+	// not for a message waiting behind an earlier one of its record
+	// (ReasonOrdering).
+	Retrying(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, d Decision, err error)
+	// DeadLettered: msg is stored in BRIDGE_DLQ and about to be
+	// terminated. An error keeps it instead: it is handed back and, failing
+	// again, dead-lettered again under the same dead-letter id.
+	DeadLettered(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, d Decision, err error) error
+}
+
 // Metrics are the pipeline's own collectors the engine updates (they keep
 // the names the pipeline has always had); a nil one is not updated.
 type Metrics struct {
@@ -378,6 +397,7 @@ func (e *Engine) handle(hctx context.Context, it item) (item, bool) {
 		e.cfg.Metrics.Redelivered.Inc()
 	}
 	if d := e.pauseLeft(); d > 0 {
+		e.observeRetry(hctx, it, Decision{Action: ActionPause, Delay: d, Reason: ReasonPaused}, nil)
 		e.retry(it, e.pauseDelay(d), ReasonPaused)
 		return item{}, false
 	}
@@ -413,6 +433,7 @@ func (e *Engine) handle(hctx context.Context, it item) (item, bool) {
 		}
 		e.pause(p)
 		e.logRetry(it, d.Reason, p, err)
+		e.observeRetry(hctx, it, d, err)
 		e.retry(it, p, d.Reason)
 		return item{}, false
 	default:
@@ -421,6 +442,9 @@ func (e *Engine) handle(hctx context.Context, it item) (item, bool) {
 			delay = 0 // stopping: the next owner may take it at once
 		}
 		e.logRetry(it, d.Reason, delay, err)
+		if d.Reason != ReasonCanceled || hctx.Err() == nil {
+			e.observeRetry(hctx, it, d, err)
+		}
 		e.retry(it, delay, d.Reason)
 		return item{}, false
 	}
@@ -437,6 +461,14 @@ func (e *Engine) handle(hctx context.Context, it item) (item, bool) {
 func (e *Engine) logRetry(it item, reason string, delay time.Duration, err error) {
 	e.log.Warn("handling failed; will retry", "subject", it.msg.Subject(), "seq", it.meta.Sequence.Stream, "key", it.key,
 		"reason", reason, "delivered", it.meta.NumDelivered, "retry_in", delay, "err", err)
+}
+
+// observeRetry tells the handler, when it is an Observer, that it.msg is
+// about to be retried.
+func (e *Engine) observeRetry(ctx context.Context, it item, d Decision, err error) {
+	if o, ok := e.cfg.Handler.(Observer); ok {
+		o.Retrying(ctx, it.msg, it.meta, d, err)
+	}
 }
 
 // retry hands the message back to be redelivered after delay, and the
@@ -505,6 +537,15 @@ func (e *Engine) deadLetter(it item, d Decision, cause error) bool {
 	if _, err := e.js().PublishMsg(pctx, out); err != nil {
 		e.log.Error("dead letter not stored; the message stays in its stream for a retry", "subject", it.msg.Subject(), "seq", it.meta.Sequence.Stream, "err", err)
 		return false
+	}
+	if o, ok := e.cfg.Handler.(Observer); ok {
+		if err := o.DeadLettered(pctx, it.msg, it.meta, d, cause); err != nil {
+			// Stored under its dead-letter id, so storing it again on the
+			// next delivery keeps one copy.
+			e.log.Error("dead letter stored but its handler could not finish it; the message stays in its stream for a retry",
+				"subject", it.msg.Subject(), "seq", it.meta.Sequence.Stream, "err", err)
+			return false
+		}
 	}
 	if e.cfg.Metrics.DeadLetters != nil {
 		e.cfg.Metrics.DeadLetters.Inc()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -622,5 +623,107 @@ func TestEngine_ConsumerConfig(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want it to report %q", err, want)
 		}
+	}
+}
+
+// observed is a handler that is also an Observer: it records what the
+// engine told it, in order.
+type observed struct {
+	handlerFunc
+	mu     sync.Mutex
+	events []string // "retry <body> <delivered> <reason>", "dead <body> <dlq msgs>"
+	// deadErr fails DeadLettered for a body once.
+	deadErr map[string]bool
+	js      jetstream.JetStream
+}
+
+func (o *observed) Retrying(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, d Decision, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.events = append(o.events, fmt.Sprintf("retry %s %d %s", msg.Data(), meta.NumDelivered, d.Reason))
+}
+
+func (o *observed) DeadLettered(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, d Decision, err error) error {
+	st, serr := o.js.Stream(ctx, events.StreamDLQ)
+	if serr != nil {
+		return serr
+	}
+	info, serr := st.Info(ctx)
+	if serr != nil {
+		return serr
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.events = append(o.events, fmt.Sprintf("dead %s %d %d", msg.Data(), info.State.Msgs, d.Status))
+	if o.deadErr[string(msg.Data())] {
+		delete(o.deadErr, string(msg.Data()))
+		return errors.New("result not stored")
+	}
+	return nil
+}
+
+func TestEngine_ObserverHearsEachRetryAndDeadLetterBeforeTheEngineActs(t *testing.T) {
+	h := newHarness(t)
+	var attempts sync.Map // body -> *atomic.Int32
+	o := &observed{js: h.js, deadErr: map[string]bool{"refused-then-kept": true}}
+	o.handlerFunc = func(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) error {
+		n, _ := attempts.LoadOrStore(string(msg.Data()), new(atomic.Int32))
+		try := n.(*atomic.Int32).Add(1)
+		switch body := string(msg.Data()); {
+		case body == "busy" && try <= 2:
+			e := RetryAfter(errors.New("servicenow answered 429"), 0)
+			e.Status = 429
+			return e
+		case body == "refused" || body == "refused-then-kept":
+			e := Permanent(errors.New("data policy"), "fill the close code")
+			e.Status = 403
+			return e
+		}
+		return nil
+	}
+	cfg := h.config(nil)
+	cfg.Handler = o
+	h.run(cfg)
+	h.publish("a", "busy")
+	h.publish("b", "refused")
+	h.publish("c", "refused-then-kept")
+	h.waitDone(10 * time.Second)
+
+	o.mu.Lock()
+	got := slices.Clone(o.events)
+	o.mu.Unlock()
+	var busy, refused, kept []string
+	for _, e := range got {
+		switch {
+		case strings.Contains(e, " busy "):
+			busy = append(busy, e)
+		case strings.Contains(e, " refused "):
+			refused = append(refused, e)
+		case strings.Contains(e, " refused-then-kept "):
+			kept = append(kept, e)
+		}
+	}
+	// Each retry is told before the NAK: the second comes from the second
+	// delivery, so the first was heard before the message came back.
+	if want := []string{"retry busy 1 rate_limited", "retry busy 2 rate_limited"}; !slices.Equal(busy, want) {
+		t.Errorf("retries observed %q, want %q", busy, want)
+	}
+	// The dead letter is stored before the observer hears of it.
+	if len(refused) != 1 || !strings.HasPrefix(refused[0], "dead refused ") || strings.HasPrefix(refused[0], "dead refused 0 ") || !strings.HasSuffix(refused[0], " 403") {
+		t.Errorf("dead letters observed for refused: %q, want one, told after BRIDGE_DLQ stored it, with status 403", refused)
+	}
+	// An observer that fails keeps the message: it comes back, is
+	// dead-lettered again under the same id, and the observer hears it again.
+	if len(kept) != 2 {
+		t.Errorf("dead letters observed for refused-then-kept: %q, want two (the first refused by the observer)", kept)
+	}
+	if n, _ := attempts.Load("refused-then-kept"); n.(*atomic.Int32).Load() != 2 {
+		t.Errorf("refused-then-kept handled %d times, want 2", n.(*atomic.Int32).Load())
+	}
+	if dl := h.deadLetters(); len(dl) != 2 {
+		t.Errorf("BRIDGE_DLQ holds %d dead letters, want 2 (one per refused message)", len(dl))
+	}
+	if n := testutil.ToFloat64(h.dead); n != 2 {
+		t.Errorf("dead letters counted %v, want 2", n)
 	}
 }

@@ -12,7 +12,19 @@ type StreamOptions struct {
 	DuplicateWindow time.Duration // SN_EVENTS de-duplication window (default 1h)
 	MaxAge          time.Duration // retention of event streams (default 7 days)
 	DLQMaxAge       time.Duration // retention of dead letters (default 30 days)
+
+	// BRIDGE_RESULTS' limits: the outcome of each app change waits there
+	// for the app (bridge.result.>), the oldest going first when a limit
+	// is reached. Zero takes the default: 7 days, no limit on the count or
+	// the size (like the other streams; a size limit reserves that much of
+	// the server's store).
+	ResultsMaxAge   time.Duration
+	ResultsMaxMsgs  int64
+	ResultsMaxBytes int64
 }
+
+// DefaultResultsMaxAge is how long BRIDGE_RESULTS keeps a result.
+const DefaultResultsMaxAge = 7 * 24 * time.Hour
 
 func (o StreamOptions) withDefaults() StreamOptions {
 	if o.Replicas <= 0 {
@@ -27,6 +39,11 @@ func (o StreamOptions) withDefaults() StreamOptions {
 	if o.DLQMaxAge <= 0 {
 		o.DLQMaxAge = 30 * 24 * time.Hour
 	}
+	if o.ResultsMaxAge <= 0 {
+		o.ResultsMaxAge = DefaultResultsMaxAge
+	}
+	o.ResultsMaxMsgs = max(o.ResultsMaxMsgs, 0)
+	o.ResultsMaxBytes = max(o.ResultsMaxBytes, 0)
 	return o
 }
 
@@ -52,11 +69,20 @@ func Streams(o StreamOptions) []jetstream.StreamConfig {
 	}
 	dlq := base(StreamDLQ, "Dead letters of both pipelines, with the reason in headers", DLQSubjects)
 	dlq.MaxAge = o.DLQMaxAge
+	// Results are de-duplicated on (external id, app version, outcome)
+	// within the duplicate window: a redelivered app change publishes no
+	// second result.
+	results := base(StreamResults, "The outcome of each SaaS app change written back to ServiceNow (created, updated, rejected, ...)", ResultsSubjects)
+	results.MaxAge = o.ResultsMaxAge
+	results.Duplicates = min(o.DuplicateWindow, o.ResultsMaxAge) // JetStream refuses a window beyond the retention
+	results.MaxMsgs = o.ResultsMaxMsgs
+	results.MaxBytes = o.ResultsMaxBytes
 	return []jetstream.StreamConfig{
 		base(StreamSN, "ServiceNow record changes from business-rule webhooks and reconcile", SNSubjects),
 		base(StreamApp, "SaaS app changes to write back to ServiceNow", AppSubjects),
 		base(StreamApply, "ServiceNow changes mapped for the SaaS app (NATS applier)", ApplySubjects),
 		dlq,
+		results,
 	}
 }
 

@@ -54,6 +54,9 @@ type Config struct {
 	// from the instance's active choices, see CloseCodes).
 	CloseCode  string
 	CloseNotes string // default "Resolved in <entity> <external_id> (synced by nowbridge)"
+	// InstanceURL is the ServiceNow instance (BRIDGE_SN_INSTANCE_URL): the
+	// results carry each record's link on it. "" leaves the links out.
+	InstanceURL string
 	// CorrelationDisplay is written to correlation_display on create
 	// (default "nowbridge"), telling ServiceNow users which system links it.
 	CorrelationDisplay string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -85,12 +86,13 @@ type Consumer struct {
 	err    error // a configuration the engine refused, reported by Run
 }
 
-// NewConsumer builds the writeback consumer; Run starts it.
+// NewConsumer builds the writeback consumer; Run starts it. It publishes
+// the result of every change on BRIDGE_RESULTS (see results.go).
 func NewConsumer(js jetstream.JetStream, w *Writer) *Consumer {
 	c := &Consumer{}
 	maxDeliver := max(w.cfg.MaxDeliver, 0)
 	c.engine, c.err = consume.New(consume.Config{
-		JS: js, Stream: events.StreamApp, Pipeline: Pipeline, Handler: handler{w},
+		JS: js, Stream: events.StreamApp, Pipeline: Pipeline, Handler: handler{w: w, results: newResultSink(js, w.metrics)},
 		Consumer: jetstream.ConsumerConfig{
 			Durable:       w.cfg.Durable,
 			Description:   "SaaS changes written back to ServiceNow (nowbridge writeback)",
@@ -117,8 +119,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return c.engine.Run(ctx)
 }
 
-// handler is the writeback's part in the consume engine.
-type handler struct{ w *Writer }
+// handler is the writeback's part in the consume engine; as a
+// consume.Observer it also tells the app of retries and dead letters.
+type handler struct {
+	w       *Writer
+	results *resultSink
+}
+
+var _ consume.Observer = handler{}
 
 // Key is the app's record: entity and external id.
 func (h handler) Key(msg jetstream.Msg) string {
@@ -132,20 +140,30 @@ func (h handler) Key(msg jetstream.Msg) string {
 	return entity + "/" + probe.ExternalID
 }
 
-// Handle writes one app change back to ServiceNow.
+// Handle writes one app change back to ServiceNow and tells the app its
+// result before the change is acked.
 func (h handler) Handle(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) error {
 	ch, err := decodeChange(msg.Subject(), msg.Data())
 	if err != nil {
 		return classified(err)
 	}
-	ch.Stored = meta.Timestamp
+	ch.Stored, ch.Seq = meta.Timestamp, meta.Sequence.Stream
 	res, err := h.w.Apply(ctx, ch)
 	if err != nil {
 		return classified(err)
 	}
 	h.w.metrics.messages.WithLabelValues(string(res.Outcome)).Inc()
 	h.w.log.Debug("app change written back", "subject", msg.Subject(), "seq", meta.Sequence.Stream, "external_id", ch.ExternalID,
-		"outcome", string(res.Outcome), "table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount)
+		"outcome", string(res.Outcome), "table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount, "result", res.Reply.Outcome)
+	if res.Reply.Outcome == "" {
+		return nil // a redelivery whose result the app already has
+	}
+	if err := h.results.publish(ctx, res.Reply, resultMsgID(res.Reply, msg, meta)); err != nil {
+		// The change is written and its bookmark holds the result: the
+		// redelivery publishes that same result under the same id.
+		return fmt.Errorf("the change of %s %s v%d is written; its result is not stored yet: %w", ch.Entity, ch.ExternalID, ch.Version, err)
+	}
+	h.results.forget(retryingID(res.Reply, msg, meta))
 	return nil
 }
 

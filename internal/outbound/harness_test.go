@@ -45,6 +45,8 @@ type harness struct {
 	reg    *prometheus.Registry
 	hooks  *hookSink
 	appVer map[string]int64
+	cons   *outbound.Consumer
+	stop   func() // stops the consumer (and waits for it)
 }
 
 type hookSink struct {
@@ -158,24 +160,40 @@ func newHarness(t testing.TB, o opts) *harness {
 	if cfg.AckWait == 0 {
 		cfg.AckWait = 10 * time.Second
 	}
+	if cfg.InstanceURL == "" {
+		cfg.InstanceURL = simSrv.URL
+	}
 	h.w, err = outbound.NewWriter(outbound.Deps{API: sn, Mapping: h.maps, States: h.store, Links: h.links, StateKV: h.store.KV(), Dedupe: cache}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons := outbound.NewConsumer(js, h.w)
-	done := make(chan error, 1)
-	go func() { done <- cons.Run(ctx) }()
+	h.startConsumer()
 	t.Cleanup(func() {
+		h.stop()
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("consumer: %v", err)
-		}
 		_ = sn.Close()
 		h.sim.Close()
 		simSrv.Close()
 		hookSrv.Close()
 	})
 	return h
+}
+
+// startConsumer runs a writeback consumer over h.w until h.stop.
+func (h *harness) startConsumer() {
+	ctx, cancel := context.WithCancel(h.ctx)
+	h.cons = outbound.NewConsumer(h.js, h.w)
+	done := make(chan error, 1)
+	go func() { done <- h.cons.Run(ctx) }()
+	var once sync.Once
+	h.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				h.t.Errorf("consumer: %v", err)
+			}
+		})
+	}
 }
 
 // harnessMappings is the shipped mapping of each of o.tables (incident by

@@ -11,6 +11,10 @@ type metrics struct {
 	dlq       prometheus.Counter
 	paused    prometheus.Gauge
 	latency   prometheus.Histogram
+
+	results          *prometheus.CounterVec // by outcome
+	resultDuplicates prometheus.Counter
+	resultFailures   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -48,9 +52,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time to apply one app change to ServiceNow, reads and writes included.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_writeback_results_total",
+			Help: "Results of app changes stored in BRIDGE_RESULTS for the app, by outcome (created, updated, unchanged, stale, conflict, rejected, retrying).",
+		}, []string{"outcome"}),
+		resultDuplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_writeback_result_duplicates_total",
+			Help: "Results published again for a redelivered app change and dropped by BRIDGE_RESULTS as duplicates (the app heard them once).",
+		}),
+		resultFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_writeback_result_failures_total",
+			Help: "Results BRIDGE_RESULTS did not store (NATS unreachable, the stream missing): their changes are delivered again and publish them then.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.messages, m.writes, m.conflicts, m.unclaimed, m.retries, m.dlq, m.paused, m.latency)
+		reg.MustRegister(m.messages, m.writes, m.conflicts, m.unclaimed, m.retries, m.dlq, m.paused, m.latency,
+			m.results, m.resultDuplicates, m.resultFailures)
 	}
 	return m
 }

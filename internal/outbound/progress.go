@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nowbridge/nowbridge/internal/events"
 )
 
 // progress is the writeback's own bookmark per SaaS entity id: the newest
@@ -21,6 +23,11 @@ type progress struct {
 	Table     string    `json:"table,omitempty"`
 	SysID     string    `json:"sys_id,omitempty"`
 	Deleted   bool      `json:"deleted,omitempty"`
+	// Result is what the app was told of Version, told again when that
+	// version is delivered again (nil in bookmarks written before results).
+	Result *events.Result `json:"result,omitempty"`
+	// Seq is the APP_EVENTS sequence of Version's message (0: unknown).
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // progressStore reads and writes bookmarks in a KV bucket.

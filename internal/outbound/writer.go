@@ -40,6 +40,10 @@ type Change struct {
 	// A version the apply pipeline handed the app after that was applied
 	// over this change on the app's side.
 	Stored time.Time
+	// Seq is the message's APP_EVENTS sequence (0 when unknown). Changes
+	// of one id are handled in stream order, so an older version at or
+	// before the last sequence handled is a redelivery, not a late change.
+	Seq uint64
 
 	linkedNow bool // the message's sys_id linked the record just now
 }
@@ -50,10 +54,19 @@ type Result struct {
 	Table     string
 	SysID     string
 	ModCount  int64
+	Number    string            // the record's number: ServiceNow's answer, else what bridge_state knows
 	Sent      map[string]string // the fields written
 	Conflicts []Conflict
 
+	// Reply is what the app is told of the change: its result on
+	// bridge.result.<entity>.<outcome>. A redelivery of the last change
+	// written back is stale, and its Reply the one first given; a
+	// redelivery of an earlier one is stale with no Reply (empty Outcome):
+	// the app heard its result before the later change was handled.
+	Reply events.Result
+
 	holdBack string // why the write must not be claimed whatever ServiceNow answers
+	modKnown bool   // ModCount says which version ServiceNow holds
 }
 
 // Reasons a write is not claimed as the app's own (bridge_writeback_unclaimed_total).
@@ -114,6 +127,18 @@ func (w *Writer) Apply(ctx context.Context, ch Change) (Result, error) {
 	}
 	if ch.Version > 0 && ch.Version <= prog.Version {
 		res.Outcome, res.SysID = OutcomeStale, prog.SysID
+		switch {
+		case ch.Seq != 0 && ch.Seq < prog.Seq:
+			// Handled before the change the bookmark holds: its result was
+			// stored then.
+		case ch.Version == prog.Version && prog.Result != nil && prog.Result.Action == ch.Action && (ch.Seq == prog.Seq || prog.Seq == 0):
+			// Redelivered: the app hears again what it was told, under the
+			// same result id, so the stream drops it (or stores it now, if
+			// it could not before).
+			res.Reply = *prog.Result
+		default:
+			res.Reply = w.reply(ctx, ch, &res) // a late change: stale
+		}
 		return res, nil
 	}
 	sysID, linkedNow, err := w.resolveLink(ctx, ch, table)
@@ -147,14 +172,24 @@ func (w *Writer) Apply(ctx context.Context, ch Change) (Result, error) {
 			w.dedupe.MergeApplied(ch.Entity, ch.ExternalID, w.appState(ch, table))
 		}
 	}
+	res.Reply = w.reply(ctx, ch, &res)
 	if ch.Version > 0 {
-		p := progress{Version: ch.Version, UpdatedAt: ch.UpdatedAt, Table: table, SysID: res.SysID, Deleted: res.Outcome == OutcomeDeleted}
+		p := progress{Version: ch.Version, UpdatedAt: ch.UpdatedAt, Table: table, SysID: res.SysID, Deleted: res.Outcome == OutcomeDeleted, Result: &res.Reply, Seq: ch.Seq}
 		if err := w.progress.put(ctx, ch.Entity, ch.ExternalID, p, progRev); err != nil {
 			// The write happened; a redelivery finds nothing to change.
 			w.log.Warn("writeback progress not stored", "external_id", ch.ExternalID, "err", err)
 		}
 	}
 	return res, nil
+}
+
+// known takes the number and version of the record ServiceNow answered
+// with (or the one read before deciding).
+func (r *Result) known(rec map[string]string) {
+	r.Number = rec["number"]
+	if mc, err := strconv.ParseInt(rec["sys_mod_count"], 10, 64); err == nil {
+		r.ModCount, r.modKnown = mc, true
+	}
 }
 
 // resolveLink finds the record an external id is linked to: the message's
@@ -286,6 +321,7 @@ func (w *Writer) create(ctx context.Context, ch Change, res *Result) error {
 	sysID := rec["sys_id"]
 	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
 	res.Outcome, res.SysID, res.ModCount, res.Sent = OutcomeCreated, sysID, mc, body
+	res.Number, res.modKnown = rec["number"], true
 	if !events.ValidSysID(sysID) {
 		pend.Cancel()
 		return permanent("create %s for %s: response has no valid sys_id", res.Table, ch.ExternalID)
@@ -392,6 +428,12 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	res.Conflicts = p.Conflicts
 	if len(p.Patch) == 0 {
 		res.Outcome = OutcomeNoChange
+		switch {
+		case in.Current != nil:
+			res.known(in.Current)
+		case haveState:
+			res.Number, res.ModCount, res.modKnown = st.Fields["number"], st.Version, true
+		}
 		return nil
 	}
 	cur := in.Current
@@ -410,6 +452,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	w.metrics.writes.WithLabelValues("PATCH").Inc()
 	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
 	res.Outcome, res.ModCount, res.Sent = OutcomeUpdated, mc, p.Patch
+	res.known(rec)
 	if haveState && mc == st.Version {
 		// ServiceNow found nothing to change: no new version, no webhook.
 		pend.Cancel()
@@ -588,6 +631,7 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 	}
 	if cur[mapping.StateField] == rule.State {
 		res.Outcome = OutcomeNoChange
+		res.known(cur)
 		return nil
 	}
 	patch := map[string]string{mapping.StateField: rule.State}
@@ -603,6 +647,7 @@ func (w *Writer) delete(ctx context.Context, ch Change, res *Result) error {
 	w.metrics.writes.WithLabelValues("PATCH").Inc()
 	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
 	res.Outcome, res.ModCount, res.Sent = OutcomeDeleted, mc, patch
+	res.known(rec)
 	w.finish(ctx, pend, res, patch, rec, st.Fields, haveState && mc == st.Version+1)
 	res.Outcome = OutcomeDeleted
 	return nil
