@@ -119,8 +119,10 @@ func (t *connTracker) track(c net.Conn, state http.ConnState) {
 	switch state {
 	case http.StateClosed, http.StateHijacked:
 		delete(t.conns, c)
-	default:
+	case http.StateNew:
 		t.conns[c] = connState{state: state, since: time.Now()}
+	default: // only a new connection's age is ever asked for
+		t.conns[c] = connState{state: state}
 	}
 }
 
