@@ -51,8 +51,9 @@ func (e *retryAfterError) Unwrap() error { return e.err }
 
 // RetryAfter marks a handler's error as temporary with a known wait (the
 // app's database is in maintenance for a minute): the message comes back
-// after d instead of the backoff's delay, and the HTTP receiver answers 503
-// with Retry-After.
+// after d (at most the consumer's RetryMax) instead of the backoff's delay,
+// and the HTTP receiver answers 503 with Retry-After, which the bridge
+// honours up to its own retry cap.
 func RetryAfter(err error, d time.Duration) error {
 	if err == nil {
 		return nil
