@@ -46,6 +46,8 @@ type devOptions struct {
 	verbose    bool
 	debug      bool          // debug logs (tests)
 	grace      time.Duration // BRIDGE_WRITEBACK_HANDOVER_GRACE; 0: the default
+	app        bool          // start the helpdesk reference app (devapp.go)
+	appListen  string
 }
 
 func newDevCmd(a *app) *cobra.Command {
@@ -74,7 +76,7 @@ prints them flowing and exits.`,
 			}
 			if o.demo {
 				// Random ports: a demo never collides with a running dev.
-				o.listen, o.simListen, o.natsListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+				o.listen, o.simListen, o.natsListen, o.appListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 			}
 			return runDev(cmd.Context(), a, o)
 		},
@@ -88,6 +90,8 @@ prints them flowing and exits.`,
 	f.StringSliceVar(&o.tables, "tables", devTables, "the tables synced (BRIDGE_TABLES), each with its shipped mapping: "+strings.Join(snsim.TicketTables(), ", "))
 	f.IntVar(&o.seed, "seed", 6, "records the simulator starts with, spread over the tables")
 	f.BoolVar(&o.verbose, "verbose", false, "log the bridge's info lines to stderr")
+	f.BoolVar(&o.app, "app", false, "also start the helpdesk reference app (examples/helpdesk), a page showing both sides in a browser")
+	f.StringVar(&o.appListen, "app-listen", defaultAppListen, "the helpdesk's address with --app; a busy port falls back to a free one")
 	return cmd
 }
 
@@ -106,6 +110,7 @@ type devStack struct {
 	reg      *prometheus.Registry
 	b        *bridge // the bridge's parts, wired as serve wires them
 	dataDir  string
+	appURL   string // the helpdesk's page with --app
 }
 
 func listenOrFree(addr string) (net.Listener, error) {
@@ -137,6 +142,7 @@ func runDev(ctx context.Context, a *app, o devOptions) error {
 		return err
 	}
 	printWalkthrough(a.stdout, st)
+	printApp(a.stdout, st)
 	if o.demo {
 		derr := runDemo(ctx, a.stdout, st)
 		cancel()
@@ -215,6 +221,11 @@ func startDev(ctx context.Context, stderr io.Writer, o devOptions) (st *devStack
 		return nil, nil, err
 	}
 	cleanup.add(st.b.Close) // after every part stopped: wait runs the cleanups once g is done
+	if err := startDevApp(gctx, g, st, o, logger, &cleanup); err != nil {
+		stopAll()
+		_ = g.Wait()
+		return nil, nil, err
+	}
 	wait = func() error {
 		err := g.Wait()
 		cleanup.run()

@@ -733,7 +733,7 @@ const (
 func (s *Store) ApplyFromServiceNow(ctx context.Context, action string, ch wire.AppChange) (ApplyOutcome, error) {
 	var out ApplyOutcome
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		id, snVersion, found, err := findForApply(ctx, tx, ch)
+		id, handled, found, err := findForApply(ctx, tx, ch)
 		if err != nil {
 			return err
 		}
@@ -742,7 +742,7 @@ func (s *Store) ApplyFromServiceNow(ctx context.Context, action string, ch wire.
 			out = Imported
 			return s.importRecord(ctx, tx, action, ch, now)
 		}
-		if ch.Version <= snVersion {
+		if !handled.Supersedes(ch.Version, action) {
 			out = Stale
 			return nil
 		}
@@ -774,27 +774,70 @@ func (s *Store) ApplyFromServiceNow(ctx context.Context, action string, ch wire.
 	return out, nil
 }
 
-// findForApply finds the ticket of a ServiceNow record: by the external id
-// the bridge sent, else by sys_id (a record the helpdesk imported, whose
-// link the bridge has not written yet).
-func findForApply(ctx context.Context, tx *sql.Tx, ch wire.AppChange) (id, snVersion int64, found bool, err error) {
+// findForApply finds the ticket of a ServiceNow record, with the version
+// of it the ticket holds: by the external id the bridge sent, else by
+// sys_id (a record the helpdesk imported, whose link the bridge has not
+// written yet).
+func findForApply(ctx context.Context, tx *sql.Tx, ch wire.AppChange) (id int64, h wire.Handled, found bool, err error) {
 	if ch.ExternalID != "" {
-		err = tx.QueryRowContext(ctx, `SELECT id, sn_version FROM tickets WHERE external_id = ?`, ch.ExternalID).Scan(&id, &snVersion)
+		err = tx.QueryRowContext(ctx, `SELECT id, sn_version, sn_deleted FROM tickets WHERE external_id = ?`, ch.ExternalID).Scan(&id, &h.Version, &h.Deleted)
 		if err == nil {
-			return id, snVersion, true, nil
+			return id, h, true, nil
 		}
 		if !errors.Is(err, sql.ErrNoRows) {
-			return 0, 0, false, err
+			return 0, h, false, err
 		}
 	}
 	if ch.SysID == "" {
-		return 0, 0, false, nil
+		return 0, h, false, nil
 	}
-	err = tx.QueryRowContext(ctx, `SELECT id, sn_version FROM tickets WHERE sn_sys_id = ? ORDER BY id LIMIT 1`, ch.SysID).Scan(&id, &snVersion)
+	err = tx.QueryRowContext(ctx, `SELECT id, sn_version, sn_deleted FROM tickets WHERE sn_sys_id = ? ORDER BY id LIMIT 1`, ch.SysID).Scan(&id, &h.Version, &h.Deleted)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, 0, false, nil
+		return 0, h, false, nil
 	}
-	return id, snVersion, err == nil, err
+	return id, h, err == nil, err
+}
+
+// Versions is the SDK's version guard (nowbridge.VersionStore) kept in the
+// tickets themselves: the sys_mod_count a ticket holds is written in the
+// same transaction as its fields, so the guard and the data never disagree,
+// across restarts too. Keys are "<table>/<sys_id>".
+type Versions struct{ s *Store }
+
+// Versions returns the store's version guard.
+func (s *Store) Versions() Versions { return Versions{s} }
+
+// Get implements nowbridge.VersionStore.
+func (v Versions) Get(ctx context.Context, key string) (wire.Handled, bool, error) {
+	table, sysID, ok := strings.Cut(key, "/")
+	if !ok {
+		return wire.Handled{}, false, nil
+	}
+	var h wire.Handled
+	err := v.s.db.QueryRowContext(ctx, `SELECT sn_version, sn_deleted FROM tickets WHERE sn_sys_id = ? AND sn_table IN (?, '') AND sn_version >= 0 ORDER BY id LIMIT 1`, sysID, table).
+		Scan(&h.Version, &h.Deleted)
+	if errors.Is(err, sql.ErrNoRows) {
+		return wire.Handled{}, false, nil
+	}
+	if err != nil {
+		return wire.Handled{}, false, fmt.Errorf("version of %s: %w", key, err)
+	}
+	return h, true, nil
+}
+
+// Put implements nowbridge.VersionStore. ApplyFromServiceNow already moved
+// the ticket in its transaction; this only makes sure, never backwards.
+func (v Versions) Put(ctx context.Context, key string, h wire.Handled) error {
+	table, sysID, ok := strings.Cut(key, "/")
+	if !ok {
+		return nil
+	}
+	_, err := v.s.db.ExecContext(ctx, `UPDATE tickets SET sn_version = ?, sn_deleted = ? WHERE sn_sys_id = ? AND sn_table IN (?, '') AND (sn_version < ? OR (sn_version = ? AND ?))`,
+		h.Version, h.Deleted, sysID, table, h.Version, h.Version, h.Deleted)
+	if err != nil {
+		return fmt.Errorf("record version %d of %s: %w", h.Version, key, err)
+	}
+	return nil
 }
 
 func (s *Store) importRecord(ctx context.Context, tx *sql.Tx, action string, ch wire.AppChange, now int64) error {

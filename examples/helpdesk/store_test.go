@@ -244,12 +244,26 @@ func TestStore_ApplyVersionGuardAndPendingFields(t *testing.T) {
 	if got.Title != "Laptop (SN)" || got.Sync.State != SyncSynced || !strings.Contains(got.Sync.Reason, "ServiceNow's value kept") {
 		t.Fatalf("after a conflict ServiceNow won: title %q sync %+v, want ServiceNow's title and a synced state naming the conflict", got.Title, got.Sync)
 	}
-	if out, err := s.ApplyFromServiceNow(ctx, wire.ActionDelete, wire.AppChange{ExternalID: tk.ExternalID, SysID: "aaaa0000aaaa0000aaaa0000aaaa0000", Version: 4}); err != nil || out != Applied {
-		t.Fatalf("delete: %s %v", out, err)
+	// The SDK's guard reads the same version from the ticket.
+	h, ok, err := s.Versions().Get(ctx, "incident/aaaa0000aaaa0000aaaa0000aaaa0000")
+	if err != nil || !ok || h.Version != 3 || h.Deleted {
+		t.Fatalf("Versions.Get = %+v %v %v, want version 3", h, ok, err)
+	}
+	// A delete carries the version of the record's last update (ServiceNow
+	// does not count a delete): it still applies, once.
+	del := wire.AppChange{ExternalID: tk.ExternalID, SysID: "aaaa0000aaaa0000aaaa0000aaaa0000", Table: "incident", Version: 3}
+	if out, err := s.ApplyFromServiceNow(ctx, wire.ActionDelete, del); err != nil || out != Applied {
+		t.Fatalf("delete at the last update's version: %s %v, want applied", out, err)
+	}
+	if out, err := s.ApplyFromServiceNow(ctx, wire.ActionDelete, del); err != nil || out != Stale {
+		t.Fatalf("the same delete again: %s %v, want stale", out, err)
 	}
 	got, _, _ = mustTicket(t, s, tk.ExternalID)
 	if !got.SNDeleted {
 		t.Fatalf("after ServiceNow's delete: %+v, want SNDeleted", got)
+	}
+	if h, _, _ := s.Versions().Get(ctx, "incident/aaaa0000aaaa0000aaaa0000aaaa0000"); !h.Deleted || h.Supersedes(3, wire.ActionDelete) {
+		t.Fatalf("Versions.Get after the delete = %+v, want deleted at 3", h)
 	}
 }
 
