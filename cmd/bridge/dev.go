@@ -25,6 +25,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/inbound"
+	"github.com/nowbridge/nowbridge/internal/secret"
 	"github.com/nowbridge/nowbridge/internal/snsim"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
@@ -326,8 +327,8 @@ func serveSim(ctx context.Context, g *errgroup.Group, sim *snsim.Server, ln net.
 // pointed at the simulator, the NATS applier, the synced tables.
 func devConfig(st *devStack, o devOptions) config.Config {
 	cfg := config.Default()
-	cfg.SNInstanceURL, cfg.SNClientID, cfg.SNClientSecret = st.simURL, st.clientID, config.Secret(st.clientSc)
-	cfg.WebhookSecrets = config.Secret(st.secret.Encoded())
+	cfg.SNInstanceURL, cfg.SNClientID, cfg.SNClientSecret = st.simURL, st.clientID, secret.String(st.clientSc)
+	cfg.WebhookSecrets = secret.String(st.secret.Encoded())
 	cfg.Tables, cfg.Applier = st.tables, "nats"
 	if o.grace > 0 {
 		cfg.HandOverGrace = o.grace

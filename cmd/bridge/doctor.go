@@ -13,7 +13,6 @@ import (
 	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/doctor"
 	"github.com/nowbridge/nowbridge/internal/mapping"
-	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
@@ -69,7 +68,7 @@ for --sn-instance-url, --sn-client-id and --sn-client-secret.`,
 			report := doctor.Run(cmd.Context(), doctor.Options{
 				InstanceURL:    cfg.SNInstanceURL,
 				ClientID:       cfg.SNClientID,
-				ClientSecret:   snclient.Secret(cfg.SNClientSecret.Reveal()),
+				ClientSecret:   cfg.SNClientSecret,
 				Tables:         cfg.Tables,
 				Fields:         mappedFields(mset, cfg.Tables),
 				Close:          closeRules(mset, cfg.Tables),

@@ -26,7 +26,7 @@ func newSNClient(cfg config.Config, mset *mapping.Set, log *slog.Logger, reg pro
 	return snclient.New(snclient.Config{
 		InstanceURL:  cfg.SNInstanceURL,
 		ClientID:     cfg.SNClientID,
-		ClientSecret: snclient.Secret(cfg.SNClientSecret.Reveal()),
+		ClientSecret: cfg.SNClientSecret,
 		RateLimit:    cfg.SNRateLimit,
 		MappedFields: mappedFields(mset, mset.Tables()),
 		TableParents: mset.Parents(), // the mapping's parents: where inherited fields are defined

@@ -23,40 +23,30 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/secret"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
 // fieldNameRe is a ServiceNow field (column) name.
 var fieldNameRe = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,79}$`)
 
-// Secret is a string that prints as [redacted] in logs, errors and %v.
-type Secret string
-
-// Reveal returns the secret value; call it only where the secret is used.
-func (s Secret) Reveal() string             { return string(s) }
-func (Secret) String() string               { return "[redacted]" }
-func (Secret) GoString() string             { return "[redacted]" }
-func (Secret) LogValue() slog.Value         { return slog.StringValue("[redacted]") }
-func (s Secret) IsZero() bool               { return s == "" }
-func (Secret) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
-
 // Config holds every setting of the bridge (SPEC §4 plus tuning knobs).
 type Config struct {
 	Listen             string
-	NATSURL            Secret // may embed credentials
+	NATSURL            secret.String // may embed credentials
 	DataDir            string
 	EmbeddedNATSListen string
 	StreamReplicas     int
 
 	SNInstanceURL  string
 	SNClientID     string
-	SNClientSecret Secret
+	SNClientSecret secret.String
 	SNRateLimit    float64 // cap on requests/s towards ServiceNow; 0 = none (the client paces itself to the rules it learns)
 	// SNKnownFields lists, per table, fields the bridge may use beyond those
 	// it learns (from the mapping, a record and sys_dictionary where readable).
 	SNKnownFields map[string][]string
 
-	WebhookSecrets   Secret // comma-separated whsec_ list
+	WebhookSecrets   secret.String // comma-separated whsec_ list
 	WebhookTolerance time.Duration
 	MaxBodyBytes     int64
 	PublishTimeout   time.Duration
@@ -75,7 +65,7 @@ type Config struct {
 	ReconcileInterval time.Duration
 	Applier           string
 	ApplyURL          string
-	ApplySecret       Secret // whsec_ secret signing HTTP applier requests
+	ApplySecret       secret.String // whsec_ secret signing HTTP applier requests
 	MappingDir        string
 	DedupeSize        int
 	DedupeTTL         time.Duration
@@ -166,8 +156,8 @@ func str(p func(*Config) *string) (func(*Config, string) error, func(*Config) st
 	return func(c *Config, v string) error { *p(c) = v; return nil }, func(c *Config) string { return *p(c) }
 }
 
-func secret(p func(*Config) *Secret) (func(*Config, string) error, func(*Config) string) {
-	return func(c *Config, v string) error { *p(c) = Secret(v); return nil }, func(*Config) string { return "" }
+func hidden(p func(*Config) *secret.String) (func(*Config, string) error, func(*Config) string) {
+	return func(c *Config, v string) error { *p(c) = secret.String(v); return nil }, func(*Config) string { return "" }
 }
 
 func dur(p func(*Config) *time.Duration) (func(*Config, string) error, func(*Config) string) {
@@ -302,7 +292,7 @@ func Settings() []Setting {
 			return str(func(c *Config) *string { return &c.Listen })
 		}),
 		setting("nats_url", "BRIDGE_NATS_URL", "NATS server or cluster URL(s); empty starts an embedded JetStream server", true, func() (func(*Config, string) error, func(*Config) string) {
-			return secret(func(c *Config) *Secret { return &c.NATSURL })
+			return hidden(func(c *Config) *secret.String { return &c.NATSURL })
 		}),
 		setting("data_dir", "BRIDGE_DATA_DIR", "embedded server's store and other local state", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.DataDir })
@@ -320,7 +310,7 @@ func Settings() []Setting {
 			return str(func(c *Config) *string { return &c.SNClientID })
 		}),
 		setting("sn_client_secret", "BRIDGE_SN_CLIENT_SECRET", "OAuth 2.0 client secret", true, func() (func(*Config, string) error, func(*Config) string) {
-			return secret(func(c *Config) *Secret { return &c.SNClientSecret })
+			return hidden(func(c *Config) *secret.String { return &c.SNClientSecret })
 		}),
 		setting("sn_rate_limit", "BRIDGE_SN_RATE_LIMIT", "cap on requests per second towards ServiceNow, an override (0 = none: the bridge paces itself to the rate limit rules it learns from the instance's answers)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return float(func(c *Config) *float64 { return &c.SNRateLimit })
@@ -329,7 +319,7 @@ func Settings() []Setting {
 			return knownFields(func(c *Config) *map[string][]string { return &c.SNKnownFields })
 		}).yamlMap(";"),
 		setting("webhook_secrets", "BRIDGE_WEBHOOK_SECRETS", "comma-separated whsec_ secrets (first signs, all verify)", true, func() (func(*Config, string) error, func(*Config) string) {
-			return secret(func(c *Config) *Secret { return &c.WebhookSecrets })
+			return hidden(func(c *Config) *secret.String { return &c.WebhookSecrets })
 		}),
 		setting("webhook_tolerance", "BRIDGE_WEBHOOK_TOLERANCE", "allowed webhook-timestamp skew", false, func() (func(*Config, string) error, func(*Config) string) {
 			return dur(func(c *Config) *time.Duration { return &c.WebhookTolerance })
@@ -374,7 +364,7 @@ func Settings() []Setting {
 			return str(func(c *Config) *string { return &c.ApplyURL })
 		}),
 		setting("apply_secret", "BRIDGE_APPLY_SECRET", "whsec_ secret signing HTTP applier requests (default: the first webhook secret)", true, func() (func(*Config, string) error, func(*Config) string) {
-			return secret(func(c *Config) *Secret { return &c.ApplySecret })
+			return hidden(func(c *Config) *secret.String { return &c.ApplySecret })
 		}),
 		setting("results_url", "BRIDGE_RESULTS_URL", "where each app change's result (created, updated, rejected, ...) is also POSTed, signed like the HTTP applier's requests (empty: results only in the BRIDGE_RESULTS stream)", false, func() (func(*Config, string) error, func(*Config) string) {
 			return str(func(c *Config) *string { return &c.ResultsURL })

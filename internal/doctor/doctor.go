@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/nowbridge/nowbridge/internal/mapping"
-	"github.com/nowbridge/nowbridge/internal/snclient"
+	"github.com/nowbridge/nowbridge/internal/secret"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
@@ -55,7 +55,7 @@ type Report struct {
 type Options struct {
 	InstanceURL  string
 	ClientID     string
-	ClientSecret snclient.Secret
+	ClientSecret secret.String
 	Tables       []string
 	// Fields lists, per table, the ServiceNow fields the bridge's mapping
 	// reads or writes; a table without an entry skips the fields check.

@@ -19,7 +19,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/doctor"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/mapping"
-	"github.com/nowbridge/nowbridge/internal/snclient"
+	"github.com/nowbridge/nowbridge/internal/secret"
 	"github.com/nowbridge/nowbridge/internal/snsim"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
@@ -68,7 +68,7 @@ func (in *instance) options() doctor.Options {
 	return doctor.Options{
 		InstanceURL:  in.srv.URL,
 		ClientID:     clientID,
-		ClientSecret: snclient.Secret(clientSecret),
+		ClientSecret: secret.String(clientSecret),
 		Tables:       []string{"incident"},
 		Fields:       map[string][]string{"incident": incidentFields},
 		Close:        map[string]*mapping.Close{"incident": mapping.Default(nil).Close("incident")},
@@ -106,7 +106,7 @@ func receiver(t *testing.T, secrets ...webhook.Secret) *httptest.Server {
 	return srv
 }
 
-func secret(t *testing.T, b byte) webhook.Secret {
+func webhookKey(t *testing.T, b byte) webhook.Secret {
 	t.Helper()
 	return webhook.NewSecret(bytes.Repeat([]byte{b}, 32))
 }
@@ -173,7 +173,7 @@ func TestDoctor_HealthyInstancePassesEveryCheck(t *testing.T) {
 	in.sim.SetRateLimitRules([]snsim.RateLimitRule{{Count: 5000}})
 	// Healthy with every optional grant: nothing to warn about.
 	in.sim.SetGrants(snsim.Grants{Dictionary: true, AuditDelete: true})
-	key := secret(t, 1)
+	key := webhookKey(t, 1)
 	rcv := receiver(t, key)
 	opt := in.options()
 	opt.WriteProbe = true
@@ -391,7 +391,7 @@ func TestDoctor_RateLimited(t *testing.T) {
 
 func TestDoctor_WebhookEndpoint(t *testing.T) {
 	in := newInstance(t, nil)
-	key, other := secret(t, 1), secret(t, 2)
+	key, other := webhookKey(t, 1), webhookKey(t, 2)
 	rcv := receiver(t, key)
 	open := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) }))
 	defer open.Close()

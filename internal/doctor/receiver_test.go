@@ -24,7 +24,7 @@ func TestDoctor_WebhookCheckAgainstTheRealReceiver(t *testing.T) {
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	key := secret(t, 1)
+	key := webhookKey(t, 1)
 	rcv, err := inbound.New(inbound.Config{Conn: nc, Secrets: []webhook.Secret{key}})
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +38,7 @@ func TestDoctor_WebhookCheckAgainstTheRealReceiver(t *testing.T) {
 	r := run(t, "webhook: real receiver", opt)
 	expect(t, r, "webhook", doctor.Pass, "signed probe accepted (422", "")
 
-	opt.WebhookSecrets = []webhook.Secret{secret(t, 2)}
+	opt.WebhookSecrets = []webhook.Secret{webhookKey(t, 2)}
 	r = run(t, "webhook: real receiver, other secret", opt)
 	expect(t, r, "webhook", doctor.Fail, "got 401", "rejects our signature")
 

@@ -32,7 +32,7 @@ func TestDoctor_InstanceSelfTestVerdicts(t *testing.T) {
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	key := secret(t, 1)
+	key := webhookKey(t, 1)
 	reg := prometheus.NewRegistry()
 	rcv, err := inbound.New(inbound.Config{Conn: nc, Secrets: []webhook.Secret{key}, Registry: reg})
 	if err != nil {

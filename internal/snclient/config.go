@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nowbridge/nowbridge/internal/secret"
 )
 
 // TableAPIVersion selects the Table API path. The versions differ in one way
@@ -30,7 +32,7 @@ type Config struct {
 	// InstanceURL is the instance's base URL, e.g. https://dev12345.service-now.com.
 	InstanceURL  string
 	ClientID     string
-	ClientSecret Secret
+	ClientSecret secret.String
 
 	// TableAPI is v1 (default) or v2.
 	TableAPI TableAPIVersion

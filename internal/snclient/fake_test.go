@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nowbridge/nowbridge/internal/secret"
 )
 
 // fakeSN is an httptest handler that answers exactly as the facts file
@@ -58,7 +60,7 @@ func newFakeSN(t testing.TB) *fakeSN {
 
 func (f *fakeSN) config() Config {
 	return Config{
-		InstanceURL: f.srv.URL, ClientID: f.id, ClientSecret: Secret(f.sec),
+		InstanceURL: f.srv.URL, ClientID: f.id, ClientSecret: secret.String(f.sec),
 		RetryInitial: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond, RetryMaxElapsed: 5 * time.Second,
 		RequestTimeout: 5 * time.Second, BreakerOpenFor: 200 * time.Millisecond,
 		SkipFieldValidation: true,

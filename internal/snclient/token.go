@@ -13,11 +13,13 @@ import (
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/nowbridge/nowbridge/internal/secret"
 )
 
 // token is one access token and when to stop using it.
 type token struct {
-	access    Secret
+	access    secret.String
 	issued    time.Time
 	expiry    time.Time
 	refreshAt time.Time // when the background refresher renews it
@@ -161,7 +163,7 @@ func (ts *tokens) exchange(ctx context.Context) (*token, error) {
 		ts.mu.Unlock()
 		return nil, te
 	}
-	t := &token{access: Secret(ot.AccessToken), issued: start, expiry: ot.Expiry}
+	t := &token{access: secret.String(ot.AccessToken), issued: start, expiry: ot.Expiry}
 	if ot.Expiry.IsZero() {
 		// No expires_in: assume ServiceNow's default lifetime.
 		t.expiry = start.Add(1799 * time.Second)

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nowbridge/nowbridge/internal/secret"
 )
 
 // Header names of the Standard Webhooks scheme.
@@ -90,10 +92,11 @@ func (s Secret) KeyBase64() string { return base64.StdEncoding.EncodeToString(s.
 // IsZero reports whether the secret is unset.
 func (s Secret) IsZero() bool { return len(s.key) == 0 }
 
-func (Secret) String() string               { return "[redacted]" }
-func (Secret) GoString() string             { return "[redacted]" }
-func (Secret) LogValue() slog.Value         { return slog.StringValue("[redacted]") }
-func (Secret) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
+// A key prints, logs and marshals as secret.Redacted, like every credential.
+func (Secret) String() string               { return secret.Redacted }
+func (Secret) GoString() string             { return secret.Redacted }
+func (Secret) LogValue() slog.Value         { return slog.StringValue(secret.Redacted) }
+func (Secret) MarshalText() ([]byte, error) { return []byte(secret.Redacted), nil }
 
 // Sign returns one "v1,<base64 mac>" signature entry.
 func Sign(s Secret, id string, ts int64, body []byte) string {
