@@ -110,6 +110,9 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 			component{"reconcile", b.reconciler.Run}, // returns at once when BRIDGE_RECONCILE_INTERVAL=0
 		)
 	}
+	if b.results != nil { // BRIDGE_RESULTS_URL
+		components = append(components, component{"results delivery", b.results.Run})
+	}
 	components = append(components,
 		component{"apply", b.apply.Run},
 		component{"status report", newStatusReporter(js, b.sn, cfg, log).Run},

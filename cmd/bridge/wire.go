@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -44,7 +43,8 @@ type wireOptions struct {
 	// (BRIDGE_APPLIER); LinkBack makes the writer its LinkWriter (the app's
 	// ids written to each record's link field, claimed as echoes).
 	Apply, LinkBack bool
-	// Writeback builds the APP_EVENTS consumer over the writer.
+	// Writeback builds the APP_EVENTS consumer over the writer, and with
+	// BRIDGE_RESULTS_URL the HTTP delivery of its results.
 	Writeback bool
 	// Reconcile builds the reconciler; Tune adjusts its settings
 	// (bridge reconcile's --page-size and --overlap).
@@ -71,6 +71,7 @@ type bridge struct {
 	// The parts asked for in wireOptions (nil otherwise):
 	apply      *apply.Runner
 	writeback  *outbound.Consumer
+	results    *apply.ResultsDelivery // with BRIDGE_RESULTS_URL
 	reconciler *reconcile.Reconciler
 }
 
@@ -124,6 +125,11 @@ func wire(ctx context.Context, cfg config.Config, js jetstream.JetStream, o wire
 	}
 	if o.Writeback && b.writer != nil {
 		b.writeback = outbound.NewConsumer(js, b.writer)
+		if cfg.ResultsURL != "" {
+			if b.results, err = newResultsDelivery(cfg, js, log, o.Registerer); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if o.Reconcile && b.sn != nil {
 		if b.reconciler, err = b.newReconciler(js, o.Registerer, o.Tune); err != nil {
@@ -228,21 +234,45 @@ func newApplier(cfg config.Config, js jetstream.JetStream) (apply.Applier, error
 	default:
 		return nil, fmt.Errorf("BRIDGE_APPLIER: must be nats or http, got %q", cfg.Applier)
 	}
+	secret, err := applySecret(cfg, "the HTTP applier")
+	if err != nil {
+		return nil, err
+	}
+	return apply.NewHTTPApplier(cfg.ApplyURL, secret, 0, applyWorkers), nil
+}
+
+// applySecret is the secret signing what the bridge POSTs to the app:
+// BRIDGE_APPLY_SECRET, else the first of BRIDGE_WEBHOOK_SECRETS.
+func applySecret(cfg config.Config, who string) (webhook.Secret, error) {
 	if raw := cfg.ApplySecret.Reveal(); raw != "" {
 		secret, err := webhook.ParseSecret(raw)
 		if err != nil {
-			return nil, fmt.Errorf("BRIDGE_APPLY_SECRET: %w", err)
+			return webhook.Secret{}, fmt.Errorf("BRIDGE_APPLY_SECRET: %w", err)
 		}
-		return apply.NewHTTPApplier(cfg.ApplyURL, secret, 0, applyWorkers), nil
+		return secret, nil
 	}
 	secrets, err := webhook.ParseSecrets(cfg.WebhookSecrets.Reveal())
 	if err != nil {
-		return nil, fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)
+		return webhook.Secret{}, fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)
 	}
 	if len(secrets) == 0 {
-		return nil, errors.New("the HTTP applier signs its requests: set BRIDGE_APPLY_SECRET or BRIDGE_WEBHOOK_SECRETS")
+		return webhook.Secret{}, fmt.Errorf("%s signs its requests: set BRIDGE_APPLY_SECRET or BRIDGE_WEBHOOK_SECRETS", who)
 	}
-	return apply.NewHTTPApplier(cfg.ApplyURL, secrets[0], 0, applyWorkers), nil
+	return secrets[0], nil
+}
+
+// newResultsDelivery POSTs each result of BRIDGE_RESULTS to
+// BRIDGE_RESULTS_URL, signed like the HTTP applier's requests.
+func newResultsDelivery(cfg config.Config, js jetstream.JetStream, log *slog.Logger, reg prometheus.Registerer) (*apply.ResultsDelivery, error) {
+	secret, err := applySecret(cfg, "the results delivery (BRIDGE_RESULTS_URL)")
+	if err != nil {
+		return nil, err
+	}
+	return apply.NewResultsDelivery(apply.ResultsConfig{
+		JS: js, URL: cfg.ResultsURL, Secret: secret,
+		Tuning: consume.Tuning{Workers: applyWorkers},
+		Logger: log, Registerer: reg,
+	})
 }
 
 // newReconciler builds the reconciler over the shared client (one rate

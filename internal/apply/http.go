@@ -72,15 +72,39 @@ func (a *HTTPApplier) Apply(ctx context.Context, m *Message) (Result, error) {
 	if err != nil {
 		return Result{}, permanentf("encode %s: %v", m.MsgID, err)
 	}
+	s, respBody, err := a.post(ctx, a.URL, m.MsgID, body, map[string]string{HeaderEntity: m.Entity, HeaderAction: m.Action})
+	if err != nil {
+		return Result{}, err
+	}
+	switch {
+	case s >= 200 && s < 300:
+		var out struct {
+			ExternalID string `json:"external_id"`
+		}
+		if len(bytes.TrimSpace(respBody)) > 0 {
+			_ = json.Unmarshal(respBody, &out) // a body that is not this shape links nothing
+		}
+		return Result{ExternalID: strings.TrimSpace(out.ExternalID)}, nil
+	case s == http.StatusConflict:
+		return Result{AlreadyNewer: true}, nil
+	}
+	return Result{}, answerError(a.URL, m.MsgID, s, respBody, HintAppRejected)
+}
+
+// post sends body to url signed with the Standard Webhooks scheme under id
+// (also the Idempotency-Key), with extra headers, and returns the app's
+// status and (bounded) response body. An error is the request failing
+// before an answer: the network, a timeout (consume.Classify retries it).
+func (a *HTTPApplier) post(ctx context.Context, url, id string, body []byte, extra map[string]string) (int, []byte, error) {
 	timeout := a.Timeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.URL, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return Result{}, permanentf("apply request to %s: %v", a.URL, err)
+		return 0, nil, permanentf("request to %s: %v", url, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
@@ -89,41 +113,39 @@ func (a *HTTPApplier) Apply(ctx context.Context, m *Message) (Result, error) {
 		ua = "nowbridge"
 	}
 	req.Header.Set("User-Agent", ua)
-	req.Header.Set(HeaderIdempotencyKey, m.MsgID)
-	req.Header.Set(HeaderEntity, m.Entity)
-	req.Header.Set(HeaderAction, m.Action)
-	webhook.SetHeaders(req.Header, a.Secret, m.MsgID, time.Now(), body)
+	req.Header.Set(HeaderIdempotencyKey, id)
+	for k, v := range extra {
+		req.Header.Set(k, v)
+	}
+	webhook.SetHeaders(req.Header, a.Secret, id, time.Now(), body)
 	client := a.Client
 	if client == nil {
 		client = http.DefaultClient
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return Result{}, fmt.Errorf("POST %s: %w", a.URL, err) // network: consume.Classify retries it
+		return 0, nil, fmt.Errorf("POST %s: %w", url, err) // network: consume.Classify retries it
 	}
 	defer resp.Body.Close()
 	respBody, rerr := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // let the connection be reused
-	switch s := resp.StatusCode; {
-	case s >= 200 && s < 300:
-		var out struct {
-			ExternalID string `json:"external_id"`
-		}
-		if rerr == nil && len(bytes.TrimSpace(respBody)) > 0 {
-			_ = json.Unmarshal(respBody, &out) // a body that is not this shape links nothing
-		}
-		return Result{ExternalID: strings.TrimSpace(out.ExternalID)}, nil
-	case s == http.StatusConflict:
-		return Result{AlreadyNewer: true}, nil
-	case s == http.StatusRequestTimeout || s == http.StatusTooEarly || s == http.StatusTooManyRequests || s >= 500:
-		e := consume.RetryAfter(fmt.Errorf("POST %s: app answered %d %s", a.URL, s, http.StatusText(s)), retryAfter(resp.Header.Get("Retry-After")))
-		e.Status, e.Response = s, string(respBody)
-		return Result{}, e
-	default:
-		e := consume.Permanent(fmt.Errorf("POST %s rejected %s: app answered %d %s", a.URL, m.MsgID, s, http.StatusText(s)), HintAppRejected)
-		e.Status, e.Response = s, string(respBody)
-		return Result{}, e
+	if rerr != nil {
+		respBody = nil
 	}
+	if s := resp.StatusCode; s == http.StatusRequestTimeout || s == http.StatusTooEarly || s == http.StatusTooManyRequests || s >= 500 {
+		e := consume.RetryAfter(fmt.Errorf("POST %s: app answered %d %s", url, s, http.StatusText(s)), retryAfter(resp.Header.Get("Retry-After")))
+		e.Status, e.Response = s, string(respBody)
+		return 0, nil, e
+	}
+	return resp.StatusCode, respBody, nil
+}
+
+// answerError is the dead letter of an answer that is not a success: the
+// app refused the request and will refuse it again.
+func answerError(url, id string, s int, respBody []byte, hint string) error {
+	e := consume.Permanent(fmt.Errorf("POST %s rejected %s: app answered %d %s", url, id, s, http.StatusText(s)), hint)
+	e.Status, e.Response = s, string(respBody)
+	return e
 }
 
 func retryAfter(v string) time.Duration {

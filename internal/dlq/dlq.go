@@ -23,6 +23,11 @@ import (
 // from, so the consumer's logs and a second dead letter can be traced back.
 const HeaderRetryOf = "Bridge-Retry-Of"
 
+// HeaderRetryMsgID carries, on a retried message, the Nats-Msg-Id the
+// message first had (its own is RetryID): a consumer that hands messages on
+// under their id (the results delivery's webhook-id) keeps using that one.
+const HeaderRetryMsgID = "Bridge-Retry-Msg-Id"
+
 // HeaderResponse carries the failing side's answer (the apply pipeline
 // keeps the app's response body there).
 const HeaderResponse = "Bridge-Dlq-Response"
@@ -212,6 +217,9 @@ func retry(ctx context.Context, js jetstream.JetStream, e Entry) (RetryResult, e
 	res.MsgID = RetryID(e)
 	msg.Header.Set(events.HeaderMsgID, res.MsgID)
 	msg.Header.Set(HeaderRetryOf, events.StreamDLQ+":"+strconv.FormatUint(e.Seq, 10))
+	if orig := e.Headers.Get(events.HeaderDLQOrigMsgID); orig != "" {
+		msg.Header.Set(HeaderRetryMsgID, orig)
+	}
 	var opts []jetstream.PublishOpt
 	if e.Stream != "" {
 		opts = append(opts, jetstream.WithExpectStream(e.Stream))

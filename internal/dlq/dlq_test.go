@@ -47,6 +47,7 @@ func deadLetter(t *testing.T, js jetstream.JetStream, pipeline, id string, keepO
 	if !keepOrigID {
 		dl.Header.Set(events.HeaderMsgID, pipeline+":APP_EVENTS:"+strconv.FormatUint(ack.Sequence, 10))
 	}
+	dl.Header.Set(events.HeaderDLQOrigMsgID, origID)
 	dl.Header.Set(events.HeaderDLQReason, "PATCH incident: 403 Operation Failed")
 	dl.Header.Set(events.HeaderDLQStatus, "403")
 	dl.Header.Set(events.HeaderDLQSubject, orig.Subject)
@@ -91,6 +92,18 @@ func TestRetry_StoredAgainInsideTheDuplicateWindowAndRemoved(t *testing.T) {
 	}
 	if got := msgs(t, js, events.StreamApp); got != 4 {
 		t.Fatalf("APP_EVENTS holds %d messages, want 4 (3 originals + the retry)", got)
+	}
+	// The retry names its dead letter and keeps the id the message first had.
+	st, err := js.Stream(ctx, events.StreamApp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := st.GetMsg(ctx, res.StreamSeq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if of, first := again.Header.Get(HeaderRetryOf), again.Header.Get(HeaderRetryMsgID); of != "BRIDGE_DLQ:"+strconv.FormatUint(a, 10) || first != events.AppMsgID("ticket", "TCK-1", 3, "upsert") || again.Header.Get(events.HeaderMsgID) != res.MsgID {
+		t.Errorf("retried message headers %v; want %s BRIDGE_DLQ:%d, %s the first id, its own Nats-Msg-Id %s", again.Header, HeaderRetryOf, a, HeaderRetryMsgID, res.MsgID)
 	}
 	if _, err := Get(ctx, js, a); err == nil {
 		t.Fatal("retried dead letter still in BRIDGE_DLQ")

@@ -69,6 +69,47 @@ func TestRetry_AfterServiceNowIsHealthyAgainEmptiesTheDLQAndWritesTheChanges(t *
 	if err != nil || counts["writeback"] != 0 {
 		t.Fatalf("dead letters left after a successful retry: %v, %v", counts, err)
 	}
+	// The app heard each change refused, then, after the retry, its late
+	// result: the record updated.
+	waitFor(t, "a rejected and a late updated result for each change", func() bool {
+		got := results(t, env)
+		for i := range ids {
+			if got[fmt.Sprintf("TCK-%d", i)] != "rejected,updated" {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// results lists the outcomes BRIDGE_RESULTS holds per external id, in order.
+func results(t *testing.T, env *recoverytest.Env) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	st, err := env.JS.Stream(ctx, events.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			continue
+		}
+		var r events.Result
+		if err := json.Unmarshal(m.Data, &r); err != nil {
+			t.Fatalf("result %d: %v", seq, err)
+		}
+		if out[r.ExternalID] != "" {
+			out[r.ExternalID] += ","
+		}
+		out[r.ExternalID] += r.Outcome
+	}
+	return out
 }
 
 func waitFor(t *testing.T, what string, ok func() bool) {
