@@ -27,7 +27,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
 
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/snclient"
@@ -83,7 +82,7 @@ type Echoes interface {
 	Wrote(table, sysID string, modCount int64) bool
 }
 
-// Limiter paces requests (golang.org/x/time/rate.Limiter satisfies it).
+// Limiter paces requests (ClientShare; golang.org/x/time/rate.Limiter satisfies it too).
 type Limiter interface {
 	Wait(ctx context.Context) error
 }
@@ -571,16 +570,4 @@ func ClientShare(sn *snclient.Client) Limiter {
 		return nil
 	}
 	return sn.Share(RateShare)
-}
-
-// SharedLimiter paces reconcile to RateShare of perSecond (the
-// client's own rate limit, BRIDGE_SN_RATE_LIMIT); nil when unlimited.
-//
-// Deprecated: use ClientShare, which follows the rules the client learns
-// and gives reconcile what the writeback leaves.
-func SharedLimiter(perSecond float64) Limiter {
-	if perSecond <= 0 {
-		return nil
-	}
-	return rate.NewLimiter(rate.Limit(perSecond*RateShare), 1)
 }

@@ -38,6 +38,11 @@ const (
 	// permitTTL: a Share permit not used by a request within this long is
 	// dropped.
 	permitTTL = 2 * time.Second
+	// edge is the least time kept between a reset and the requests on
+	// either side of it (at most an eighth of the window): a request sent
+	// just before the reset but counted after it (network delay, a timer
+	// late on a busy host) would take one of the next window's count.
+	edge = 100 * time.Millisecond
 )
 
 // rateInfo is what one answer's headers say about the rule it fell under.
@@ -110,29 +115,31 @@ func (r *rule) budget() int {
 	return max(r.limit-int(float64(r.limit)*headroom)-r.others, 1)
 }
 
-// firstGap is half a gap of an evenly spent window: where its first
-// request goes.
-func (r *rule) firstGap() time.Duration {
+// margin is the time kept between the reset and the requests on either
+// side of it: half a gap of an evenly spent window, at least edge.
+func (r *rule) margin() time.Duration {
 	if r.window <= 0 {
-		return 0
+		return edge
 	}
-	return r.window / time.Duration(2*r.budget())
+	return min(max(r.window/time.Duration(2*r.budget()), edge), r.window/8)
 }
 
 // after is the next start once a request started at t with rem requests of
 // the window left, that one included: the rem-1 others spread evenly over
-// the rest of the window with half a gap before its end; after the last,
-// half a gap into the next window.
+// the rest of the window, the last a margin before its end; after the
+// last, a margin into the next window.
 func (r *rule) after(t time.Time, rem int) time.Time {
-	end := r.reset.Add(r.firstGap())
-	if rem <= 1 || !t.Before(r.reset) {
+	m := r.margin()
+	end := r.reset.Add(m)
+	last := r.reset.Add(-m)
+	if rem <= 1 || !t.Before(last) {
 		return end
 	}
-	next := t.Add(time.Duration(float64(r.reset.Sub(t)) / (float64(rem) - 0.5)))
-	if next.After(end) {
-		return end
+	gap := time.Duration(float64(r.reset.Sub(t)) / (float64(rem) - 0.5)) // half a gap before the reset
+	if gap/2 < m {
+		gap = last.Sub(t) / time.Duration(rem-1)
 	}
-	return next
+	return t.Add(gap)
 }
 
 // advance moves the state to the window holding t (the window's length is
@@ -167,7 +174,7 @@ func (r *rule) reserve(now time.Time) (start time.Time, probe, ok bool) {
 		}
 		rem := r.budget() - r.used
 		if rem <= 0 {
-			t = latest(t, r.reset.Add(r.firstGap()))
+			t = latest(t, r.reset.Add(r.margin()))
 			continue
 		}
 		r.used++
@@ -447,6 +454,12 @@ func (p *pacer) book(ctx context.Context, tk *ticket, id string, r *rule, deadli
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if r.gen != tk.gen { // a 429 came meanwhile: book again after its wait
+		r.unbook(tk.window, tk.probe)
+		return false, nil
+	}
+	if cutoff := tk.window.Add(-edge / 2); at.Before(cutoff) && !time.Now().Before(cutoff) {
+		// Woken too late (a busy host): sent now, it would be counted in
+		// the next window. Book it there.
 		r.unbook(tk.window, tk.probe)
 		return false, nil
 	}

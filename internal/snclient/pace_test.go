@@ -64,25 +64,27 @@ func TestRule_Budget(t *testing.T) {
 }
 
 // TestRule_ReserveSpacesAWindowEvenly: requests asking at once get starts
-// a gap apart, the first half a gap after the window's start and the last
-// half a gap before its end; the next go into the next window.
+// a gap apart, the first a margin after the window's start and the last a
+// margin before its end — half a gap, at least edge (100 ms) — and the next
+// go into the next window.
 func TestRule_ReserveSpacesAWindowEvenly(t *testing.T) {
 	cases := []struct {
 		name   string
 		limit  int
 		window time.Duration
 		asks   int
-		want   []time.Duration // starts relative to t0 (the window's start); nil: check the gap only
+		want   []time.Duration // starts relative to t0 (the window's start); nil: check first, gap and last only
+		margin time.Duration
 		gap    time.Duration
 	}{
-		{"15 per second", 15, time.Second, 16, nil, time.Second / 15},
-		{"4 per second", 4, time.Second, 6, []time.Duration{ms(125), ms(375), ms(625), ms(875), ms(1125), ms(1375)}, ms(250)},
-		{"5000 per hour keeps 50 back", 5000, time.Hour, 4951, nil, time.Hour / 4950},
+		{"15 per second: the edge margin", 15, time.Second, 16, nil, edge, (time.Second - 2*edge) / 14},
+		{"4 per second: half a gap", 4, time.Second, 6, []time.Duration{ms(125), ms(375), ms(625), ms(875), ms(1125), ms(1375)}, ms(125), ms(250)},
+		{"5000 per hour keeps 50 back", 5000, time.Hour, 4951, nil, time.Hour / 9900, time.Hour / 4950},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &rule{limit: tc.limit, window: tc.window, reset: t0.Add(tc.window), seen: t0.Add(tc.window)}
-			r.next = t0.Add(r.firstGap())
+			r.next = t0.Add(r.margin())
 			var starts []time.Time
 			for range tc.asks {
 				at, probe, ok := r.reserve(t0)
@@ -91,28 +93,26 @@ func TestRule_ReserveSpacesAWindowEvenly(t *testing.T) {
 				}
 				starts = append(starts, at)
 			}
-			if tc.want != nil {
-				for i, w := range tc.want {
-					if got := starts[i].Sub(t0); (got - w).Abs() > time.Microsecond {
-						t.Errorf("start %d at %v, want %v", i, got, w)
-					}
+			for i, w := range tc.want {
+				if got := starts[i].Sub(t0); (got - w).Abs() > time.Microsecond {
+					t.Errorf("start %d at %v, want %v", i, got, w)
 				}
 			}
-			if first := starts[0].Sub(t0); (first - tc.gap/2).Abs() > time.Millisecond {
-				t.Errorf("first start %v into the window, want half a gap (%v)", first, tc.gap/2)
+			if first := starts[0].Sub(t0); (first - tc.margin).Abs() > time.Millisecond {
+				t.Errorf("first start %v into the window, want %v", first, tc.margin)
 			}
 			budget := r.budget()
 			last := starts[budget-1]
-			if left := t0.Add(tc.window).Sub(last); (left - tc.gap/2).Abs() > time.Millisecond {
-				t.Errorf("last start of the window %v before its end, want half a gap (%v)", left, tc.gap/2)
+			if left := t0.Add(tc.window).Sub(last); (left - tc.margin).Abs() > time.Millisecond {
+				t.Errorf("last start of the window %v before its end, want %v", left, tc.margin)
 			}
 			for i := 1; i < budget; i++ {
 				if d := starts[i].Sub(starts[i-1]); (d - tc.gap).Abs() > time.Millisecond {
 					t.Fatalf("gap %d = %v, want %v", i, d, tc.gap)
 				}
 			}
-			if over := starts[budget]; over.Before(t0.Add(tc.window)) {
-				t.Errorf("request %d of a window of %d starts at %v, inside the window", budget+1, budget, over.Sub(t0))
+			if over := starts[budget]; (over.Sub(t0) - tc.window - tc.margin).Abs() > time.Millisecond {
+				t.Errorf("request %d of a window of %d starts at %v, want a margin into the next window", budget+1, budget, over.Sub(t0))
 			}
 		})
 	}
@@ -153,7 +153,7 @@ func TestNewRule_AssumesTheWindowSoFarWasSpentEvenly(t *testing.T) {
 	}{
 		{"half an hour left of 3600/h", 3600, 30 * time.Minute, time.Hour, 1782, dur(float64(30*time.Minute) / 1782.5)},
 		{"a window just begun", 60, 20 * time.Second, 20 * time.Second, 1, dur(float64(20*time.Second) / 59.5)},
-		{"0.4 s left of what may be an hour: wait for the reset", 15, 400 * time.Millisecond, time.Hour, 15, 400 * time.Millisecond},
+		{"0.4 s left of what may be an hour: wait for the reset", 15, 400 * time.Millisecond, time.Hour, 15, 400*time.Millisecond + edge},
 		{"reset further than the window assumed", 10, 2 * time.Hour, time.Hour, 1, dur(float64(2*time.Hour) / 9.5)},
 	}
 	for _, tc := range cases {
@@ -177,13 +177,13 @@ func TestRule_ProbeFindsTheWindow(t *testing.T) {
 	reset := t0.Add(time.Second)
 	r := newRule(rateInfo{rule: "x", limit: 15, reset: reset}, time.Hour, t0.Add(600*time.Millisecond))
 	at, probe, ok := r.reserve(t0.Add(700 * time.Millisecond))
-	if !ok || !probe || !at.Equal(reset) {
-		t.Fatalf("first request after the window: at %v probe %v ok %v; want the probe at the reset", at.Sub(t0), probe, ok)
+	if !ok || !probe || !at.Equal(reset.Add(edge)) {
+		t.Fatalf("first request after the window: at %v probe %v ok %v; want the probe just after the reset", at.Sub(t0), probe, ok)
 	}
-	if _, _, ok := r.reserve(reset.Add(ms(10))); ok {
+	if _, _, ok := r.reserve(reset.Add(edge + ms(10))); ok {
 		t.Fatal("a second request went while the probe was out")
 	}
-	if _, probe, ok := r.reserve(reset.Add(probeWait + ms(1))); !ok || !probe {
+	if _, probe, ok := r.reserve(reset.Add(edge + probeWait + ms(1))); !ok || !probe {
 		t.Fatalf("no answer for %v: ok %v probe %v; want another probe", probeWait, ok, probe)
 	}
 	r.learn(rateInfo{rule: "x", limit: 15, reset: reset.Add(time.Second)}, true, reset.Add(ms(20)))
