@@ -126,7 +126,8 @@
 //     most specific wins), SetUserRoles, SetBurstLimit(perSecond): 429 "Rate
 //     limit exceeded" with Retry-After, X-RateLimit-Limit, X-RateLimit-Reset,
 //     X-RateLimit-Rule; the last three also come on every other response a
-//     rule matches.
+//     rule (or the burst limit) matches. SetRateLimitWindow(d) makes the
+//     rules count per window of d instead of per hour, for tests.
 //   - SetFaults(Faults{Latency, LatencyJitter, ErrorRate, CancelRate,
 //     DropRate, SemaphoreRate, TokenErrorRate}); SemaphoreRate answers 429
 //     without rate-limit headers or Retry-After (API semaphores exhausted);
