@@ -27,8 +27,9 @@ func newDLQCmd(a *app) *cobra.Command {
 		Short: "Dead letters: ls, show SEQ, retry SEQ|--all, purge",
 		Long: `Dead letters are messages a pipeline gave up on (a permanent ServiceNow or
 SaaS error, or too many deliveries). They wait in BRIDGE_DLQ on
-bridge.dlq.<pipeline> (apply: ServiceNow -> SaaS, writeback: SaaS -> ServiceNow)
-with the reason in headers. Fix the cause, then retry them.`,
+bridge.dlq.<pipeline> (apply: ServiceNow -> SaaS, writeback: SaaS -> ServiceNow,
+results: results the app's BRIDGE_RESULTS_URL refused) with the reason in
+headers. Fix the cause, then retry them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return usageError{errors.New("dlq needs a subcommand: ls, show SEQ, retry SEQ|--all, purge")}
@@ -87,7 +88,7 @@ func newDLQLsCmd(a *app) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&pipeline, "pipeline", "", "only this pipeline (apply or writeback)")
+	cmd.Flags().StringVar(&pipeline, "pipeline", "", "only this pipeline (apply, writeback or results)")
 	cmd.Flags().StringVar(&table, "table", "", tableFlagUsage)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
 	return cmd
@@ -110,7 +111,8 @@ func listDeadLetters(ctx context.Context, js jetstream.JetStream, cfg config.Con
 }
 
 // tableMatcher matches the dead letters of one table: apply's came from
-// sn.<table>.<action>, the writeback's from app.<entity>.<action> with the
+// sn.<table>.<action>, the writeback's from app.<entity>.<action> and the
+// results delivery's from bridge.result.<entity>.<outcome>, with the
 // entity the table's mapping names (its file in BRIDGE_MAPPING_DIR, else the
 // shipped one).
 func tableMatcher(cfg config.Config, table string) (func(dlq.Entry) bool, error) {
@@ -131,7 +133,7 @@ func tableMatcher(cfg config.Config, table string) (func(dlq.Entry) bool, error)
 			return false
 		case kind == "sn":
 			return name == table
-		case kind == "app":
+		case kind == "app", kind == "bridge.result":
 			return name == entity
 		}
 		return false
@@ -230,10 +232,15 @@ func rawOrString(b []byte) json.RawMessage {
 func newDLQRetryCmd(a *app) *cobra.Command {
 	var all, asJSON bool
 	var pipeline, table string
+	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:   "retry SEQ | --all [--pipeline P] [--table T]",
+		Use:   "retry SEQ | --all [--pipeline P] [--table T] [--wait D]",
 		Short: "Republish dead letters to the subject they came from; each is removed once stored again",
-		Args:  cobra.MaximumNArgs(1),
+		Long: `Republish dead letters to the subject they came from; each is removed once
+its stream stored it again. A retried app change is written back again, and the
+app hears its late result on bridge.result.<entity>.<outcome>; --wait waits for
+those results and prints them (updated, or rejected again and why).`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if all == (len(args) == 1) {
 				return usageError{errors.New("retry takes either a sequence number or --all")}
@@ -246,6 +253,7 @@ func newDLQRetryCmd(a *app) *cobra.Command {
 				return err
 			}
 			defer nc.Close()
+			since := time.Now().Add(-time.Second) // the results of these retries come after this
 			var results []dlq.RetryResult
 			var rerr error
 			switch {
@@ -264,6 +272,16 @@ func newDLQRetryCmd(a *app) *cobra.Command {
 				}
 				results = []dlq.RetryResult{res}
 			}
+			pending := 0
+			if wait > 0 && len(results) > 0 {
+				wctx, cancel := context.WithTimeout(cmd.Context(), wait)
+				var err error
+				pending, err = dlq.AwaitResults(wctx, js, since, results)
+				cancel()
+				if err != nil {
+					rerr = errors.Join(rerr, err)
+				}
+			}
 			if asJSON {
 				if results == nil {
 					results = []dlq.RetryResult{}
@@ -273,18 +291,42 @@ func newDLQRetryCmd(a *app) *cobra.Command {
 				}
 			} else {
 				for _, r := range results {
-					fmt.Fprintf(a.stdout, "retried %d -> %s (%s seq %d)\n", r.Seq, r.Subject, r.Stream, r.StreamSeq)
+					fmt.Fprintf(a.stdout, "retried %d -> %s (%s seq %d)%s\n", r.Seq, r.Subject, r.Stream, r.StreamSeq, resultLine(r.Result))
 				}
 				fmt.Fprintf(a.stdout, "%d dead letters retried\n", len(results))
+				if pending > 0 {
+					fmt.Fprintf(a.stdout, "%d retried app changes have no result after %s; `bridge status` shows the writeback, and they may still be waiting on ServiceNow\n", pending, wait)
+				}
 			}
 			return rerr
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "retry every dead letter (of --pipeline, of --table)")
-	cmd.Flags().StringVar(&pipeline, "pipeline", "", "with --all: only this pipeline (apply or writeback)")
+	cmd.Flags().StringVar(&pipeline, "pipeline", "", "with --all: only this pipeline (apply, writeback or results)")
 	cmd.Flags().StringVar(&table, "table", "", "with --all: "+tableFlagUsage)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the result of each retried app change (a running writeback writes it) and print it")
 	return cmd
+}
+
+// resultLine renders a retried change's result after its retry line.
+func resultLine(r *events.Result) string {
+	if r == nil {
+		return ""
+	}
+	out := ": " + r.Outcome
+	if r.Number != "" {
+		out += " " + r.Number
+	}
+	if r.Error != nil {
+		out += ": " + oneLine(strings.TrimSpace(r.Error.Message+" "+r.Error.Detail), 160)
+		if r.Error.Hint != "" {
+			out += " (hint: " + oneLine(r.Error.Hint, 200) + ")"
+		}
+	} else if r.URL != "" {
+		out += " " + r.URL
+	}
+	return out
 }
 
 // retryTable retries the dead letters of one table, oldest first, going on
@@ -352,7 +394,7 @@ func newDLQPurgeCmd(a *app) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&pipeline, "pipeline", "", "only this pipeline (apply or writeback)")
+	cmd.Flags().StringVar(&pipeline, "pipeline", "", "only this pipeline (apply, writeback or results)")
 	cmd.Flags().BoolVar(&yes, "yes", false, "do not ask (scripts)")
 	return cmd
 }

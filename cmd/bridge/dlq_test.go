@@ -3,13 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
+	"github.com/nowbridge/nowbridge/internal/dlq"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/natstest"
 )
@@ -96,5 +100,71 @@ func TestStatus_ShowsTheReportOfARunningBridge(t *testing.T) {
 	code, out, stderr := runTool(t, map[string]string{"BRIDGE_NATS_URL": s.ClientURL()}, "", "status")
 	if code != 0 || !strings.Contains(out, rep.ID) || !strings.Contains(out, "RECONCILE") || !strings.Contains(out, "incident") {
 		t.Fatalf("status: %d\n%s\n%s", code, out, stderr)
+	}
+}
+
+// `bridge dlq retry --wait` prints each retried app change's late result,
+// and says which have none yet.
+func TestDLQRetry_WaitPrintsTheLateResult(t *testing.T) {
+	s := natstest.RunServer(t)
+	_, js := natstest.Connect(t, s)
+	ctx := context.Background()
+	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"TCK-1", "TCK-2"} {
+		m := nats.NewMsg(events.DLQSubject("writeback"))
+		m.Data = []byte(`{"external_id":"` + id + `","version":2,"fields":{"status":"resolved"}}`)
+		m.Header.Set(events.HeaderDLQSubject, "app.ticket.upsert")
+		m.Header.Set(events.HeaderDLQStream, events.StreamApp)
+		m.Header.Set(events.HeaderDLQReason, "PATCH incident/abc: 403 Operation Failed: Data Policy Exception")
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The writeback, as it answers a retried change: TCK-1 written, TCK-2
+	// still waiting on ServiceNow.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		cons, err := js.CreateOrUpdateConsumer(ctx, events.StreamApp, jetstream.ConsumerConfig{Durable: "fake-writeback"})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		mc := int64(3)
+		for _, r := range []events.Result{
+			{ExternalID: "TCK-1", Version: 2, Entity: "ticket", Action: "upsert", Outcome: events.OutcomeRetrying, Error: &events.ResultError{Status: 429, Message: "Rate limit exceeded"}},
+			{ExternalID: "TCK-1", Version: 2, Entity: "ticket", Action: "upsert", Outcome: events.OutcomeUpdated, Number: "INC0010001", SysModCount: &mc,
+				URL: "https://dev12345.service-now.com/nav_to.do?uri=incident.do?sys_id=9d385017c611228701d22104cc95c371"},
+		} {
+			body, _ := json.Marshal(r)
+			out := nats.NewMsg(events.ResultSubject("ticket", r.Outcome))
+			out.Data = body
+			out.Header.Set(events.HeaderMsgID, events.ResultMsgID("ticket", "TCK-1", 2, r.Outcome)+dlq.RetryTag(msg.Headers()))
+			if _, err := js.PublishMsg(ctx, out); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	env := map[string]string{"BRIDGE_NATS_URL": s.ClientURL()}
+	code, out, stderr := runTool(t, env, "", "dlq", "retry", "--all", "--wait", "2s")
+	<-done
+	if code != 0 {
+		t.Fatalf("dlq retry --all --wait: exit %d, %q %q", code, out, stderr)
+	}
+	for _, want := range []string{
+		"retried 1 -> app.ticket.upsert (APP_EVENTS seq 1): updated INC0010001 https://dev12345.service-now.com/nav_to.do?uri=incident.do?sys_id=9d385017c611228701d22104cc95c371",
+		"retried 2 -> app.ticket.upsert (APP_EVENTS seq 2)\n",
+		"1 retried app changes have no result after 2s",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -28,6 +28,18 @@ const HeaderRetryOf = "Bridge-Retry-Of"
 // under their id (the results delivery's webhook-id) keeps using that one.
 const HeaderRetryMsgID = "Bridge-Retry-Msg-Id"
 
+// RetryTag is what a consumer appends to the ids of what it publishes for
+// a message `bridge dlq retry` republished (":retry-of:BRIDGE_DLQ:<seq>"),
+// so that what the retry produced is told apart from what the first
+// delivery did (the writeback's late result is news, not a duplicate); ""
+// for a message that is not a retry.
+func RetryTag(h nats.Header) string {
+	if of := h.Get(HeaderRetryOf); of != "" {
+		return ":retry-of:" + of
+	}
+	return ""
+}
+
 // HeaderResponse carries the failing side's answer (the apply pipeline
 // keeps the app's response body there).
 const HeaderResponse = "Bridge-Dlq-Response"
@@ -187,6 +199,9 @@ type RetryResult struct {
 	StreamSeq uint64 `json:"stream_seq"`
 	MsgID     string `json:"msg_id"`
 	Duplicate bool   `json:"duplicate,omitempty"` // already retried before; now removed
+	// Result is the writeback's result of the retried change, when
+	// AwaitResults found it.
+	Result *events.Result `json:"result,omitempty"`
 }
 
 // Retry republishes one dead letter to its origin subject and removes it
@@ -311,4 +326,62 @@ func alreadyGone(err error) bool {
 	}
 	// The client formats the server's answer into the error text.
 	return errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) && strings.Contains(err.Error(), "no message found")
+}
+
+// AwaitResults waits until BRIDGE_RESULTS holds the final result of each
+// retried writeback dead letter (one republished to app.>), or ctx ends,
+// and sets it on retried. It reads with an ordered consumer from since (a
+// moment before the retries), matching each result's id on the retry's
+// RetryTag. The others (apply's dead letters: their outcome is the app's
+// answer, not a result) are left alone. It returns how many are still
+// without a result.
+func AwaitResults(ctx context.Context, js jetstream.JetStream, since time.Time, retried []RetryResult) (int, error) {
+	want := map[string]int{} // retry tag -> index in retried
+	for i, r := range retried {
+		if strings.HasPrefix(r.Subject, "app.") && r.Result == nil {
+			want[":retry-of:"+events.StreamDLQ+":"+strconv.FormatUint(r.Seq, 10)] = i
+		}
+	}
+	if len(want) == 0 {
+		return 0, nil
+	}
+	st, err := js.Stream(ctx, events.StreamResults)
+	if err != nil {
+		return len(want), fmt.Errorf("open %s: %w", events.StreamResults, err)
+	}
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{events.ResultsSubjects},
+		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
+		OptStartTime:   &since,
+	})
+	if err != nil {
+		return len(want), fmt.Errorf("read %s: %w", events.StreamResults, err)
+	}
+	for len(want) > 0 {
+		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
+		switch {
+		case ctx.Err() != nil:
+			return len(want), nil
+		case errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, nats.ErrTimeout):
+			continue
+		case err != nil:
+			return len(want), fmt.Errorf("read %s: %w", events.StreamResults, err)
+		}
+		id := msg.Headers().Get(events.HeaderMsgID)
+		i := strings.LastIndex(id, ":retry-of:")
+		if i < 0 {
+			continue
+		}
+		idx, ok := want[id[i:]]
+		if !ok {
+			continue
+		}
+		var r events.Result
+		if json.Unmarshal(msg.Data(), &r) != nil || !r.Final() {
+			continue // retrying: the final result follows
+		}
+		retried[idx].Result = &r
+		delete(want, id[i:])
+	}
+	return 0, nil
 }

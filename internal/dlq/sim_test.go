@@ -52,9 +52,22 @@ func TestRetry_AfterServiceNowIsHealthyAgainEmptiesTheDLQAndWritesTheChanges(t *
 	}
 
 	env.Sim.SetACL(snsim.ACL{}) // the role is back
+	since := time.Now().Add(-time.Second)
 	res, err := dlq.RetryAll(ctx, env.JS, "writeback")
 	if err != nil || len(res) != 5 {
 		t.Fatalf("RetryAll = %d retried, %v", len(res), err)
+	}
+	// `bridge dlq retry --wait`: each retry's own result, the late update.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	pending, err := dlq.AwaitResults(wctx, env.JS, since, res)
+	cancel()
+	if err != nil || pending != 0 {
+		t.Fatalf("AwaitResults: %d without a result, %v", pending, err)
+	}
+	for _, r := range res {
+		if r.Result == nil || r.Result.Outcome != events.OutcomeUpdated || r.Result.Number == "" {
+			t.Errorf("retry of %d: result %+v, want updated with the number", r.Seq, r.Result)
+		}
 	}
 	waitFor(t, "the changes written to ServiceNow", func() bool {
 		for i, id := range ids {

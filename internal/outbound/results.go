@@ -191,10 +191,7 @@ func resultMsgID(r events.Result, msg jetstream.Msg, meta *jetstream.MsgMetadata
 		}
 		id = events.ResultMsgID(r.Entity, r.ExternalID, 0, kind) + ":" + meta.Stream + ":" + strconv.FormatUint(meta.Sequence.Stream, 10)
 	}
-	if of := msg.Headers().Get(dlq.HeaderRetryOf); of != "" {
-		id += ":retry-of:" + of
-	}
-	return id
+	return id + dlq.RetryTag(msg.Headers())
 }
 
 // resultPublishTimeout bounds one result's publish and ack.
