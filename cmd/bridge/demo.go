@@ -135,8 +135,11 @@ Try it (the nats CLI is optional: go install github.com/nats-io/natscli/nats@v0.
 	}
 	fmt.Fprintf(out, `
   # 3. The SaaS app creates records: the bridge POSTs each with correlation_id=<the app's id>,
-  #    and the business rule's webhook for that insert is recognised as the bridge's own echo
-`)
+  #    and the business rule's webhook for that insert is recognised as the bridge's own echo.
+  #    The app hears each change's outcome (created, with the number and the record's link;
+  #    updated, unchanged, rejected with ServiceNow's reason, ...) on bridge.result.<entity>.<outcome>:
+  nats --server %s sub 'bridge.result.>'
+`, natsURL)
 	now := time.Now().UTC()
 	for _, s := range scripts {
 		fmt.Fprintf(out, "  nats --server %s pub app.%s.upsert '%s'\n", natsURL, s.entity,

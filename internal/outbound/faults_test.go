@@ -100,6 +100,15 @@ func TestWriteback_OpenBreakerPausesTheConsumer(t *testing.T) {
 	if len(h.dlq()) != 0 {
 		t.Error("an open breaker sent the change to the DLQ")
 	}
+	// The app heard once that the change was pending, then its result.
+	final := h.waitResult("TCK-BRK", v, "")
+	all := h.results("TCK-BRK")
+	if len(all) != 2 || all[0].Outcome != events.OutcomeRetrying || all[0].Error == nil || final.Outcome != events.OutcomeUpdated {
+		t.Fatalf("results %v, want one retrying, then updated", all)
+	}
+	if r := all[0].Error.Reason; r != "server_error" && r != "breaker_open" {
+		t.Errorf("retrying reason %q, want server_error or breaker_open", r)
+	}
 }
 
 func TestWriteback_ConcurrentEditsResolveByPolicyEveryRun(t *testing.T) {

@@ -77,6 +77,23 @@
 // claimable version and only when it shows every value as sent, so the
 // early match never swallows a version the writeback then declines to claim.
 //
+// # Results
+//
+// The app hears the outcome of every change on
+// bridge.result.<entity>.<outcome> (BRIDGE_RESULTS; results.go): created,
+// updated (an app delete that resolves or deletes included), unchanged (no
+// difference, an echo, a delete of a record never linked), stale, conflict
+// (each field in the app's names and values, the policy and the winner) and
+// rejected (ServiceNow's message and detail, snclient's hint,
+// dead_lettered), each with the record's sys_id, number, sys_mod_count and
+// link on the instance (Config.InstanceURL). A change that first waits on
+// 429, 5xx, an open breaker, the network or a token gets one retrying
+// result (consume.Observer). The final result is stored, with an awaited
+// ack, before the change is acked, and kept in the writeback's bookmark: a
+// redelivered change publishes it again under the same id (per external id,
+// version and outcome), which the stream drops, and a redelivery of an
+// earlier change of the id publishes nothing.
+//
 // # Errors
 //
 // 429, 5xx, network errors and token trouble are nak'd with exponential,
