@@ -401,3 +401,19 @@ func TestConsume_EntitiesFilterAndOptionChecks(t *testing.T) {
 		t.Error("durable a.b accepted")
 	}
 }
+
+// A message that is not an apply message is terminated and logged; the
+// handler never sees it and the record's next message flows.
+func TestConsume_UndecodableMessageIsTerminated(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.js.Publish(context.Background(), events.ApplySubject("ticket", events.ActionUpdate), []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	e.publishApply(applyMessage(sysID(1), 1, events.ActionUpdate, nil))
+	var rec recorder
+	e.run(func(ctx context.Context) error { return e.client.Consume(ctx, rec.handler, fastOpts("app")) })
+	e.waitAcked(events.StreamApply, "app", 5*time.Second)
+	if got := rec.all(); len(got) != 1 || got[0].Version != 1 {
+		t.Fatalf("handler got %+v; want only the valid message", got)
+	}
+}

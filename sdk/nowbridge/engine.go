@@ -204,7 +204,7 @@ func (e *engine[T]) admit(ctx context.Context, msg jetstream.Msg, ready chan<- *
 	val, key, err := e.decode(msg)
 	if err != nil {
 		e.log.Error("nowbridge: message cannot be decoded; terminated (fix the publisher: no retry can change it)", "subject", msg.Subject(), "seq", seq, "err", err)
-		_ = msg.TermWithReason("undecodable: " + truncate(err.Error(), 200))
+		_ = msg.TermWithReason("nowbridge: not a decodable message")
 		return
 	}
 	j := &job[T]{msg: msg, seq: seq, delivered: meta.NumDelivered, key: key, val: val}
@@ -266,7 +266,9 @@ func (e *engine[T]) process(ctx, hctx context.Context, j *job[T]) *job[T] {
 		return e.finish(j, func(m jetstream.Msg) error { return m.Ack() })
 	case IsPermanent(err):
 		e.log.Error("nowbridge: handler refused the message for good; terminated", append(e.describe(j.val), "seq", j.seq, "err", err)...)
-		return e.finish(j, func(m jetstream.Msg) error { return m.TermWithReason(truncate(err.Error(), 200)) })
+		// The reason goes into a JetStream advisory: a fixed text, so no
+		// value from the app's error leaves the process.
+		return e.finish(j, func(m jetstream.Msg) error { return m.TermWithReason("nowbridge: the handler returned Permanent") })
 	}
 	ra, hasRA := retryAfterOf(err)
 	delay := e.retryDelay(j.delivered, ra, hasRA)

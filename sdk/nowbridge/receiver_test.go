@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -217,5 +218,54 @@ func TestResultsReceiver_DeliversTypedResults(t *testing.T) {
 	}
 	if _, err := nowbridge.NewResultsReceiver(nowbridge.ReceiverConfig{}, func(context.Context, *nowbridge.Result) error { return nil }); err == nil || !strings.Contains(err.Error(), "BRIDGE_APPLY_SECRET") {
 		t.Errorf("a receiver without secrets: %v; want an error naming the bridge's setting", err)
+	}
+}
+
+// The bridge's own results delivery (BRIDGE_RESULTS_URL) POSTs every result
+// of BRIDGE_RESULTS to the results receiver; a 503 is retried, and each
+// external id's results arrive in order.
+func TestResultsReceiver_TakesTheBridgesResultsDelivery(t *testing.T) {
+	e := newEnv(t)
+	var (
+		mu     sync.Mutex
+		got    []string
+		failed bool
+	)
+	rcv, err := nowbridge.NewResultsReceiver(nowbridge.ReceiverConfig{Secrets: []string{appSecret.Encoded()}, Logger: testLogger(t)},
+		func(_ context.Context, r *nowbridge.Result) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if r.Outcome == nowbridge.OutcomeRetrying && !failed {
+				failed = true
+				return errors.New("the app's database is busy")
+			}
+			got = append(got, fmt.Sprintf("%s %d %s %s", r.ExternalID, r.Version, r.Outcome, r.Number))
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	e.publishResult(result("TCK-1", 1, nowbridge.OutcomeRetrying))
+	e.publishResult(result("TCK-1", 1, nowbridge.OutcomeCreated))
+	e.publishResult(result("TCK-1", 2, nowbridge.OutcomeRejected))
+
+	d, err := apply.NewResultsDelivery(apply.ResultsConfig{JS: e.js, URL: srv.URL, Secret: appSecret,
+		Tuning: consume.Tuning{Workers: 2, RetryBase: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.run(d.Run)
+	want := []string{"TCK-1 1 retrying ", "TCK-1 1 created INC0010001", "TCK-1 2 rejected INC0010001"}
+	waitFor(t, 10*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 3 }, func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Sprintf("the app received %q", got)
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != fmt.Sprint(want) || !failed {
+		t.Errorf("the app received %q (after one 503: %v), want %q", got, failed, want)
 	}
 }
