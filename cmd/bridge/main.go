@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -69,7 +70,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "bridge: "+err.Error())
+	// One line a problem: a configuration may have several (errors.Join).
+	for line := range strings.SplitSeq(err.Error(), "\n") {
+		fmt.Fprintln(stderr, "bridge: "+line)
+	}
 	var ue usageError
 	if errors.As(err, &ue) {
 		return 2

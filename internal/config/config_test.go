@@ -116,7 +116,7 @@ func TestLoad_YAMLErrorsNameFileLineAndKey(t *testing.T) {
 		{"listen: :9000\nno_such_setting: 1\n", `line 2: unknown setting "no_such_setting"`},
 		{"listen: :9000\n\npublish_timeout: soon\n", `line 3: publish_timeout: not a duration like 30s or 5m: "soon"`},
 		{"max_body_bytes: 1MiB\n", `line 1: max_body_bytes: not an integer`},
-		{"tables:\n  incident: yes\n", `line 2: tables must be a value or a list`},
+		{"tables:\n  incident: yes\n", `line 2: tables: must be a value or a list`},
 		{"listen: [unclosed\n", `config file`},
 	}
 	for _, c := range cases {
@@ -349,7 +349,7 @@ func TestLoad_SNKnownFields(t *testing.T) {
 		t.Errorf("nested map: err %v", err)
 	}
 	_, err = load(t, map[string]string{"BRIDGE_CONFIG": writeFile(t, "policies.yaml", "tables:\n  incident: x\n")})
-	if err == nil || !strings.Contains(err.Error(), "tables must be a value or a list") {
+	if err == nil || !strings.Contains(err.Error(), "tables: must be a value or a list") {
 		t.Errorf("a map for a setting that takes none: err %v", err)
 	}
 }
