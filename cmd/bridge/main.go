@@ -70,10 +70,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	if err == nil {
 		return 0
 	}
-	// One line a problem: a configuration may have several (errors.Join).
-	for line := range strings.SplitSeq(err.Error(), "\n") {
-		fmt.Fprintln(stderr, "bridge: "+line)
-	}
+	// One line (SPEC §5), even for a configuration with several problems
+	// (errors.Join puts each on its own line): "; " between them.
+	fmt.Fprintln(stderr, "bridge: "+strings.ReplaceAll(err.Error(), "\n", "; "))
 	var ue usageError
 	if errors.As(err, &ue) {
 		return 2

@@ -39,17 +39,21 @@ func TestRun_ExitStatus(t *testing.T) {
 	}
 }
 
-// TestRun_EveryConfigProblemOnItsOwnLine: a start with several bad settings
-// names each of them, one line each, so one fix-and-retry round is enough.
-func TestRun_EveryConfigProblemOnItsOwnLine(t *testing.T) {
+// TestRun_EveryConfigProblemInOneLine: a start with several bad settings
+// names each of them, so one fix-and-retry round is enough, still on one
+// line (SPEC §5).
+func TestRun_EveryConfigProblemInOneLine(t *testing.T) {
 	code, _, stderr := runTool(t, map[string]string{"BRIDGE_LOG_FORMAT": "xml", "BRIDGE_STREAM_REPLICAS": "9"}, "", "doctor", "--dedupe-size", "0")
 	if code != 1 {
 		t.Fatalf("exit %d, want 1 (stderr %q)", code, stderr)
 	}
-	got := strings.Split(strings.TrimSpace(stderr), "\n")
-	want := []string{"bridge: BRIDGE_STREAM_REPLICAS: ", "bridge: BRIDGE_LOG_FORMAT: ", "bridge: BRIDGE_DEDUPE_SIZE: "}
+	if n := strings.Count(strings.TrimSpace(stderr), "\n"); n != 0 {
+		t.Fatalf("stderr has %d lines, want one:\n%s", n+1, stderr)
+	}
+	got := strings.Split(strings.TrimPrefix(strings.TrimSpace(stderr), "bridge: "), "; ")
+	want := []string{"BRIDGE_STREAM_REPLICAS: ", "BRIDGE_LOG_FORMAT: ", "BRIDGE_DEDUPE_SIZE: "}
 	if len(got) != len(want) {
-		t.Fatalf("stderr has %d lines, want one per problem:\n%s", len(got), stderr)
+		t.Fatalf("stderr names %d problems, want %d: %s", len(got), len(want), stderr)
 	}
 	for i, w := range want {
 		if !strings.HasPrefix(got[i], w) {
