@@ -14,7 +14,10 @@ import (
 )
 
 func TestWriteback_RateLimitAndServerErrorStormsLoseNothing(t *testing.T) {
-	h := newHarness(t, opts{})
+	// Unpaced: the client would learn the burst limit from its headers and
+	// meet no 429 (snclient's TestPacing tests cover that); the storm here
+	// needs the 429s.
+	h := newHarness(t, opts{snCfg: func(c *snclient.Config) { c.Unpaced = true }})
 	const n = 12
 	ids := make([]string, n)
 	for i := range n {
