@@ -221,10 +221,10 @@ func (r *Receiver) Handler() http.Handler { return r.e }
 // after answering on it:
 //
 //  1. Drain, for DrainGrace or until no connection is open (nor has been
-//     for a moment): /readyz answers
-//     503 so load balancers move away, webhooks are still stored and
-//     answered, and every answer carries "Connection: close", which moves
-//     each client off its kept-alive connection cleanly.
+//     for a moment): /readyz answers 503 so load balancers move away,
+//     webhooks are still stored and answered, and every answer carries
+//     "Connection: close", which moves each client off its kept-alive
+//     connection cleanly.
 //  2. Close: webhooks are answered 503 with Retry-After, so senders back off,
 //     until no client has connected for a moment and the kernel's accept
 //     queue is empty (at most 1s). Closing a listener resets the connections
