@@ -143,12 +143,18 @@ func (e *Env) Settle() {
 	if st := e.Sim.WebhookStats(); st.Failed > 0 {
 		e.T.Fatalf("the receiver refused %d webhooks: %+v", st.Failed, st)
 	}
+	// Drained means acked up to the stream's last message: right after a
+	// publish the consumer's pending count may not include it yet.
 	for {
 		c, err := e.JS.Consumer(ctx, events.StreamSN, "apply")
 		if err == nil {
+			st, serr := e.JS.Stream(ctx, events.StreamSN)
 			info, err := c.Info(ctx)
-			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
-				return
+			if serr == nil && err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+				sinfo, err := st.Info(ctx)
+				if err == nil && info.AckFloor.Stream >= sinfo.State.LastSeq {
+					return
+				}
 			}
 		}
 		select {
