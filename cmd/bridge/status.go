@@ -167,13 +167,7 @@ func confirm(a *app, yes bool, question string) error {
 
 // newStatusReporter is what bridge serve runs so `bridge status` can show
 // this process's OAuth token expiry and circuit breaker: a report in
-// bridge_state (status.process.<host>-<pid>, refreshed every 10s, 30s TTL),
-// also served as JSON by its Handler. Wire it as
-//
-//	rep := newStatusReporter(js, sn, cfg)
-//	g.Go(func() error { return rep.Run(ctx) })
-//	mux.Handle("GET /status", rep.Handler())
-//
+// bridge_state (status.process.<host>-<pid>, refreshed every 10s, 30s TTL).
 // sn may be nil when ServiceNow is not configured.
 func newStatusReporter(js jetstream.JetStream, sn *snclient.Client, cfg config.Config, logger *slog.Logger) *status.Reporter {
 	host, _ := os.Hostname()

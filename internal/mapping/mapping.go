@@ -277,9 +277,6 @@ func (c *Close) Preferring(code string) *Close {
 	return &out
 }
 
-// FieldBySaaS returns the pair of a SaaS field name.
-func (t *Table) FieldBySaaS(name string) (*Field, bool) { f, ok := t.bySaaS[name]; return f, ok }
-
 // FieldByServiceNow returns the pair of a ServiceNow field name.
 func (t *Table) FieldByServiceNow(name string) (*Field, bool) { f, ok := t.bySN[name]; return f, ok }
 

@@ -142,23 +142,6 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// ParsePolicies reads "field=policy,field=policy" (the env/flag form).
-func ParsePolicies(s string) (map[string]Policy, error) {
-	out := map[string]Policy{}
-	for part := range strings.SplitSeq(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		f, p, ok := strings.Cut(part, "=")
-		if !ok || !Policy(p).Valid() {
-			return nil, fmt.Errorf("conflict policy %q: want field=servicenow_wins|saas_wins|newest_wins", part)
-		}
-		out[strings.TrimSpace(f)] = Policy(strings.TrimSpace(p))
-	}
-	return out, nil
-}
-
 func (c Config) policy(field string) Policy {
 	if p, ok := c.Policies[field]; ok {
 		return p

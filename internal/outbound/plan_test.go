@@ -132,16 +132,6 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-func TestParsePolicies(t *testing.T) {
-	got, err := ParsePolicies("state=servicenow_wins, short_description=saas_wins")
-	if err != nil || got["state"] != ServiceNowWins || got["short_description"] != SaaSWins {
-		t.Fatalf("ParsePolicies = %v, %v", got, err)
-	}
-	if _, err := ParsePolicies("state=loudest_wins"); err == nil {
-		t.Fatal("an unknown policy must be rejected")
-	}
-}
-
 func TestProgressKey(t *testing.T) {
 	if got := progressKey("ticket", "TCK-1042"); got != "writeback.ticket.TCK-1042" {
 		t.Errorf("progressKey = %q", got)

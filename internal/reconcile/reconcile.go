@@ -253,9 +253,6 @@ func (r *Reconciler) Once(ctx context.Context, opts PassOptions) ([]Summary, err
 	return out, nil
 }
 
-// Tables returns the tables this reconciler covers.
-func (r *Reconciler) Tables() []string { return r.cfg.Tables }
-
 // Pass runs one reconcile pass of table under its lease. It returns an
 // error wrapping ErrLeaseHeld when another replica is reconciling the table.
 func (r *Reconciler) Pass(ctx context.Context, table string, opts PassOptions) (Summary, error) {

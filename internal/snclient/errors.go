@@ -112,9 +112,6 @@ func (e *APIError) Error() string {
 	return b.String()
 }
 
-// HTTPStatus is the response status, for callers that classify by it.
-func (e *APIError) HTTPStatus() int { return e.Status }
-
 // Permanent reports an answer that the same request will get again until a
 // person changes something: a 4xx (missing role or ACL, data policy, bad
 // request, record or table not found) other than 408, 409, 425 and 429,
@@ -181,9 +178,6 @@ func (e *TokenError) Error() string {
 }
 
 func (e *TokenError) Unwrap() error { return e.Err }
-
-// HTTPStatus is the token endpoint's status.
-func (e *TokenError) HTTPStatus() int { return e.Status }
 
 // Is matches ErrTokenExchange, and ErrUnauthorized for a 401.
 func (e *TokenError) Is(target error) bool {

@@ -108,12 +108,6 @@ func (t *table) bulkAppend(rs []*row) {
 	slices.SortFunc(t.ids, func(a, b *row) int { return strings.Compare(a.vals[t.iID], b.vals[t.iID]) })
 }
 
-// lowerBound returns the first index position with key >= (updated, id).
-func (t *table) lowerBound(updated, id string) int {
-	i, _ := t.pos(updated, id)
-	return i
-}
-
 // upperBoundUpdated returns the first position whose sys_updated_on is > u.
 func (t *table) upperBoundUpdated(u string) int {
 	i, _ := slices.BinarySearchFunc(t.index, u, func(r *row, k string) int {

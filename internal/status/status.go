@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -113,17 +112,6 @@ func (r *Reporter) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-}
-
-// Handler serves the report as JSON (GET /status on the bridge's listener).
-func (r *Reporter) Handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		p := r.Snapshot()
-		p.ID = sanitize(r.ID)
-		p.Updated = time.Now().UTC()
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(p)
-	})
 }
 
 // Stream is one stream's size and age.
