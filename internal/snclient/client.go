@@ -299,7 +299,7 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 		backoff.WithMaxElapsedTime(c.cfg.RetryMaxElapsed),
 		backoff.WithNotify(func(_ error, wait time.Duration) {
 			c.m.retries.WithLabelValues(cl.table, cl.method, reason).Inc()
-			c.log.Debug("servicenow retry", "table", cl.table, "method", cl.method, "reason", reason, "wait", wait, "error", last)
+			c.log.Debug("servicenow retry", "table", cl.table, "method", cl.method, "reason", reason, "wait", wait, "err", last)
 		}))
 	if err == nil {
 		return resp, nil

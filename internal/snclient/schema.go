@@ -394,11 +394,11 @@ func (c *Client) learn(ctx context.Context, table string, prev *tableFields) *ta
 	wg.Wait()
 	if prev != nil {
 		if fi.Record == ProbeFailed && prev.info.Record == ProbeRead {
-			c.log.WarnContext(ctx, "servicenow record read for field learning failed; keeping the fields learned before", "table", table, "error", fi.RecordErr)
+			c.log.WarnContext(ctx, "servicenow record read for field learning failed; keeping the fields learned before", "table", table, "err", fi.RecordErr)
 			recNames, fi.Record, fi.RecordTotal, fi.RecordErr = prev.info.BySource[FieldSourceRecord], ProbeRead, prev.info.RecordTotal, nil
 		}
 		if fi.Dictionary == ProbeFailed && prev.info.Dictionary == ProbeRead {
-			c.log.WarnContext(ctx, "servicenow sys_dictionary read failed; keeping the fields learned before", "table", table, "error", fi.DictionaryErr)
+			c.log.WarnContext(ctx, "servicenow sys_dictionary read failed; keeping the fields learned before", "table", table, "err", fi.DictionaryErr)
 			dictNames, fi.Dictionary, fi.DictionaryTotal, fi.DictionaryErr = prev.info.BySource[FieldSourceDictionary], ProbeRead, prev.info.DictionaryTotal, nil
 		}
 	}

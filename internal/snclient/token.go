@@ -106,7 +106,7 @@ func (ts *tokens) get(ctx context.Context) (*token, error) {
 	if err != nil {
 		if cur != nil && cur.valid(time.Now()) {
 			ts.log.WarnContext(ctx, "servicenow token refresh failed; using the current token until it expires",
-				"expiry", cur.expiry, "error", err)
+				"expiry", cur.expiry, "err", err)
 			return cur, nil
 		}
 		return nil, err
@@ -270,7 +270,7 @@ func (ts *tokens) run(ctx context.Context) {
 				return
 			}
 			retryAt = time.Now().Add(bo.NextBackOff())
-			ts.log.ErrorContext(ctx, "servicenow token refresh failed; will retry", "retry_at", retryAt, "error", err)
+			ts.log.ErrorContext(ctx, "servicenow token refresh failed; will retry", "retry_at", retryAt, "err", err)
 			continue
 		}
 		retryAt = time.Time{}

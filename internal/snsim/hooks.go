@@ -255,7 +255,7 @@ func (d *dispatcher) fire(s *Server, t *table, w write, old, cur *row, journal [
 	ev := s.buildEvent(t, w.action, old, cur, journal, fields)
 	body, err := events.EncodeWebhookBody(ev)
 	if err != nil {
-		s.log.Error("snsim business rule: encode webhook body", "table", t.s.name, "sys_id", cur.id(t), "error", err)
+		s.log.Error("snsim business rule: encode webhook body", "table", t.s.name, "sys_id", cur.id(t), "err", err)
 		return closedChan
 	}
 	job := &hookJob{id: ev.MsgID(), key: t.s.name + ":" + cur.id(t), body: body, due: time.Now().Add(opts.Delay), targets: targets, done: make(chan struct{})}
@@ -370,7 +370,7 @@ func (d *dispatcher) deliver(job *hookJob, tg WebhookTarget) {
 	req, err := http.NewRequestWithContext(d.ctx, http.MethodPost, tg.URL, bytes.NewReader(job.body))
 	if err != nil {
 		d.count(false)
-		d.s.log.Error("snsim business rule: bad webhook URL", "webhook_id", job.id, "error", err)
+		d.s.log.Error("snsim business rule: bad webhook URL", "webhook_id", job.id, "err", err)
 		return
 	}
 	req.Header.Set("Content-Type", "application/json; charset=utf-8") // as NowbridgeWebhook.js sends it
@@ -388,7 +388,7 @@ func (d *dispatcher) deliver(job *hookJob, tg WebhookTarget) {
 	if err != nil {
 		d.count(false)
 		if d.ctx.Err() == nil {
-			d.s.log.Warn("snsim business rule: webhook not delivered (not retried)", "webhook_id", job.id, "error", err)
+			d.s.log.Warn("snsim business rule: webhook not delivered (not retried)", "webhook_id", job.id, "err", err)
 		}
 		return
 	}

@@ -231,7 +231,7 @@ func hiddenSet(acl ACL, table string) map[string]bool {
 func (s *Server) list(w http.ResponseWriter, r *http.Request, t *table, ap apiPath, p params, acl view) {
 	q, err := ParseQuery(p.query)
 	if err != nil {
-		s.log.Error("snsim: unsupported encoded query; answering 400 so the test notices", "table", t.s.name, "query", p.query, "error", err)
+		s.log.Error("snsim: unsupported encoded query; answering 400 so the test notices", "table", t.s.name, "query", p.query, "err", err)
 		s.addQueryProblem(QueryProblem{Kind: "unsupported", Table: t.s.name, Query: p.query, Detail: err.Error()})
 		writeError(w, http.StatusBadRequest, "snsim: unsupported encoded query syntax", err.Error())
 		return
@@ -388,7 +388,7 @@ func (s *Server) writeAPI(w http.ResponseWriter, r *http.Request, t *table, ap a
 			writeError(w, ae.status, ae.message, ae.detail)
 			return
 		}
-		s.log.Error("snsim write failed", "table", t.s.name, "sys_id", ap.sysID, "error", err)
+		s.log.Error("snsim write failed", "table", t.s.name, "sys_id", ap.sysID, "err", err)
 		writeError(w, http.StatusInternalServerError, "Internal Server Error", "")
 		return
 	}
