@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -24,14 +25,15 @@ var doctorAliases = map[string]string{
 	"client-secret": "sn-client-secret",
 }
 
-func newDoctorCmd(a *app) *cobra.Command {
-	var writeProbe, asJSON, instanceSelfTest bool
-	var webhookURL, selfTestPath string
-	var maxSkew time.Duration
-	cmd := &cobra.Command{
-		Use:   "doctor [--write-probe] [--webhook-url URL] [--instance-selftest [--selftest-path PATH]] [--json]",
-		Short: "Check a ServiceNow instance's integration setup and say what to fix",
-		Long: `doctor checks what the bridge needs from ServiceNow and prints a checklist, ✓ or ✗
+// doctorOptions are bridge doctor's own flags; the rest is the shared
+// configuration.
+type doctorOptions struct {
+	writeProbe, asJSON, instanceSelfTest bool
+	webhookURL, selfTestPath             string
+	maxSkew                              time.Duration
+}
+
+const doctorLong = `doctor checks what the bridge needs from ServiceNow and prints a checklist, ✓ or ✗
 with the fix for each ✗: the OAuth token exchange, an authenticated Table API
 read, a read of each table in BRIDGE_TABLES (sysparm_limit=1, X-Total-Count),
 every mapped field present, the clock skew from the instance's Date header, the
@@ -46,78 +48,99 @@ bridge. The resource's path is found on the instance or taken from
 --selftest-path / BRIDGE_SN_SELFTEST_PATH; the report says which.
 It exits 1 when a check fails. Settings come from the usual flags, environment
 and --config file; --instance-url, --client-id and --client-secret are short
-for --sn-instance-url, --sn-client-id and --sn-client-secret.`,
-		Args: cobra.NoArgs,
+for --sn-instance-url, --sn-client-id and --sn-client-secret.`
+
+func newDoctorCmd(a *app) *cobra.Command {
+	var o doctorOptions
+	cmd := &cobra.Command{
+		Use:   "doctor [--write-probe] [--webhook-url URL] [--instance-selftest [--selftest-path PATH]] [--json]",
+		Short: "Check a ServiceNow instance's integration setup and say what to fix",
+		Long:  doctorLong,
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(cmd.Flags(), a.getenv)
-			if err != nil {
-				return err
-			}
-			if err := cfg.RequireServiceNow(); err != nil {
-				return err
-			}
-			secrets, err := webhook.ParseSecrets(cfg.WebhookSecrets.Reveal())
-			if err != nil {
-				return fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)
-			}
-			logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-			mset, err := loadMapping(cfg, logger)
-			if err != nil {
-				return err
-			}
-			report := doctor.Run(cmd.Context(), doctor.Options{
-				InstanceURL:    cfg.SNInstanceURL,
-				ClientID:       cfg.SNClientID,
-				ClientSecret:   cfg.SNClientSecret,
-				Tables:         cfg.Tables,
-				Fields:         mappedFields(mset, cfg.Tables),
-				Close:          closeRules(mset, cfg.Tables),
-				CloseCode:      cfg.CloseCode,
-				WriteProbe:     writeProbe,
-				WebhookURL:     webhookURL,
-				WebhookSecrets: secrets,
-				MaxClockSkew:   maxSkew,
-				// The self-test's path: the flag, else BRIDGE_SN_SELFTEST_PATH,
-				// else the doctor finds it (selftest.go).
-				InstanceSelfTest: instanceSelfTest,
-				SelfTestPath:     firstNonEmpty(selfTestPath, a.getenv("BRIDGE_SN_SELFTEST_PATH")),
-				Logger:           logger,
-			})
-			if asJSON {
-				err = report.WriteJSON(a.stdout)
-			} else {
-				err = report.WriteText(a.stdout)
-			}
-			if err != nil {
-				return err
-			}
-			if !report.OK {
-				failed := 0
-				for _, c := range report.Checks {
-					if c.Status == doctor.Fail {
-						failed++
-					}
-				}
-				return fmt.Errorf("doctor: %d check(s) failed", failed)
-			}
-			return nil
+			return runDoctor(cmd.Context(), a, cmd.Flags(), o)
 		},
 	}
 	config.BindFlags(cmd.Flags())
-	f := cmd.Flags()
+	bindDoctorFlags(cmd.Flags(), &o)
+	return cmd
+}
+
+func bindDoctorFlags(f *pflag.FlagSet, o *doctorOptions) {
 	f.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 		if to, ok := doctorAliases[name]; ok {
 			name = to
 		}
 		return pflag.NormalizedName(name)
 	})
-	f.BoolVar(&writeProbe, "write-probe", false, "create, update and delete a marked record in each table")
-	f.StringVar(&webhookURL, "webhook-url", "", "the bridge's receiver, e.g. https://bridge.example.com/webhooks/servicenow")
-	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
-	f.DurationVar(&maxSkew, "max-clock-skew", time.Minute, "largest accepted difference between the instance's clock and this host's")
-	f.BoolVar(&instanceSelfTest, "instance-selftest", false, "make the instance sign and send a test webhook to the bridge (the update set's self-test resource)")
-	f.StringVar(&selfTestPath, "selftest-path", "", "path of the instance's self-test resource, e.g. /api/x_1234567/nowbridge/selftest (default: BRIDGE_SN_SELFTEST_PATH, else found on the instance)")
-	return cmd
+	f.BoolVar(&o.writeProbe, "write-probe", false, "create, update and delete a marked record in each table")
+	f.StringVar(&o.webhookURL, "webhook-url", "", "the bridge's receiver, e.g. https://bridge.example.com/webhooks/servicenow")
+	f.BoolVar(&o.asJSON, "json", false, "print the report as JSON")
+	f.DurationVar(&o.maxSkew, "max-clock-skew", time.Minute, "largest accepted difference between the instance's clock and this host's")
+	f.BoolVar(&o.instanceSelfTest, "instance-selftest", false, "make the instance sign and send a test webhook to the bridge (the update set's self-test resource)")
+	f.StringVar(&o.selfTestPath, "selftest-path", "", "path of the instance's self-test resource, e.g. /api/x_1234567/nowbridge/selftest (default: BRIDGE_SN_SELFTEST_PATH, else found on the instance)")
+}
+
+// runDoctor loads the configuration, runs the checks and prints the report;
+// a failed check is an error (exit 1).
+func runDoctor(ctx context.Context, a *app, fs *pflag.FlagSet, o doctorOptions) error {
+	cfg, err := config.Load(fs, a.getenv)
+	if err != nil {
+		return err
+	}
+	if err := cfg.RequireServiceNow(); err != nil {
+		return err
+	}
+	secrets, err := webhook.ParseSecrets(cfg.WebhookSecrets.Reveal())
+	if err != nil {
+		return fmt.Errorf("BRIDGE_WEBHOOK_SECRETS: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	mset, err := loadMapping(cfg, logger)
+	if err != nil {
+		return err
+	}
+	report := doctor.Run(ctx, doctor.Options{
+		InstanceURL:    cfg.SNInstanceURL,
+		ClientID:       cfg.SNClientID,
+		ClientSecret:   cfg.SNClientSecret,
+		Tables:         cfg.Tables,
+		Fields:         mappedFields(mset, cfg.Tables),
+		Close:          closeRules(mset, cfg.Tables),
+		CloseCode:      cfg.CloseCode,
+		WriteProbe:     o.writeProbe,
+		WebhookURL:     o.webhookURL,
+		WebhookSecrets: secrets,
+		MaxClockSkew:   o.maxSkew,
+		// The self-test's path: the flag, else BRIDGE_SN_SELFTEST_PATH,
+		// else the doctor finds it (selftest.go).
+		InstanceSelfTest: o.instanceSelfTest,
+		SelfTestPath:     firstNonEmpty(o.selfTestPath, a.getenv("BRIDGE_SN_SELFTEST_PATH")),
+		Logger:           logger,
+	})
+	if o.asJSON {
+		err = report.WriteJSON(a.stdout)
+	} else {
+		err = report.WriteText(a.stdout)
+	}
+	if err != nil {
+		return err
+	}
+	if !report.OK {
+		return fmt.Errorf("doctor: %d check(s) failed", countFailed(report))
+	}
+	return nil
+}
+
+// countFailed is the number of checks that failed.
+func countFailed(report doctor.Report) int {
+	failed := 0
+	for _, c := range report.Checks {
+		if c.Status == doctor.Fail {
+			failed++
+		}
+	}
+	return failed
 }
 
 func firstNonEmpty(vals ...string) string {
