@@ -94,12 +94,31 @@ func reconnectDelay(attempt int, u float64) time.Duration {
 	return d/2 + time.Duration(u*float64(d/2))
 }
 
+// ConnectOption tunes Connect.
+type ConnectOption func(*connectOptions)
+
+type connectOptions struct {
+	slowConsumer func()
+}
+
+// OnSlowConsumer has f called each time nats.go reports a subscription of
+// the connection as a slow consumer: its buffer was full and the client
+// dropped messages (JetStream redelivers them only after the ack wait).
+// serve counts them in bridge_nats_slow_consumers_total; it should stay 0.
+func OnSlowConsumer(f func()) ConnectOption {
+	return func(o *connectOptions) { o.slowConsumer = f }
+}
+
 // Connect dials NATS and keeps reconnecting forever with jittered backoff
 // bounded by reconnectMax, so a restarted server or a cluster failover never
 // needs a bridge restart and is used again within a second of being back.
-func Connect(ctx context.Context, url, name string, logger *slog.Logger) (*nats.Conn, error) {
+func Connect(ctx context.Context, url, name string, logger *slog.Logger, options ...ConnectOption) (*nats.Conn, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
+	}
+	var co connectOptions
+	for _, o := range options {
+		o(&co)
 	}
 	opts := []nats.Option{
 		nats.Name(name),
@@ -125,6 +144,18 @@ func Connect(ctx context.Context, url, name string, logger *slog.Logger) (*nats.
 			subject := ""
 			if sub != nil {
 				subject = sub.Subject
+			}
+			if errors.Is(err, nats.ErrSlowConsumer) {
+				if co.slowConsumer != nil {
+					co.slowConsumer()
+				}
+				dropped := 0
+				if sub != nil {
+					dropped, _ = sub.Dropped()
+				}
+				logger.Error("NATS slow consumer: a subscription's buffer was full and messages were dropped; JetStream redelivers them after the ack wait",
+					"subject", subject, "dropped", dropped, "err", err)
+				return
 			}
 			logger.Error("NATS async error", "subject", subject, "err", err)
 		}),

@@ -177,6 +177,18 @@ type Engine struct {
 	// inFlight are the messages with a worker; they get in-progress acks
 	// with the ones waiting in order.
 	inFlight map[jetstream.Msg]struct{}
+	// backlog are the messages pulled and not yet admitted, oldest first,
+	// and admitting the one being handed to a worker; both get in-progress
+	// acks too. The pull loop only appends here and never waits for a
+	// worker: nats.go's subscription channel is one pull batch deep, and a
+	// reconnect or a missed heartbeat makes it ask for a whole batch again
+	// while the messages of the earlier request may still be in it or on
+	// the way; a full channel drops them ("slow consumer") until the ack
+	// wait. The backlog is bounded by the consumer's MaxAckPending, which
+	// counts every message delivered and not yet acked.
+	backlog   []jetstream.Msg
+	admitting jetstream.Msg
+	pulled    chan struct{} // the backlog grew
 
 	pausedUntil atomic.Int64 // unix ns
 	pauses      atomic.Int64 // pauses begun, so a pull knows a pause drained it
@@ -193,6 +205,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg: cfg, log: cfg.Logger.With("pipeline", cfg.Pipeline),
 		order:    newOrder[item](cfg.AckWait, max(cfg.RetryBase/2, 10*time.Millisecond)),
 		inFlight: map[jetstream.Msg]struct{}{},
+		pulled:   make(chan struct{}, 1),
 	}, nil
 }
 
@@ -244,9 +257,14 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	beat := make(chan struct{})
 	beating.Go(func() { e.heartbeat(beat) })
+	fetched := make(chan struct{})
+	var dispatching sync.WaitGroup
+	dispatching.Go(func() { e.dispatch(ctx, ready, fetched) })
 
-	e.fetch(ctx, cons, ready)
+	e.fetch(ctx, cons)
 
+	close(fetched)
+	dispatching.Wait()
 	close(ready)
 	grace := time.AfterFunc(e.cfg.StopGrace, cancelHandlers)
 	defer grace.Stop()
@@ -261,7 +279,7 @@ func (e *Engine) js() jetstream.JetStream { return e.cfg.JS }
 // fetch pulls messages and admits each until ctx ends, pausing while a
 // handler said the peer refuses every call, and pulling again after the
 // subscription fails (NATS reconnecting, the consumer deleted).
-func (e *Engine) fetch(ctx context.Context, cons jetstream.Consumer, ready chan<- item) {
+func (e *Engine) fetch(ctx context.Context, cons jetstream.Consumer) {
 	for ctx.Err() == nil {
 		if d := e.pauseLeft(); d > 0 {
 			e.setPaused(true)
@@ -269,7 +287,7 @@ func (e *Engine) fetch(ctx context.Context, cons jetstream.Consumer, ready chan<
 			continue
 		}
 		e.setPaused(false)
-		err := e.pull(ctx, cons, ready)
+		err := e.pull(ctx, cons)
 		if err == nil || ctx.Err() != nil {
 			continue
 		}
@@ -286,7 +304,7 @@ func (e *Engine) fetch(ctx context.Context, cons jetstream.Consumer, ready chan<
 
 // pull runs one pull subscription until ctx ends or a pause starts (nil),
 // or it fails.
-func (e *Engine) pull(ctx context.Context, cons jetstream.Consumer, ready chan<- item) error {
+func (e *Engine) pull(ctx context.Context, cons jetstream.Consumer) error {
 	it, err := cons.Messages(jetstream.PullMaxMessages(e.cfg.Batch))
 	if err != nil {
 		return fmt.Errorf("pull from %s: %w", e.cfg.Stream, err)
@@ -317,7 +335,53 @@ func (e *Engine) pull(ctx context.Context, cons jetstream.Consumer, ready chan<-
 			_ = msg.Nak() // drained after the stop: redelivered to whoever runs next
 			continue
 		}
-		e.admit(ctx, msg, ready)
+		e.mu.Lock()
+		e.backlog = append(e.backlog, msg)
+		e.mu.Unlock()
+		select {
+		case e.pulled <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// dispatch admits the backlog's messages in the order they were pulled
+// until fetched is closed (the pull loop has stopped), handing back what is
+// left once ctx has ended.
+func (e *Engine) dispatch(ctx context.Context, ready chan<- item, fetched <-chan struct{}) {
+	for {
+		e.mu.Lock()
+		var msg jetstream.Msg
+		if len(e.backlog) > 0 {
+			msg = e.backlog[0]
+			e.backlog[0] = nil
+			e.backlog = e.backlog[1:]
+			e.admitting = msg
+		}
+		e.mu.Unlock()
+		if msg != nil {
+			if ctx.Err() != nil {
+				_ = msg.Nak() // pulled, never started: redelivered to whoever runs next
+			} else {
+				e.admit(ctx, msg, ready)
+			}
+			e.mu.Lock()
+			e.admitting = nil
+			e.mu.Unlock()
+			continue
+		}
+		select {
+		case <-e.pulled:
+		case <-fetched:
+			e.mu.Lock()
+			rest := e.backlog
+			e.backlog = nil
+			e.mu.Unlock()
+			for _, m := range rest {
+				_ = m.Nak()
+			}
+			return
+		}
 	}
 }
 
@@ -610,6 +674,12 @@ func (e *Engine) heartbeat(stop <-chan struct{}) {
 		}
 		for m := range e.inFlight {
 			_ = m.InProgress()
+		}
+		for _, m := range e.backlog {
+			_ = m.InProgress()
+		}
+		if e.admitting != nil {
+			_ = e.admitting.InProgress()
 		}
 		e.order.sweep(time.Now())
 		e.mu.Unlock()
