@@ -166,38 +166,16 @@ func runSim(ctx context.Context, a *app, f simFlags) error {
 // simConfig turns flags into the simulator's config and the knobs to set
 // once it exists; bad values are usage errors.
 func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, error) {
-	bad := func(format string, args ...any) (snsim.Config, func(*snsim.Server) error, error) {
-		return snsim.Config{}, nil, usageError{fmt.Errorf(format, args...)}
+	fail := func(err error) (snsim.Config, func(*snsim.Server) error, error) {
+		return snsim.Config{}, nil, usageError{err}
 	}
-	if f.clientID == "" {
-		f.clientID = a.getenv("BRIDGE_SN_CLIENT_ID")
-	}
-	if f.clientID == "" {
-		f.clientID = "nowbridge"
-	}
-	if f.clientSecret == "" {
-		f.clientSecret = a.getenv("BRIDGE_SN_CLIENT_SECRET")
-	}
-	if f.clientSecret == "" {
-		b := make([]byte, 16)
-		_, _ = rand.Read(b)
-		f.clientSecret = hex.EncodeToString(b)
-	}
-	if f.seed < 0 {
-		return bad("--seed must not be negative, got %d", f.seed)
-	}
-	for name, v := range map[string]float64{"--drop-rate": f.dropRate, "--error-rate": f.errorRate, "--cancel-rate": f.cancelRate,
-		"--drop-conn-rate": f.dropConnRate, "--semaphore-rate": f.semaphoreRate, "--token-error-rate": f.tokenErrRate, "--hide-fraction": f.hideFraction} {
-		if v < 0 || v > 1 {
-			return bad("%s must be between 0 and 1, got %g", name, v)
-		}
-	}
-	if f.logFormat != "json" && f.logFormat != "text" {
-		return bad("--log-format must be json or text, got %q", f.logFormat)
+	simCredentials(a, f)
+	if err := checkSimFlags(f); err != nil {
+		return fail(err)
 	}
 	tables, err := simTables(f.tables)
 	if err != nil {
-		return bad("%v", err)
+		return fail(err)
 	}
 	f.tables = tables
 	fields := map[string][]string{}
@@ -211,29 +189,87 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 		LegacyCloseCodes: f.legacyCloseCodes,
 		WebhookOptions:   snsim.WebhookOptions{DropRate: f.dropRate, Delay: f.webhookDelay, SkipUser: f.skipUser, Fields: fields},
 	}
-	if len(f.webhookURLs) > 0 {
-		secret := f.webhookSecret
-		if secret == "" {
-			secret, _, _ = strings.Cut(a.getenv("BRIDGE_WEBHOOK_SECRETS"), ",")
-		}
-		var secrets []webhook.Secret
-		if strings.TrimSpace(secret) == "" {
-			key := make([]byte, 32)
-			_, _ = rand.Read(key)
-			secrets = []webhook.Secret{webhook.NewSecret(key)}
-		} else {
-			var err error
-			if secrets, err = webhook.ParseSecrets(secret); err != nil {
-				return bad("--webhook-secret: %v", err)
-			}
-		}
-		for _, u := range f.webhookURLs {
-			if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
-				return bad("--webhook-url %q must be an http(s) URL", u)
-			}
-			cfg.Webhooks = append(cfg.Webhooks, snsim.WebhookTarget{URL: u, Secrets: secrets})
+	if cfg.Webhooks, err = simWebhooks(a, f); err != nil {
+		return fail(err)
+	}
+	mode, acl, err := simModes(f)
+	if err != nil {
+		return fail(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return fail(err)
+	}
+	return cfg, simKnobs(f, mode, acl), nil
+}
+
+// simCredentials fills in the OAuth client: the flags, else the bridge's
+// settings, else the id nowbridge and a random secret.
+func simCredentials(a *app, f *simFlags) {
+	f.clientID = firstNonEmpty(f.clientID, a.getenv("BRIDGE_SN_CLIENT_ID"), "nowbridge")
+	if f.clientSecret == "" {
+		f.clientSecret = a.getenv("BRIDGE_SN_CLIENT_SECRET")
+	}
+	if f.clientSecret == "" {
+		b := make([]byte, 16)
+		_, _ = rand.Read(b)
+		f.clientSecret = hex.EncodeToString(b)
+	}
+}
+
+// checkSimFlags checks the numbers and the log format.
+func checkSimFlags(f *simFlags) error {
+	if f.seed < 0 {
+		return fmt.Errorf("--seed must not be negative, got %d", f.seed)
+	}
+	for _, r := range []struct {
+		name string
+		v    float64
+	}{{"--drop-rate", f.dropRate}, {"--error-rate", f.errorRate}, {"--cancel-rate", f.cancelRate}, {"--drop-conn-rate", f.dropConnRate},
+		{"--semaphore-rate", f.semaphoreRate}, {"--token-error-rate", f.tokenErrRate}, {"--hide-fraction", f.hideFraction}} {
+		if r.v < 0 || r.v > 1 {
+			return fmt.Errorf("%s must be between 0 and 1, got %g", r.name, r.v)
 		}
 	}
+	if f.logFormat != "json" && f.logFormat != "text" {
+		return fmt.Errorf("--log-format must be json or text, got %q", f.logFormat)
+	}
+	return nil
+}
+
+// simWebhooks are the business rules' targets: every --webhook-url, signed
+// with --webhook-secret, else the bridge's first BRIDGE_WEBHOOK_SECRETS,
+// else a random key.
+func simWebhooks(a *app, f *simFlags) ([]snsim.WebhookTarget, error) {
+	if len(f.webhookURLs) == 0 {
+		return nil, nil
+	}
+	secret := f.webhookSecret
+	if secret == "" {
+		secret, _, _ = strings.Cut(a.getenv("BRIDGE_WEBHOOK_SECRETS"), ",")
+	}
+	var secrets []webhook.Secret
+	if strings.TrimSpace(secret) == "" {
+		key := make([]byte, 32)
+		_, _ = rand.Read(key)
+		secrets = []webhook.Secret{webhook.NewSecret(key)}
+	} else {
+		var err error
+		if secrets, err = webhook.ParseSecrets(secret); err != nil {
+			return nil, fmt.Errorf("--webhook-secret: %v", err)
+		}
+	}
+	var targets []snsim.WebhookTarget
+	for _, u := range f.webhookURLs {
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			return nil, fmt.Errorf("--webhook-url %q must be an http(s) URL", u)
+		}
+		targets = append(targets, snsim.WebhookTarget{URL: u, Secrets: secrets})
+	}
+	return targets, nil
+}
+
+// simModes reads --oauth-mode and --acl-mode.
+func simModes(f *simFlags) (snsim.OAuthMode, snsim.ACL, error) {
 	var mode snsim.OAuthMode
 	switch f.oauthMode {
 	case "ok":
@@ -244,7 +280,7 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 	case "token-not-authenticated":
 		mode = snsim.OAuthTokenNotAuthenticated
 	default:
-		return bad("--oauth-mode must be ok, grant-disabled, no-app-user or token-not-authenticated, got %q", f.oauthMode)
+		return mode, snsim.ACL{}, fmt.Errorf("--oauth-mode must be ok, grant-disabled, no-app-user or token-not-authenticated, got %q", f.oauthMode)
 	}
 	var acl snsim.ACL
 	switch f.aclMode {
@@ -256,12 +292,15 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 	case "deny-writes":
 		acl.DenyWrites = true
 	default:
-		return bad("--acl-mode must be none, rows, no-roles or deny-writes, got %q", f.aclMode)
+		return mode, acl, fmt.Errorf("--acl-mode must be none, rows, no-roles or deny-writes, got %q", f.aclMode)
 	}
-	if err := cfg.Validate(); err != nil {
-		return bad("%v", err)
-	}
-	apply := func(s *snsim.Server) error {
+	return mode, acl, nil
+}
+
+// simKnobs sets what the simulator takes after it exists: the OAuth and
+// ACL modes, the rate limits and the faults.
+func simKnobs(f *simFlags, mode snsim.OAuthMode, acl snsim.ACL) func(*snsim.Server) error {
+	return func(s *snsim.Server) error {
 		s.SetOAuthMode(mode)
 		s.SetACL(acl)
 		s.SetBurstLimit(f.burst)
@@ -274,7 +313,6 @@ func simConfig(a *app, f *simFlags) (snsim.Config, func(*snsim.Server) error, er
 		return s.SetFaults(snsim.Faults{Latency: f.latency, LatencyJitter: f.jitter, ErrorRate: f.errorRate,
 			CancelRate: f.cancelRate, DropRate: f.dropConnRate, SemaphoreRate: f.semaphoreRate, TokenErrorRate: f.tokenErrRate})
 	}
-	return cfg, apply, nil
 }
 
 // simTables checks --tables against the simulated ticket tables: trimmed,
