@@ -73,14 +73,17 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	}
 	defer ln.Close() // no-op once the receiver has served and closed it
 
-	nc, js, closeNATS, err := openNATS(ctx, cfg, log)
+	// Should stay 0: the consumers empty their subscriptions at once (consume.Engine's backlog).
+	slowConsumers := prometheus.NewCounter(prometheus.CounterOpts{Name: "bridge_nats_slow_consumers_total",
+		Help: "Times nats.go dropped messages of a subscription whose buffer was full (JetStream redelivers them after the ack wait)."})
+	nc, js, closeNATS, err := openNATS(ctx, cfg, log, broker.OnSlowConsumer(slowConsumers.Inc))
 	if err != nil {
 		return err
 	}
 	defer closeNATS()
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), slowConsumers)
 
 	// Every part from this one configuration (wire.go): a broken mapping
 	// file stops start-up naming its line. The writer is also the apply
@@ -174,7 +177,7 @@ func webhookSecrets(cfg config.Config) ([]webhook.Secret, error) {
 // openNATS starts the embedded JetStream server unless BRIDGE_NATS_URL is
 // set, connects to it, and creates or updates the streams and buckets.
 // closeNATS drains the connection, then stops the embedded server.
-func openNATS(ctx context.Context, cfg config.Config, log *slog.Logger) (nc *nats.Conn, js jetstream.JetStream, closeNATS func(), err error) {
+func openNATS(ctx context.Context, cfg config.Config, log *slog.Logger, options ...broker.ConnectOption) (nc *nats.Conn, js jetstream.JetStream, closeNATS func(), err error) {
 	var stops []func()
 	closeNATS = func() {
 		for i := len(stops) - 1; i >= 0; i-- {
@@ -195,7 +198,7 @@ func openNATS(ctx context.Context, cfg config.Config, log *slog.Logger) (nc *nat
 		stops = append(stops, func() { stopEmbedded(srv, log) }) // after the drain
 		natsURL = srv.ClientURL()
 	}
-	if nc, err = broker.Connect(ctx, natsURL, "nowbridge serve", log); err != nil {
+	if nc, err = broker.Connect(ctx, natsURL, "nowbridge serve", log, options...); err != nil {
 		return nil, nil, nil, err
 	}
 	stops = append(stops, func() { drain(nc, cfg.ShutdownTimeout, log) })
