@@ -86,7 +86,9 @@ func TestDevApp_IncidentCreatedInServiceNowIsImportedAndLinked(t *testing.T) {
 	}
 	resp.Body.Close()
 	waitSim(t, "the helpdesk's edit", func() (snsim.Record, bool) { return st.sim.Get("incident", sysID) },
-		func(r snsim.Record) bool { return r["short_description"] == "Badge reader at door 2 dead" && r["state"] == "2" }, 10*time.Second)
+		func(r snsim.Record) bool {
+			return r["short_description"] == "Badge reader at door 2 dead" && r["state"] == "2"
+		}, 10*time.Second)
 	waitPageShows(t, st.appURL+"/tickets/"+id+"/fragment", regexp.MustCompile(`data-sync="synced"`), 5*time.Second)
 	if n := strings.Count(getPage(t, st.appURL+"/fragments/tickets"), "<tr data-ticket="); n != 1 {
 		t.Fatalf("%d tickets, want the one imported", n)

@@ -459,9 +459,9 @@ func scanTicket(r scanner, extra ...any) (Ticket, error) {
 
 // changeRow scans the nullable columns of a change.
 type changeRow struct {
-	version                                   sql.NullInt64
-	action, kind, fields, changed, outcome    sql.NullString
-	message, detail, hint, retry, conflicts   sql.NullString
+	version                                  sql.NullInt64
+	action, kind, fields, changed, outcome   sql.NullString
+	message, detail, hint, retry, conflicts  sql.NullString
 	created, published, answered, deadLetter sql.NullInt64
 }
 

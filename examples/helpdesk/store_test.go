@@ -121,7 +121,6 @@ func TestStore_CreateGoesToOutboxInOrder(t *testing.T) {
 	}
 }
 
-
 func TestStore_ValidationNamesTheField(t *testing.T) {
 	ctx := context.Background()
 	s := openTestStore(t)
