@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +15,10 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/events"
 )
+
+// resultsCreates is how many tickets TestDev_AppCreateGetsItsNumberAndLinkWithinASecond
+// creates and updates (docs/PERFORMANCE.md measures 40).
+var resultsCreates = flag.Int("results.creates", 3, "tickets the app creates, then updates, in TestDev_AppCreateGetsItsNumberAndLinkWithinASecond")
 
 // On `bridge dev` an app-created ticket gets its created result, with the
 // incident's number and link, within a second (issue 12's done criterion),
@@ -46,32 +52,45 @@ func TestDev_AppCreateGetsItsNumberAndLinkWithinASecond(t *testing.T) {
 	if err := st.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	var took []time.Duration
-	for _, id := range []string{"TCK-5001", "TCK-5002", "TCK-5003"} {
-		body, _ := json.Marshal(events.AppChange{ExternalID: id, Version: 1, UpdatedAt: time.Now().UTC(),
-			Fields: events.Fields{"title": "Badge reader dead at door " + id, "status": "new", "impact": "2", "urgency": "2"}})
-		sent := time.Now()
-		if err := st.nc.Publish("app.ticket.upsert", body); err != nil {
-			t.Fatal(err)
-		}
-		var r events.Result
-		select {
-		case m := <-results:
-			took = append(took, time.Since(sent))
-			if err := json.Unmarshal(m.Data, &r); err != nil {
+	var created, updated []time.Duration
+	for i := range *resultsCreates {
+		id := fmt.Sprintf("TCK-%d", 5001+i)
+		for v, status := range []string{"new", "in_progress"} {
+			body, _ := json.Marshal(events.AppChange{ExternalID: id, Version: int64(v + 1), UpdatedAt: time.Now().UTC(),
+				Fields: events.Fields{"title": "Badge reader dead at door " + id, "status": status, "impact": "2", "urgency": "2"}})
+			sent := time.Now()
+			if err := st.nc.Publish("app.ticket.upsert", body); err != nil {
 				t.Fatal(err)
 			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no result for %s within 10s", id)
-		}
-		rec, ok := st.sim.Get("incident", r.SysID)
-		if r.ExternalID != id || r.Outcome != events.OutcomeCreated || !ok || r.Number != rec["number"] ||
-			r.URL != st.simURL+"/nav_to.do?uri=incident.do?sys_id="+r.SysID {
-			t.Fatalf("result %+v, want %s created with the incident's number and link", r, id)
+			var r events.Result
+			select {
+			case m := <-results:
+				if err := json.Unmarshal(m.Data, &r); err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no result for %s v%d within 10s", id, v+1)
+			}
+			took := time.Since(sent)
+			rec, ok := st.sim.Get("incident", r.SysID)
+			want := []string{events.OutcomeCreated, events.OutcomeUpdated}[v]
+			if r.ExternalID != id || r.Version != int64(v+1) || r.Outcome != want || !ok || r.Number != rec["number"] ||
+				r.URL != st.simURL+"/nav_to.do?uri=incident.do?sys_id="+r.SysID {
+				t.Fatalf("result %+v, want %s v%d %s with the incident's number and link", r, id, v+1, want)
+			}
+			if v == 0 {
+				created = append(created, took)
+			} else {
+				updated = append(updated, took)
+			}
 		}
 	}
-	t.Logf("created results %v after the app's publish (the first includes the token and learning the table)", took)
-	if slices.Max(took) > time.Second {
-		t.Errorf("a created result took %v, want each within a second", slices.Max(took))
+	// The first create also fetches the token and learns the table.
+	for name, ds := range map[string][]time.Duration{"created": created, "updated": updated} {
+		slices.Sort(ds)
+		t.Logf("%s results after the app's publish: n=%d min %v p50 %v p90 %v max %v", name, len(ds), ds[0], ds[len(ds)/2], ds[len(ds)*9/10], ds[len(ds)-1])
+		if ds[len(ds)-1] > time.Second {
+			t.Errorf("a %s result took %v, want each within a second", name, ds[len(ds)-1])
+		}
 	}
 }
