@@ -356,21 +356,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	// the app before it moves the state, so a state at version k means the
 	// hand-over of k is visible here.
 	claim := claimable(st, haveState)
-	if ho, ok := w.dedupe.LastHandOver(ch.Entity, ch.ExternalID); ok {
-		switch {
-		case ch.Stored.IsZero() || !ho.At.Before(ch.Stored):
-			// The app was handed a version after it sent this change and
-			// applies it over the change: the version this write makes
-			// must reach it, and fields the app could not have changed
-			// are not written back.
-			res.holdBack = reasonHandedOverAfter
-			ch.Fields = w.unseen(ch, ho)
-		case ch.Stored.Sub(ho.At) < w.cfg.HandOverGrace:
-			// Sent just after a hand-over, perhaps before the app took it.
-			res.holdBack = reasonHandedOverJustBefore
-		}
-	}
-	if res.holdBack != "" {
+	if w.holdBack(&ch, res) {
 		// Not claimed, and what the app holds stays what it was handed.
 		claim = -1
 	}
@@ -378,6 +364,52 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	if err != nil {
 		return err
 	}
+	in, err := w.updateInput(ctx, ch, res.Table, res.SysID, plain, journal, st, haveState)
+	if err != nil {
+		return err
+	}
+	p := plan(in)
+	w.keepLink(p, in, ch, res.Table)
+	w.noteConflicts(p.Conflicts, in, ch, res)
+	if len(p.Patch) == 0 {
+		res.Outcome = OutcomeNoChange
+		switch {
+		case in.Current != nil:
+			res.known(in.Current)
+		case haveState:
+			res.Number, res.ModCount, res.modKnown = st.Fields["number"], st.Version, true
+		}
+		return nil
+	}
+	return w.patch(ctx, ch, res, in, p.Patch, st, haveState, claim)
+}
+
+// holdBack decides whether the write must reach the app as news because of
+// a hand-over around the change (res.holdBack says why), and puts back the
+// fields the app cannot have changed when it was handed a newer version
+// after sending the change.
+func (w *Writer) holdBack(ch *Change, res *Result) bool {
+	ho, ok := w.dedupe.LastHandOver(ch.Entity, ch.ExternalID)
+	switch {
+	case !ok:
+	case ch.Stored.IsZero() || !ho.At.Before(ch.Stored):
+		// The app was handed a version after it sent this change and
+		// applies it over the change: the version this write makes
+		// must reach it, and fields the app could not have changed
+		// are not written back.
+		res.holdBack = reasonHandedOverAfter
+		ch.Fields = w.unseen(*ch, ho)
+	case ch.Stored.Sub(ho.At) < w.cfg.HandOverGrace:
+		// Sent just after a hand-over, perhaps before the app took it.
+		res.holdBack = reasonHandedOverJustBefore
+	}
+	return res.holdBack != ""
+}
+
+// updateInput gathers what the write decision needs: the base both sides
+// last agreed on and, when deciding needs it (and writes are not blind),
+// ServiceNow's record now.
+func (w *Writer) updateInput(ctx context.Context, ch Change, table, sysID string, plain, journal map[string]string, st state.Record, haveState bool) (planInput, error) {
 	in := planInput{Desired: plain, Journal: journal, AppUpdatedAt: ch.UpdatedAt, Policy: w.cfg.policy}
 	if haveState {
 		in.Base = st.Fields
@@ -392,7 +424,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 				b = map[string]string{}
 			}
 			for f, v := range sn {
-				if !w.isJournal(res.Table, f) {
+				if !w.isJournal(table, f) {
 					b[f] = v
 				}
 			}
@@ -400,58 +432,65 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		}
 	}
 	if needsCurrent(in) && (!w.cfg.BlindWrites || !haveState) {
-		cur, err := w.api.Get(ctx, res.Table, res.SysID)
+		cur, err := w.api.Get(ctx, table, sysID)
 		if err != nil {
-			return fmt.Errorf("read %s/%s before writing: %w", res.Table, res.SysID, err)
+			return in, fmt.Errorf("read %s/%s before writing: %w", table, sysID, err)
 		}
 		in.Current = cur
 		in.SNUpdatedAt, _ = time.ParseInLocation(events.SNTimeLayout, cur["sys_updated_on"], time.UTC)
 	}
-	p := plan(in)
-	if ch.linkedNow {
-		cur := in.Current
-		if cur == nil {
-			cur = in.Base
-		}
-		if link := w.table(res.Table).LinkField; link != "" && cur[link] != ch.ExternalID {
-			// The link survives losing bridge_links only on the record.
-			p.Patch[link] = ch.ExternalID
-		}
+	return in, nil
+}
+
+// keepLink adds the link field to the patch when the message's sys_id made
+// a new link the record does not show yet: the link survives losing
+// bridge_links only on the record.
+func (w *Writer) keepLink(p writePlan, in planInput, ch Change, table string) {
+	if !ch.linkedNow {
+		return
 	}
-	for _, c := range p.Conflicts {
+	cur := in.Current
+	if cur == nil {
+		cur = in.Base
+	}
+	if link := w.table(table).LinkField; link != "" && cur[link] != ch.ExternalID {
+		p.Patch[link] = ch.ExternalID
+	}
+}
+
+// noteConflicts counts and logs the fields changed on both sides and keeps
+// them in the result.
+func (w *Writer) noteConflicts(conflicts []Conflict, in planInput, ch Change, res *Result) {
+	for _, c := range conflicts {
 		w.metrics.conflicts.WithLabelValues(c.Field).Inc()
 		w.log.Info("conflict: field changed on both sides since the last sync",
 			"table", res.Table, "sys_id", res.SysID, "external_id", ch.ExternalID, "field", c.Field,
 			"base", c.Base, "servicenow", c.ServiceNow, "saas", c.SaaS, "policy", string(c.Policy), "winner", c.Winner,
 			"sys_updated_on", in.SNUpdatedAt, "updated_at", ch.UpdatedAt)
 	}
-	res.Conflicts = p.Conflicts
-	if len(p.Patch) == 0 {
-		res.Outcome = OutcomeNoChange
-		switch {
-		case in.Current != nil:
-			res.known(in.Current)
-		case haveState:
-			res.Number, res.ModCount, res.modKnown = st.Fields["number"], st.Version, true
-		}
-		return nil
-	}
+	res.Conflicts = conflicts
+}
+
+// patch sends the planned fields (with the close fields a closing write
+// needs) and settles the write; claim is the version the write may be
+// claimed at (-1: none).
+func (w *Writer) patch(ctx context.Context, ch Change, res *Result, in planInput, fields map[string]string, st state.Record, haveState bool, claim int64) error {
 	cur := in.Current
 	if cur == nil {
 		cur = in.Base
 	}
-	if err := w.addCloseFields(ctx, res.Table, p.Patch, cur, ch, ""); err != nil {
+	if err := w.addCloseFields(ctx, res.Table, fields, cur, ch, ""); err != nil {
 		return err
 	}
-	pend := w.dedupe.BeginUpdate(res.Table, res.SysID, claim, p.Patch, w.unchanged(res.Table, in.Base, p.Patch))
-	rec, err := w.api.Update(ctx, res.Table, res.SysID, p.Patch)
+	pend := w.dedupe.BeginUpdate(res.Table, res.SysID, claim, fields, w.unchanged(res.Table, in.Base, fields))
+	rec, err := w.api.Update(ctx, res.Table, res.SysID, fields)
 	if err != nil {
 		pend.Cancel()
 		return fmt.Errorf("patch %s/%s: %w", res.Table, res.SysID, err)
 	}
 	w.metrics.writes.WithLabelValues("PATCH").Inc()
 	mc, _ := strconv.ParseInt(rec["sys_mod_count"], 10, 64)
-	res.Outcome, res.ModCount, res.Sent = OutcomeUpdated, mc, p.Patch
+	res.Outcome, res.ModCount, res.Sent = OutcomeUpdated, mc, fields
 	res.known(rec)
 	if haveState && mc == st.Version {
 		// ServiceNow found nothing to change: no new version, no webhook.
@@ -459,7 +498,7 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		res.Outcome = OutcomeNoChange
 		return nil
 	}
-	w.finish(ctx, pend, res, p.Patch, rec, in.Base, claim >= 0 && mc == claim)
+	w.finish(ctx, pend, res, fields, rec, in.Base, claim >= 0 && mc == claim)
 	return nil
 }
 
