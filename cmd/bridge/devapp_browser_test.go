@@ -64,6 +64,10 @@ func newBrowser(ctx context.Context, t *testing.T, path string) context.Context 
 	return bctx
 }
 
+// slow bounds every wait for something the page or ServiceNow should show:
+// generous, for a loaded 2-core machine under -race (a pass takes ~10s).
+const slow = 30 * time.Second
+
 // page drives the helpdesk in the browser.
 type page struct {
 	t   *testing.T
@@ -72,7 +76,7 @@ type page struct {
 
 func (p *page) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	p.t.Helper()
-	ctx, cancel := context.WithTimeout(p.ctx, 20*time.Second)
+	ctx, cancel := context.WithTimeout(p.ctx, slow)
 	defer cancel()
 	if err := chromedp.Do(ctx, steps...); err != nil {
 		p.t.Fatalf("%s: %v\npage now:\n%s", what, err, p.text())
@@ -84,7 +88,7 @@ func (p *page) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 func (p *page) submit(what, button string) {
 	p.t.Helper()
 	p.do(what, chromedp.Evaluate[chromedp.Void](`window.__before_submit = true`), chromedp.Click(chromedp.CSS(button)))
-	p.waitJS(what+": the next page", `!window.__before_submit && document.readyState === "complete"`, 10*time.Second)
+	p.waitJS(what+": the next page", `!window.__before_submit && document.readyState === "complete"`, slow)
 }
 
 // text is what the page shows, for failure messages.
@@ -194,9 +198,9 @@ func TestDevApp_BrowserTicketRoundTrip(t *testing.T) {
 	)
 	clicked := time.Now()
 	p.submit("submit the new ticket", "#create")
-	loc := p.waitJS("the ticket's page", `location.pathname.startsWith("/tickets/") && location.pathname`, 5*time.Second)
+	loc := p.waitJS("the ticket's page", `location.pathname.startsWith("/tickets/") && location.pathname`, slow)
 	id := strings.TrimPrefix(loc, "/tickets/")
-	number := p.waitJS("the INC number", sel("#ticket-number a.number", "textContent"), 10*time.Second)
+	number := p.waitJS("the INC number", sel("#ticket-number a.number", "textContent"), slow)
 	toNumber := time.Since(clicked)
 	if !regexp.MustCompile(`^INC\d{7}$`).MatchString(number) {
 		t.Fatalf("the page shows number %q, want INC and seven digits", number)
@@ -206,21 +210,21 @@ func TestDevApp_BrowserTicketRoundTrip(t *testing.T) {
 		t.Fatalf("ServiceNow holds %v for %s, want incident %s with the page's title, urgency 1 and impact 2", rec, id, number)
 	}
 	sysID := rec["sys_id"]
-	href := p.waitJS("the incident's link", sel("#ticket-number a.number", "href"), time.Second)
+	href := p.waitJS("the incident's link", sel("#ticket-number a.number", "href"), slow)
 	if want := "nav_to.do?uri=incident.do?sys_id=" + sysID; !strings.HasSuffix(href, want) {
 		t.Fatalf("the number links to %q, want the record's page ending %q", href, want)
 	}
-	p.waitJS("the ticket synced", `document.querySelector("#ticket-sync [data-sync=synced]")`, 5*time.Second)
+	p.waitJS("the ticket synced", `document.querySelector("#ticket-sync [data-sync=synced]")`, slow)
 	t.Logf("INC number on the page %v after the click (the page polls once a second)", toNumber.Round(10*time.Millisecond))
 
 	// 2. Change the incident in ServiceNow; the page follows.
 	if _, err := st.sim.Update("incident", sysID, map[string]string{"short_description": "Printer on floor 3 jams: fuser worn", "state": "2", "urgency": "2"}, "beth.anglin"); err != nil {
 		t.Fatal(err)
 	}
-	p.waitJS("ServiceNow's title", sel("#ticket-title", "textContent")+` === "Printer on floor 3 jams: fuser worn"`, 10*time.Second)
-	p.waitJS("ServiceNow's state", `document.querySelector("#ticket-status[data-status=in_progress]")`, 5*time.Second)
+	p.waitJS("ServiceNow's title", sel("#ticket-title", "textContent")+` === "Printer on floor 3 jams: fuser worn"`, slow)
+	p.waitJS("ServiceNow's state", `document.querySelector("#ticket-status[data-status=in_progress]")`, slow)
 	// impact 2 and urgency 2 make priority 3 in ServiceNow.
-	p.waitJS("ServiceNow's priority", sel("#ticket-priority", "textContent")+` === "3 - Moderate"`, 5*time.Second)
+	p.waitJS("ServiceNow's priority", sel("#ticket-priority", "textContent")+` === "3 - Moderate"`, slow)
 
 	// 3. Comment and resolve in the page; ServiceNow resolves the incident.
 	p.do("comment", chromedp.Navigate(st.appURL+loc), chromedp.WaitVisible(chromedp.CSS("#comment")),
@@ -231,12 +235,12 @@ func TestDevApp_BrowserTicketRoundTrip(t *testing.T) {
 	get := func() (snsim.Record, bool) { return st.sim.Get("incident", sysID) }
 	rec = waitSim(t, "the incident resolved with a close code and notes", get, func(r snsim.Record) bool {
 		return r["state"] == "6" && r["close_code"] != "" && r["close_notes"] != ""
-	}, 10*time.Second)
+	}, slow)
 	journal := st.sim.JournalDisplay("incident", sysID, "comments")
 	if !strings.Contains(journal, "Ordered a new fuser") || !strings.Contains(journal, "Fuser replaced; printing again") {
 		t.Fatalf("the incident's comments are %q, want the page's comment and resolution note", journal)
 	}
-	p.waitJS("the resolve synced", `document.querySelector("#ticket-status[data-status=resolved]") && document.querySelector("#ticket-sync [data-sync=synced]")`, 10*time.Second)
+	p.waitJS("the resolve synced", `document.querySelector("#ticket-status[data-status=resolved]") && document.querySelector("#ticket-sync [data-sync=synced]")`, slow)
 	if rec["short_description"] != "Printer on floor 3 jams: fuser worn" {
 		t.Fatalf("the resolve put back the title: ServiceNow holds %q", rec["short_description"])
 	}
@@ -248,24 +252,24 @@ func TestDevApp_BrowserTicketRoundTrip(t *testing.T) {
 		chromedp.Clear(chromedp.CSS("#edit-title")), chromedp.SendKeys(chromedp.CSS("#edit-title"), "Printer on floor 3: reopened"),
 		chromedp.SetValue(chromedp.CSS("#edit-status"), "in_progress"))
 	p.submit("save the edit", "#save")
-	reason := p.waitJS("the rejection", `document.querySelector("#ticket-sync [data-sync=rejected]") && document.querySelector("#ticket-sync .reason").textContent`, 15*time.Second)
-	hint := p.waitJS("the rejection's hint", sel("#ticket-sync .hint", "textContent"), time.Second)
+	reason := p.waitJS("the rejection", `document.querySelector("#ticket-sync [data-sync=rejected]") && document.querySelector("#ticket-sync .reason").textContent`, slow)
+	hint := p.waitJS("the rejection's hint", sel("#ticket-sync .hint", "textContent"), slow)
 	if !strings.Contains(reason, "ACL") && !strings.Contains(reason, "security") {
 		t.Fatalf("the page gives the rejection as %q, want ServiceNow's ACL message", reason)
 	}
 	t.Logf("rejected on the page: %q, hint %q", reason, hint)
 	p.do("open the list", chromedp.Navigate(st.appURL), chromedp.WaitVisible(chromedp.CSS("#ticket-rows")))
-	p.waitJS("the list's row", fmt.Sprintf(`(() => { const r = document.querySelector('tr[data-ticket=%q]'); return r && r.querySelector('[data-sync=rejected]') && r.textContent.includes(%q); })()`, id, number), 5*time.Second)
+	p.waitJS("the list's row", fmt.Sprintf(`(() => { const r = document.querySelector('tr[data-ticket=%q]'); return r && r.querySelector('[data-sync=rejected]') && r.textContent.includes(%q); })()`, id, number), slow)
 	p.screenshot("rejected")
 
 	st.sim.SetACL(snsim.ACL{})
 	p.do("edit again once ServiceNow accepts", chromedp.Navigate(st.appURL+loc), chromedp.WaitVisible(chromedp.CSS("#edit-title")),
 		chromedp.Clear(chromedp.CSS("#edit-description")), chromedp.SendKeys(chromedp.CSS("#edit-description"), "Reopened: jams again"))
 	p.submit("save the next edit", "#save")
-	p.waitJS("the next change synced", `document.querySelector("#ticket-sync [data-sync=synced]")`, 10*time.Second)
+	p.waitJS("the next change synced", `document.querySelector("#ticket-sync [data-sync=synced]")`, slow)
 	waitSim(t, "the change after the refusal", get, func(r snsim.Record) bool {
 		return r["description"] == "Reopened: jams again"
-	}, 5*time.Second)
+	}, slow)
 }
 
 // screenshot saves the page as a PNG in NOWBRIDGE_SCREENSHOTS, when set.
@@ -274,7 +278,7 @@ func (p *page) screenshot(name string) {
 	if dir == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(p.ctx, slow)
 	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {

@@ -71,11 +71,11 @@ func TestDevApp_IncidentCreatedInServiceNowIsImportedAndLinked(t *testing.T) {
 	}
 	sysID, number := rec["sys_id"], rec["number"]
 	row := waitPageShows(t, st.appURL+"/fragments/tickets",
-		regexp.MustCompile(`<tr data-ticket="([^"]+)">\s*<td><a[^>]*>[^<]*</a></td>\s*<td class="title">Phoned in: badge reader dead</td>[\s\S]*?`+number), 10*time.Second)
+		regexp.MustCompile(`<tr data-ticket="([^"]+)">\s*<td><a[^>]*>[^<]*</a></td>\s*<td class="title">Phoned in: badge reader dead</td>[\s\S]*?`+number), slow)
 	id := row[1]
 	waitSim(t, "the incident linked to the helpdesk's ticket", func() (snsim.Record, bool) { return st.sim.Get("incident", sysID) },
-		func(r snsim.Record) bool { return r["correlation_id"] == id }, 10*time.Second)
-	waitPageShows(t, st.appURL+"/tickets/"+id+"/fragment", regexp.MustCompile(`data-sync="synced"`), 5*time.Second)
+		func(r snsim.Record) bool { return r["correlation_id"] == id }, slow)
+	waitPageShows(t, st.appURL+"/tickets/"+id+"/fragment", regexp.MustCompile(`data-sync="synced"`), slow)
 
 	form := url.Values{"base_title": {"Phoned in: badge reader dead"}, "title": {"Badge reader at door 2 dead"},
 		"base_description": {""}, "description": {""}, "base_status": {"new"}, "status": {"in_progress"},
@@ -88,8 +88,8 @@ func TestDevApp_IncidentCreatedInServiceNowIsImportedAndLinked(t *testing.T) {
 	waitSim(t, "the helpdesk's edit", func() (snsim.Record, bool) { return st.sim.Get("incident", sysID) },
 		func(r snsim.Record) bool {
 			return r["short_description"] == "Badge reader at door 2 dead" && r["state"] == "2"
-		}, 10*time.Second)
-	waitPageShows(t, st.appURL+"/tickets/"+id+"/fragment", regexp.MustCompile(`data-sync="synced"`), 5*time.Second)
+		}, slow)
+	waitPageShows(t, st.appURL+"/tickets/"+id+"/fragment", regexp.MustCompile(`data-sync="synced"`), slow)
 	if n := strings.Count(getPage(t, st.appURL+"/fragments/tickets"), "<tr data-ticket="); n != 1 {
 		t.Fatalf("%d tickets, want the one imported", n)
 	}
