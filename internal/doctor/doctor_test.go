@@ -113,7 +113,7 @@ func webhookKey(t *testing.T, b byte) webhook.Secret {
 
 func run(t *testing.T, name string, opt doctor.Options) doctor.Report {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	r := doctor.Run(ctx, opt)
 	if *show {

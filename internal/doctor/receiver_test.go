@@ -19,7 +19,7 @@ import (
 func TestDoctor_WebhookCheckAgainstTheRealReceiver(t *testing.T) {
 	s := natstest.RunServer(t)
 	nc, js := natstest.Connect(t, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)

@@ -27,7 +27,7 @@ import (
 func TestDoctor_InstanceSelfTestVerdicts(t *testing.T) {
 	s := natstest.RunServer(t)
 	nc, js := natstest.Connect(t, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)

@@ -91,7 +91,7 @@ func (v simVersions) RecordIDs(context.Context, string) ([]string, error) {
 func benchPass(b *testing.B, sim *snsim.Server, url string, n int, mode string) {
 	s := natstest.RunServer(b)
 	_, js := natstest.Connect(b, s)
-	ctx := context.Background()
+	ctx := b.Context()
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		b.Fatal(err)
 	}

@@ -127,7 +127,7 @@ type deleteScanFixture struct {
 }
 
 func newDeleteScanFixture(b *testing.B, sim *snsim.Server, url string, n int) *deleteScanFixture {
-	ctx := context.Background()
+	ctx := b.Context()
 	sn, err := snclient.New(snclient.Config{InstanceURL: url, ClientID: "bridge", ClientSecret: "s3cret", Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
@@ -166,7 +166,7 @@ func newDeleteScanFixture(b *testing.B, sim *snsim.Server, url string, n int) *d
 }
 
 func benchDeleteScan(b *testing.B, f *deleteScanFixture) {
-	ctx := context.Background()
+	ctx := b.Context()
 	n, deleted := f.n, f.deleted
 	s := natstest.RunServer(b)
 	_, js := natstest.Connect(b, s)

@@ -22,7 +22,7 @@ import (
 // message-id" of each.
 func deleteEvents(t *testing.T, js jetstream.JetStream) map[string][]string {
 	t.Helper()
-	ctx := context.Background()
+	ctx := t.Context()
 	cons, err := js.OrderedConsumer(ctx, events.StreamSN, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.SNSubject("*", events.ActionDelete)}})
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +129,7 @@ func TestPresence_LostDeleteWebhooksPublishedOnceWithAuditHidden(t *testing.T) {
 
 	reg := prometheus.NewRegistry()
 	r := newPresenceReconciler(t, env, reg, 0)
-	sum, err := r.Pass(context.Background(), recoverytest.Table, PassOptions{Full: true})
+	sum, err := r.Pass(t.Context(), recoverytest.Table, PassOptions{Full: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestPresence_LostDeleteWebhooksPublishedOnceWithAuditHidden(t *testing.T) {
 	after := deleteEvents(t, env.JS)
 	st := env.Store
 	for _, id := range lost {
-		rec, _, _, err := st.Get(context.Background(), recoverytest.Table, id)
+		rec, _, _, err := st.Get(t.Context(), recoverytest.Table, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -185,7 +185,7 @@ func TestPresence_LostDeleteWebhooksPublishedOnceWithAuditHidden(t *testing.T) {
 		t.Fatalf("after the presence scan the app still differs: %v", diff)
 	}
 
-	sum, err = r.Pass(context.Background(), recoverytest.Table, PassOptions{Full: true})
+	sum, err = r.Pass(t.Context(), recoverytest.Table, PassOptions{Full: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestPresence_LostDeleteWebhooksPublishedOnceWithAuditHidden(t *testing.T) {
 	if again := deleteEvents(t, env.JS); len(again) != len(after) {
 		t.Fatalf("pass 2 added delete events: %d records with deletes, was %d", len(again), len(after))
 	}
-	last, ok, err := (Store{KV: env.Store.KV()}).LastPresence(context.Background(), recoverytest.Table)
+	last, ok, err := (Store{KV: env.Store.KV()}).LastPresence(t.Context(), recoverytest.Table)
 	if err != nil || !ok || !last.Started.Equal(sum.Presence.Started) {
 		t.Fatalf("stored presence scan = %+v %v %v; want pass 2's", last, ok, err)
 	}
@@ -213,7 +213,7 @@ func TestPresence_EntirelyHiddenTableIsReportedHiddenAndPublishesNothing(t *test
 	before := deleteEvents(t, env.JS)
 	reg := prometheus.NewRegistry()
 	r := newPresenceReconciler(t, env, reg, 0)
-	sum, err := r.Pass(context.Background(), recoverytest.Table, PassOptions{Full: true})
+	sum, err := r.Pass(t.Context(), recoverytest.Table, PassOptions{Full: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,14 +229,14 @@ func TestPresence_EntirelyHiddenTableIsReportedHiddenAndPublishesNothing(t *test
 	if got := testutil.ToFloat64(r.m.hidden.WithLabelValues(recoverytest.Table, recoverytest.Table)); got != 1 {
 		t.Fatalf("bridge_reconcile_table_hidden{table=incident,source=incident} = %v, want 1", got)
 	}
-	last, _, _ := (Store{KV: env.Store.KV()}).LastPass(context.Background(), recoverytest.Table)
+	last, _, _ := (Store{KV: env.Store.KV()}).LastPass(t.Context(), recoverytest.Table)
 	if last.DeleteScan != sum.DeleteScan || last.DeleteScan == "ok" {
 		t.Fatalf("stored summary says %q", last.DeleteScan)
 	}
 
 	// itil back: the next scan finds the delete.
 	env.Sim.SetACL(snsim.ACL{})
-	sum, err = r.Pass(context.Background(), recoverytest.Table, PassOptions{Full: true})
+	sum, err = r.Pass(t.Context(), recoverytest.Table, PassOptions{Full: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +263,7 @@ func TestPresence_AuditGrantedFindsDeletesOnEveryPass(t *testing.T) {
 	}
 	// No presence scan on schedule: only the fast path can find them.
 	r := newPresenceReconciler(t, env, nil, 0)
-	sum, err := r.Pass(context.Background(), recoverytest.Table, PassOptions{})
+	sum, err := r.Pass(t.Context(), recoverytest.Table, PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func TestPresence_AuditGrantedFindsDeletesOnEveryPass(t *testing.T) {
 	if err := env.Sim.Delete(recoverytest.Table, ids[4], human); err != nil {
 		t.Fatal(err)
 	}
-	sum, err = r.Pass(context.Background(), recoverytest.Table, PassOptions{Full: true})
+	sum, err = r.Pass(t.Context(), recoverytest.Table, PassOptions{Full: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +334,7 @@ func TestPresence_ScheduleSharedThroughBridgeState(t *testing.T) {
 		return r
 	}
 	a, b := newRec("replica-a"), newRec("replica-b")
-	sum, err := a.Pass(context.Background(), "incident", PassOptions{})
+	sum, err := a.Pass(t.Context(), "incident", PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +346,7 @@ func TestPresence_ScheduleSharedThroughBridgeState(t *testing.T) {
 	// Another replica 10 minutes later: not due.
 	now = now.Add(10 * time.Minute)
 	sn.remove("incident", sysID(3))
-	sum, err = b.Pass(context.Background(), "incident", PassOptions{})
+	sum, err = b.Pass(t.Context(), "incident", PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +355,7 @@ func TestPresence_ScheduleSharedThroughBridgeState(t *testing.T) {
 	}
 	// An hour after the first scan, whichever replica passes runs it.
 	now = now.Add(50 * time.Minute)
-	sum, err = b.Pass(context.Background(), "incident", PassOptions{})
+	sum, err = b.Pass(t.Context(), "incident", PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

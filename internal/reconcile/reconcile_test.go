@@ -163,7 +163,7 @@ func setup(t *testing.T) (jetstream.JetStream, jetstream.KeyValue) {
 	t.Helper()
 	s := natstest.RunServer(t)
 	_, js := natstest.Connect(t, s)
-	ctx := context.Background()
+	ctx := t.Context()
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -176,11 +176,11 @@ func setup(t *testing.T) (jetstream.JetStream, jetstream.KeyValue) {
 
 func streamMsgs(t *testing.T, js jetstream.JetStream) uint64 {
 	t.Helper()
-	st, err := js.Stream(context.Background(), events.StreamSN)
+	st, err := js.Stream(t.Context(), events.StreamSN)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(context.Background())
+	info, err := st.Info(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestPass_PublishesOnlyVersionsTheBridgeHasNotSeen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, err := r.Pass(context.Background(), "incident", PassOptions{})
+	sum, err := r.Pass(t.Context(), "incident", PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,23 +221,23 @@ func TestPass_PublishesOnlyVersionsTheBridgeHasNotSeen(t *testing.T) {
 		t.Fatalf("pass metrics: %d series, %v", n, err)
 	}
 	// The same findings again are duplicates for the stream, not new gaps.
-	sum, err = r.Pass(context.Background(), "incident", PassOptions{Full: true})
+	sum, err = r.Pass(t.Context(), "incident", PassOptions{Full: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if sum.Gaps != 0 || sum.InFlight != 10 {
 		t.Fatalf("second pass = %+v, want 0 gaps and 10 in flight", sum)
 	}
-	wm, ok, err := Store{KV: kv}.Watermark(context.Background(), "incident")
+	wm, ok, err := Store{KV: kv}.Watermark(t.Context(), "incident")
 	if err != nil || !ok || !wm.Records.Equal(now) {
 		t.Fatalf("watermark = %v %v %v, want %v", wm, ok, err, now)
 	}
-	last, ok, err := Store{KV: kv}.LastPass(context.Background(), "incident")
+	last, ok, err := Store{KV: kv}.LastPass(t.Context(), "incident")
 	if err != nil || !ok || last.InFlight != 10 {
 		t.Fatalf("stored pass = %+v %v %v", last, ok, err)
 	}
 	// The event carries the webhook's message id and the reconcile source.
-	cons, err := js.OrderedConsumer(context.Background(), events.StreamSN, jetstream.OrderedConsumerConfig{})
+	cons, err := js.OrderedConsumer(t.Context(), events.StreamSN, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,15 +271,15 @@ func TestPass_FailedPageKeepsTheWatermarkBeforeIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Pass(context.Background(), "incident", PassOptions{}); err == nil {
+	if _, err := r.Pass(t.Context(), "incident", PassOptions{}); err == nil {
 		t.Fatal("pass with a failing page succeeded")
 	}
-	wm, _, _ := Store{KV: kv}.Watermark(context.Background(), "incident")
+	wm, _, _ := Store{KV: kv}.Watermark(t.Context(), "incident")
 	if want := now.Add(-11 * 10 * time.Minute); !wm.Records.Equal(want) {
 		t.Fatalf("watermark after page 2 failed = %v, want the last row of page 1 (%v)", wm.Records, want)
 	}
 	sn.fail = nil
-	sum, err := r.Pass(context.Background(), "incident", PassOptions{})
+	sum, err := r.Pass(t.Context(), "incident", PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +293,7 @@ func TestPass_FailedPageKeepsTheWatermarkBeforeIt(t *testing.T) {
 
 func TestLease_OneHolderAtATimeAndExpiry(t *testing.T) {
 	js, kv := setup(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	a, err := AcquireLease(ctx, js, kv, "incident", "a", 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -359,7 +359,7 @@ func TestPass_SkipsVersionsTheBridgeWroteAndPacesEveryRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, err := r.Pass(context.Background(), "incident", PassOptions{})
+	sum, err := r.Pass(t.Context(), "incident", PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +373,7 @@ func TestPass_SkipsVersionsTheBridgeWroteAndPacesEveryRequest(t *testing.T) {
 
 func TestPass_SecondReplicaSkipsWhileTheLeaseIsHeld(t *testing.T) {
 	js, kv := setup(t)
-	other, err := AcquireLease(context.Background(), js, kv, "incident", "replica-a", time.Minute)
+	other, err := AcquireLease(t.Context(), js, kv, "incident", "replica-a", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,13 +381,13 @@ func TestPass_SecondReplicaSkipsWhileTheLeaseIsHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Pass(context.Background(), "incident", PassOptions{}); !errors.Is(err, ErrLeaseHeld) {
+	if _, err := r.Pass(t.Context(), "incident", PassOptions{}); !errors.Is(err, ErrLeaseHeld) {
 		t.Fatalf("pass while replica-a holds the lease: %v, want ErrLeaseHeld", err)
 	}
-	if err := other.Release(context.Background()); err != nil {
+	if err := other.Release(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Pass(context.Background(), "incident", PassOptions{}); err != nil {
+	if _, err := r.Pass(t.Context(), "incident", PassOptions{}); err != nil {
 		t.Fatalf("pass after release: %v", err)
 	}
 }
@@ -400,19 +400,19 @@ func TestRun_PassesEveryIntervalAndStopsWithTheContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := off.Run(context.Background()); err != nil {
+	if err := off.Run(t.Context()); err != nil {
 		t.Fatalf("Run with interval 0 = %v, want nil at once", err)
 	}
 	r, err := New(js, kv, sn, &memVersions{}, Config{Tables: []string{"incident"}, Interval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if sum, ok, _ := (Store{KV: kv}).LastPass(context.Background(), "incident"); ok && sum.InFlight > 0 {
+		if sum, ok, _ := (Store{KV: kv}).LastPass(t.Context(), "incident"); ok && sum.InFlight > 0 {
 			break // a second pass found the first one's event still in the stream
 		}
 		if time.Now().After(deadline) {

@@ -30,11 +30,11 @@ func newSimReconciler(t *testing.T, env *recoverytest.Env, pager Pager, pageSize
 
 func streamCount(t *testing.T, env *recoverytest.Env, stream string) uint64 {
 	t.Helper()
-	st, err := env.JS.Stream(context.Background(), stream)
+	st, err := env.JS.Stream(t.Context(), stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(context.Background())
+	info, err := st.Info(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,14 +82,14 @@ func TestReconcile_AfterLostWebhooksTheAppMatchesServiceNowAndASecondPassFindsNo
 	// first pass.
 	lostDeletes := 0
 	for _, id := range deleted {
-		if _, _, gone, err := env.Store.LastVersion(context.Background(), recoverytest.Table, id); err != nil {
+		if _, _, gone, err := env.Store.LastVersion(t.Context(), recoverytest.Table, id); err != nil {
 			t.Fatal(err)
 		} else if !gone {
 			lostDeletes++
 		}
 	}
 	r := newPresenceReconciler(t, env, nil, 24*time.Hour)
-	sum, err := r.Pass(context.Background(), recoverytest.Table, PassOptions{})
+	sum, err := r.Pass(t.Context(), recoverytest.Table, PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,14 +105,14 @@ func TestReconcile_AfterLostWebhooksTheAppMatchesServiceNowAndASecondPassFindsNo
 		t.Fatalf("versions delivered to the app more than once: %v", repeated)
 	}
 
-	sum, err = r.Pass(context.Background(), recoverytest.Table, PassOptions{})
+	sum, err = r.Pass(t.Context(), recoverytest.Table, PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if sum.Gaps != 0 || sum.Deletes != 0 || sum.InFlight != 0 || sum.Presence != nil || !strings.HasPrefix(sum.DeleteScan, "hidden: sys_audit_delete") {
 		t.Fatalf("pass 2 = %+v; want 0 gaps, 0 deletes, the presence scan not due and the hidden fast path said", sum)
 	}
-	last, _, err := (Store{KV: env.Store.KV()}).LastPass(context.Background(), recoverytest.Table)
+	last, _, err := (Store{KV: env.Store.KV()}).LastPass(t.Context(), recoverytest.Table)
 	if err != nil || last.Gaps != 0 || last.Scanned == 0 {
 		t.Fatalf("stored summary = %+v, %v", last, err)
 	}
@@ -131,10 +131,10 @@ func TestReconcile_LateCommitInsideOverlapFoundOutsideMissed(t *testing.T) {
 	}
 	env.Settle()
 	r := newSimReconciler(t, env, nil, 100)
-	if _, err := r.Pass(context.Background(), recoverytest.Table, PassOptions{}); err != nil {
+	if _, err := r.Pass(t.Context(), recoverytest.Table, PassOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	wm, _, _ := (Store{KV: env.Store.KV()}).Watermark(context.Background(), recoverytest.Table)
+	wm, _, _ := (Store{KV: env.Store.KV()}).Watermark(t.Context(), recoverytest.Table)
 
 	// Two long transactions commit now, stamped before the watermark, and
 	// their webhooks never come (written like an import: no business rule).
@@ -147,7 +147,7 @@ func TestReconcile_LateCommitInsideOverlapFoundOutsideMissed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sum, err := r.Pass(context.Background(), recoverytest.Table, PassOptions{})
+	sum, err := r.Pass(t.Context(), recoverytest.Table, PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestReconcile_LateCommitInsideOverlapFoundOutsideMissed(t *testing.T) {
 		t.Fatalf("late commit 10 min before the watermark was found; the overlap limit in docs/operations.md is wrong")
 	}
 	// ...and a pass with --since reaching back far enough finds it.
-	sum, err = r.Pass(context.Background(), recoverytest.Table, PassOptions{Since: time.Now().Add(-time.Hour)})
+	sum, err = r.Pass(t.Context(), recoverytest.Table, PassOptions{Since: time.Now().Add(-time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,13 +200,13 @@ func TestReconcile_KilledMidPassResumesFromTheWatermarkWithoutDuplicates(t *test
 		t.Fatal(err)
 	}
 	env.RunApply()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	dying := newSimReconciler(t, env, &killingPager{Pager: &SNPager{Client: env.SN}, n: 3, cancel: cancel}, 100)
 	if _, err := dying.Pass(ctx, recoverytest.Table, PassOptions{}); err == nil {
 		t.Fatal("the killed pass reported success")
 	}
-	wm, ok, err := (Store{KV: env.Store.KV()}).Watermark(context.Background(), recoverytest.Table)
+	wm, ok, err := (Store{KV: env.Store.KV()}).Watermark(t.Context(), recoverytest.Table)
 	if err != nil || !ok {
 		t.Fatalf("no watermark after 3 published pages: %v", err)
 	}
@@ -216,7 +216,7 @@ func TestReconcile_KilledMidPassResumesFromTheWatermarkWithoutDuplicates(t *test
 	}
 
 	restarted := newSimReconciler(t, env, nil, 100)
-	sum, err := restarted.Pass(context.Background(), recoverytest.Table, PassOptions{})
+	sum, err := restarted.Pass(t.Context(), recoverytest.Table, PassOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,7 +65,7 @@ func publish(t *testing.T, js jetstream.JetStream, table string, id, mc int, act
 	m := nats.NewMsg(ev.Subject())
 	m.Data = b
 	m.Header.Set(events.HeaderMsgID, ev.MsgID())
-	if _, err := js.PublishMsg(context.Background(), m); err != nil {
+	if _, err := js.PublishMsg(t.Context(), m); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -73,7 +73,7 @@ func publish(t *testing.T, js jetstream.JetStream, table string, id, mc int, act
 func TestRun_SelectsTheWindowAndHonoursTheGuard(t *testing.T) {
 	s := natstest.RunServer(t)
 	_, js := natstest.Connect(t, s)
-	ctx := context.Background()
+	ctx := t.Context()
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package replay
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -38,7 +37,7 @@ func TestReplay_GuardSkipsWhatIsAppliedForceReappliesAllIncludingDeletes(t *test
 	}
 	h := Apply{R: runner}
 	sel := Selection{Stream: events.StreamSN, Name: recoverytest.Table, Since: time.Now().Add(-time.Hour)}
-	ctx := context.Background()
+	ctx := t.Context()
 
 	dry, err := Run(ctx, env.JS, sel, h, Options{DryRun: true})
 	if err != nil {

@@ -72,7 +72,7 @@ func (rc *receiver) events() ([]events.SNEvent, []string, [][]byte) {
 
 func wait(t *testing.T, s *Server) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	if err := s.WaitWebhooks(ctx); err != nil {
 		t.Fatal(err)

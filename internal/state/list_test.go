@@ -9,7 +9,7 @@ import (
 
 func TestStore_RecordIDsListsOneTableWithoutReadingValues(t *testing.T) {
 	st, _ := open(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	var want []string
 	for i := range 300 {
 		id := fmt.Sprintf("%032x", i+1)

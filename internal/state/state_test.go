@@ -23,7 +23,7 @@ func open(t *testing.T) (*Store, *Links) {
 	t.Helper()
 	s := natstest.RunServer(t)
 	_, js := natstest.Connect(t, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
@@ -37,7 +37,7 @@ func open(t *testing.T) (*Store, *Links) {
 
 func TestStore_RevisionCheckedPutNeverRegresses(t *testing.T) {
 	st, _ := open(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	if _, _, ok, err := st.Get(ctx, "incident", sysA); ok || err != nil {
 		t.Fatalf("Get on an empty bucket = ok %v err %v", ok, err)
 	}
@@ -71,7 +71,7 @@ func TestStore_RevisionCheckedPutNeverRegresses(t *testing.T) {
 
 func TestStore_ConcurrentAdvanceKeepsTheMaximum(t *testing.T) {
 	st, _ := open(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	var wg sync.WaitGroup
 	for w := range 4 {
 		wg.Go(func() {
@@ -95,7 +95,7 @@ func TestStore_ConcurrentAdvanceKeepsTheMaximum(t *testing.T) {
 
 func TestStore_AdvanceMergesFieldsAndDeleteOfSameVersion(t *testing.T) {
 	st, _ := open(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	mustAdvance := func(rec Record, want bool) {
 		t.Helper()
 		got, err := st.Advance(ctx, "incident", sysA, rec)
@@ -132,7 +132,7 @@ func TestStore_AdvanceMergesFieldsAndDeleteOfSameVersion(t *testing.T) {
 
 func TestLinks_BothWaysWithArbitraryIDs(t *testing.T) {
 	_, ln := open(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	const sysB = "0123456789abcdef0123456789abcdef"
 	for _, id := range []string{"TCK-1042", "a b/c.d*>é", "=="} {
 		if err := ln.Link(ctx, "ticket", id, "incident", sysA); err != nil {

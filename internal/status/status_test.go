@@ -2,7 +2,6 @@ package status
 
 import (
 	"bytes"
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +19,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestCollect_ShowsStreamsReconcileAndLiveProcesses(t *testing.T) {
 	s := natstest.RunServer(t)
 	_, js := natstest.Connect(t, s)
-	ctx := context.Background()
+	ctx := t.Context()
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
