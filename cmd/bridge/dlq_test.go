@@ -167,4 +167,24 @@ func TestDLQRetry_WaitPrintsTheLateResult(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
+	// bridge status shows the results stream beside the others.
+	code, out, _ = runTool(t, env, "", "status", "--json")
+	var rep struct {
+		Streams []struct {
+			Name string `json:"name"`
+			Msgs uint64 `json:"messages"`
+		} `json:"streams"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil {
+		t.Fatalf("status --json: exit %d, %v: %s", code, err, out)
+	}
+	found := false
+	for _, st := range rep.Streams {
+		if st.Name == events.StreamResults {
+			found = st.Msgs == 2
+		}
+	}
+	if !found {
+		t.Errorf("status lists %+v, want BRIDGE_RESULTS with its 2 results", rep.Streams)
+	}
 }
