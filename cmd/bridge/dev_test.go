@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -227,11 +228,19 @@ func (app *fakeApp) idle(ctx context.Context) (bool, string, error) {
 		if err != nil {
 			return false, "", err
 		}
+		sinfo, err := s.Info(ctx)
+		if err != nil {
+			return false, "", err
+		}
 		list := s.ListConsumers(ctx)
 		busy := ""
 		for ci := range list.Info() {
-			if ci.NumPending > 0 || ci.NumAckPending > 0 {
-				busy = fmt.Sprintf("consumer %s on %s: %d pending, %d unacknowledged", ci.Name, name, ci.NumPending, ci.NumAckPending)
+			// Right after a publish a consumer's pending count may not
+			// include it yet: one that reads the whole stream is idle only
+			// once it has acked the stream's last message.
+			whole := len(ci.Config.FilterSubjects) == 0 && (ci.Config.FilterSubject == "" || slices.Equal([]string{ci.Config.FilterSubject}, sinfo.Config.Subjects))
+			if ci.NumPending > 0 || ci.NumAckPending > 0 || whole && ci.AckFloor.Stream < sinfo.State.LastSeq {
+				busy = fmt.Sprintf("consumer %s on %s: %d pending, %d unacknowledged, acked to %d of %d", ci.Name, name, ci.NumPending, ci.NumAckPending, ci.AckFloor.Stream, sinfo.State.LastSeq)
 			}
 		}
 		if err := list.Err(); err != nil {
