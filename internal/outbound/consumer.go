@@ -175,7 +175,7 @@ func splitAppSubject(subject string) (kind, entity, action string, ok bool) {
 // decodeChange parses an app.<entity>.<action> message.
 func decodeChange(subject string, data []byte) (Change, error) {
 	_, entity, action, ok := splitAppSubject(subject)
-	if !ok {
+	if !ok || entity == "" {
 		return Change{}, permanent("subject %q is not app.<entity>.<action>", subject)
 	}
 	if action != events.AppUpsert && action != events.AppDelete {

@@ -276,7 +276,7 @@ func (h handler) Retrying(ctx context.Context, msg jetstream.Msg, meta *jetstrea
 	if retryingReason(d.Reason) == "" {
 		return
 	}
-	ch, ok := changeOf(msg)
+	ch, ok := changeOf(msg.Subject(), msg.Data())
 	if !ok {
 		return
 	}
@@ -297,7 +297,7 @@ func (h handler) Retrying(ctx context.Context, msg jetstream.Msg, meta *jetstrea
 // error keeps the change in APP_EVENTS until its result is stored. A
 // message that names no external id has no one to tell.
 func (h handler) DeadLettered(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, d consume.Decision, cause error) error {
-	ch, ok := changeOf(msg)
+	ch, ok := changeOf(msg.Subject(), msg.Data())
 	if !ok {
 		return nil
 	}
@@ -309,19 +309,19 @@ func (h handler) DeadLettered(ctx context.Context, msg jetstream.Msg, meta *jets
 	return nil
 }
 
-// changeOf decodes msg as the consumer does, or failing that (an action
-// the writeback does not know, a field of the wrong type) as far as its
-// entity, external id and version, so the app hears why it was refused.
-func changeOf(msg jetstream.Msg) (Change, bool) {
-	if ch, err := decodeChange(msg.Subject(), msg.Data()); err == nil {
+// changeOf decodes a message as the consumer does, or failing that (an
+// action the writeback does not know, a field of the wrong type) as far as
+// its entity, external id and version, so the app hears why it was refused.
+func changeOf(subject string, data []byte) (Change, bool) {
+	if ch, err := decodeChange(subject, data); err == nil {
 		return ch, true
 	}
-	_, entity, action, ok := splitAppSubject(msg.Subject())
+	_, entity, action, ok := splitAppSubject(subject)
 	var probe struct {
 		ExternalID string `json:"external_id"`
 		Version    int64  `json:"version"`
 	}
-	if !ok || entity == "" || json.Unmarshal(msg.Data(), &probe) != nil || probe.ExternalID == "" {
+	if !ok || entity == "" || json.Unmarshal(data, &probe) != nil || probe.ExternalID == "" {
 		return Change{}, false
 	}
 	ch := Change{Entity: entity, Action: action}
