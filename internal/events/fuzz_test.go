@@ -65,6 +65,11 @@ func FuzzDecodeBody(f *testing.F) {
 			if err != nil {
 				t.Fatalf("marshal: %v", err)
 			}
+			ev.Source = events.SourceWebhook // as the receiver stores it
+			if want, got := mustMarshal(t, ev), events.AppendStored(nil, ev); string(got) != string(want) {
+				t.Fatalf("AppendStored differs from json.Marshal:\n got %s\nwant %s", got, want)
+			}
+			ev.Source = ""
 			again, err := v.DecodeBody(stored)
 			if err != nil {
 				t.Fatalf("stored form %s does not decode: %v", stored, err)
@@ -89,4 +94,13 @@ func roundTripForm(ev events.SNEvent) events.SNEvent {
 		ev.Record = nil
 	}
 	return ev
+}
+
+func mustMarshal(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	return b
 }

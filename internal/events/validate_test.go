@@ -220,3 +220,21 @@ func TestMsgIDAndSubjects(t *testing.T) {
 		t.Error("ParseSubject accepted two tokens")
 	}
 }
+
+func TestAppendStored_SameBytesAsEncodingJSON(t *testing.T) {
+	for _, ev := range []events.SNEvent{
+		{Table: "incident", SysID: strings.Repeat("a", 32), Action: "update", SysModCount: 4, SysUpdatedOn: "2026-11-28 10:00:00"},
+		{Instance: "dev1", Table: "incident", SysID: strings.Repeat("b", 32), Action: "insert", SysModCount: 0, SysUpdatedOn: "2026-11-28 10:00:00",
+			SysUpdatedBy: "beth", Changed: []string{"state", "<b>&"}, Source: "webhook",
+			Record: events.Fields{"z": "1", "a": "x\ny\t\"q\" \\ <&> \u2028\u2029 \x01\x7f é \xff\xfe", "": "", "B": "\b\f\r"}},
+		{Table: "incident", SysID: strings.Repeat("c", 32), Action: "delete", SysModCount: 9, SysUpdatedOn: "x", Record: events.Fields{}, Changed: []string{}},
+	} {
+		want, err := json.Marshal(&ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := events.AppendStored(nil, &ev); string(got) != string(want) {
+			t.Errorf("AppendStored:\n got %s\nwant %s", got, want)
+		}
+	}
+}
