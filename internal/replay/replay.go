@@ -164,23 +164,46 @@ func Run(ctx context.Context, js jetstream.JetStream, sel Selection, h Handler, 
 	if err := sel.Validate(); err != nil {
 		return sum, err
 	}
+	cons, last, err := openWindow(ctx, js, sel)
+	if err != nil {
+		return sum, err
+	}
+	if cons == nil {
+		sum.Duration = time.Since(start)
+		return sum, nil
+	}
+	r := &replayer{sel: sel, h: h, opts: opts, last: last, total: -1, sum: &sum}
+	if err := r.readAll(ctx, cons); err != nil {
+		return sum, err
+	}
+	sum.Duration = time.Since(start)
+	if err := ctx.Err(); err != nil {
+		return sum, err
+	}
+	if len(r.errs) > 0 {
+		return sum, fmt.Errorf("%d of %d messages failed; first: %w", len(r.errs), sum.Selected, r.errs[0])
+	}
+	return sum, nil
+}
+
+// openWindow opens an ordered consumer on the selection's start and says
+// the last sequence to replay: what is stored now (what arrives meanwhile
+// goes to the live consumers anyway). A nil consumer: nothing to replay.
+func openWindow(ctx context.Context, js jetstream.JetStream, sel Selection) (jetstream.Consumer, uint64, error) {
 	st, err := js.Stream(ctx, sel.Stream)
 	if err != nil {
-		return sum, fmt.Errorf("stream %s: %w", sel.Stream, err)
+		return nil, 0, fmt.Errorf("stream %s: %w", sel.Stream, err)
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		return sum, fmt.Errorf("stream %s: %w", sel.Stream, err)
+		return nil, 0, fmt.Errorf("stream %s: %w", sel.Stream, err)
 	}
-	// Replay what is stored now; what arrives meanwhile goes to the live
-	// consumers anyway.
 	last := info.State.LastSeq
 	if sel.ToSeq != 0 && sel.ToSeq < last {
 		last = sel.ToSeq
 	}
 	if info.State.Msgs == 0 || last < max(sel.FromSeq, info.State.FirstSeq) {
-		sum.Duration = time.Since(start)
-		return sum, nil
+		return nil, last, nil
 	}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{sel.filter()}, InactiveThreshold: time.Minute}
 	switch {
@@ -194,59 +217,45 @@ func Run(ctx context.Context, js jetstream.JetStream, sel Selection, h Handler, 
 	}
 	cons, err := st.OrderedConsumer(ctx, cfg)
 	if err != nil {
-		return sum, fmt.Errorf("ordered consumer on %s: %w", sel.Stream, err)
+		return nil, 0, fmt.Errorf("ordered consumer on %s: %w", sel.Stream, err)
 	}
-	done, total := 0, -1
-	var errs []error
+	return cons, last, nil
+}
+
+// replayer is one replay's progress through its window.
+type replayer struct {
+	sel   Selection
+	h     Handler
+	opts  Options
+	last  uint64 // the window's last sequence
+	done  int    // messages read in the window
+	total int    // messages in the window; -1 until the first is read
+	errs  []error
+	sum   *Summary
+}
+
+// readAll reads the window in batches until its end.
+func (r *replayer) readAll(ctx context.Context, cons jetstream.Consumer) error {
 	empty := 0
 	for ctx.Err() == nil {
 		// Everything up to last is stored: take what is there, and wait a
 		// little only when an answer comes back empty before the end.
 		var batch jetstream.MessageBatch
+		var err error
 		if empty == 0 {
 			batch, err = cons.FetchNoWait(128)
 		} else {
 			batch, err = cons.Fetch(128, jetstream.FetchMaxWait(time.Second))
 		}
 		if err != nil {
-			return sum, fmt.Errorf("read %s: %w", sel.Stream, err)
+			return fmt.Errorf("read %s: %w", r.sel.Stream, err)
 		}
-		n, finished := 0, false
-		for msg := range batch.Messages() {
-			n++
-			meta, err := msg.Metadata()
-			if err != nil {
-				return sum, err
-			}
-			seq := meta.Sequence.Stream
-			if seq > last || (!sel.Until.IsZero() && meta.Timestamp.After(sel.Until)) {
-				finished = true
-				continue // drain the batch; nothing past the window is replayed
-			}
-			if total < 0 {
-				total = int(min(meta.NumPending, last-seq)) + 1
-			}
-			done++
-			if seq == last || meta.NumPending == 0 {
-				finished = true
-			}
-			if !sel.matches(msg.Data()) {
-				progress(opts, done, total)
-				continue
-			}
-			m := Message{Seq: seq, Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data(), Time: meta.Timestamp}
-			item, err := one(ctx, h, m, opts, &sum)
-			sum.Items = append(sum.Items, item)
-			if err != nil {
-				errs = append(errs, err)
-			}
-			progress(opts, done, total)
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-			return sum, fmt.Errorf("read %s: %w", sel.Stream, err)
+		n, finished, err := r.batch(ctx, batch)
+		if err != nil {
+			return err
 		}
 		if finished || (n == 0 && empty > 0) {
-			break
+			return nil
 		}
 		if n == 0 {
 			empty++
@@ -254,14 +263,46 @@ func Run(ctx context.Context, js jetstream.JetStream, sel Selection, h Handler, 
 			empty = 0
 		}
 	}
-	sum.Duration = time.Since(start)
-	if err := ctx.Err(); err != nil {
-		return sum, err
+	return nil
+}
+
+// batch replays the selected messages of one batch; finished says the
+// window's end was reached.
+func (r *replayer) batch(ctx context.Context, batch jetstream.MessageBatch) (n int, finished bool, err error) {
+	for msg := range batch.Messages() {
+		n++
+		meta, err := msg.Metadata()
+		if err != nil {
+			return n, finished, err
+		}
+		seq := meta.Sequence.Stream
+		if seq > r.last || (!r.sel.Until.IsZero() && meta.Timestamp.After(r.sel.Until)) {
+			finished = true
+			continue // drain the batch; nothing past the window is replayed
+		}
+		if r.total < 0 {
+			r.total = int(min(meta.NumPending, r.last-seq)) + 1
+		}
+		r.done++
+		if seq == r.last || meta.NumPending == 0 {
+			finished = true
+		}
+		if !r.sel.matches(msg.Data()) {
+			progress(r.opts, r.done, r.total)
+			continue
+		}
+		m := Message{Seq: seq, Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data(), Time: meta.Timestamp}
+		item, err := one(ctx, r.h, m, r.opts, r.sum)
+		r.sum.Items = append(r.sum.Items, item)
+		if err != nil {
+			r.errs = append(r.errs, err)
+		}
+		progress(r.opts, r.done, r.total)
 	}
-	if len(errs) > 0 {
-		return sum, fmt.Errorf("%d of %d messages failed; first: %w", len(errs), sum.Selected, errs[0])
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+		return n, finished, fmt.Errorf("read %s: %w", r.sel.Stream, err)
 	}
-	return sum, nil
+	return n, finished, nil
 }
 
 func progress(opts Options, done, total int) {
