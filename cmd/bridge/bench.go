@@ -57,7 +57,8 @@ directory, the ServiceNow simulator, the bridge wired as bridge dev wires it).
   ingest      signed webhooks -> 202 with --clients concurrent senders, next to
               a minimal forwarder (read the body, one JetStream publish with the
               webhook id as Nats-Msg-Id, 202; no verification, no validation) on
-              the same server at the same concurrency: the ratio bridge/forwarder
+              the same server at the same concurrency, in alternating turns of
+              a second for --duration each: the ratio bridge/forwarder
   apply       ServiceNow change -> bridge.apply message, p50/p99 at --rate
               changes/s; the simulator's own part (change -> webhook arriving)
               is measured per change in the same run and subtracted
@@ -409,8 +410,29 @@ func (b *bencher) ingest(ctx context.Context) (*ingestReport, error) {
 	defer st.close()
 	sample, _ := events.EncodeWebhookBody(benchEvent(0, 0))
 	rep := &ingestReport{Clients: b.o.clients, BodyBytes: len(sample)}
-	rep.Forwarder = b.sendPhase(ctx, "forwarder", st.forwarder, st.secret, 1, b.o.clients, b.o.duration, nil)
-	rep.Bridge = b.sendPhase(ctx, "bridge", st.receiver, st.secret, 2, b.o.clients, b.o.duration, nil)
+	// Turns of at most a second each, alternating which goes first: the
+	// load of a shared machine drifts, and both see the same drift.
+	fwd, brg := newSender(st.forwarder, st.secret, 1, b.o.clients), newSender(st.receiver, st.secret, 2, b.o.clients)
+	defer fwd.tr.CloseIdleConnections()
+	defer brg.tr.CloseIdleConnections()
+	turn := min(time.Second, b.o.duration)
+	tick, done := b.bar(2*b.o.duration, "ingest: forwarder and bridge in turns")
+	stopTick := ticker(tick)
+	for i := 0; time.Duration(i)*turn < b.o.duration && ctx.Err() == nil; i++ {
+		d := min(turn, b.o.duration-time.Duration(i)*turn)
+		first, second := fwd, brg
+		if i%2 == 1 {
+			first, second = brg, fwd
+		}
+		first.run(ctx, d)
+		second.run(ctx, d)
+	}
+	stopTick()
+	done()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rep.Forwarder, rep.Bridge = fwd.report(), brg.report()
 	if rep.Forwarder.PerSecond == 0 || rep.Bridge.PerSecond == 0 {
 		return rep, fmt.Errorf("no request succeeded (forwarder %d, bridge %d failures): is the machine out of ports or memory?",
 			rep.Forwarder.Failures, rep.Bridge.Failures)
@@ -419,49 +441,77 @@ func (b *bencher) ingest(ctx context.Context) (*ingestReport, error) {
 	return rep, nil
 }
 
-// sendPhase posts signed ~1 KiB webhooks from clients goroutines for d;
-// each event is new (phase and a sequence make its sys_id). progress, when
-// set, is called with each success.
-func (b *bencher) sendPhase(ctx context.Context, name, url string, secret webhook.Secret, phase int, clients int, d time.Duration,
-	progress func()) phaseReport {
+// sender posts signed ~1 KiB webhooks to one URL from clients goroutines;
+// each event is new (phase and a sequence make its sys_id).
+type sender struct {
+	url     string
+	secret  webhook.Secret
+	phase   int
+	clients int
+	tr      *http.Transport
+	client  *http.Client
+	seq     atomic.Int64
+
+	lat      []time.Duration // of every success so far
+	failures int64
+	elapsed  time.Duration
+}
+
+func newSender(url string, secret webhook.Secret, phase, clients int) *sender {
 	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	var seq, failures atomic.Int64
-	lat := make([][]time.Duration, clients)
-	tick, done := b.bar(d, name)
-	stopTick := ticker(tick)
+	return &sender{url: url, secret: secret, phase: phase, clients: clients, tr: tr,
+		client: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+}
+
+// run sends for d and adds the outcome to the sender's totals.
+func (s *sender) run(ctx context.Context, d time.Duration) {
+	var failures atomic.Int64
+	lat := make([][]time.Duration, s.clients)
 	deadline := time.Now().Add(d)
 	start := time.Now()
 	var wg sync.WaitGroup
-	for c := range clients {
+	for c := range s.clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(deadline) && ctx.Err() == nil {
 				t0 := time.Now()
-				if err := postWebhook(ctx, client, url, secret, benchEvent(phase, seq.Add(1))); err != nil {
+				if err := postWebhook(ctx, s.client, s.url, s.secret, benchEvent(s.phase, s.seq.Add(1))); err != nil {
 					failures.Add(1)
 					continue
 				}
 				lat[c] = append(lat[c], time.Since(t0))
-				if progress != nil {
-					progress()
-				}
 			}
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	s.elapsed += time.Since(start)
+	s.failures += failures.Load()
+	for _, l := range lat {
+		s.lat = append(s.lat, l...)
+	}
+}
+
+func (s *sender) report() phaseReport {
+	slices.Sort(s.lat)
+	secs := s.elapsed.Seconds()
+	if secs == 0 {
+		secs = 1
+	}
+	return phaseReport{Requests: int64(len(s.lat)), Failures: s.failures, Seconds: round2(s.elapsed.Seconds()),
+		PerSecond: round2(float64(len(s.lat)) / secs), P50ms: ms(quantile(s.lat, 0.50)), P99ms: ms(quantile(s.lat, 0.99))}
+}
+
+// sendPhase is one sender for d with a progress bar.
+func (b *bencher) sendPhase(ctx context.Context, name, url string, secret webhook.Secret, phase int, clients int, d time.Duration) phaseReport {
+	s := newSender(url, secret, phase, clients)
+	defer s.tr.CloseIdleConnections()
+	tick, done := b.bar(d, name)
+	stopTick := ticker(tick)
+	s.run(ctx, d)
 	stopTick()
 	done()
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
-	slices.Sort(all)
-	return phaseReport{Requests: int64(len(all)), Failures: failures.Load(), Seconds: round2(elapsed.Seconds()),
-		PerSecond: round2(float64(len(all)) / elapsed.Seconds()), P50ms: ms(quantile(all, 0.50)), P99ms: ms(quantile(all, 0.99))}
+	return s.report()
 }
 
 // postWebhook sends ev as a business rule would and wants a 202.
@@ -835,9 +885,20 @@ func (b *bencher) applyLag(ctx context.Context) (*applyLagReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	cons, err := stream.Consumer(ctx, "apply")
-	if err != nil {
-		return nil, fmt.Errorf("the apply consumer: %w", err)
+	// The apply pipeline creates its consumer as it starts.
+	var cons jetstream.Consumer
+	for wait := time.Now().Add(10 * time.Second); ; {
+		if cons, err = stream.Consumer(ctx, "apply"); err == nil {
+			break
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) || time.Now().After(wait) {
+			return nil, fmt.Errorf("the apply consumer: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	state := func() (stored, applied uint64, err error) {
 		ci, err := cons.Info(ctx)
@@ -873,7 +934,7 @@ func (b *bencher) applyLag(ctx context.Context) (*applyLagReport, error) {
 			}
 		}
 	}()
-	ph := b.sendPhase(ctx, "lag", st.bridge+inbound.Path, st.secret, 3, b.o.clients, b.o.duration, nil)
+	ph := b.sendPhase(ctx, "lag", st.bridge+inbound.Path, st.secret, 3, b.o.clients, b.o.duration)
 	close(sampleDone)
 	sampler.Wait()
 	stored, applied, err := state()
