@@ -204,8 +204,8 @@ func writebackConfig(cfg config.Config, log *slog.Logger, reg prometheus.Registe
 	}
 }
 
-// applyWorkers is the apply pipeline's worker count; the HTTP applier's
-// connection pool is sized to it.
+// applyWorkers is the results delivery's worker count (the apply
+// pipeline's is apply.DefaultWorkers of its applier).
 const applyWorkers = 4
 
 // newApply builds the apply pipeline with the configured applier over the
@@ -218,7 +218,7 @@ func (b *bridge) newApply(js jetstream.JetStream, link apply.LinkWriter, reg pro
 	return apply.New(apply.Config{
 		JS: js, Applier: applier, Mapping: b.mapping, States: b.states, Links: b.links,
 		LinkWriter: link, Applied: b.echoes,
-		Tuning: consume.Tuning{Workers: applyWorkers},
+		Tuning: consume.Tuning{Workers: apply.DefaultWorkers(applier)},
 		Logger: b.log, Registerer: reg,
 	})
 }
@@ -238,7 +238,7 @@ func newApplier(cfg config.Config, js jetstream.JetStream) (apply.Applier, error
 	if err != nil {
 		return nil, err
 	}
-	return apply.NewHTTPApplier(cfg.ApplyURL, secret, 0, applyWorkers), nil
+	return apply.NewHTTPApplier(cfg.ApplyURL, secret, 0, apply.DefaultHTTPWorkers), nil
 }
 
 // applySecret is the secret signing what the bridge POSTs to the app:
