@@ -1,6 +1,7 @@
 package events
 
 import (
+	"encoding/json"
 	"slices"
 	"strconv"
 	"unicode/utf8"
@@ -70,9 +71,21 @@ func AppendStored(b []byte, e *SNEvent) []byte {
 	return append(b, '}')
 }
 
+// invalidUTF8 is how this Go release's encoding/json writes a byte that is
+// not UTF-8: "\ufffd" up to Go 1.26, the replacement character itself
+// from 1.27 on. The stored form stays byte-identical to json.Marshal's
+// whichever release builds the bridge.
+var invalidUTF8 = func() string {
+	q, err := json.Marshal("\xff")
+	if err != nil || len(q) < 2 {
+		return `\ufffd`
+	}
+	return string(q[1 : len(q)-1])
+}()
+
 // appendGoString quotes s as encoding/json does (HTML-safe): '<', '>', '&',
 // U+2028 and U+2029 as \u escapes, \b \f \n \r \t short, other control
-// characters as \u00xx, invalid UTF-8 as \ufffd. (Not JSON.stringify's
+// characters as \u00xx, invalid UTF-8 as json.Marshal writes it (invalidUTF8). (Not JSON.stringify's
 // rules: those are appendJSString's, for webhook bodies.)
 func appendGoString(b []byte, s string) []byte {
 	b = append(b, '"')
@@ -108,7 +121,7 @@ func appendGoString(b []byte, s string) []byte {
 		r, size := utf8.DecodeRuneInString(s[i:])
 		if r == utf8.RuneError && size == 1 {
 			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
+			b = append(b, invalidUTF8...)
 			i++
 			start = i
 			continue

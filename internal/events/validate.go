@@ -219,6 +219,10 @@ func (v *Validator) DecodeBody(body []byte) ([]SNEvent, error) {
 type wireEvent struct {
 	SNEvent
 	SysModCount json.RawMessage `json:"sys_mod_count"`
+	// Record is decoded on its own, so its problems name "record" whatever
+	// path context the JSON package does or does not add to an error an
+	// UnmarshalJSON method returns (it differs between Go releases).
+	Record json.RawMessage `json:"record"`
 }
 
 // decodeOne decodes raw into e. An error is a *ShapeError (400); problems
@@ -245,6 +249,9 @@ func decodeOne(raw json.RawMessage, e *SNEvent, prefix string) ([]Problem, error
 		}
 	}
 	if err == nil {
+		if rp := decodeRecord(w.Record, e, prefix); rp != nil {
+			return append(problems, *rp), errPartial
+		}
 		return problems, nil
 	}
 	var fe *FieldValueError
@@ -268,6 +275,50 @@ func decodeOne(raw json.RawMessage, e *SNEvent, prefix string) ([]Problem, error
 }
 
 var errPartial = errors.New("partially decoded")
+
+// decodeRecord decodes the event's record into e.Record; a problem names
+// the record, or the key of the value that is wrong.
+func decodeRecord(raw json.RawMessage, e *SNEvent, prefix string) *Problem {
+	if len(raw) == 0 {
+		return nil
+	}
+	var rec Fields
+	err := rec.UnmarshalJSON(raw)
+	if err == nil {
+		e.Record = rec
+		return nil
+	}
+	var fe *FieldValueError
+	if errors.As(err, &fe) {
+		return &Problem{Field: prefix + "record." + fe.Key, Message: "must be a string, number, boolean, null or an object with \"value\": " + fe.Err.Error()}
+	}
+	if kind := jsonKind(raw); kind != "object" {
+		return &Problem{Field: prefix + "record", Message: "must be a JSON object, got " + kind}
+	}
+	return &Problem{Field: prefix + "record", Message: err.Error()}
+}
+
+// jsonKind names the kind of a JSON value by its first byte.
+func jsonKind(raw json.RawMessage) string {
+	for _, c := range raw {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '{':
+			return "object"
+		case '[':
+			return "array"
+		case '"':
+			return "string"
+		case 't', 'f':
+			return "bool"
+		case 'n':
+			return "null"
+		}
+		return "number"
+	}
+	return "empty"
+}
 
 func kindName(t reflect.Type) string {
 	switch t.Kind() {
