@@ -80,6 +80,17 @@ type Config struct {
 	Handler  Handler
 	Tuning
 
+	// NoDeadLetters is for a consumer without a dead-letter stream: a
+	// message the engine would dead-letter is terminated (JetStream Term,
+	// with a fixed reason: no handler error leaves the process) and logged.
+	// Observer.DeadLettered is still called before the Term.
+	NoDeadLetters bool
+	// PriorityGroup names the priority group the pulls ask in, for a
+	// Consumer with PriorityGroups. With PriorityPolicyPinned the engine
+	// releases its pin when it stops, so a standby takes over at once
+	// instead of after the consumer's PinnedTTL.
+	PriorityGroup string
+
 	Logger  *slog.Logger
 	Metrics Metrics
 }
@@ -190,6 +201,8 @@ type Engine struct {
 	admitting jetstream.Msg
 	pulled    chan struct{} // the backlog grew
 
+	pinID atomic.Pointer[string] // the pin JetStream gave this engine, if any
+
 	pausedUntil atomic.Int64 // unix ns
 	pauses      atomic.Int64 // pauses begun, so a pull knows a pause drained it
 	drainPull   atomic.Pointer[func()]
@@ -271,7 +284,34 @@ func (e *Engine) Run(ctx context.Context) error {
 	workers.Wait()
 	close(beat) // after the workers: a handler finishing after the stop stays owned
 	beating.Wait()
+	e.unpin()
 	return nil
+}
+
+// unpin releases the consumer's pin at stop when this engine holds it.
+func (e *Engine) unpin() {
+	pin := e.pinID.Load()
+	if pin == nil || e.cfg.PriorityGroup == "" || e.cfg.Consumer.PriorityPolicy != jetstream.PriorityPolicyPinned {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	cons, err := e.js().Consumer(ctx, e.cfg.Stream, e.cfg.Consumer.Durable)
+	if err != nil {
+		return
+	}
+	for _, g := range cons.CachedInfo().PriorityGroups {
+		if g.Group != e.cfg.PriorityGroup || g.PinnedClientID != *pin {
+			continue
+		}
+		s, err := e.js().Stream(ctx, e.cfg.Stream)
+		if err == nil {
+			err = s.UnpinConsumer(ctx, e.cfg.Consumer.Durable, e.cfg.PriorityGroup)
+		}
+		if err != nil {
+			e.log.Debug("unpin at stop failed; a standby takes over after the pinned TTL", "consumer", e.cfg.Consumer.Durable, "err", err)
+		}
+	}
 }
 
 func (e *Engine) js() jetstream.JetStream { return e.cfg.JS }
@@ -305,7 +345,11 @@ func (e *Engine) fetch(ctx context.Context, cons jetstream.Consumer) {
 // pull runs one pull subscription until ctx ends or a pause starts (nil),
 // or it fails.
 func (e *Engine) pull(ctx context.Context, cons jetstream.Consumer) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(e.cfg.Batch))
+	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(e.cfg.Batch)}
+	if e.cfg.PriorityGroup != "" {
+		opts = append(opts, jetstream.PullPriorityGroup(e.cfg.PriorityGroup))
+	}
+	it, err := cons.Messages(opts...)
 	if err != nil {
 		return fmt.Errorf("pull from %s: %w", e.cfg.Stream, err)
 	}
@@ -334,6 +378,13 @@ func (e *Engine) pull(ctx context.Context, cons jetstream.Consumer) error {
 		if ctx.Err() != nil {
 			_ = msg.Nak() // drained after the stop: redelivered to whoever runs next
 			continue
+		}
+		if e.cfg.PriorityGroup != "" {
+			if pin := msg.Headers().Get(pinHeader); pin != "" {
+				if cur := e.pinID.Load(); cur == nil || *cur != pin {
+					e.pinID.Store(&pin)
+				}
+			}
 		}
 		e.mu.Lock()
 		e.backlog = append(e.backlog, msg)
@@ -568,20 +619,25 @@ func (e *Engine) countRetry(reason string) {
 	}
 }
 
-// retryDelay is the wait before the next delivery: the peer's Retry-After
+func (e *Engine) retryDelay(delivered uint64, retryAfter time.Duration) time.Duration {
+	return RetryDelay(e.cfg.RetryBase, e.cfg.RetryMax, delivered, retryAfter)
+}
+
+// RetryDelay is the wait before the next attempt: the peer's Retry-After
 // when it gave one (never earlier, with up to a tenth more so that many
 // retries do not land at once), else between half and all of
-// RetryBase*2^(delivered-1); both capped at RetryMax.
-func (e *Engine) retryDelay(delivered uint64, retryAfter time.Duration) time.Duration {
+// base*2^(delivered-1); both capped at maxDelay. Exported for a consumer
+// that retries in place (an ordered consumer cannot hand a message back).
+func RetryDelay(base, maxDelay time.Duration, delivered uint64, retryAfter time.Duration) time.Duration {
 	if retryAfter > 0 {
-		d := min(retryAfter, e.cfg.RetryMax)
+		d := min(retryAfter, maxDelay)
 		return d + rand.N(d/10+1)
 	}
-	d := e.cfg.RetryBase
-	for i := uint64(1); i < delivered && d < e.cfg.RetryMax; i++ {
+	d := base
+	for i := uint64(1); i < delivered && d < maxDelay; i++ {
 		d *= 2
 	}
-	d = min(d, e.cfg.RetryMax)
+	d = min(d, maxDelay)
 	return d/2 + rand.N(d/2+1)
 }
 
@@ -595,6 +651,9 @@ func (e *Engine) pauseDelay(left time.Duration) time.Duration {
 // it. It returns false when the dead letter could not be stored: the
 // message is not terminated and the caller hands it back.
 func (e *Engine) deadLetter(it item, d Decision, cause error) bool {
+	if e.cfg.NoDeadLetters {
+		return e.terminate(it, d, cause)
+	}
 	out := dlq.NewMessage(e.cfg.Pipeline, it.msg, it.meta, dlq.Failure{Reason: cause.Error(), Status: d.Status, Hint: d.Hint, Response: d.Response})
 	pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -618,6 +677,28 @@ func (e *Engine) deadLetter(it item, d Decision, cause error) bool {
 		"status", d.Status, "reason", cause.Error(), "hint", d.Hint)
 	if err := it.msg.Term(); err != nil {
 		e.log.Warn("term failed; the message will be redelivered and dead-lettered again under the same id", "seq", it.meta.Sequence.Stream, "err", err)
+	}
+	return true
+}
+
+// terminate ends a message for good without a dead letter (NoDeadLetters).
+// It returns false when the handler's Observer could not finish it: the
+// message is not terminated and the caller hands it back.
+func (e *Engine) terminate(it item, d Decision, cause error) bool {
+	if o, ok := e.cfg.Handler.(Observer); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := o.DeadLettered(ctx, it.msg, it.meta, d, cause)
+		cancel()
+		if err != nil {
+			e.log.Error("message refused for good but its handler could not finish it; the message stays in its stream for a retry",
+				"subject", it.msg.Subject(), "seq", it.meta.Sequence.Stream, "err", err)
+			return false
+		}
+	}
+	e.log.Error("message refused for good; terminated (no retry can change it)", "subject", it.msg.Subject(), "seq", it.meta.Sequence.Stream, "key", it.key,
+		"reason", cause.Error(), "hint", d.Hint)
+	if err := it.msg.TermWithReason(e.cfg.Pipeline + ": the handler refused the message for good"); err != nil {
+		e.log.Warn("term failed; the message will be redelivered and refused again", "seq", it.meta.Sequence.Stream, "err", err)
 	}
 	return true
 }
@@ -685,6 +766,9 @@ func (e *Engine) heartbeat(stop <-chan struct{}) {
 		e.mu.Unlock()
 	}
 }
+
+// pinHeader carries the pin id of a pinned priority group's pulls.
+const pinHeader = "Nats-Pin-Id"
 
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)

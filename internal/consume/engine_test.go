@@ -377,12 +377,7 @@ func TestEngine_PermanentErrorIsExactlyOneDeadLetter(t *testing.T) {
 	h.waitDone(10 * time.Second)
 	time.Sleep(300 * time.Millisecond) // a redelivery would come by now (RetryMax 200 ms)
 
-	for _, seq := range []uint64{bad, good} {
-		n, ok := calls.Load(seq)
-		if !ok || n.(*atomic.Int32).Load() != 1 {
-			t.Errorf("message %d handled %v times, want once", seq, n)
-		}
-	}
+	handledOnce(t, &calls, bad, good)
 	dl := h.deadLetters()
 	if len(dl) != 1 {
 		t.Fatalf("BRIDGE_DLQ holds %d messages, want exactly 1", len(dl))

@@ -140,22 +140,22 @@ func (c *Client) Consume(ctx context.Context, h ApplyHandler, opts ConsumeOption
 		return err
 	}
 	store, log := opts.Store, opts.Logger
-	e := &engine[*ApplyMessage]{
-		js:       c.js,
-		stream:   wire.StreamApply,
-		consumer: durableConfig(opts.Durable, "nowbridge SDK: ServiceNow changes applied to the app", filters, opts.Workers, opts.AckWait, opts.Takeover),
-		decode:   decodeApply,
-		describe: func(m *ApplyMessage) []any {
-			return []any{"subject", m.Subject(), "msg_id", m.MsgID, "external_id", m.ExternalID, "sys_id", m.SysID, "version", m.Version}
+	return durableConsumer[*ApplyMessage]{
+		js: c, stream: wire.StreamApply, name: opts.Durable, filters: filters,
+		desc:    "nowbridge SDK: ServiceNow changes applied to the app",
+		workers: opts.Workers, ackWait: opts.AckWait, takeover: opts.Takeover,
+		retryBase: opts.RetryBase, retryMax: opts.RetryMax,
+		h: &handler[*ApplyMessage]{
+			decode: decodeApply,
+			describe: func(m *ApplyMessage) []any {
+				return []any{"subject", m.Subject(), "msg_id", m.MsgID, "external_id", m.ExternalID, "sys_id", m.SysID, "version", m.Version}
+			},
+			handle: func(ctx context.Context, m *ApplyMessage) error {
+				return guarded(ctx, store, log, m, h)
+			},
+			log: log,
 		},
-		handle: func(ctx context.Context, m *ApplyMessage) error {
-			return guarded(ctx, store, log, m, h)
-		},
-		workers: opts.Workers, batch: batchSize(opts.Workers),
-		ackWait: opts.AckWait, retryBase: opts.RetryBase, retryMax: opts.RetryMax,
-		log: log,
-	}
-	return e.run(ctx)
+	}.run(ctx)
 }
 
 // guarded calls h unless the store holds a version of m's record at least
@@ -211,27 +211,4 @@ func subjectParts(subject, prefix string) (entity, last string, ok bool) {
 	}
 	entity, last, ok = strings.Cut(rest, ".")
 	return entity, last, ok && !strings.Contains(last, ".")
-}
-
-// batchSize is how many messages one pull asks for: enough to keep the
-// workers busy while a record's messages wait behind each other.
-func batchSize(workers int) int { return min(max(4*workers, 32), 512) }
-
-// durableConfig is the SDK's durable consumer: explicit acks, no server
-// BackOff (it would override NakWithDelay's delays), unlimited deliveries,
-// and one pinned instance at a time.
-func durableConfig(name, desc string, filters []string, workers int, ackWait, takeover time.Duration) jetstream.ConsumerConfig {
-	return jetstream.ConsumerConfig{
-		Durable:        name,
-		Description:    desc,
-		FilterSubjects: filters,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        ackWait,
-		MaxDeliver:     -1,
-		MaxAckPending:  4 * batchSize(workers),
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		PriorityPolicy: jetstream.PriorityPolicyPinned,
-		PriorityGroups: []string{pinGroup},
-		PinnedTTL:      takeover,
-	}
 }

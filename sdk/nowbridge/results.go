@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/sdk/wire"
 )
 
@@ -87,18 +88,13 @@ func (c *Client) Results(ctx context.Context, h ResultHandler, opts ResultsOptio
 	if err := checkDurable(durable); err != nil {
 		return err
 	}
-	e := &engine[*Result]{
-		js:       c.js,
-		stream:   wire.StreamResults,
-		consumer: durableConfig(durable, "nowbridge SDK: outcomes of the app's changes", filters, co.Workers, co.AckWait, co.Takeover),
-		decode:   decodeResult,
-		describe: describe,
-		handle:   h,
-		workers:  co.Workers, batch: batchSize(co.Workers),
-		ackWait: co.AckWait, retryBase: co.RetryBase, retryMax: co.RetryMax,
-		log: co.Logger,
-	}
-	return e.run(ctx)
+	return durableConsumer[*Result]{
+		js: c, stream: wire.StreamResults, name: durable, filters: filters,
+		desc:    "nowbridge SDK: outcomes of the app's changes",
+		workers: co.Workers, ackWait: co.AckWait, takeover: co.Takeover,
+		retryBase: co.RetryBase, retryMax: co.RetryMax,
+		h: &handler[*Result]{decode: decodeResult, describe: describe, handle: h, log: co.Logger},
+	}.run(ctx)
 }
 
 // followResults runs an ordered consumer: no acks, one handler at a time,
@@ -125,7 +121,7 @@ func (c *Client) followResults(ctx context.Context, h ResultHandler, filters []s
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	defer it.Stop()
-	e := &engine[*Result]{retryBase: o.RetryBase, retryMax: o.RetryMax, log: o.Logger, describe: describe, handle: h}
+	hd := &handler[*Result]{describe: describe, handle: h, log: o.Logger}
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -143,7 +139,7 @@ func (c *Client) followResults(ctx context.Context, h ResultHandler, filters []s
 			continue
 		}
 		for attempt := uint64(1); ctx.Err() == nil; attempt++ {
-			err := e.call(ctx, r)
+			err := hd.call(ctx, r)
 			if err == nil {
 				break
 			}
@@ -152,7 +148,10 @@ func (c *Client) followResults(ctx context.Context, h ResultHandler, filters []s
 				break
 			}
 			ra, given := retryAfterOf(err)
-			d := e.retryDelay(attempt, ra, given)
+			if given {
+				ra = max(ra, time.Nanosecond)
+			}
+			d := consume.RetryDelay(o.RetryBase, o.RetryMax, attempt, ra)
 			o.Logger.Warn("nowbridge: result handler failed; will retry", append(describe(r), "attempt", attempt, "retry_in", d, "err", err)...)
 			sleep(ctx, d)
 		}
