@@ -198,6 +198,7 @@ func writebackConfig(cfg config.Config, log *slog.Logger, reg prometheus.Registe
 		Policies:      policies,
 		BlindWrites:   cfg.WritebackBlind,
 		HandOverGrace: cfg.HandOverGrace,
+		AckWait:       cfg.WritebackAckWait,
 		InstanceURL:   cfg.SNInstanceURL, // the results' record links
 		Logger:        log,
 		Registerer:    reg,

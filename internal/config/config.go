@@ -79,6 +79,7 @@ type Config struct {
 	WritebackBlind       bool              // skip the read before each write
 	WritebackWorkers     int
 	HandOverGrace        time.Duration // app changes this soon after a hand-over are not claimed
+	WritebackAckWait     time.Duration // how long JetStream waits before handing an unacked change (a crashed bridge's) to another
 }
 
 // Default returns the documented defaults.
@@ -109,6 +110,7 @@ func Default() Config {
 		ConflictPolicy:     "newest_wins",
 		WritebackWorkers:   8,
 		HandOverGrace:      time.Second,
+		WritebackAckWait:   time.Minute,
 	}
 }
 

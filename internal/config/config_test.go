@@ -264,11 +264,11 @@ func TestLoad_WritebackSettings(t *testing.T) {
 		"BRIDGE_WRITEBACK_DELETE":  "delete",
 		"BRIDGE_CONFLICT_POLICIES": "state=servicenow_wins, short_description = saas_wins",
 		"BRIDGE_WRITEBACK_BLIND":   "true",
-	}, "--conflict-policy", "saas_wins", "--writeback-workers", "3")
+	}, "--conflict-policy", "saas_wins", "--writeback-workers", "3", "--writeback-ack-wait", "5s")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.WritebackDelete != "delete" || cfg.ConflictPolicy != "saas_wins" || !cfg.WritebackBlind || cfg.WritebackWorkers != 3 {
+	if cfg.WritebackDelete != "delete" || cfg.ConflictPolicy != "saas_wins" || !cfg.WritebackBlind || cfg.WritebackWorkers != 3 || cfg.WritebackAckWait != 5*time.Second {
 		t.Errorf("writeback settings not loaded: %+v", cfg)
 	}
 	if cfg.ConflictPolicies["state"] != "servicenow_wins" || cfg.ConflictPolicies["short_description"] != "saas_wins" {
@@ -280,6 +280,8 @@ func TestLoad_WritebackSettings(t *testing.T) {
 		{"BRIDGE_CONFLICT_POLICIES", "state=loudest_wins", "BRIDGE_CONFLICT_POLICIES: state=loudest_wins"},
 		{"BRIDGE_CONFLICT_POLICIES", "state", "BRIDGE_CONFLICT_POLICIES: want field=policy"},
 		{"BRIDGE_WRITEBACK_BLIND", "maybe", "BRIDGE_WRITEBACK_BLIND: not true or false"},
+		{"BRIDGE_WRITEBACK_ACK_WAIT", "4s", "BRIDGE_WRITEBACK_ACK_WAIT: must be at least 5s"},
+		{"BRIDGE_WRITEBACK_ACK_WAIT", "0s", "BRIDGE_WRITEBACK_ACK_WAIT: must be at least 5s"},
 	} {
 		_, err := load(t, map[string]string{bad.env: bad.val})
 		if err == nil || !strings.Contains(err.Error(), bad.want) {

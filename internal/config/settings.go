@@ -175,6 +175,8 @@ func writebackSettings() []Setting {
 			integer(func(c *Config) *int { return &c.WritebackWorkers })),
 		setting("writeback_handover_grace", "BRIDGE_WRITEBACK_HANDOVER_GRACE", "an app change stored this soon after the app was handed a version of the record may not include it: its write is not claimed as the app's own, so the app gets the result back (one extra message rather than a silent divergence)",
 			dur(func(c *Config) *time.Duration { return &c.HandOverGrace })),
+		setting("writeback_ack_wait", "BRIDGE_WRITEBACK_ACK_WAIT", "how long JetStream waits for the writeback to finish an app change before handing it to another bridge (or this one restarted) after a crash; a long write keeps its change with in-progress acks every third of it (at least 5s)",
+			dur(func(c *Config) *time.Duration { return &c.WritebackAckWait })),
 	}
 }
 

@@ -190,8 +190,13 @@ func (c *Config) validateResults(p *problems) {
 	}
 }
 
+// minWritebackAckWait is the shortest BRIDGE_WRITEBACK_ACK_WAIT: below it,
+// a change whose ServiceNow call is slow on a loaded host could be handed
+// to another bridge between two in-progress acks.
+const minWritebackAckWait = 5 * time.Second
+
 // validateWriteback checks the delete mode, the conflict policies, the
-// hand-over grace and the workers.
+// hand-over grace, the workers and the ack wait.
 func (c *Config) validateWriteback(p *problems) {
 	switch c.WritebackDelete {
 	case "", "resolve", "delete":
@@ -212,6 +217,10 @@ func (c *Config) validateWriteback(p *problems) {
 	}
 	if c.WritebackWorkers < 1 || c.WritebackWorkers > 256 {
 		p.add("BRIDGE_WRITEBACK_WORKERS: must be 1 to 256, got %d", c.WritebackWorkers)
+	}
+	if c.WritebackAckWait < minWritebackAckWait {
+		p.add("BRIDGE_WRITEBACK_ACK_WAIT: must be at least %s (a write in progress is kept with in-progress acks every third of it), got %s",
+			minWritebackAckWait, c.WritebackAckWait)
 	}
 }
 

@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"context"
 	"fmt"
 	"syscall"
 	"testing"
@@ -142,10 +143,18 @@ func TestWriteback_StormsWriteEveryChangeOnce(t *testing.T) {
 // JetStream redelivers both changes (after the writeback's ack wait), and
 // neither is written again. The create is found by its correlation_id
 // before any POST, the update finds ServiceNow already holding its values.
+//
+// The first bridge runs with the default ack wait (1m), the restarted one
+// with BRIDGE_WRITEBACK_ACK_WAIT=5s: the durable consumer is updated at
+// start, and the two changes handed out under the old wait come back by
+// the new one -- seconds after the restart, not a minute.
 func TestWriteback_KilledMidWriteNotDuplicated(t *testing.T) {
 	sn := newSNFront(t)
 	b := startBridge(t, "", sn.env())
 	a := connectApp(t, b.NATSURL)
+	if got := writebackAckWait(t, a); got != time.Minute {
+		t.Fatalf("the writeback consumer's ack wait is %s with the default settings, want 1m (BRIDGE_WRITEBACK_ACK_WAIT's default)", got)
+	}
 
 	// TCK-K2 exists and is linked before the kill.
 	a.publish("TCK-K2", 1, map[string]string{"title": "k2 before", "status": "new"})
@@ -183,17 +192,28 @@ func TestWriteback_KilledMidWriteNotDuplicated(t *testing.T) {
 		}
 	}
 	b.signal(syscall.SIGKILL)
+	killedAt := time.Now()
 	if code := b.wait(10 * time.Second); code != -int(syscall.SIGKILL) {
 		t.Fatalf("exit status %d, want killed", code)
 	}
 	sn.setKill(nil)
 	close(killed)
 
+	const ackWait = 5 * time.Second
+	env := sn.env()
+	env["BRIDGE_WRITEBACK_ACK_WAIT"] = ackWait.String()
+	b = startBridge(t, b.DataDir, env)
 	restarted := time.Now()
-	b = startBridge(t, b.DataDir, sn.env())
 	a = connectApp(t, b.NATSURL)
-	a.waitWritebackIdle(100 * time.Second) // the writeback's ack wait is 60 s
-	t.Logf("the changes in flight at the kill were handled %s after the restart", time.Since(restarted).Round(100*time.Millisecond))
+	// Redelivered ackWait after their delivery before the kill, then
+	// written (or found written): well within 45s on a loaded 2-core
+	// machine, and sooner than the old 1m wait could have.
+	a.waitWritebackIdle(45 * time.Second)
+	t.Logf("the changes in flight at the kill were handled %s after the kill, %s after the restarted bridge was serving (ack wait %s)",
+		time.Since(killedAt).Round(100*time.Millisecond), time.Since(restarted).Round(100*time.Millisecond), ackWait)
+	if got := writebackAckWait(t, a); got != ackWait {
+		t.Errorf("the writeback consumer's ack wait is %s after a restart with BRIDGE_WRITEBACK_ACK_WAIT=%s, want the consumer updated to it", got, ackWait)
+	}
 
 	k1 := sn.byCorrelation()["TCK-K1"]
 	if len(k1) != 1 {
@@ -223,5 +243,23 @@ func TestWriteback_KilledMidWriteNotDuplicated(t *testing.T) {
 	t.Logf("TCK-K1's result after the restart: %s (%s)", last.Outcome, last.Number)
 	if n := b.log.count(func(l logLine) bool { return l.Msg == "link restored from the link field" }); n != 1 {
 		t.Errorf("%d 'link restored from the link field' lines after the restart, want 1 (the create found by correlation_id)", n)
+	}
+}
+
+// writebackAckWait is the writeback consumer's ack wait as JetStream holds it.
+func writebackAckWait(t *testing.T, a *app) time.Duration {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := a.js.Consumer(ctx, events.StreamApp, "writeback")
+		cancel()
+		if err == nil {
+			return c.CachedInfo().Config.AckWait
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the writeback consumer: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
