@@ -64,6 +64,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		newStatusCmd(a),
 		newDoctorCmd(a),
 		newVersionCmd(a),
+		newHealthcheckCmd(a),
 		newBenchCmd(a),
 	)
 	markUsageErrors(root)
