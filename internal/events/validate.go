@@ -6,27 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"regexp"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/go-playground/validator/v10"
 )
 
 // MaxBatch is the largest array of events one webhook body may carry.
 const MaxBatch = 500
-
-var (
-	tableRe = regexp.MustCompile(`^[a-z][a-z0-9_]{0,79}$`)
-	sysIDRe = regexp.MustCompile(`^[0-9a-f]{32}$`)
-)
-
-// ValidTable reports whether s is a well-formed ServiceNow table name.
-func ValidTable(s string) bool { return tableRe.MatchString(s) }
-
-// ValidSysID reports whether s is 32 lowercase hex characters.
-func ValidSysID(s string) bool { return sysIDRe.MatchString(s) }
 
 // ErrEmptyBody, ErrNotJSON and ErrShape are decoding failures (HTTP 400).
 var (
@@ -87,10 +74,7 @@ func NewValidator(tables []string) *Validator {
 	})
 	must(v.RegisterValidation("sntable", func(fl validator.FieldLevel) bool { return ValidTable(fl.Field().String()) }))
 	must(v.RegisterValidation("sysid", func(fl validator.FieldLevel) bool { return ValidSysID(fl.Field().String()) }))
-	must(v.RegisterValidation("sntime", func(fl validator.FieldLevel) bool {
-		_, err := time.ParseInLocation(SNTimeLayout, fl.Field().String(), time.UTC)
-		return err == nil
-	}))
+	must(v.RegisterValidation("sntime", func(fl validator.FieldLevel) bool { return validSNTime(fl.Field().String()) }))
 	t := make(map[string]bool, len(tables))
 	for _, name := range tables {
 		t[name] = true
@@ -165,34 +149,79 @@ func message(fe validator.FieldError) string {
 // an error: *ShapeError / ErrNotJSON / ErrEmptyBody (400) or *ValidationError
 // (422) naming each bad field with its array index.
 func (v *Validator) DecodeBody(body []byte) ([]SNEvent, error) {
+	w, err := v.DecodeWebhook(body)
+	return w.Events, err
+}
+
+// Webhook is a decoded, validated webhook body.
+type Webhook struct {
+	Events []SNEvent
+	// verbatim is the body of its one event when those bytes can be stored
+	// as they are: read in full by the fast path, each key once, no source.
+	verbatim []byte
+}
+
+// AppendStored appends the stored form of Events[i], as the receiver stores
+// it (source "webhook"), to b: the sender's bytes with the source added
+// where the fast path read them in full, else AppendStored's encoding.
+// Both decode to the same event; the first costs a copy instead of an
+// encoding (sorting the record's keys, quoting every value).
+func (w *Webhook) AppendStored(b []byte, i int) []byte {
+	if w.verbatim != nil {
+		end := bytes.LastIndexByte(w.verbatim, '}')
+		b = append(b, w.verbatim[:end]...)
+		return append(b, `,"source":"`+SourceWebhook+`"}`...)
+	}
+	e := w.Events[i]
+	e.Source = SourceWebhook
+	return AppendStored(b, &e)
+}
+
+// DecodeWebhook is DecodeBody, keeping what AppendStored needs.
+func (v *Validator) DecodeWebhook(body []byte) (Webhook, error) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
-		return nil, ErrEmptyBody
+		return Webhook{}, ErrEmptyBody
+	}
+	if body[0] == '{' {
+		// The usual body: one event, read and checked without reflection.
+		var e SNEvent
+		if ok, verbatim := decodeFast(body, &e); ok && v.valid(&e) {
+			w := Webhook{Events: []SNEvent{e}}
+			if verbatim {
+				w.verbatim = body
+			}
+			return w, nil
+		}
 	}
 	if !json.Valid(body) {
-		return nil, ErrNotJSON
+		return Webhook{}, ErrNotJSON
 	}
 	var elems []json.RawMessage
 	array := body[0] == '['
 	switch body[0] {
 	case '[':
 		if err := json.Unmarshal(body, &elems); err != nil {
-			return nil, &ShapeError{Msg: err.Error()}
+			return Webhook{}, &ShapeError{Msg: err.Error()}
 		}
 		if len(elems) == 0 {
-			return nil, ErrEmptyBody
+			return Webhook{}, ErrEmptyBody
 		}
 		if len(elems) > MaxBatch {
-			return nil, &ShapeError{Msg: fmt.Sprintf("array holds %d events, at most %d allowed", len(elems), MaxBatch)}
+			return Webhook{}, &ShapeError{Msg: fmt.Sprintf("array holds %d events, at most %d allowed", len(elems), MaxBatch)}
 		}
 	case '{':
 		elems = []json.RawMessage{body}
 	default:
-		return nil, &ShapeError{Msg: "expected an event object or an array of events"}
+		return Webhook{}, &ShapeError{Msg: "expected an event object or an array of events"}
 	}
 	out := make([]SNEvent, len(elems))
 	var problems []Problem
 	for i, raw := range elems {
+		if ok, _ := decodeFast(raw, &out[i]); ok && v.valid(&out[i]) {
+			continue
+		}
+		out[i] = SNEvent{}
 		prefix := ""
 		if array {
 			prefix = fmt.Sprintf("[%d].", i)
@@ -203,14 +232,14 @@ func (v *Validator) DecodeBody(body []byte) ([]SNEvent, error) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return Webhook{}, err
 		}
 		problems = append(problems, v.Validate(&out[i], prefix)...)
 	}
 	if len(problems) > 0 {
-		return nil, &ValidationError{Problems: problems}
+		return Webhook{}, &ValidationError{Problems: problems}
 	}
-	return out, nil
+	return Webhook{Events: out}, nil
 }
 
 // wireEvent decodes an event in one pass with the count kept raw, so a bad

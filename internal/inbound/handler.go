@@ -60,7 +60,7 @@ func (r *Receiver) handleWebhook(c echo.Context) error {
 	if status, e := r.verify(c, body); status != 0 {
 		return fail(c, status, e.Error, e.Detail)
 	}
-	evs, err := r.validator.DecodeBody(body)
+	wh, err := r.validator.DecodeWebhook(body)
 	if err != nil {
 		var verr *events.ValidationError
 		if errors.As(err, &verr) {
@@ -68,16 +68,28 @@ func (r *Receiver) handleWebhook(c echo.Context) error {
 		}
 		return fail(c, http.StatusBadRequest, "malformed body", err.Error())
 	}
-	res, err := r.publish(req.Context(), evs)
+	res, err := r.publish(req.Context(), &wh, len(body))
 	if err != nil {
 		r.m.publishFailures.Inc()
-		r.log.Warn("webhook not stored: answering 503", "webhook_id", req.Header.Get(webhook.HeaderID), "events", len(evs),
+		r.log.Warn("webhook not stored: answering 503", "webhook_id", req.Header.Get(webhook.HeaderID), "events", len(wh.Events),
 			"client_ip", c.RealIP(), "err", err)
 		c.Response().Header().Set("Retry-After", r.retryAfter)
 		return fail(c, http.StatusServiceUnavailable, "event store unavailable",
 			"JetStream did not acknowledge every event; retry the whole body later (events already stored are de-duplicated)")
 	}
-	return c.JSON(http.StatusAccepted, res)
+	return c.JSONBlob(http.StatusAccepted, res.appendJSON(make([]byte, 0, 64)))
+}
+
+// appendJSON appends a's JSON form and a newline, as c.JSON writes it,
+// without encoding/json's reflection on every webhook.
+func (a Accepted) appendJSON(b []byte) []byte {
+	b = append(b, `{"accepted":`...)
+	b = strconv.AppendInt(b, int64(a.Accepted), 10)
+	b = append(b, `,"duplicates":`...)
+	b = strconv.AppendInt(b, int64(a.Duplicates), 10)
+	b = append(b, `,"echoes":`...)
+	b = strconv.AppendInt(b, int64(a.Echoes), 10)
+	return append(b, "}\n"...)
 }
 
 func isJSON(contentType string) bool {
@@ -142,14 +154,17 @@ func (r *Receiver) rejectSignature(c echo.Context, err error) (int, ErrorBody) {
 }
 
 // publish stores every event that is not an echo and waits for all acks.
-func (r *Receiver) publish(ctx context.Context, evs []events.SNEvent) (Accepted, error) {
+// bodySize (the webhook's) sizes the stored form's buffer.
+func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int) (Accepted, error) {
 	var res Accepted
 	if !r.nc.IsConnected() {
 		return res, fmt.Errorf("NATS is %s", r.nc.Status())
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
-	defer cancel()
+	// A timer rather than a context with a deadline: a third of the cost.
+	timeout := time.NewTimer(r.cfg.PublishTimeout)
+	defer timeout.Stop()
 	start := time.Now()
+	evs := wh.Events
 	futures := make([]jetstream.PubAckFuture, len(evs))
 	for i := range evs {
 		ev := &evs[i]
@@ -160,8 +175,7 @@ func (r *Receiver) publish(ctx context.Context, evs []events.SNEvent) (Accepted,
 			continue
 		}
 		ev.Source = events.SourceWebhook
-		// json.Marshal's bytes, without its reflection (events.AppendStored).
-		data := events.AppendStored(make([]byte, 0, 1024), ev)
+		data := wh.AppendStored(make([]byte, 0, bodySize/len(evs)+128), i)
 		// No Nats-Expected-Stream: JetStream stores every header with the
 		// message, and consumers that copy headers onto a republish (dead
 		// letters) would be refused; streams cannot overlap anyway.
@@ -197,8 +211,10 @@ func (r *Receiver) publish(ctx context.Context, evs []events.SNEvent) (Accepted,
 			}
 		case err := <-f.Err():
 			return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
+		case <-timeout.C:
+			return res, fmt.Errorf("publish %s: no ack within %s", ev.MsgID(), r.cfg.PublishTimeout)
 		case <-ctx.Done():
-			return res, fmt.Errorf("publish %s: no ack within %s: %w", ev.MsgID(), r.cfg.PublishTimeout, ctx.Err())
+			return res, fmt.Errorf("publish %s: %w", ev.MsgID(), ctx.Err())
 		}
 	}
 	r.m.publishSeconds.Observe(time.Since(start).Seconds())
@@ -294,7 +310,11 @@ func (r *Receiver) countRequests(next echo.HandlerFunc) echo.HandlerFunc {
 		if path == "" {
 			path = "unmatched"
 		}
-		r.m.requests.WithLabelValues(path, strconv.Itoa(c.Response().Status)).Inc()
+		if status := c.Response().Status; status == http.StatusAccepted && path == Path {
+			r.m.accepted.Inc() // the usual answer, without a label lookup
+		} else {
+			r.m.requests.WithLabelValues(path, strconv.Itoa(status)).Inc()
+		}
 		return nil
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 type metrics struct {
 	requests          *prometheus.CounterVec // by path, code
+	accepted          prometheus.Counter     // requests of the webhook path answered 202
 	published         *prometheus.CounterVec // by table
 	duplicates        *prometheus.CounterVec // by table
 	echoes            *prometheus.CounterVec // by table
@@ -75,5 +76,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, result := range events.SelfTestResults {
 		m.selfTests.WithLabelValues(result)
 	}
+	m.accepted = m.requests.WithLabelValues(Path, "202")
 	return m, nil
 }

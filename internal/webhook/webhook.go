@@ -9,10 +9,12 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nowbridge/nowbridge/internal/secret"
@@ -40,6 +42,13 @@ var (
 // Secret is a decoded signing key. Its String and LogValue never reveal it.
 type Secret struct {
 	key []byte
+	// macs holds keyed HMACs ready to reset and reuse: hmac.New derives
+	// the inner and outer keys anew, two hash blocks per webhook.
+	macs *sync.Pool
+}
+
+func newSecret(key []byte) Secret {
+	return Secret{key: key, macs: &sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
 }
 
 // ParseSecret decodes a "whsec_<base64>" secret. The prefix is optional so that
@@ -59,7 +68,7 @@ func ParseSecret(s string) (Secret, error) {
 	if len(key) < 16 {
 		return Secret{}, fmt.Errorf("%w (key shorter than 16 bytes)", ErrMalformedSecret)
 	}
-	return Secret{key: key}, nil
+	return newSecret(key), nil
 }
 
 // ParseSecrets parses a comma-separated list; the first signs, all verify.
@@ -79,7 +88,7 @@ func ParseSecrets(list string) ([]Secret, error) {
 }
 
 // NewSecret wraps raw key bytes (tests, generated secrets).
-func NewSecret(key []byte) Secret { return Secret{key: append([]byte(nil), key...)} }
+func NewSecret(key []byte) Secret { return newSecret(append([]byte(nil), key...)) }
 
 // Encoded returns the "whsec_..." form. Use only where the secret must be handed
 // to its owner (e.g. `bridge sim` printing its credentials), never in logs.
@@ -100,23 +109,26 @@ func (Secret) MarshalText() ([]byte, error) { return []byte(secret.Redacted), ni
 
 // Sign returns one "v1,<base64 mac>" signature entry.
 func Sign(s Secret, id string, ts int64, body []byte) string {
-	return "v1," + base64.StdEncoding.EncodeToString(mac(s.key, id, ts, body))
+	return "v1," + base64.StdEncoding.EncodeToString(s.mac(nil, id, strconv.FormatInt(ts, 10), body))
 }
 
-func mac(key []byte, id string, ts int64, body []byte) []byte {
-	return macRaw(key, id, strconv.FormatInt(ts, 10), body)
-}
-
-// macRaw signs the timestamp as the sender wrote it: the scheme signs the
-// header's bytes, not a re-rendering of its number.
-func macRaw(key []byte, id, ts string, body []byte) []byte {
-	h := hmac.New(sha256.New, key)
+// mac appends the signature of the timestamp as the sender wrote it (the
+// scheme signs the header's bytes, not a re-rendering of its number) to b.
+func (s Secret) mac(b []byte, id, ts string, body []byte) []byte {
+	var h hash.Hash
+	if s.macs != nil {
+		h = s.macs.Get().(hash.Hash)
+		defer s.macs.Put(h)
+		h.Reset()
+	} else {
+		h = hmac.New(sha256.New, s.key)
+	}
 	h.Write([]byte(id))
 	h.Write([]byte{'.'})
 	h.Write([]byte(ts))
 	h.Write([]byte{'.'})
 	h.Write(body)
-	return h.Sum(nil)
+	return h.Sum(b)
 }
 
 // SetHeaders signs body with the first secret and sets the three headers.
@@ -167,22 +179,28 @@ func (v *Verifier) Verify(id, timestamp, signature string, body []byte) error {
 	if skew > tol || skew < -tol {
 		return ErrTimestampSkew
 	}
+	var small [2][sha256.Size]byte
 	macs := make([][]byte, len(v.Secrets))
 	for i, s := range v.Secrets {
-		macs[i] = macRaw(s.key, id, timestamp, body)
+		var b []byte
+		if i < len(small) {
+			b = small[i][:0]
+		}
+		macs[i] = s.mac(b, id, timestamp, body)
 	}
 	matched := false
+	var got [sha256.Size + 3]byte
 	for _, entry := range strings.Fields(signature) {
 		version, sig, found := strings.Cut(entry, ",")
-		if !found || version != "v1" {
+		if !found || version != "v1" || base64.StdEncoding.DecodedLen(len(sig)) > len(got) {
 			continue
 		}
-		got, err := base64.StdEncoding.DecodeString(sig)
+		n, err := base64.StdEncoding.Decode(got[:], []byte(sig))
 		if err != nil {
 			continue
 		}
 		for _, m := range macs {
-			if hmac.Equal(got, m) { // constant-time comparison
+			if hmac.Equal(got[:n], m) { // constant-time comparison
 				matched = true
 			}
 		}

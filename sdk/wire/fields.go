@@ -8,6 +8,8 @@ import (
 	"maps"
 	"slices"
 	"unicode/utf8"
+
+	"github.com/nowbridge/nowbridge/internal/jsonscan"
 )
 
 // Fields holds record values as strings, the way ServiceNow renders them.
@@ -126,107 +128,15 @@ func FieldString(v json.RawMessage) (string, error) {
 }
 
 // plainObject decodes an object whose keys and values are all strings, the
-// usual ServiceNow record. ok is false for
-// anything else, valid or not, which then takes encoding/json. Keys and
-// values without escapes share one copy of b; a repeated key keeps its last value, as
-// encoding/json does.
+// usual ServiceNow record. ok is false for anything else, valid or not, which
+// then takes encoding/json. Keys and values without escapes share one copy of
+// b; a repeated key keeps its last value, as encoding/json does.
 func plainObject(b []byte) (Fields, bool) {
-	i := skipSpace(b, 0)
-	if i >= len(b) || b[i] != '{' {
+	out, next, ok := jsonscan.Object(b, string(b), jsonscan.Space(b, 0))
+	if !ok || jsonscan.Space(b, next) != len(b) {
 		return nil, false
 	}
-	// Count the members first: the map is sized once.
-	n := 0
-	for _, c := range b {
-		if c == ':' {
-			n++
-		}
-	}
-	all := string(b)
-	out := make(Fields, n)
-	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return out, skipSpace(b, i+1) == len(b)
-	}
-	for {
-		k, next, ok := plainAt(b, all, i)
-		if !ok {
-			return nil, false
-		}
-		i = skipSpace(b, next)
-		if i >= len(b) || b[i] != ':' {
-			return nil, false
-		}
-		v, next, ok := plainAt(b, all, skipSpace(b, i+1))
-		if !ok {
-			return nil, false
-		}
-		out[k] = v
-		i = skipSpace(b, next)
-		if i >= len(b) {
-			return nil, false
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
-			return out, skipSpace(b, i+1) == len(b)
-		default:
-			return nil, false
-		}
-	}
-}
-
-// plainAt reads the plain string literal at b[i] (a substring of all, the
-// same bytes) and returns the index after it.
-func plainAt(b []byte, all string, i int) (string, int, bool) {
-	if i >= len(b) || b[i] != '"' {
-		return "", 0, false
-	}
-	start, ascii := i+1, true
-	for j := start; j < len(b); j++ {
-		c := b[j]
-		switch {
-		case c == '"':
-			if !ascii && !utf8.Valid(b[start:j]) {
-				return "", 0, false
-			}
-			return all[start:j], j + 1, true
-		case c == '\\':
-			return escapedAt(b, i)
-		case c < 0x20:
-			return "", 0, false
-		case c >= utf8.RuneSelf:
-			ascii = false
-		}
-	}
-	return "", 0, false
-}
-
-// escapedAt reads the string literal at b[i] that holds an escape (a
-// journal entry's "\n"): encoding/json unquotes it.
-func escapedAt(b []byte, i int) (string, int, bool) {
-	j := i + 1
-	for ; j < len(b) && b[j] != '"'; j++ {
-		if b[j] == '\\' {
-			j++
-		}
-	}
-	if j >= len(b) {
-		return "", 0, false
-	}
-	var s string
-	if json.Unmarshal(b[i:j+1], &s) != nil {
-		return "", 0, false
-	}
-	return s, j + 1, true
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
+	return out, true
 }
 
 // plainString returns the contents of a JSON string literal that needs no

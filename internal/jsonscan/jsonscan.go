@@ -1,0 +1,298 @@
+// Package jsonscan reads the common shapes of webhook JSON — objects of
+// string values, arrays of strings, unsigned integers — in one pass over the
+// bytes, without reflection. It is the receiver's fast path: anything it does
+// not recognise, valid or not, is refused (ok false) and left to
+// encoding/json, so a caller never accepts what encoding/json would refuse or
+// read a value differently from it (fuzz targets in sdk/wire and
+// internal/events hold it to that).
+package jsonscan
+
+import (
+	"bytes"
+	"encoding/json"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// Space returns the index of the first byte at or after i that is not JSON
+// whitespace.
+func Space(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// String reads the string literal at b[i] and returns its value and the
+// index after it. all must hold the same bytes as b: a literal without
+// escapes is returned as a substring of all, so the strings of one body share
+// one copy of it. A literal with escapes is unquoted by encoding/json.
+func String(b []byte, all string, i int) (string, int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return "", 0, false
+	}
+	start, ascii := i+1, true
+	for j := start; j < len(b); j++ {
+		c := b[j]
+		switch {
+		case c == '"':
+			if !ascii && !utf8.Valid(b[start:j]) {
+				return "", 0, false
+			}
+			return all[start:j], j + 1, true
+		case c == '\\':
+			return escaped(b, i)
+		case c < 0x20:
+			return "", 0, false
+		case c >= utf8.RuneSelf:
+			ascii = false
+		}
+	}
+	return "", 0, false
+}
+
+// escaped reads the string literal at b[i] that holds an escape (a journal
+// entry's "\n"). The rare literal with a lone surrogate or invalid UTF-8,
+// which encoding/json reads with U+FFFD in its place, is left to it.
+func escaped(b []byte, i int) (string, int, bool) {
+	if s, next, ok := unescape(b, i); ok {
+		return s, next, true
+	}
+	j := i + 1
+	for ; j < len(b) && b[j] != '"'; j++ {
+		if b[j] == '\\' {
+			j++
+		}
+	}
+	if j >= len(b) {
+		return "", 0, false
+	}
+	var s string
+	if json.Unmarshal(b[i:j+1], &s) != nil {
+		return "", 0, false
+	}
+	return s, j + 1, true
+}
+
+// unescape reads the string literal at b[i] with its escapes, refusing a lone
+// surrogate or invalid UTF-8.
+func unescape(b []byte, i int) (string, int, bool) {
+	out := make([]byte, 0, 64)
+	start := i + 1
+	for j := start; j < len(b); {
+		c := b[j]
+		switch {
+		case c == '"':
+			out = append(out, b[start:j]...)
+			if !utf8.Valid(out) {
+				return "", 0, false
+			}
+			return string(out), j + 1, true
+		case c < 0x20:
+			return "", 0, false
+		case c != '\\':
+			j++
+			continue
+		}
+		out = append(out, b[start:j]...)
+		if j+1 >= len(b) {
+			return "", 0, false
+		}
+		switch e := b[j+1]; e {
+		case '"', '\\', '/':
+			out = append(out, e)
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		case 'u':
+			r, size, ok := escapedRune(b, j)
+			if !ok {
+				return "", 0, false
+			}
+			out = utf8.AppendRune(out, r)
+			j += size
+			start = j
+			continue
+		default:
+			return "", 0, false
+		}
+		j += 2
+		start = j
+	}
+	return "", 0, false
+}
+
+// escapedRune reads the \uXXXX escape at b[j], or the surrogate pair of two
+// of them, and returns the character and the bytes read. A lone surrogate is
+// refused.
+func escapedRune(b []byte, j int) (rune, int, bool) {
+	r, ok := hex4(b, j+2)
+	if !ok {
+		return 0, 0, false
+	}
+	if !utf16.IsSurrogate(r) {
+		return r, 6, true
+	}
+	if r >= 0xDC00 || j+12 > len(b) || b[j+6] != '\\' || b[j+7] != 'u' {
+		return 0, 0, false
+	}
+	r2, ok := hex4(b, j+8)
+	if !ok {
+		return 0, 0, false
+	}
+	pair := utf16.DecodeRune(r, r2)
+	if pair == utf8.RuneError {
+		return 0, 0, false
+	}
+	return pair, 12, true
+}
+
+func hex4(b []byte, i int) (rune, bool) {
+	if i+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[i : i+4] {
+		switch {
+		case c >= '0' && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case c >= 'A' && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
+
+// Object reads the object at b[i] whose values are all strings and returns
+// it and the index after its '}'. A repeated key keeps its last value, as
+// encoding/json does (ObjectOnce tells).
+func Object(b []byte, all string, i int) (map[string]string, int, bool) {
+	out, next, _, ok := ObjectOnce(b, all, i)
+	return out, next, ok
+}
+
+// ObjectOnce is Object, and (third) whether every key appeared once.
+func ObjectOnce(b []byte, all string, i int) (map[string]string, int, bool, bool) {
+	if i >= len(b) || b[i] != '{' {
+		return nil, 0, false, false
+	}
+	out := make(map[string]string, members(b, i))
+	i = Space(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return out, i + 1, true, true
+	}
+	read := 0
+	for {
+		k, next, ok := String(b, all, i)
+		if !ok {
+			return nil, 0, false, false
+		}
+		i = Space(b, next)
+		if i >= len(b) || b[i] != ':' {
+			return nil, 0, false, false
+		}
+		v, next, ok := String(b, all, Space(b, i+1))
+		if !ok {
+			return nil, 0, false, false
+		}
+		out[k] = v
+		read++
+		i = Space(b, next)
+		if i >= len(b) {
+			return nil, 0, false, false
+		}
+		switch b[i] {
+		case ',':
+			i = Space(b, i+1)
+		case '}':
+			return out, i + 1, read == len(out), true
+		default:
+			return nil, 0, false, false
+		}
+	}
+}
+
+// members estimates the members of the object at b[i] (colons up to the
+// first '}'), so its map is sized once.
+func members(b []byte, i int) int {
+	b = b[i:]
+	if end := bytes.IndexByte(b, '}'); end >= 0 {
+		b = b[:end]
+	}
+	return bytes.Count(b, []byte{':'})
+}
+
+// StringArray reads the array of strings at b[i] and returns it and the
+// index after its ']'.
+func StringArray(b []byte, all string, i int) ([]string, int, bool) {
+	if i >= len(b) || b[i] != '[' {
+		return nil, 0, false
+	}
+	out := []string{}
+	i = Space(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return out, i + 1, true
+	}
+	for {
+		s, next, ok := String(b, all, i)
+		if !ok {
+			return nil, 0, false
+		}
+		out = append(out, s)
+		i = Space(b, next)
+		if i >= len(b) {
+			return nil, 0, false
+		}
+		switch b[i] {
+		case ',':
+			i = Space(b, i+1)
+		case ']':
+			return out, i + 1, true
+		default:
+			return nil, 0, false
+		}
+	}
+}
+
+// Uint reads the unsigned integer at b[i] — a JSON number of at most 18
+// digits without sign, fraction or exponent, as JSON writes it (no leading
+// zero) — and returns it and the index after it.
+func Uint(b []byte, i int) (int64, int, bool) {
+	return digits(b, i, true)
+}
+
+// UintText is Uint for the text of a string ("4"): the same digits.
+func UintText(s string) (int64, bool) {
+	n, next, ok := digits([]byte(s), 0, false)
+	return n, ok && next == len(s)
+}
+
+func digits(b []byte, i int, number bool) (int64, int, bool) {
+	start := i
+	var n int64
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		if i-start == 18 {
+			return 0, 0, false
+		}
+		n = n*10 + int64(b[i]-'0')
+		i++
+	}
+	if i == start || (number && b[start] == '0' && i-start > 1) {
+		return 0, 0, false
+	}
+	if number && i < len(b) && (b[i] == '.' || b[i] == 'e' || b[i] == 'E') {
+		return 0, 0, false
+	}
+	return n, i, true
+}
