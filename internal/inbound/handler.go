@@ -101,10 +101,12 @@ func isJSON(contentType string) bool {
 // early; the limit holds for chunked or lying bodies too.
 func (r *Receiver) readBody(req *http.Request) ([]byte, error) {
 	limit := r.cfg.MaxBodyBytes
-	tooLarge := &echo.HTTPError{Code: http.StatusRequestEntityTooLarge, Message: ErrorBody{
-		Error: "body too large", Detail: fmt.Sprintf("at most %d bytes", limit)}}
+	tooLarge := func() error {
+		return &echo.HTTPError{Code: http.StatusRequestEntityTooLarge, Message: ErrorBody{
+			Error: "body too large", Detail: fmt.Sprintf("at most %d bytes", limit)}}
+	}
 	if req.ContentLength > limit {
-		return nil, tooLarge
+		return nil, tooLarge()
 	}
 	size := req.ContentLength
 	if size < 0 || size > limit {
@@ -116,7 +118,7 @@ func (r *Receiver) readBody(req *http.Request) ([]byte, error) {
 		return nil, &echo.HTTPError{Code: http.StatusBadRequest, Message: ErrorBody{Error: "unreadable body", Detail: "the request body could not be read"}, Internal: err}
 	}
 	if n > limit {
-		return nil, tooLarge
+		return nil, tooLarge()
 	}
 	return buf.Bytes(), nil
 }
