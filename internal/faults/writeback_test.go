@@ -3,6 +3,7 @@ package faults
 import (
 	"context"
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -31,12 +32,20 @@ func TestWriteback_StormsWriteEveryChangeOnce(t *testing.T) {
 	sn.sim.SetBurstLimit(50)
 	storm := snsim.Faults{ErrorRate: 0.12, CancelRate: 0.05, DropRate: 0.05, SemaphoreRate: 0.1, LatencyJitter: 30 * time.Millisecond}
 	calm := snsim.Faults{LatencyJitter: 5 * time.Millisecond}
-	// Storms of 1.5 s with 0.5 s of calm between them until every change
-	// is done, the token revoked in the second calm.
+	// Six storms of 1.5 s with 0.5 s of calm between them, the token
+	// revoked in the second calm; then calm until every change is done. The
+	// storms end: a breaker trial during an endless storm can fail again and
+	// again (30 s each), which says nothing about the writeback.
+	const stormCycles = 6
 	stop, stopped := make(chan struct{}), make(chan struct{})
+	stormsEnd := make(chan time.Time, 1)
 	go func() {
 		defer close(stopped)
-		for cycle := 0; ; cycle++ {
+		defer func() {
+			_ = sn.sim.SetFaults(snsim.Faults{})
+			sn.setLoseAnswers(0)
+		}()
+		for cycle := range stormCycles {
 			for _, phase := range []struct {
 				f    snsim.Faults
 				lose float64
@@ -52,13 +61,12 @@ func TestWriteback_StormsWriteEveryChangeOnce(t *testing.T) {
 				}
 				select {
 				case <-stop:
-					_ = sn.sim.SetFaults(snsim.Faults{})
-					sn.setLoseAnswers(0)
 					return
 				case <-time.After(phase.d):
 				}
 			}
 		}
+		stormsEnd <- time.Now()
 	}()
 	start := time.Now()
 	for v := int64(1); v <= versions; v++ {
@@ -67,9 +75,12 @@ func TestWriteback_StormsWriteEveryChangeOnce(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	// A breaker opened by five failures in a row pauses the writeback for
-	// 30 s: the bound allows one such pause.
-	a.waitWritebackIdle(75 * time.Second)
+	// The storms end 12 s in. A breaker opened by their last failures
+	// pauses the writeback for 30 s, its trial then meets a calm instance;
+	// a change that failed six times waits up to 16 s before its next try;
+	// the rest is seconds of work, even for a race-built bridge on two busy
+	// cores.
+	a.waitWritebackIdle(90 * time.Second)
 	close(stop)
 	<-stopped
 	took := time.Since(start)
@@ -126,8 +137,17 @@ func TestWriteback_StormsWriteEveryChangeOnce(t *testing.T) {
 	sn.mu.Unlock()
 	t.Logf("%d creates committed with their answer lost, each found again by correlation_id (%d 'link restored' lines)",
 		lostPOSTs, b.log.count(func(l logLine) bool { return l.Msg == "link restored from the link field" }))
-	t.Logf("%d changes in %s: Table API answers %v (0: dropped unhandled, -1: committed, answer lost), %d dead letters, %d tokens issued",
-		tickets*versions, took.Round(time.Millisecond), st, len(dead), sn.sim.TokensIssued())
+	opened := b.log.count(func(l logLine) bool {
+		return l.Msg == "servicenow circuit breaker" && strings.Contains(l.raw, `"to":"open"`)
+	})
+	during := "during the storms"
+	select {
+	case end := <-stormsEnd:
+		during = fmt.Sprintf("%s after the storms ended", start.Add(took).Sub(end).Round(100*time.Millisecond))
+	default:
+	}
+	t.Logf("%d changes in %s (done %s): Table API answers %v (0: dropped unhandled, -1: committed, answer lost), %d dead letters, %d tokens issued, breaker opened %d times",
+		tickets*versions, took.Round(time.Millisecond), during, st, len(dead), sn.sim.TokensIssued(), opened)
 	if st[429] == 0 || st[503] == 0 || st[0] == 0 || st[answerLost] == 0 {
 		t.Errorf("the storm did not happen: %d × 429, %d × 503, %d dropped, %d answers lost", st[429], st[503], st[0], st[answerLost])
 	}

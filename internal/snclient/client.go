@@ -142,6 +142,22 @@ func breakerGauge(s gobreaker.State) int {
 // wrong; 429 included, since Retry-After already tells us when to come
 // back, and a breaker would only stack its own pause on top) and callers
 // giving up. 5xx, timeouts and network errors count as failures.
+// halfOpenWait is how long a call refused by the half-open breaker waits:
+// the trial request in flight closes or reopens it within a request's time.
+const halfOpenWait = time.Second
+
+// breakerWait is how long a call the breaker refused should wait before
+// the next: the open period while it is open; while it is half-open and its
+// trial request is in flight, a moment (halfOpenWait) -- the trial decides
+// soon, and a whole open period would idle every caller for 30 s after a
+// trial that succeeds.
+func (c *Client) breakerWait(err error) time.Duration {
+	if errors.Is(err, gobreaker.ErrTooManyRequests) {
+		return min(halfOpenWait, c.cfg.BreakerOpenFor)
+	}
+	return c.cfg.BreakerOpenFor
+}
+
 func breakerExcluded(err error) bool {
 	var ae *APIError
 	if errors.As(err, &ae) {
@@ -256,7 +272,7 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 		}
 		last = err
 		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
-			last = &BreakerOpenError{OpenFor: c.cfg.BreakerOpenFor}
+			last = &BreakerOpenError{OpenFor: c.breakerWait(err)}
 			return nil, backoff.Permanent(last)
 		}
 		var ae *APIError

@@ -614,6 +614,70 @@ func TestBreaker_OpensOnFailuresHalfOpensAndCloses(t *testing.T) {
 	}
 }
 
+// TestBreaker_HalfOpenRefusalWaitsForTheTrialNotAnOpenPeriod: while the
+// half-open breaker's trial request is in flight, another call is refused
+// without sending and told to come back in a second -- the trial decides
+// by then -- not after a whole open period (the writeback paused 30 s after
+// a trial that succeeded, and handed each refused change back for 30 s).
+func TestBreaker_HalfOpenRefusalWaitsForTheTrialNotAnOpenPeriod(t *testing.T) {
+	f := newFakeSN(t)
+	f.tables["incident"] = incidentRows(2)
+	var broken atomic.Bool
+	broken.Store(true)
+	trialIn, release := make(chan struct{}, 1), make(chan struct{})
+	f.intercept = func(w http.ResponseWriter, r *http.Request) bool {
+		if broken.Load() {
+			snError(w, 502, "Bad Gateway", "")
+			return true
+		}
+		trialIn <- struct{}{}
+		<-release // the trial is slow
+		return false
+	}
+	cfg := f.config()
+	cfg.BreakerFailures = 3
+	cfg.RetryMaxElapsed = 10 * time.Millisecond
+	cfg.RetryInitial = time.Millisecond
+	cfg.BreakerOpenFor = 1500 * time.Millisecond
+	c := newTestClient(t, cfg)
+	ctx := context.Background()
+	var err error
+	for i := 0; i < 10 && !errors.Is(err, ErrBreakerOpen); i++ {
+		_, err = c.List(ctx, "incident", ListOptions{})
+	}
+	var be *BreakerOpenError
+	if !errors.As(err, &be) || be.OpenFor != cfg.BreakerOpenFor {
+		t.Fatalf("err = %v; want a BreakerOpenError asking to wait the open period %s", err, cfg.BreakerOpenFor)
+	}
+	broken.Store(false)
+	time.Sleep(cfg.BreakerOpenFor + 100*time.Millisecond)
+	trial := make(chan error, 1)
+	go func() {
+		_, err := c.List(ctx, "incident", ListOptions{})
+		trial <- err
+	}()
+	select {
+	case <-trialIn:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the half-open breaker let no trial request through")
+	}
+	before := f.apiReq.Load()
+	_, err = c.List(ctx, "incident", ListOptions{})
+	if !errors.As(err, &be) || be.OpenFor != time.Second {
+		t.Errorf("a call during the trial: err %v; want a BreakerOpenError asking to wait 1s (the trial's outcome), not the %s open period", err, cfg.BreakerOpenFor)
+	}
+	if f.apiReq.Load() != before {
+		t.Error("a second request reached the instance while the trial was in flight")
+	}
+	close(release)
+	if err := <-trial; err != nil {
+		t.Fatalf("trial request: %v", err)
+	}
+	if c.BreakerState() != "closed" {
+		t.Errorf("state after a good trial = %s, want closed", c.BreakerState())
+	}
+}
+
 func TestValidation_UnknownFieldsAreOurError(t *testing.T) {
 	f := newFakeSN(t)
 	f.tables["incident"] = incidentRows(2)

@@ -275,7 +275,10 @@ func (w *ACLWarning) Is(target error) bool { return target == ErrACLHidden }
 // BreakerOpenError is returned without sending while the circuit breaker is
 // open (or half-open and busy).
 type BreakerOpenError struct {
-	OpenFor time.Duration // the configured open period
+	// OpenFor is how long to wait before calling again: the configured
+	// open period while open, a second while half-open with its trial
+	// request in flight.
+	OpenFor time.Duration
 }
 
 func (e *BreakerOpenError) Error() string {
