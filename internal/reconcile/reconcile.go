@@ -11,14 +11,11 @@ package reconcile
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -29,6 +26,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/lease"
 	"github.com/nowbridge/nowbridge/internal/snclient"
 )
 
@@ -143,10 +141,7 @@ func (c Config) withDefaults() Config {
 		c.LeaseTTL = time.Minute
 	}
 	if c.Holder == "" {
-		host, _ := os.Hostname()
-		var b [4]byte
-		_, _ = crand.Read(b[:])
-		c.Holder = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+		c.Holder = lease.DefaultHolder()
 	}
 	if c.Lookups <= 0 {
 		c.Lookups = 16
