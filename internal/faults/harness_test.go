@@ -156,6 +156,16 @@ func (b *bridge) start(cmd *exec.Cmd) {
 // still runs.
 func startBridge(t *testing.T, dataDir string, env map[string]string) *bridge {
 	t.Helper()
+	b := launchBridge(t, dataDir, env)
+	b.awaitServing()
+	return b
+}
+
+// launchBridge runs serveCmd (dataDir "": a new one) without waiting for
+// it to serve (awaitServing does), so that several start at once. It is
+// killed at the end of the test if it still runs.
+func launchBridge(t *testing.T, dataDir string, env map[string]string) *bridge {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
@@ -172,6 +182,14 @@ func startBridge(t *testing.T, dataDir string, env map[string]string) *bridge {
 			t.Logf("bridge log (last lines):\n%s", b.log.tail(40))
 		}
 	})
+	return b
+}
+
+// awaitServing waits until a launched bridge logs that it is serving and
+// notes its addresses.
+func (b *bridge) awaitServing() {
+	t := b.t
+	t.Helper()
 	serving, err := b.log.await(b.exited, 60*time.Second, func(l logLine) bool { return l.Msg == "bridge serving" })
 	if err != nil {
 		t.Fatalf("the bridge did not start: %v\n%s", err, b.log.tail(20))
@@ -180,7 +198,6 @@ func startBridge(t *testing.T, dataDir string, env map[string]string) *bridge {
 	if l, ok := b.log.find(func(l logLine) bool { return l.Msg == "embedded NATS JetStream started" }); ok {
 		b.NATSURL = l.URL
 	}
-	return b
 }
 
 // runToExit runs serveCmd expecting it to stop by itself (a refused start).
@@ -226,6 +243,17 @@ func (b *bridge) wait(d time.Duration) int {
 // metric reads one unlabelled sample from /metrics.
 func (b *bridge) metric(name string) float64 {
 	b.t.Helper()
+	v, n := b.metricSum(name)
+	if n != 1 {
+		b.t.Fatalf("/metrics has %d samples of %s, want one (unlabelled)", n, name)
+	}
+	return v
+}
+
+// metricSum adds up every sample of a metric on /metrics, whatever its
+// labels, and says how many there were (0: the bridge does not export it).
+func (b *bridge) metricSum(name string) (sum float64, samples int) {
+	b.t.Helper()
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
 	resp, err := client.Get(b.URL + "/metrics")
 	if err != nil {
@@ -235,24 +263,35 @@ func (b *bridge) metric(name string) float64 {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				b.t.Fatalf("metric %s: %q", name, v)
-			}
-			return f
+		line := sc.Text()
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
 		}
+		if rest[0] == '{' {
+			end := strings.LastIndexByte(rest, '}')
+			if end < 0 {
+				b.t.Fatalf("metric %s: %q", name, line)
+			}
+			rest = rest[end+1:]
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		if err != nil {
+			b.t.Fatalf("metric %s: %q", name, line)
+		}
+		sum += f
+		samples++
 	}
-	b.t.Fatalf("/metrics has no %s", name)
-	return 0
+	return sum, samples
 }
 
 // logLine is the part of a JSON log line the suite reads.
 type logLine struct {
-	Msg    string `json:"msg"`
-	Level  string `json:"level"`
-	Listen string `json:"listen"`
-	URL    string `json:"url"`
+	Time   time.Time `json:"time"`
+	Msg    string    `json:"msg"`
+	Level  string    `json:"level"`
+	Listen string    `json:"listen"`
+	URL    string    `json:"url"`
 	raw    string
 }
 
@@ -423,20 +462,26 @@ func keepAliveClient(workers int) *http.Client {
 // storedIDs counts every SN_EVENTS message by Nats-Msg-Id.
 func storedIDs(t *testing.T, natsURL string) map[string]int {
 	t.Helper()
+	return streamMsgIDs(t, natsURL, events.StreamSN)
+}
+
+// streamMsgIDs counts every message of a stream by Nats-Msg-Id.
+func streamMsgIDs(t *testing.T, natsURL, stream string) map[string]int {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
-		t.Fatalf("connect to read SN_EVENTS: %v", err)
+		t.Fatalf("connect to read %s: %v", stream, err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := js.Stream(ctx, events.StreamSN)
+	st, err := js.Stream(ctx, stream)
 	if err != nil {
-		t.Fatalf("SN_EVENTS: %v", err)
+		t.Fatalf("%s: %v", stream, err)
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
@@ -446,7 +491,7 @@ func storedIDs(t *testing.T, natsURL string) map[string]int {
 	if info.State.Msgs == 0 {
 		return ids
 	}
-	cons, err := js.OrderedConsumer(ctx, events.StreamSN, jetstream.OrderedConsumerConfig{})
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -455,7 +500,7 @@ func storedIDs(t *testing.T, natsURL string) map[string]int {
 		// batch it cannot fill.
 		batch, err := cons.Fetch(int(min(1000, info.State.Msgs-got)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			t.Fatalf("read SN_EVENTS: %v", err)
+			t.Fatalf("read %s: %v", stream, err)
 		}
 		before := got
 		for m := range batch.Messages() {
@@ -463,7 +508,7 @@ func storedIDs(t *testing.T, natsURL string) map[string]int {
 			got++
 		}
 		if got == before {
-			t.Fatalf("read %d of SN_EVENTS' %d messages, then nothing more came", got, info.State.Msgs)
+			t.Fatalf("read %d of %s's %d messages, then nothing more came", got, stream, info.State.Msgs)
 		}
 	}
 	return ids

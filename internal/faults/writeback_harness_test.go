@@ -23,11 +23,13 @@ import (
 	"github.com/nowbridge/nowbridge/internal/snsim"
 )
 
-// snWrite is one POST or PATCH the bridge sent the simulator's incident
-// table, with what ServiceNow answered (0: no answer, the connection was
-// dropped by a fault or the bridge died waiting).
+// snWrite is one POST or PATCH the bridge sent a table of the simulator,
+// with what ServiceNow answered (0: no answer, the connection was dropped by
+// a fault or the bridge died waiting).
 type snWrite struct {
 	Method string
+	Table  string
+	At     time.Time         // when the front received it
 	SysID  string            // PATCH: from the path
 	Fields map[string]string // the request body
 	Status int               // answerLost: committed, the connection dropped before the answer
@@ -42,7 +44,7 @@ func (w snWrite) ok() bool { return w.Status >= 200 && w.Status < 300 }
 func (w snWrite) committed() bool { return w.ok() || w.Status == answerLost }
 
 // snFront is the ServiceNow simulator behind a recording front: every write
-// to the incident table is logged with its answer (the simulator's own
+// to a table is logged with its answer (the simulator's own
 // request log keeps only the last 2,000 requests and no bodies), and a kill
 // hook can stop the bridge after ServiceNow has committed a write and
 // before the bridge hears the answer.
@@ -113,7 +115,8 @@ func (s *statusWriter) Write(p []byte) (int, error) {
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 func (f *snFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if (r.Method != http.MethodPost && r.Method != http.MethodPatch) || !strings.Contains(r.URL.Path, "/table/incident") {
+	table, isTable := strings.CutPrefix(r.URL.Path, "/api/now/table/")
+	if (r.Method != http.MethodPost && r.Method != http.MethodPatch) || !isTable {
 		sw := &statusWriter{ResponseWriter: w}
 		f.sim.ServeHTTP(sw, r)
 		if strings.HasPrefix(r.URL.Path, "/api/now/") {
@@ -127,7 +130,8 @@ func (f *snFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	var raw map[string]any
 	_ = json.Unmarshal(body, &raw)
-	wr := snWrite{Method: r.Method, Fields: map[string]string{}}
+	table, _, _ = strings.Cut(table, "/")
+	wr := snWrite{Method: r.Method, Table: table, At: time.Now(), Fields: map[string]string{}}
 	for k, v := range raw {
 		wr.Fields[k] = fmt.Sprint(v)
 	}
@@ -210,10 +214,13 @@ func (f *snFront) answers() map[int]int {
 }
 
 // byCorrelation is the simulator's incidents by correlation_id.
-func (f *snFront) byCorrelation() map[string][]snsim.Record {
+func (f *snFront) byCorrelation() map[string][]snsim.Record { return f.byCorrelationIn("incident") }
+
+// byCorrelationIn is a table's records by correlation_id.
+func (f *snFront) byCorrelationIn(table string) map[string][]snsim.Record {
 	out := map[string][]snsim.Record{}
-	for _, id := range f.sim.IDs("incident") {
-		if rec, ok := f.sim.Get("incident", id); ok && rec["correlation_id"] != "" {
+	for _, id := range f.sim.IDs(table) {
+		if rec, ok := f.sim.Get(table, id); ok && rec["correlation_id"] != "" {
 			out[rec["correlation_id"]] = append(out[rec["correlation_id"]], rec)
 		}
 	}
@@ -245,12 +252,30 @@ func connectApp(t *testing.T, natsURL string) *app {
 
 func (a *app) publish(externalID string, version int64, fields map[string]string) {
 	a.t.Helper()
+	if err := a.tryPublish(context.Background(), "ticket", externalID, version, fields); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+// tryPublish publishes one app change (an upsert) as the SDK does, and
+// publishes it again under the same message id while JetStream does not
+// confirm it (a stream electing a leader after losing a node), for up to
+// 15 s: the stream stores it once.
+func (a *app) tryPublish(ctx context.Context, entity, externalID string, version int64, fields map[string]string) error {
 	body, _ := json.Marshal(events.AppChange{ExternalID: externalID, Version: version, UpdatedAt: time.Now().UTC(), Fields: fields})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := a.js.Publish(ctx, events.AppSubject("ticket", events.AppUpsert), body,
-		jetstream.WithMsgID(events.AppMsgID("ticket", externalID, version, events.AppUpsert))); err != nil {
-		a.t.Fatalf("publish %s v%d: %v", externalID, version, err)
+	id := events.AppMsgID(entity, externalID, version, events.AppUpsert)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := a.js.Publish(pctx, events.AppSubject(entity, events.AppUpsert), body, jetstream.WithMsgID(id))
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("publish %s %s v%d: %w", entity, externalID, version, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
