@@ -23,7 +23,7 @@ const (
 	// chaosChanges is the workload: random changes, each on one side.
 	chaosChanges = 1000
 	// chaosPerTable records of each table change at once in a round.
-	chaosPerTable = 25
+	chaosPerTable = 50
 	// chaosLeaseTTL is BRIDGE_SYNC_LEASE_TTL: a killed owner's lease
 	// expires this long after its last renewal.
 	chaosLeaseTTL = 3 * time.Second
@@ -103,15 +103,15 @@ func TestChaos_ThreeReplicasThreeNodes(t *testing.T) {
 	r.checkAppChangesHandled()
 	r.checkSidesEqual()
 	r.checkNothingPending()
-	if owners, report := r.owners(); len(owners) != 1 {
+	if owners, report := r.settledOwners(); len(owners) != 1 {
 		t.Errorf("at the end %d replicas report bridge_sync_owner=1, want exactly one:%s", len(owners), report)
 	}
 	if r.unclaimed*10 > float64(r.appChanges) {
 		t.Errorf("%g of %d app writes not claimed as the app's own: the echo claim hardly worked", r.unclaimed, r.appChanges)
 	}
-	t.Logf("%d changes over %d records in %d rounds (%d app, %d human), %d kills: %d ServiceNow writes, %d apply messages (%g for writes not claimed, %d extra after kills), %d app messages (echoes included); webhooks: %s; wall time %s",
+	t.Logf("%d changes over %d records in %d rounds (%d app, %d human), %d kills: %d ServiceNow writes, %d apply messages (%g for writes not claimed, %d extra after kills), %d app messages (echoes included); webhooks: %s; a round without a kill took %s (median), %s at most; wall time %s",
 		r.changes, len(r.recs), r.rounds, r.appChanges, r.humanChanges, r.kills, w2, a2, r.unclaimed, r.extraApplied, p2, r.lb,
-		time.Since(began).Round(100*time.Millisecond))
+		percentile(r.took, 0.5).Round(10*time.Millisecond), percentile(r.took, 1).Round(10*time.Millisecond), time.Since(began).Round(100*time.Millisecond))
 }
 
 // chaosRun is the chaos test's system and what it did to it.
@@ -131,8 +131,9 @@ type chaosRun struct {
 
 	rounds, changes, appChanges, humanChanges, kills int
 	human                                            []humanVersion
-	unclaimed                                        float64 // writes not claimed, as far as the replicas alive at each round's end counted
-	extraApplied                                     int     // apply messages after kills beyond the people's changes and the writes not claimed
+	unclaimed                                        float64         // writes not claimed, as far as the replicas alive at each round's end counted
+	extraApplied                                     int             // apply messages after kills beyond the people's changes and the writes not claimed
+	took                                             []time.Duration // each round without a kill, from its first change until everything was done
 }
 
 // chaosRecord is one record of the workload, the same on both sides.
@@ -254,6 +255,7 @@ func (r *chaosRun) createRecords() {
 func (r *chaosRun) round(round int, chaos bool) {
 	t := r.t
 	r.rounds++
+	began := time.Now()
 	r.sn.mu.Lock()
 	firstWrite := len(r.sn.writes)
 	r.sn.mu.Unlock()
@@ -315,6 +317,11 @@ func (r *chaosRun) round(round int, chaos bool) {
 	}
 	if err := r.app.drain(r.sn, drainFor); err != nil {
 		t.Fatalf("round %d: %v\nits changes: %s\nreplicas:%s", round, err, clip(log, 60), r.ownerReport())
+	}
+	if chaos {
+		t.Logf("round %d: everything done %s after the kill", round, time.Since(killedAt).Round(10*time.Millisecond))
+	} else {
+		r.took = append(r.took, time.Since(began))
 	}
 
 	// Every app change is exactly one ServiceNow write; nothing else is.
@@ -487,18 +494,24 @@ func (r *chaosRun) ownerReport() string {
 	return report
 }
 
-// awaitOwner is the one replica owning the sync, waited for up to twice
-// the lease's TTL.
+// awaitOwner is the one replica owning the sync.
 func (r *chaosRun) awaitOwner() int {
 	r.t.Helper()
+	owners, report := r.settledOwners()
+	if len(owners) != 1 {
+		r.t.Fatalf("%d replicas report bridge_sync_owner=1, want exactly one:%s", len(owners), report)
+	}
+	return owners[0]
+}
+
+// settledOwners are the replicas owning the sync once exactly one does, or
+// after twice the lease's TTL.
+func (r *chaosRun) settledOwners() (owners []int, report string) {
 	deadline := time.Now().Add(2 * chaosLeaseTTL)
 	for {
-		owners, report := r.owners()
-		if len(owners) == 1 {
-			return owners[0]
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%d replicas report bridge_sync_owner=1, want exactly one:%s", len(owners), report)
+		owners, report = r.owners()
+		if len(owners) == 1 || time.Now().After(deadline) {
+			return owners, report
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
