@@ -93,7 +93,7 @@ func TestStatus_ShowsTheReportOfARunningBridge(t *testing.T) {
 	if err := broker.EnsureAll(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rep := newStatusReporter(js, nil, config.Default(), nil)
+	rep := newStatusReporter(js, nil, config.Default(), nil, nil)
 	if err := rep.Publish(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -104,23 +104,28 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 		return err
 	}
 
-	components := []component{
-		{"webhook receiver", func(ctx context.Context) error { return rcv.Serve(ctx, ln, cfg.ShutdownTimeout) }},
-	}
+	// Every replica receives webhooks; one at a time, the lease holder,
+	// runs what acts on records (ownership.go).
+	var synced []component
 	if b.writeback != nil { // with the ServiceNow settings
-		components = append(components,
+		synced = append(synced,
 			component{"writeback", b.writeback.Run},
 			component{"reconcile", b.reconciler.Run}, // returns at once when BRIDGE_RECONCILE_INTERVAL=0
 		)
 	}
 	if b.results != nil { // BRIDGE_RESULTS_URL
-		components = append(components, component{"results delivery", b.results.Run})
+		synced = append(synced, component{"results delivery", b.results.Run})
 	}
-	components = append(components,
-		component{"apply", b.apply.Run},
-		component{"status report", newStatusReporter(js, b.sn, cfg, log).Run},
-	)
-	log.Info("bridge serving", "listen", ln.Addr().String(), "nats", natsMode(cfg), "tables", cfg.Tables, "components", len(components))
+	synced = append(synced, component{"apply", b.apply.Run})
+	owner := newSyncOwnership(js, b.states.KV(), cfg, log, reg)
+	components := []component{
+		{"webhook receiver", func(ctx context.Context) error { return rcv.Serve(ctx, ln, cfg.ShutdownTimeout) }},
+		{"sync owner", func(ctx context.Context) error {
+			return owner.Run(ctx, func(ctx context.Context) error { return runSynced(ctx, synced, log) })
+		}},
+		{"status report", newStatusReporter(js, b.sn, cfg, owner, log).Run},
+	}
+	log.Info("bridge serving", "listen", ln.Addr().String(), "nats", natsMode(cfg), "tables", cfg.Tables, "components", len(components)+len(synced))
 	return runComponents(ctx, components, log)
 }
 

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -169,7 +170,7 @@ func confirm(a *app, yes bool, question string) error {
 // this process's OAuth token expiry and circuit breaker: a report in
 // bridge_state (status.process.<host>-<pid>, refreshed every 10s, 30s TTL).
 // sn may be nil when ServiceNow is not configured.
-func newStatusReporter(js jetstream.JetStream, sn *snclient.Client, cfg config.Config, logger *slog.Logger) *status.Reporter {
+func newStatusReporter(js jetstream.JetStream, sn *snclient.Client, cfg config.Config, owner *syncOwnership, logger *slog.Logger) *status.Reporter {
 	host, _ := os.Hostname()
 	started := time.Now().UTC()
 	return &status.Reporter{
@@ -186,6 +187,9 @@ func newStatusReporter(js jetstream.JetStream, sn *snclient.Client, cfg config.C
 					// The presence scan's schedule (0s: only on --full).
 					"delete_scan_interval": cfg.DeleteScanInterval.String(),
 				},
+			}
+			if owner != nil {
+				p.Extra["sync_owner"] = strconv.FormatBool(owner.owned.Load())
 			}
 			if sn != nil {
 				p.TokenExpiry = sn.TokenExpiry()

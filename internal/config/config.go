@@ -20,6 +20,7 @@ type Config struct {
 	DataDir            string
 	EmbeddedNATSListen string
 	StreamReplicas     int
+	SyncLeaseTTL       time.Duration // how long a dead replica keeps the sync lease (apply, writeback, reconcile)
 
 	SNInstanceURL  string
 	SNClientID     string
@@ -89,6 +90,7 @@ func Default() Config {
 		DataDir:            "./data",
 		EmbeddedNATSListen: "127.0.0.1:4222",
 		StreamReplicas:     1,
+		SyncLeaseTTL:       10 * time.Second,
 		WebhookTolerance:   5 * time.Minute,
 		MaxBodyBytes:       1 << 20,
 		PublishTimeout:     5 * time.Second,

@@ -67,6 +67,8 @@ func serverSettings() []Setting {
 			str(func(c *Config) *string { return &c.EmbeddedNATSListen })),
 		setting("stream_replicas", "BRIDGE_STREAM_REPLICAS", "JetStream replicas of the bridge's streams and buckets (3 on a cluster)",
 			integer(func(c *Config) *int { return &c.StreamReplicas })),
+		setting("sync_lease_ttl", "BRIDGE_SYNC_LEASE_TTL", "with several replicas, one runs apply, writeback, results delivery and reconcile, under a lease in bridge_state: how long a replica that died keeps it before another takes over (a clean stop hands it over at once); at least 2s",
+			dur(func(c *Config) *time.Duration { return &c.SyncLeaseTTL })),
 		setting("log_format", "BRIDGE_LOG_FORMAT", "json or text",
 			str(func(c *Config) *string { return &c.LogFormat })),
 		setting("log_level", "BRIDGE_LOG_LEVEL", "debug, info, warn or error",

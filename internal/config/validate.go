@@ -54,6 +54,11 @@ func (c *Config) validateServer(p *problems) {
 	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
 		p.add("BRIDGE_STREAM_REPLICAS: must be 1 to 5, got %d", c.StreamReplicas)
 	}
+	if c.SyncLeaseTTL < 2*time.Second {
+		// Renewed every quarter of it; below 2s a busy host could miss
+		// renewals and hand the work back and forth.
+		p.add("BRIDGE_SYNC_LEASE_TTL: must be at least 2s, got %s", c.SyncLeaseTTL)
+	}
 	switch c.LogFormat {
 	case "json", "text":
 	default:
