@@ -218,7 +218,7 @@ func (b *bridge) newApply(js jetstream.JetStream, link apply.LinkWriter, reg pro
 	}
 	return apply.New(apply.Config{
 		JS: js, Applier: applier, Mapping: b.mapping, States: b.states, Links: b.links,
-		LinkWriter: link, Applied: b.echoes,
+		LinkWriter: link, Applied: b.echoes, Echoes: b.echoes,
 		Tuning: consume.Tuning{Workers: apply.DefaultWorkers(applier)},
 		Logger: b.log, Registerer: reg,
 	})

@@ -85,6 +85,12 @@ type LinkWriter interface {
 	SetCorrelation(ctx context.Context, table, sysID, externalID string) error
 }
 
+// EchoChecker tells whether a ServiceNow event is the echo of the bridge's
+// own write (dedupe.Cache satisfies it).
+type EchoChecker interface {
+	IsEcho(ev *events.SNEvent) bool
+}
+
 // AppliedRecorder remembers the fields handed to the app so the app's echo
 // of them is not written back (dedupe.Cache satisfies it).
 type AppliedRecorder interface {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/consume"
+	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/natstest"
@@ -653,5 +654,30 @@ func TestApply_TwoReplicasNeverRegressTheState(t *testing.T) {
 		if v, _, _, _ := e.states.LastVersion(context.Background(), "incident", sysID(60+i)); v != versions-1 {
 			t.Errorf("record %d: state v%d, want v%d", i, v, versions-1)
 		}
+	}
+}
+
+// TestApply_EchoStoredByAnotherReplicaIsNotApplied: with several replicas a
+// webhook of the owner's own write can be stored by a replica whose receiver
+// did not know the write; apply, on the owner, recognises it and hands the
+// app nothing, while the next version, someone else's, is applied.
+func TestApply_EchoStoredByAnotherReplicaIsNotApplied(t *testing.T) {
+	e := newEnv(t)
+	echoes := dedupe.New(dedupe.Config{})
+	cfg := e.testConfig(&NATSApplier{JS: e.js})
+	cfg.Echoes = echoes
+	e.start(cfg)
+	echoes.RecordWrite("incident", sysID(0), 5) // the writeback's write made version 5
+
+	own := snEvent(sysID(0), 5, events.ActionUpdate)
+	own.Source = events.SourceWebhook
+	e.publish(own, "")
+	next := snEvent(sysID(0), 6, events.ActionUpdate)
+	next.Source = events.SourceWebhook
+	e.publish(next, "")
+	e.waitDrained("apply", 10*time.Second)
+	got := e.waitApplied(1, 5*time.Second) // both handled: a second message fails it
+	if got[0].Version != 6 {
+		t.Fatalf("applied version %d, want 6 (5 is the bridge's own write)", got[0].Version)
 	}
 }

@@ -27,6 +27,10 @@ type Config struct {
 	LinkWriter LinkWriter
 	// Applied remembers what the app was handed (dedupe.Cache); nil: off.
 	Applied AppliedRecorder
+	// Echoes recognises a webhook of the writeback's own write
+	// (dedupe.Cache): with several replicas the webhook may have been
+	// stored by one whose receiver did not know the write. Nil: off.
+	Echoes EchoChecker
 
 	Durable string // consumer name (default "apply")
 	// Tuning of the consumer engine; zero values take its defaults, except

@@ -32,6 +32,7 @@ const (
 	OutcomeDuplicate    Outcome = "duplicate"     // the app had this very message already
 	OutcomeAlreadyNewer Outcome = "already_newer" // the app holds a newer version (409)
 	OutcomeStale        Outcome = "stale"         // bridge_state holds this version or a newer one
+	OutcomeEcho         Outcome = "echo"          // the version is the writeback's own write (Config.Echoes)
 )
 
 // Runner is the pipeline: a durable pull consumer on SN_EVENTS (the shared
@@ -171,6 +172,12 @@ func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool) (Ou
 		r.metrics.stale.Inc()
 		r.log.Debug("stale event skipped", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", version, "applied_version", cur.Version)
 		return OutcomeStale, nil
+	}
+	if !force && ev.Source == events.SourceWebhook && r.cfg.Echoes != nil && r.cfg.Echoes.IsEcho(ev) {
+		// Stored by a replica whose receiver did not know the write (the
+		// owner made it): its echo is recognised here, where it is known.
+		r.log.Debug("echo of our own write not applied", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", version)
+		return OutcomeEcho, nil
 	}
 	entity, fields, err := r.mapping.ToSaaS(ev.Table, ev.Record)
 	if err != nil {
