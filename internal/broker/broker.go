@@ -221,12 +221,26 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, cfgs []jetstream
 	return nil
 }
 
-// EnsureAll creates the bridge's streams and buckets (SPEC §3).
+// EnsureObjectStores creates each object store bucket or updates it.
+func EnsureObjectStores(ctx context.Context, js jetstream.JetStream, cfgs []jetstream.ObjectStoreConfig) error {
+	for _, cfg := range cfgs {
+		if _, err := js.CreateOrUpdateObjectStore(ctx, cfg); err != nil {
+			return fmt.Errorf("create or update object store %s: %w", cfg.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// EnsureAll creates the bridge's streams and buckets (SPEC §3), the
+// attachments' object store included.
 func EnsureAll(ctx context.Context, js jetstream.JetStream, opts events.StreamOptions) error {
 	if err := EnsureStreams(ctx, js, events.Streams(opts)); err != nil {
 		return err
 	}
-	return EnsureBuckets(ctx, js, events.Buckets(opts))
+	if err := EnsureBuckets(ctx, js, events.Buckets(opts)); err != nil {
+		return err
+	}
+	return EnsureObjectStores(ctx, js, events.ObjectStores(opts))
 }
 
 // ErrNotReady is returned by Ready when NATS or a stream is missing.

@@ -81,7 +81,18 @@ type Config struct {
 	WritebackWorkers     int
 	HandOverGrace        time.Duration // app changes this soon after a hand-over are not claimed
 	WritebackAckWait     time.Duration // how long JetStream waits before handing an unacked change (a crashed bridge's) to another
+
+	// Attachments (issue 13): the largest file synced either way (0: no
+	// attachment is synced), and the content types synced: AttachmentTypesAllow
+	// (empty: all) less AttachmentTypesDeny, each "type/subtype" or "type/*".
+	AttachmentMaxBytes   int64
+	AttachmentTypesAllow []string
+	AttachmentTypesDeny  []string
 }
+
+// DefaultAttachmentMaxBytes is ServiceNow's own default limit
+// (com.glide.attachment.max_size, 1024 MB).
+const DefaultAttachmentMaxBytes = 1024 << 20
 
 // Default returns the documented defaults.
 func Default() Config {
@@ -113,6 +124,7 @@ func Default() Config {
 		WritebackWorkers:   8,
 		HandOverGrace:      time.Second,
 		WritebackAckWait:   time.Minute,
+		AttachmentMaxBytes: DefaultAttachmentMaxBytes,
 	}
 }
 

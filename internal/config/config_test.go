@@ -469,3 +469,27 @@ func TestLoad_ResultsSettingsReachTheStream(t *testing.T) {
 		}
 	}
 }
+
+func TestLoad_AttachmentSettings(t *testing.T) {
+	cfg, err := load(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.AttachmentMaxBytes != 1024<<20 || cfg.AttachmentTypesAllow != nil || cfg.AttachmentTypesDeny != nil {
+		t.Errorf("defaults: max %d allow %v deny %v, want ServiceNow's 1024 MB and no lists", cfg.AttachmentMaxBytes, cfg.AttachmentTypesAllow, cfg.AttachmentTypesDeny)
+	}
+	file := writeFile(t, "bridge.yaml", "attachment_types_allow: [image/*, application/pdf]\n")
+	cfg, err = load(t, map[string]string{"BRIDGE_CONFIG": file, "BRIDGE_ATTACHMENT_MAX_BYTES": "0"}, "--attachment-types-deny", "image/svg+xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.AttachmentMaxBytes != 0 || !reflect.DeepEqual(cfg.AttachmentTypesAllow, []string{"image/*", "application/pdf"}) || !reflect.DeepEqual(cfg.AttachmentTypesDeny, []string{"image/svg+xml"}) {
+		t.Errorf("got max %d allow %v deny %v, want 0, the file's allow list and the flag's deny list", cfg.AttachmentMaxBytes, cfg.AttachmentTypesAllow, cfg.AttachmentTypesDeny)
+	}
+	_, err = load(t, map[string]string{"BRIDGE_ATTACHMENT_MAX_BYTES": "-1", "BRIDGE_ATTACHMENT_TYPES_DENY": "Image/PNG,text"})
+	for _, want := range []string{"BRIDGE_ATTACHMENT_MAX_BYTES: must be 0", `BRIDGE_ATTACHMENT_TYPES_DENY: "Image/PNG"`, `BRIDGE_ATTACHMENT_TYPES_DENY: "text"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v, want it to name %s", err, want)
+		}
+	}
+}

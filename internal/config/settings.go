@@ -51,6 +51,7 @@ func Settings() []Setting {
 		syncSettings(),
 		appSettings(),
 		writebackSettings(),
+		attachmentSettings(),
 	)
 }
 
@@ -179,6 +180,18 @@ func writebackSettings() []Setting {
 			dur(func(c *Config) *time.Duration { return &c.HandOverGrace })),
 		setting("writeback_ack_wait", "BRIDGE_WRITEBACK_ACK_WAIT", "how long JetStream waits for the writeback to finish an app change before handing it to another bridge (or this one restarted) after a crash; a long write keeps its change with in-progress acks every third of it (at least 5s)",
 			dur(func(c *Config) *time.Duration { return &c.WritebackAckWait })),
+	}
+}
+
+// attachmentSettings are which files of synced records go both ways.
+func attachmentSettings() []Setting {
+	return []Setting{
+		setting("attachment_max_bytes", "BRIDGE_ATTACHMENT_MAX_BYTES", "largest attachment synced either way, in bytes (default ServiceNow's own limit, com.glide.attachment.max_size 1024 MB); a larger one is rejected and dead-lettered; 0: no attachment is synced",
+			integer(func(c *Config) *int64 { return &c.AttachmentMaxBytes })),
+		setting("attachment_types_allow", "BRIDGE_ATTACHMENT_TYPES_ALLOW", "comma-separated content types of the attachments synced, each type/subtype or type/* (empty: every type)",
+			list(func(c *Config) *[]string { return &c.AttachmentTypesAllow })),
+		setting("attachment_types_deny", "BRIDGE_ATTACHMENT_TYPES_DENY", "comma-separated content types never synced, each type/subtype or type/*; beats the allow list",
+			list(func(c *Config) *[]string { return &c.AttachmentTypesDeny })),
 	}
 }
 

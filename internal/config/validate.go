@@ -35,6 +35,7 @@ func (c *Config) Validate() error {
 	c.validateApp(&p)
 	c.validateResults(&p)
 	c.validateWriteback(&p)
+	c.validateAttachments(&p)
 	return errors.Join(p...)
 }
 
@@ -226,6 +227,27 @@ func (c *Config) validateWriteback(p *problems) {
 	if c.WritebackAckWait < minWritebackAckWait {
 		p.add("BRIDGE_WRITEBACK_ACK_WAIT: must be at least %s (a write in progress is kept with in-progress acks every third of it), got %s",
 			minWritebackAckWait, c.WritebackAckWait)
+	}
+}
+
+// contentTypeRe is a content type pattern of the attachment lists:
+// type/subtype or type/* (lowercase, as RFC 6838 names compare).
+var contentTypeRe = regexp.MustCompile(`^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/(\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})$`)
+
+// validateAttachments checks the size limit and the content type lists.
+func (c *Config) validateAttachments(p *problems) {
+	if c.AttachmentMaxBytes < 0 {
+		p.add("BRIDGE_ATTACHMENT_MAX_BYTES: must be 0 (no attachment is synced) or positive, got %d", c.AttachmentMaxBytes)
+	}
+	for _, l := range []struct {
+		env   string
+		types []string
+	}{{"BRIDGE_ATTACHMENT_TYPES_ALLOW", c.AttachmentTypesAllow}, {"BRIDGE_ATTACHMENT_TYPES_DENY", c.AttachmentTypesDeny}} {
+		for _, t := range l.types {
+			if !contentTypeRe.MatchString(t) {
+				p.add("%s: %q is not a content type like image/png or image/* (lowercase, no parameters)", l.env, t)
+			}
+		}
 	}
 }
 

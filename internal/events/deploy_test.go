@@ -41,6 +41,9 @@ func TestDeployNATS_JSONMatchesCode(t *testing.T) {
 	for _, b := range events.Buckets(events.StreamOptions{}) {
 		want["kv-"+b.Bucket+".json"] = render(t, b)
 	}
+	for _, o := range events.ObjectStores(events.StreamOptions{}) {
+		want["obj-"+o.Bucket+".json"] = render(t, o)
+	}
 	if *update {
 		for name, b := range want {
 			if err := os.WriteFile(filepath.Join(deployDir, name), b, 0o644); err != nil {
@@ -54,7 +57,7 @@ func TestDeployNATS_JSONMatchesCode(t *testing.T) {
 	}
 	for _, f := range files {
 		if _, ok := want[filepath.Base(f)]; !ok {
-			t.Errorf("%s is not a stream or bucket of events.Streams/Buckets: remove it", f)
+			t.Errorf("%s is not a stream or bucket of events.Streams/Buckets/ObjectStores: remove it", f)
 		}
 	}
 	for name, b := range want {

@@ -94,3 +94,13 @@ func Buckets(o StreamOptions) []jetstream.KeyValueConfig {
 		{Bucket: BucketState, Description: "last seen versions, reconcile watermarks, leases", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, LimitMarkerTTL: time.Second},
 	}
 }
+
+// ObjectStores returns the bridge's object store buckets: the attachments'
+// files, kept as long as the event streams keep the messages naming them
+// (MaxAge), so a replay or a redelivery finds its file.
+func ObjectStores(o StreamOptions) []jetstream.ObjectStoreConfig {
+	o = o.withDefaults()
+	return []jetstream.ObjectStoreConfig{
+		{Bucket: BucketAttachments, Description: "files of attachments on their way between ServiceNow and the app", TTL: o.MaxAge, Storage: jetstream.FileStorage, Replicas: o.Replicas},
+	}
+}

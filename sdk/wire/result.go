@@ -44,6 +44,9 @@ type Result struct {
 
 	Conflicts []ResultConflict `json:"conflicts,omitempty"` // for conflict
 	Error     *ResultError     `json:"error,omitempty"`     // for rejected and retrying
+	// Attachment is set on the result of an attachment message
+	// (app.<entity>.attachment; Action is then "attachment" and Version 0).
+	Attachment *ResultAttachment `json:"attachment,omitempty"`
 
 	At time.Time `json:"at"` // when the bridge decided
 }
