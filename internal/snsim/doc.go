@@ -142,6 +142,42 @@
 //     secret and POSTed asynchronously, in order per record, never retried.
 //   - RequestCount(method, path, status), RequestStats, Requests, ResetStats.
 //
+// # Attachments
+//
+// The Attachment API (facts and their sources: docs/servicenow-attachments.md):
+// /api/now/attachment (and /api/now/v1/attachment) GET list
+// (sysparm_query on sys_attachment, sysparm_limit default 1000,
+// sysparm_offset; X-Total-Count and Link as on the Table API), GET
+// /{sys_id} metadata, GET /{sys_id}/file the bytes (the file's
+// Content-Type, X-Attachment-Metadata as JSON without download_link,
+// Content-Disposition; 406 when Accept admits neither the type nor */*),
+// POST /file?table_name=&table_sys_id=&file_name= with the raw body
+// (Content-Type mandatory; 201 + Location; the answer shows the record as
+// first written, state pending and sys_mod_count 0, later reads show it
+// available, 1, updated by system), DELETE /{sys_id} (204). Every metadata
+// value is a string: size_bytes, hash (SHA-256 hex of the bytes),
+// chunk_size_bytes, compressed, ... in the recorded order. An upload over
+// com.glide.attachment.max_size (SetAttachmentMaxSize, default 1024 MB) is
+// refused with 400 and a message naming the limit (the platform's wire form
+// is undocumented). Metadata rows live in the sys_attachment table, which
+// the Table API reads too. Least privilege: an attachment is readable
+// where its record is (hidden otherwise: 404, lists count it but leave it
+// out), and added or deleted where the record is also writable (else 403);
+// an attachment of a record the simulator does not know is hidden. Auth,
+// faults and rate limits apply as to the Table API; rules name the
+// resource "GET /now/attachment" (one resource for every path). Deleting a
+// record drops its attachments. The business rule "nowbridge webhook
+// (attachment)" runs after insert and after delete on sys_attachment for
+// attachments of a synced table (one WebhookOptions.Fields lists): an
+// SNEvent of table sys_attachment whose record holds content_type,
+// file_name, hash, size_bytes, table_name, table_sys_id
+// (AttachmentWebhookFields), signed and sent like the other rules (skip
+// user, drop rate and delay apply).
+// Test API: AddAttachment, AddAttachmentAs (as a person: the rule runs),
+// RemoveAttachment, Attachments, Attachment, AttachmentBytes,
+// CorruptAttachment, SetAttachmentMaxSize, SetAttachmentHashField(false)
+// (a release without the hash field).
+//
 // # Direct test API
 //
 // Insert, Update, Delete (as a named user, business rules run),

@@ -237,9 +237,17 @@ func (d *dispatcher) fire(s *Server, t *table, w write, old, cur *row, journal [
 	if !ok || closed || len(targets) == 0 {
 		return closedChan
 	}
+	return d.enqueue(s, s.buildEvent(t, w.action, old, cur, journal, fields), w.user, opts, targets)
+}
+
+// enqueue counts one run of a business rule and queues its webhook, unless
+// the skip user made the change or the drop rate swallows it. Called with
+// s.mu held, so the webhooks of one record queue in the order of its
+// versions.
+func (d *dispatcher) enqueue(s *Server, ev *events.SNEvent, user string, opts WebhookOptions, targets []WebhookTarget) <-chan struct{} {
 	d.mu.Lock()
 	d.stats.Fired++
-	if opts.SkipUser != "" && w.user == opts.SkipUser {
+	if opts.SkipUser != "" && user == opts.SkipUser {
 		d.stats.Skipped++
 		d.mu.Unlock()
 		return closedChan
@@ -249,16 +257,15 @@ func (d *dispatcher) fire(s *Server, t *table, w write, old, cur *row, journal [
 		d.mu.Lock()
 		d.stats.Dropped++
 		d.mu.Unlock()
-		s.log.Debug("snsim business rule: webhook dropped", "table", t.s.name, "sys_id", cur.id(t))
+		s.log.Debug("snsim business rule: webhook dropped", "table", ev.Table, "sys_id", ev.SysID)
 		return closedChan
 	}
-	ev := s.buildEvent(t, w.action, old, cur, journal, fields)
 	body, err := events.EncodeWebhookBody(ev)
 	if err != nil {
-		s.log.Error("snsim business rule: encode webhook body", "table", t.s.name, "sys_id", cur.id(t), "err", err)
+		s.log.Error("snsim business rule: encode webhook body", "table", ev.Table, "sys_id", ev.SysID, "err", err)
 		return closedChan
 	}
-	job := &hookJob{id: ev.MsgID(), key: t.s.name + ":" + cur.id(t), body: body, due: time.Now().Add(opts.Delay), targets: targets, done: make(chan struct{})}
+	job := &hookJob{id: ev.MsgID(), key: ev.Table + ":" + ev.SysID, body: body, due: time.Now().Add(opts.Delay), targets: targets, done: make(chan struct{})}
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(job.key))
 	sh := d.shards[h.Sum32()%hookShards]

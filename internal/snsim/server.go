@@ -112,6 +112,10 @@ type Server struct {
 
 	hooks *dispatcher
 
+	att       attachmentState // file bytes of sys_attachment rows (under mu)
+	attMax    int64           // com.glide.attachment.max_size in bytes (knobMu)
+	attNoHash bool            // sys_attachment has no hash field (knobMu)
+
 	selftest selfTestState // the self-test resource's knobs (selftest.go)
 }
 
@@ -156,8 +160,10 @@ func New(cfg Config) *Server {
 		rng:     mrand.New(mrand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
 		stats:   map[RequestKey]int{},
 		created: cfg.Now().UTC(),
+		att:     attachmentState{data: map[string][]byte{}},
+		attMax:  DefaultAttachmentMaxSize,
 	}
-	schemas := []*tableSchema{userSchema(), groupSchema(), journalSchema(), auditDeleteSchema(), dictionarySchema(), choiceSchema()}
+	schemas := []*tableSchema{userSchema(), groupSchema(), journalSchema(), auditDeleteSchema(), dictionarySchema(), choiceSchema(), attachmentSchema()}
 	for _, tt := range ticketTables() {
 		schemas = append(schemas, tt.schema())
 	}
@@ -367,6 +373,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // normalisePath replaces a sys_id segment so counters group by resource.
 func normalisePath(p string) string {
+	if ap, ok := parseAttachmentPath(p); ok && ap.sysID != "" {
+		// /api/now/attachment/{sys_id}[/file]
+		return strings.Replace(p, "/"+ap.sysID, "/{sys_id}", 1)
+	}
 	parts := strings.Split(p, "/")
 	if len(parts) > 0 && len(parts[len(parts)-1]) == 32 && strings.Contains(p, "/table/") {
 		n := len(parts)

@@ -94,6 +94,10 @@ func baseURL(r *http.Request) string {
 
 // handleAPI serves the Table API.
 func (s *Server) handleAPI(w http.ResponseWriter, r *http.Request) {
+	if _, ok := parseAttachmentPath(r.URL.Path); ok {
+		s.handleAttachment(w, r)
+		return
+	}
 	ap, ok := parseAPIPath(r.URL.Path)
 	if !ok {
 		writeError(w, http.StatusBadRequest, "Requested URI does not represent any resource", "")
@@ -192,6 +196,9 @@ func (v view) writeDenied(t *table) bool {
 func (s *Server) rowHiddenLocked(t *table, r *row, v view) bool {
 	if v.tableHidden(t) {
 		return true
+	}
+	if t.s.name == AttachmentTable {
+		return s.attachmentHiddenLocked(t, r, v)
 	}
 	var parent *table
 	if t.s.name == "sys_journal_field" {

@@ -186,6 +186,7 @@ func truncate(v string, n int) string {
 // the delete business rule.
 func (s *Server) deleteLocked(t *table, old *row, w write, now string) writeResult {
 	t.remove(old.id(t))
+	s.removeRecordAttachmentsLocked(t.s.name, old.id(t))
 	if audit := s.tables["sys_audit_delete"]; audit != nil && t.s.name != "sys_audit_delete" {
 		r := audit.newRow()
 		set := func(n, v string) { r.vals[audit.s.idx(n)] = v }
