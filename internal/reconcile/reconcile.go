@@ -209,21 +209,45 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	delay := min(r.cfg.Interval, 10*time.Second) + jitter(r.cfg.Interval/10)
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
+	// A table refused for its lease is tried again every tenth of the
+	// lease TTL, not an Interval later: when the holder died mid-pass (a
+	// killed sync owner), its lease expires within LeaseTTL and the new
+	// owner takes the cut pass over then, rather than up to an Interval
+	// (5m by default) after (issue 14).
+	retryHeld := min(r.cfg.Interval, max(r.cfg.LeaseTTL/10, 100*time.Millisecond))
+	held := map[string]bool{}
+	var nextRound time.Time // the first tick is a round of every table
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-timer.C:
 		}
+		round := !time.Now().Before(nextRound)
 		for _, table := range r.cfg.Tables {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if _, err := r.Pass(ctx, table, PassOptions{}); err != nil && !errors.Is(err, ErrLeaseHeld) && ctx.Err() == nil {
+			if !round && !held[table] {
+				continue
+			}
+			_, err := r.Pass(ctx, table, PassOptions{})
+			held[table] = errors.Is(err, ErrLeaseHeld)
+			if err != nil && !held[table] && ctx.Err() == nil {
 				r.cfg.Logger.Error("reconcile pass failed", "table", table, "err", err)
 			}
 		}
-		timer.Reset(r.cfg.Interval + jitter(r.cfg.Interval/10))
+		if round {
+			nextRound = time.Now().Add(r.cfg.Interval + jitter(r.cfg.Interval/10))
+		}
+		wait := time.Until(nextRound)
+		for _, h := range held {
+			if h {
+				wait = min(wait, retryHeld+jitter(retryHeld/2))
+				break
+			}
+		}
+		timer.Reset(wait)
 	}
 }
 

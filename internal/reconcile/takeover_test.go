@@ -238,18 +238,18 @@ func checkEachVersionOnce(t *testing.T, js jetstream.JetStream, recs []simRecord
 
 func TestReconcile_PassCutByADyingReplicaIsTakenOverOnce(t *testing.T) {
 	env := recoverytest.Start(t, recoverytest.Options{Seed: 14})
-	// An import of 3,000 records (no business rule), 5 per second of
-	// sys_updated_on: a 10-minute span, so A dies further into it than the
+	// An import of 2,000 records (no business rule), 4 per second of
+	// sys_updated_on: an 8-minute span, so A dies further into it than the
 	// 2-minute overlap and B re-reads only part of what A published.
-	const records, pageSize, diesAfter = 3000, 100, 12
-	if err := env.Sim.SeedWith(records, snsim.SeedOptions{PerSecond: 5}); err != nil {
+	const records, pageSize, diesAfter = 2000, 100, 10
+	if err := env.Sim.SeedWith(records, snsim.SeedOptions{PerSecond: 4}); err != nil {
 		t.Fatal(err)
 	}
 	recs := simRecords(t, env.Sim)
 	const ttl = 2 * time.Second
 	stopWatch := watchLease(t, env.Store.KV())
 
-	// Replica A publishes 12 pages, 120 ms apart so its lease is renewed
+	// Replica A publishes 10 pages, 120 ms apart so its lease is renewed
 	// (every third of the TTL) on the way, then dies mid-pass.
 	dying := &dyingPager{Pager: &SNPager{Client: env.SN}, after: diesAfter, delay: 120 * time.Millisecond,
 		dead: make(chan struct{}), thaw: make(chan struct{})}
@@ -438,16 +438,25 @@ func (p *loggedPager) Scan(ctx context.Context, q Query, fn func([]events.Fields
 
 func TestRun_TwoReplicasNeverReconcileATableAtOnceNorPublishTwice(t *testing.T) {
 	env := recoverytest.Start(t, recoverytest.Options{Seed: 41})
-	if err := env.Sim.SeedWith(1000, snsim.SeedOptions{PerSecond: 10}); err != nil {
+	if err := env.Sim.SeedWith(300, snsim.SeedOptions{PerSecond: 2}); err != nil {
 		t.Fatal(err)
 	}
 	ids := env.Sim.IDs(recoverytest.Table)
 	log := &scanLog{}
-	cfg := func(holder string) Config {
-		return Config{Holder: holder, LeaseTTL: 2 * time.Second, PageSize: 100, Interval: 300 * time.Millisecond, SkipDeletes: true}
+	start := func(holder string) *replica {
+		return startReplica(t, env, &loggedPager{Pager: &SNPager{Client: env.SN}, holder: holder, delay: 20 * time.Millisecond, log: log},
+			Config{Holder: holder, LeaseTTL: 2 * time.Second, PageSize: 30, Interval: 300 * time.Millisecond, SkipDeletes: true})
 	}
-	a := startReplica(t, env, &loggedPager{Pager: &SNPager{Client: env.SN}, holder: "a", delay: 25 * time.Millisecond, log: log}, cfg("a"))
-	b := startReplica(t, env, &loggedPager{Pager: &SNPager{Client: env.SN}, holder: "b", delay: 25 * time.Millisecond, log: log}, cfg("b"))
+	a, b := start("a"), start("b")
+	runPasses := func() map[string]int {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		n := map[string]int{}
+		for _, s := range log.scans {
+			n[s.holder]++
+		}
+		return n
+	}
 
 	ctx, cancel := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
@@ -458,19 +467,33 @@ func TestRun_TwoReplicasNeverReconcileATableAtOnceNorPublishTwice(t *testing.T) 
 			}
 		})
 	}
-	// Changes whose webhooks never come, while both replicas run.
+	// Changes whose webhooks never come, for 2 s while both replicas run,
+	// then until each replica has run passes (at most 10 s in all).
 	rng := rand.New(rand.NewPCG(41, 41))
 	changes := 0
-	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); changes++ {
-		id := ids[rng.IntN(len(ids))]
-		if _, err := env.Sim.UpdateNoWorkflow(recoverytest.Table, id, map[string]string{"short_description": fmt.Sprintf("change %d", changes)}, human); err != nil {
-			t.Fatal(err)
+	began := time.Now()
+	for {
+		n := runPasses()
+		if time.Since(began) > 2*time.Second && n["a"] >= 2 && n["b"] >= 2 {
+			break
+		}
+		if time.Since(began) > 10*time.Second {
+			cancel()
+			wg.Wait()
+			t.Fatalf("in 10 s replica a ran %d passes and b %d; want two each", n["a"], n["b"])
+		}
+		if time.Since(began) < 2*time.Second {
+			id := ids[rng.IntN(len(ids))]
+			if _, err := env.Sim.UpdateNoWorkflow(recoverytest.Table, id, map[string]string{"short_description": fmt.Sprintf("change %d", changes)}, human); err != nil {
+				t.Fatal(err)
+			}
+			changes++
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(time.Second)
 	cancel()
 	wg.Wait()
+	ran := runPasses()
 	// A last pass catches the changes made while the last one ran.
 	if _, err := a.r.Pass(t.Context(), recoverytest.Table, PassOptions{}); err != nil {
 		t.Fatal(err)
@@ -480,17 +503,15 @@ func TestRun_TwoReplicasNeverReconcileATableAtOnceNorPublishTwice(t *testing.T) 
 	scans := slices.Clone(log.scans)
 	log.mu.Unlock()
 	slices.SortFunc(scans, func(x, y scan) int { return x.start.Compare(y.start) })
-	count := map[string]int{}
 	for i, s := range scans {
-		count[s.holder]++
 		if i > 0 && s.start.Before(scans[i-1].end) {
 			t.Errorf("%s's pass started %v before %s's ended: two replicas reconciled the table at once",
 				s.holder, scans[i-1].end.Sub(s.start), scans[i-1].holder)
 		}
 	}
 	skipped := a.passes("skipped") + b.passes("skipped")
-	if count["a"] < 2 || count["b"] < 1 || skipped == 0 {
-		t.Fatalf("passes: a %d, b %d, %d refused for the lease; want both replicas to reconcile and to contend, or the test proves nothing", count["a"], count["b"], skipped)
+	if skipped == 0 {
+		t.Fatalf("passes: a %d, b %d, none refused for the lease; want the replicas to contend, or the test proves nothing", ran["a"], ran["b"])
 	}
 	recs := simRecords(t, env.Sim)
 	published := a.gaps() + b.gaps()
@@ -498,10 +519,55 @@ func TestRun_TwoReplicasNeverReconcileATableAtOnceNorPublishTwice(t *testing.T) 
 	if published != stored {
 		t.Fatalf("the passes counted %d events new to SN_EVENTS, which holds %d: a version was published as new twice", published, stored)
 	}
-	inFlight := 0
+	reread := 0
 	for _, rep := range []*replica{a, b} {
-		inFlight += int(testutil.ToFloat64(rep.r.m.scanned.WithLabelValues(recoverytest.Table))) - rep.gaps()
+		reread += int(testutil.ToFloat64(rep.r.m.scanned.WithLabelValues(recoverytest.Table))) - rep.gaps()
 	}
-	t.Logf("%d changes without webhooks over 2.5 s; passes: a %d, b %d (one after Run), %d refused; %d events stored once each, %d re-reads the stream dropped as duplicates",
-		changes, count["a"], count["b"], skipped, stored, inFlight)
+	t.Logf("%d changes without webhooks; Run passes in %v: a %d, b %d, %d refused for the lease; %d events stored once each, %d re-reads the stream dropped as duplicates",
+		changes, time.Since(began).Round(100*time.Millisecond), ran["a"], ran["b"], skipped, stored, reread)
+}
+
+func TestRun_TakesOverATableADeadReplicaHeldWithinTheLeaseNotAnIntervalLater(t *testing.T) {
+	js, kv := setup(t)
+	sn := &memTable{}
+	sn.put("incident", events.Fields{"sys_id": sysID(1), "sys_mod_count": "0", "sys_updated_on": time.Now().UTC().Format(events.SNTimeLayout)})
+	const ttl, interval = 4 * time.Second, 3 * time.Second // JetStream TTLs are whole seconds
+	// A replica died mid-pass: its lease is never renewed nor released.
+	if _, err := AcquireLease(t.Context(), js, kv, "incident", "dead", ttl); err != nil {
+		t.Fatal(err)
+	}
+	held := time.Now()
+	reg := prometheus.NewRegistry()
+	r, err := New(js, kv, sn, &memVersions{}, Config{Tables: []string{"incident"}, Holder: "b", Interval: interval, LeaseTTL: ttl, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// Run's first pass comes an interval in, while the dead lease lives.
+	deadline := held.Add(3 * interval)
+	var sum Summary
+	for {
+		if s, ok, err := (Store{KV: kv}).LastPass(t.Context(), "incident"); err == nil && ok && s.Holder == "b" && s.Error == "" {
+			sum = s
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Run did not pass within %v of a dead replica's lease (TTL %v)", 3*interval, ttl)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	skipped := testutil.ToFloat64(r.m.passes.WithLabelValues("incident", "skipped"))
+	if skipped == 0 {
+		t.Fatalf("Run's first pass was not refused: it started %v after the dead lease was taken, the test needs it inside the %v TTL", sum.Started.Sub(held), ttl)
+	}
+	after := sum.Started.Sub(held)
+	if after < ttl-100*time.Millisecond || after > ttl+time.Second {
+		t.Fatalf("Run took the table over %v after a dead replica took its lease (TTL %v, interval %v, refused %v times); want within the TTL and a retry of a tenth of it, not the next interval",
+			after, ttl, interval, skipped)
+	}
+	t.Logf("refused %v times, passed %v after the dead replica's lease was taken (TTL %v, interval %v)", skipped, after.Round(time.Millisecond), ttl, interval)
 }
