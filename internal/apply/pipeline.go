@@ -116,6 +116,9 @@ func (h handler) Key(msg jetstream.Msg) string {
 // Handle decodes the event and applies it.
 func (h handler) Handle(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) error {
 	r := h.r
+	if strings.HasPrefix(msg.Subject(), "sn."+events.TableAttachment+".") {
+		return nil // a file, not a record version: the attachment pipeline's (internal/attach)
+	}
 	var ev events.SNEvent
 	if err := json.Unmarshal(msg.Data(), &ev); err != nil {
 		return permanentf("decode ServiceNow event: %v", err)

@@ -143,6 +143,9 @@ func (h handler) Key(msg jetstream.Msg) string {
 // Handle writes one app change back to ServiceNow and tells the app its
 // result before the change is acked.
 func (h handler) Handle(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) error {
+	if events.IsAttachmentSubject(msg.Subject()) {
+		return nil // a file, not a record change: the attachment pipeline's (internal/attach)
+	}
 	ch, err := decodeChange(msg.Subject(), msg.Data())
 	if err != nil {
 		return classified(err)

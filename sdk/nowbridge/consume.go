@@ -151,6 +151,9 @@ func (c *Client) Consume(ctx context.Context, h ApplyHandler, opts ConsumeOption
 				return []any{"subject", m.Subject(), "msg_id", m.MsgID, "external_id", m.ExternalID, "sys_id", m.SysID, "version", m.Version}
 			},
 			handle: func(ctx context.Context, m *ApplyMessage) error {
+				if m.Action == wire.ActionAttachment {
+					return nil // a file, for ConsumeAttachments
+				}
 				return guarded(ctx, store, log, m, h)
 			},
 			log: log,
@@ -185,8 +188,14 @@ func guarded(ctx context.Context, store VersionStore, log *slog.Logger, m *Apply
 	return nil
 }
 
-// decodeApply parses a bridge.apply.<entity>.<action> message.
+// decodeApply parses a bridge.apply.<entity>.<action> message. An
+// attachment's (bridge.apply.<entity>.attachment) is not a record version:
+// it decodes to its entity and action alone, which Consume skips.
 func decodeApply(msg jetstream.Msg) (*ApplyMessage, string, error) {
+	if wire.IsAttachmentSubject(msg.Subject()) {
+		entity, _, _ := subjectParts(msg.Subject(), "bridge.apply.")
+		return &ApplyMessage{Entity: entity, Action: wire.ActionAttachment, MsgID: msg.Headers().Get(wire.HeaderMsgID)}, "", nil
+	}
 	m := &ApplyMessage{}
 	if err := json.Unmarshal(msg.Data(), m); err != nil {
 		return nil, "", fmt.Errorf("decode %s: %w", msg.Subject(), err)
