@@ -458,10 +458,12 @@ func (r *chaosRun) logFailover(killedAt time.Time) {
 	}
 	r.sn.mu.Unlock()
 	t.Log(msg)
-	// The lease expires TTL after its last renewal (at most TTL/3 before
-	// the kill) and a standby tries every TTL/10; the lease's KV stream may
-	// be electing a leader too, having lost a node at the same moment.
-	if limit := 2*chaosLeaseTTL + 5*time.Second; gap > limit {
+	// The lease expires TTL after its last renewal (at most TTL/4 before
+	// the kill) and a standby tries every TTL/10: within the TTL and a
+	// poll. A second more for a race-built replica on a busy machine,
+	// whose bridge_state stream may be electing a leader too, having lost
+	// a node at the same moment.
+	if limit := chaosLeaseTTL + 2*time.Second; gap > limit {
 		t.Errorf("the sync had no owner for %s after the owner was killed, want within %s (lease TTL %s)", gap, limit, chaosLeaseTTL)
 	}
 }

@@ -495,6 +495,9 @@ func streamMsgIDs(t *testing.T, natsURL, stream string) map[string]int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// On a cluster the consumer may sit on a node still catching up after
+	// a restart: an empty batch is waited out for up to 30 s.
+	stalled := time.Now()
 	for got := uint64(0); got < info.State.Msgs; {
 		// Ask for no more than remain: Fetch waits out its MaxWait for a
 		// batch it cannot fill.
@@ -507,8 +510,11 @@ func streamMsgIDs(t *testing.T, natsURL, stream string) map[string]int {
 			ids[m.Headers().Get(events.HeaderMsgID)]++
 			got++
 		}
-		if got == before {
-			t.Fatalf("read %d of %s's %d messages, then nothing more came", got, stream, info.State.Msgs)
+		switch {
+		case got > before:
+			stalled = time.Now()
+		case time.Since(stalled) > 30*time.Second:
+			t.Fatalf("read %d of %s's %d messages, then nothing more came for %s (last fetch: %v)", got, stream, info.State.Msgs, time.Since(stalled).Round(time.Second), batch.Error())
 		}
 	}
 	return ids
