@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -176,11 +177,13 @@ func New(cfg Config) (*Receiver, error) {
 		return nil, fmt.Errorf("inbound: metrics: %w", err)
 	}
 	r := &Receiver{
-		cfg:        cfg,
-		nc:         cfg.Conn,
-		js:         js,
-		verifier:   &webhook.Verifier{Secrets: cfg.Secrets, Tolerance: cfg.Tolerance, Now: cfg.Now},
-		validator:  events.NewValidator(cfg.Tables),
+		cfg:      cfg,
+		nc:       cfg.Conn,
+		js:       js,
+		verifier: &webhook.Verifier{Secrets: cfg.Secrets, Tolerance: cfg.Tolerance, Now: cfg.Now},
+		// sys_attachment whatever BRIDGE_TABLES says: the attachment
+		// business rule sends only those of synced tables' records.
+		validator:  events.NewValidator(append(slices.Clone(cfg.Tables), events.TableAttachment)),
 		log:        cfg.Logger,
 		m:          m,
 		retryAfter: fmt.Sprint(int((cfg.RetryAfter + time.Second - 1) / time.Second)),
