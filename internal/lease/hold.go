@@ -41,7 +41,9 @@ func (h *Holding) withDefaults() {
 	if h.TTL <= 0 {
 		h.TTL = 10 * time.Second
 	}
-	h.TTL = max(h.TTL, time.Second)
+	// JetStream keeps a message TTL in whole seconds (1s at least):
+	// renew and give up by the TTL the server applies.
+	h.TTL = max(h.TTL.Truncate(time.Second), time.Second)
 	if h.Poll <= 0 {
 		h.Poll = min(h.TTL/10, time.Second)
 	}
