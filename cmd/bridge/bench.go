@@ -32,8 +32,9 @@ import (
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
-// benchModes are what `bridge bench` measures; end-to-end runs them all.
-var benchModes = []string{"ingest", "apply", "writeback", "lag", "end-to-end"}
+// benchModes are what `bridge bench` measures; end-to-end runs them all
+// but replicas (a cluster and child processes, minutes: bench_replicas.go).
+var benchModes = []string{"ingest", "apply", "writeback", "lag", "end-to-end", "replicas"}
 
 // benchOptions are `bridge bench`'s flags.
 type benchOptions struct {
@@ -43,12 +44,13 @@ type benchOptions struct {
 	records  int
 	json     bool
 	quiet    bool
+	replicas replicasOptions
 }
 
 func newBenchCmd(a *app) *cobra.Command {
 	var o benchOptions
 	cmd := &cobra.Command{
-		Use:   "bench ingest|apply|writeback|lag|end-to-end",
+		Use:   "bench ingest|apply|writeback|lag|end-to-end|replicas",
 		Short: "Measure throughput and latency on this machine (embedded JetStream and the simulator on loopback)",
 		Long: `bridge bench measures the bridge on this machine, like nats bench: everything
 runs in this process on loopback (an embedded JetStream server in a temporary
@@ -69,6 +71,14 @@ directory, the ServiceNow simulator, the bridge wired as bridge dev wires it).
               --duration: how far the apply consumer falls behind, and how long
               it takes to catch up
   end-to-end  all of the above, one after the other
+  replicas    1 and 3 replicas of bridge serve (this binary, as child
+              processes) on one 3-node JetStream cluster with R3 streams, the
+              simulator's webhooks spread round-robin over them by a front:
+              apply and writeback as above at each of --rates, in alternating
+              turns (1, 3, 3, 1, ...) for --duration each, the ratios 3/1;
+              then the sync owner killed -9 under load with each of
+              --failover-ttls as BRIDGE_SYNC_LEASE_TTL: the time until another
+              replica takes over and the first bridge.apply after the death
 
 Results go to stdout as a table, or as JSON with --json; a progress bar goes to
 stderr unless --quiet. The machine's load average is part of the report: on a
@@ -88,6 +98,9 @@ shared machine, compare figures from one run only.`,
 				return usageError{fmt.Errorf("--rate must be positive, got %d", o.rate)}
 			case o.records <= 0:
 				return usageError{fmt.Errorf("--records must be positive, got %d", o.records)}
+			}
+			if err := o.replicas.validate(); mode == "replicas" && err != nil {
+				return usageError{err}
 			}
 			rep, err := runBench(cmd.Context(), a, mode, o)
 			if err != nil {
@@ -109,6 +122,7 @@ shared machine, compare figures from one run only.`,
 	f.IntVar(&o.records, "records", 500, "records the changes are spread over (apply, writeback)")
 	f.BoolVar(&o.json, "json", false, "print the report as JSON")
 	f.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	o.replicas.addFlags(f)
 	return cmd
 }
 
@@ -122,6 +136,7 @@ type benchReport struct {
 	Apply       *latencyReport  `json:"apply,omitempty"`
 	Writeback   *latencyReport  `json:"writeback,omitempty"`
 	Lag         *applyLagReport `json:"apply_lag,omitempty"`
+	Replicas    *replicasReport `json:"replicas,omitempty"`
 }
 
 // ingestReport compares the receiver with a minimal forwarder.
@@ -179,6 +194,13 @@ type applyLagReport struct {
 func runBench(ctx context.Context, a *app, mode string, o benchOptions) (*benchReport, error) {
 	rep := &benchReport{Mode: mode, GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0), LoadAverage: loadAverage()}
 	b := &bencher{a: a, o: o}
+	if mode == "replicas" {
+		var err error
+		if rep.Replicas, err = b.replicas(ctx); err != nil {
+			return nil, fmt.Errorf("bench replicas: %w", err)
+		}
+		return rep, nil
+	}
 	run := func(name string, f func(context.Context) error) error {
 		if mode != name && mode != "end-to-end" {
 			return nil
@@ -245,6 +267,7 @@ func (r *benchReport) print(w io.Writer) {
 		fmt.Fprintf(w, "  stored %d, applied %d, lag %d at the end (max %d); caught up in %.1fs (%.0f/s)\n",
 			l.Stored, l.AppliedAtEnd, l.LagAtEnd, l.MaxLag, l.CatchUpSeconds, l.DrainPerSecond)
 	}
+	r.Replicas.print(w)
 }
 
 // bencher runs the phases of one `bridge bench`.
@@ -584,8 +607,9 @@ func (b *bencher) startBenchDev(ctx context.Context, records int) (*devStack, fu
 // the bridge among the simulator's targets: the end of the simulator's
 // own part of a change's journey.
 type arrivals struct {
-	mu sync.Mutex
-	at map[string]time.Time // "<sys_id>:<sys_mod_count>"
+	url string // where it listens (startArrivals)
+	mu  sync.Mutex
+	at  map[string]time.Time // "<sys_id>:<sys_mod_count>"
 }
 
 func (o *arrivals) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -666,16 +690,13 @@ func (b *bencher) applyLatency(ctx context.Context) (*latencyReport, error) {
 		return nil, err
 	}
 	defer stop()
-	obs := &arrivals{at: map[string]time.Time{}}
-	oln, err := net.Listen("tcp", "127.0.0.1:0")
+	obs, closeObs, err := startArrivals()
 	if err != nil {
 		return nil, err
 	}
-	osrv := &http.Server{Handler: obs, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = osrv.Serve(oln) }()
-	defer osrv.Close()
+	defer closeObs()
 	if err := st.sim.SetWebhooks(
-		snsim.WebhookTarget{URL: "http://" + oln.Addr().String() + "/", Secrets: []webhook.Secret{st.secret}},
+		snsim.WebhookTarget{URL: obs.url, Secrets: []webhook.Secret{st.secret}},
 		snsim.WebhookTarget{URL: st.bridge + inbound.Path, Secrets: []webhook.Secret{st.secret}},
 	); err != nil {
 		return nil, err
@@ -684,7 +705,52 @@ func (b *bencher) applyLatency(ctx context.Context) (*latencyReport, error) {
 	if err := st.sim.WaitWebhooks(ctx); err != nil {
 		return nil, err
 	}
-	ids := st.sim.IDs("incident")
+	j, err := b.applyTurn(ctx, "apply", st.sim, st.nc, obs)
+	if err != nil {
+		return nil, err
+	}
+	return j.report(b.o.rate), nil
+}
+
+// journeys are the measured journeys of one or more turns, before
+// percentiles: span adds up each turn's time from its first change to its
+// last arrival.
+type journeys struct {
+	sent               int
+	span               time.Duration
+	bridge, sim, total []time.Duration
+}
+
+func (j *journeys) add(o *journeys) {
+	j.sent += o.sent
+	j.span += o.span
+	j.bridge = append(j.bridge, o.bridge...)
+	j.sim = append(j.sim, o.sim...)
+	j.total = append(j.total, o.total...)
+}
+
+func (j *journeys) report(rate int) *latencyReport {
+	return latencies(rate, j.sent, len(j.total), j.span, j.bridge, j.sim, j.total)
+}
+
+// startArrivals serves an arrivals observer on a loopback port.
+func startArrivals() (*arrivals, func(), error) {
+	obs := &arrivals{at: map[string]time.Time{}}
+	oln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	obs.url = "http://" + oln.Addr().String() + "/"
+	osrv := &http.Server{Handler: obs, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = osrv.Serve(oln) }()
+	return obs, func() { _ = osrv.Close() }, nil
+}
+
+// applyTurn makes --rate changes a second for --duration in sim (records of
+// incident, in turn) and times each until its bridge.apply message arrives
+// on nc; obs must be among sim's webhook targets, before the bridge.
+func (b *bencher) applyTurn(ctx context.Context, what string, sim *snsim.Server, nc *nats.Conn, obs *arrivals) (*journeys, error) {
+	ids := sim.IDs("incident")
 	if len(ids) == 0 {
 		return nil, errors.New("the simulator has no incident to change")
 	}
@@ -692,7 +758,7 @@ func (b *bencher) applyLatency(ctx context.Context) (*latencyReport, error) {
 	var mu sync.Mutex
 	changed := map[string]time.Time{} // "<sys_id>:<sys_mod_count>" -> when the change was made
 	received := map[string]time.Time{}
-	sub, err := st.nc.Subscribe(events.ApplySubjects, func(m *nats.Msg) {
+	sub, err := nc.Subscribe(events.ApplySubjects, func(m *nats.Msg) {
 		now := time.Now()
 		var am events.ApplyMessage
 		if json.Unmarshal(m.Data, &am) != nil || am.SysID == "" {
@@ -709,10 +775,13 @@ func (b *bencher) applyLatency(ctx context.Context) (*latencyReport, error) {
 	_ = sub.SetPendingLimits(-1, -1)
 
 	start := time.Now()
-	sent, err := b.pace(ctx, "apply", b.o.duration, func(i int) error {
+	sent, err := b.pace(ctx, what, b.o.duration, func(i int) error {
 		id := ids[i%len(ids)]
 		t0 := time.Now()
-		rec, err := st.sim.Update("incident", id, map[string]string{"short_description": "bench change " + strconv.Itoa(i)}, "beth.anglin")
+		// A value never set before: a change that sets the value a record
+		// has already is no change, and the bridge hands nothing over.
+		value := fmt.Sprintf("bench change %d at %d", i, t0.UnixNano())
+		rec, err := sim.Update("incident", id, map[string]string{"short_description": value}, "beth.anglin")
 		if err != nil {
 			return err
 		}
@@ -729,7 +798,7 @@ func (b *bencher) applyLatency(ctx context.Context) (*latencyReport, error) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	var total, simPart, bridgePart []time.Duration
+	j := &journeys{sent: sent}
 	var lastAt time.Time
 	for key, t0 := range changed {
 		t2, ok := received[key]
@@ -741,14 +810,15 @@ func (b *bencher) applyLatency(ctx context.Context) (*latencyReport, error) {
 			continue
 		}
 		lastAt = maxTime(lastAt, t2)
-		total = append(total, t2.Sub(t0))
-		simPart = append(simPart, t1.Sub(t0))
-		bridgePart = append(bridgePart, t2.Sub(t1))
+		j.total = append(j.total, t2.Sub(t0))
+		j.sim = append(j.sim, t1.Sub(t0))
+		j.bridge = append(j.bridge, t2.Sub(t1))
 	}
-	if len(total) == 0 {
+	if len(j.total) == 0 {
 		return nil, fmt.Errorf("none of %d changes reached bridge.apply within 30 s of the last: see the warnings above", sent)
 	}
-	return latencies(b.o.rate, sent, len(total), lastAt.Sub(start), bridgePart, simPart, total), nil
+	j.span = lastAt.Sub(start)
+	return j, nil
 }
 
 // writebackLatency: an app change published on app.<entity>.upsert -> its
@@ -762,12 +832,23 @@ func (b *bencher) writebackLatency(ctx context.Context) (*latencyReport, error) 
 		return nil, err
 	}
 	defer stop()
+	j, err := b.writebackTurn(ctx, "writeback", st.sim, st.nc, st.js, "")
+	if err != nil {
+		return nil, err
+	}
+	return j.report(b.o.rate), nil
+}
+
+// writebackTurn publishes --rate app changes a second for --duration over
+// --records external ids (BENCH-<prefix><n>: a new prefix, new records)
+// and times each until its final bridge.result arrives on nc.
+func (b *bencher) writebackTurn(ctx context.Context, what string, sim *snsim.Server, nc *nats.Conn, js jetstream.JetStream, prefix string) (*journeys, error) {
 	entity := events.DefaultEntity
 	var mu sync.Mutex
 	published := map[string]time.Time{} // "<external_id>:<version>"
 	results := map[string]time.Time{}
 	var failed atomic.Int64
-	sub, err := st.nc.Subscribe(events.ResultsSubjects, func(m *nats.Msg) {
+	sub, err := nc.Subscribe(events.ResultsSubjects, func(m *nats.Msg) {
 		now := time.Now()
 		var r events.Result
 		if json.Unmarshal(m.Data, &r) != nil || !r.Final() {
@@ -785,12 +866,12 @@ func (b *bencher) writebackLatency(ctx context.Context) (*latencyReport, error) 
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	_ = sub.SetPendingLimits(-1, -1)
-	st.sim.ResetStats()
+	sim.ResetStats()
 
 	records := b.o.records
 	start := time.Now()
-	sent, err := b.pace(ctx, "writeback", b.o.duration, func(i int) error {
-		ext := fmt.Sprintf("BENCH-%d", i%records)
+	sent, err := b.pace(ctx, what, b.o.duration, func(i int) error {
+		ext := fmt.Sprintf("BENCH-%s%d", prefix, i%records)
 		version := int64(i/records + 1)
 		body, err := json.Marshal(events.AppChange{ExternalID: ext, Version: version, UpdatedAt: time.Now().UTC(),
 			Fields: map[string]string{"title": "bench change " + strconv.Itoa(i), "status": "new"}})
@@ -801,7 +882,7 @@ func (b *bencher) writebackLatency(ctx context.Context) (*latencyReport, error) 
 		mu.Lock()
 		published[key] = time.Now()
 		mu.Unlock()
-		_, err = st.js.Publish(ctx, events.AppSubject(entity, events.AppUpsert), body,
+		_, err = js.Publish(ctx, events.AppSubject(entity, events.AppUpsert), body,
 			jetstream.WithMsgID(events.AppMsgID(entity, ext, version, events.AppUpsert)))
 		return err
 	})
@@ -811,10 +892,10 @@ func (b *bencher) writebackLatency(ctx context.Context) (*latencyReport, error) 
 	if err := waitAll(ctx, &mu, published, results, 60*time.Second); err != nil {
 		return nil, err
 	}
-	simPerChange := simTableTime(st.sim, sent)
+	simPerChange := simTableTime(sim, sent)
 	mu.Lock()
 	defer mu.Unlock()
-	var total, simPart, bridgePart []time.Duration
+	j := &journeys{sent: sent}
 	var lastAt time.Time
 	for key, t0 := range published {
 		t1, ok := results[key]
@@ -823,17 +904,18 @@ func (b *bencher) writebackLatency(ctx context.Context) (*latencyReport, error) 
 		}
 		lastAt = maxTime(lastAt, t1)
 		d := t1.Sub(t0)
-		total = append(total, d)
-		simPart = append(simPart, simPerChange)
-		bridgePart = append(bridgePart, max(d-simPerChange, 0))
+		j.total = append(j.total, d)
+		j.sim = append(j.sim, simPerChange)
+		j.bridge = append(j.bridge, max(d-simPerChange, 0))
 	}
-	if len(total) == 0 {
+	if len(j.total) == 0 {
 		return nil, fmt.Errorf("none of %d app changes got a result within 60 s of the last: see the warnings above", sent)
 	}
 	if f := failed.Load(); f > 0 {
 		return nil, fmt.Errorf("%d app changes were not written (rejected, conflict or stale): see the warnings above", f)
 	}
-	return latencies(b.o.rate, sent, len(total), lastAt.Sub(start), bridgePart, simPart, total), nil
+	j.span = lastAt.Sub(start)
+	return j, nil
 }
 
 // simTableTime is the simulator's own time per app change: the mean time
