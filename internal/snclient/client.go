@@ -164,7 +164,8 @@ func breakerExcluded(err error) bool {
 		return ae.Status < 500
 	}
 	var gone *callerGone
-	return errors.As(err, &gone)
+	var src *sourceError
+	return errors.As(err, &gone) || errors.As(err, &src)
 }
 
 // call is one logical request, retried as a whole.
@@ -175,13 +176,34 @@ type call struct {
 	path   string
 	query  url.Values
 	body   []byte
+
+	// A streamed request body (attachment uploads): open is called once
+	// per attempt, so a retry re-sends from the start; size is its
+	// Content-Length and contentType its Content-Type.
+	open        func() (io.ReadCloser, error)
+	size        int64
+	contentType string
+	// accept replaces "application/json" (downloads send */*).
+	accept string
+	// stream hands a successful answer's body to the caller unread
+	// (response.stream); the caller closes it.
+	stream bool
 }
 
 type response struct {
 	status int
 	header http.Header
 	body   []byte
+	stream io.ReadCloser // set for call.stream
 }
+
+// sourceError is a streamed request body that could not be opened or read:
+// the caller's source failed, not ServiceNow, so it is neither retried nor
+// counted by the breaker.
+type sourceError struct{ err error }
+
+func (e *sourceError) Error() string { return "reading the file to upload: " + e.err.Error() }
+func (e *sourceError) Unwrap() error { return e.err }
 
 // callerGone marks an attempt ended by the caller's context.
 type callerGone struct{ err error }
@@ -266,7 +288,8 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 			return resp, nil
 		}
 		var gone *callerGone
-		if errors.As(err, &gone) {
+		var src *sourceError
+		if errors.As(err, &gone) || errors.As(err, &src) {
 			keep(err)
 			return nil, backoff.Permanent(err)
 		}
@@ -331,6 +354,9 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 
 // attempt sends one HTTP request and tells the pacer what the answer said.
 func (c *Client) attempt(ctx context.Context, cl *call, tok *token, tk *ticket) (*response, error) {
+	if cl.open != nil || cl.stream {
+		return c.attemptStream(ctx, cl, tok, tk)
+	}
 	actx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
 	var gotConn atomic.Bool
@@ -377,6 +403,11 @@ func (c *Client) attempt(ctx context.Context, cl *call, tok *token, tk *ticket) 
 		return nil, &APIError{Status: resp.StatusCode, Method: cl.method, Table: cl.table,
 			Message: fmt.Sprintf("response body over %d bytes", maxBody), Hint: "ask for fewer rows (sysparm_limit) or fields"}
 	}
+	return c.answered(cl, tk, resp, b)
+}
+
+// answered turns a read answer into the call's result and tells the pacer.
+func (c *Client) answered(cl *call, tk *ticket, resp *http.Response, b []byte) (*response, error) {
 	if resp.StatusCode >= 400 {
 		e := c.apiError(cl, resp, b)
 		c.pace.answer(tk, resp.StatusCode, resp.Header, e.RetryAfter)
@@ -409,6 +440,9 @@ func (c *Client) apiError(cl *call, resp *http.Response, body []byte) *APIError 
 		e.RateLimitRule = resp.Header.Get("X-RateLimit-Rule")
 	}
 	e.Hint = hintFor(e.Status, e.Message, e.Detail)
+	if cl.table == attachmentTable && e.Status == 403 && e.Hint == HintRoles {
+		e.Hint = HintAttachmentRights
+	}
 	if e.Status == 401 {
 		e.Hint = "the access token was rejected; the client exchanged a new one and retried"
 	}

@@ -338,6 +338,10 @@ type ticket struct {
 
 // resourceOf names a call as rate limit rules do: "PATCH /now/table/incident".
 func resourceOf(cl *call) string {
+	if strings.HasPrefix(cl.path, attachmentPath) {
+		// One resource for the Attachment API's paths, whatever the sys_id.
+		return cl.method + " /now/attachment"
+	}
 	p := strings.TrimPrefix(cl.path, "/api")
 	if cl.sysID != "" {
 		p = strings.TrimSuffix(p, "/"+cl.sysID)
