@@ -2,6 +2,7 @@ package servicenow
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -16,7 +17,7 @@ const UpdateSetName = "nowbridge webhooks"
 
 // UpdateSetVersion is bumped when the shipped records change in a way an
 // admin should notice; it is part of the update set's name and description.
-const UpdateSetVersion = "1.2.0"
+const UpdateSetVersion = "1.3.0"
 
 // stamp is every record's created/updated time: fixed, so regenerating from
 // unchanged sources gives byte-identical XML.
@@ -26,6 +27,10 @@ const stamp = "2026-11-29 00:00:00"
 // the include as global.NowbridgeWebhook so that the same condition works in
 // a rule of a scoped application (HR cases).
 const ConditionScript = "new global.NowbridgeWebhook().shouldSend(current)"
+
+// AttachmentConditionScript is the condition of the attachment rule on
+// sys_attachment: an attachment of a table nowbridge.tables lists.
+const AttachmentConditionScript = "new global.NowbridgeWebhook().shouldSendAttachment(current)"
 
 // Options selects what the update set contains.
 type Options struct {
@@ -55,6 +60,27 @@ type Rule struct {
 	Update  bool
 	Delete  bool
 	Comment string
+	// Condition is the rule's condition; "" is ConditionScript.
+	Condition string
+}
+
+// AttachmentRule is the business rule on sys_attachment: after insert and
+// after delete, it sends the attachments of every synced table (the
+// metadata, never the file). One rule, in the global scope, whatever the
+// tables.
+func AttachmentRule() Rule {
+	return Rule{Name: "nowbridge webhook (attachment)", Table: AttachmentTable, Scope: "global", File: "webhook_attachment.js",
+		Insert: true, Delete: true, Condition: AttachmentConditionScript,
+		Comment: "Sends each attachment added to or removed from a record of a table nowbridge.tables lists to nowbridge: its metadata (content_type, file_name, hash, size_bytes, table_name, table_sys_id), never the file (after rule; the request goes out through executeAsync)."}
+}
+
+// AttachmentTable is the table attachments' metadata lives in.
+const AttachmentTable = "sys_attachment"
+
+// AttachmentFields mirrors NowbridgeWebhook.ATTACHMENT_FIELDS: the fields
+// of sys_attachment the attachment rule sends in record, sorted.
+func AttachmentFields() []string {
+	return []string{"content_type", "file_name", "hash", "size_bytes", "table_name", "table_sys_id"}
 }
 
 // Properties lists the system properties for the given tables.
@@ -90,7 +116,7 @@ func Rules(tables []string) []Rule {
 				Comment: "Sends each delete of " + t + " to nowbridge with the record's last values while nowbridge.tables lists it."},
 		)
 	}
-	return rules
+	return append(rules, AttachmentRule())
 }
 
 // sysID derives a stable sys_id from a record's identity, so re-importing a
@@ -234,7 +260,7 @@ func ruleUpdates(tables []string) (updates []update, ruleTables []string, err er
 			{"add_message", "false"},
 			{"advanced", "true"},
 			{"collection", r.Table},
-			{"condition", ConditionScript},
+			{"condition", cmp.Or(r.Condition, ConditionScript)},
 			{"description", r.Comment + " Generated from servicenow/business_rules/" + r.File + "."},
 			{"execute_function", "false"},
 			{"filter_condition", ""},
@@ -288,8 +314,14 @@ func propertyUpdates(tables []string) []update {
 // describe is the update set's description: what it creates, and which
 // tables' rules an admin creates by hand in their scope.
 func describe(ruleTables, tables []string) string {
+	var tablesWithRules []string
+	for _, t := range ruleTables {
+		if t != AttachmentTable {
+			tablesWithRules = append(tablesWithRules, t)
+		}
+	}
 	d := "nowbridge " + UpdateSetVersion + ": the NowbridgeWebhook script include, after insert/update and after delete business rules for " +
-		strings.Join(ruleTables, ", ") + " (each sending while nowbridge.tables lists it), the nowbridge.* system properties, and the self-test (Scripted REST API nowbridge, POST /selftest, role " +
+		strings.Join(tablesWithRules, ", ") + " (each sending while nowbridge.tables lists it), an after insert/delete rule on sys_attachment (attachments of the tables nowbridge.tables lists, metadata only), the nowbridge.* system properties, and the self-test (Scripted REST API nowbridge, POST /selftest, role " +
 		events.SelfTestRole + ")."
 	var scoped []string
 	for _, t := range tables {

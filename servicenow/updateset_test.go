@@ -216,6 +216,7 @@ func parseUpdateSet(t *testing.T, raw []byte) parsedSet {
 	include, _ := servicenow.Script("NowbridgeWebhook.js")
 	insertUpdate, _ := servicenow.Script("webhook_insert_update.js")
 	deleteRule, _ := servicenow.Script("webhook_delete.js")
+	attachmentRule, _ := servicenow.Script("webhook_attachment.js")
 
 	ps := parsedSet{rules: map[string]bool{}, props: map[string]string{}, description: u.Sets[0].Description}
 	var st selfTestRecords
@@ -242,10 +243,20 @@ func parseUpdateSet(t *testing.T, raw []byte) parsedSet {
 			}
 		case rec.Rule != nil:
 			r := rec.Rule
-			if r.When != "after" || r.Advanced != "true" || r.Active != "true" || r.Condition != servicenow.ConditionScript || r.Scope != "global" {
+			wantCondition := servicenow.ConditionScript
+			if r.Collection == servicenow.AttachmentTable {
+				wantCondition = servicenow.AttachmentConditionScript
+			}
+			if r.When != "after" || r.Advanced != "true" || r.Active != "true" || r.Condition != wantCondition || r.Scope != "global" {
 				t.Errorf("rule %s on %s: when=%s advanced=%s active=%s condition=%q scope=%q", r.Name, r.Collection, r.When, r.Advanced, r.Active, r.Condition, r.Scope)
 			}
 			switch {
+			case r.Collection == servicenow.AttachmentTable:
+				if r.Insert != "true" || r.Update != "false" || r.Delete != "true" || r.Script != attachmentRule {
+					t.Errorf("attachment rule: insert=%s update=%s delete=%s, script same as webhook_attachment.js: %v; want after insert and delete only",
+						r.Insert, r.Update, r.Delete, r.Script == attachmentRule)
+				}
+				ps.rules[r.Collection+"/insert_delete"] = true
 			case r.Insert == "true" && r.Update == "true" && r.Delete == "false":
 				if r.Script != insertUpdate {
 					t.Errorf("insert/update rule on %s differs from webhook_insert_update.js", r.Collection)
@@ -321,13 +332,14 @@ func TestUpdateSet_ShippedTables(t *testing.T) {
 			wantRules = append(wantRules, table+"/insert_update", table+"/delete")
 		}
 	}
+	wantRules = append(wantRules, "sys_attachment/insert_delete")
 	checkProps(t, ps.props, extra)
 	for _, r := range wantRules {
 		if !ps.rules[r] {
 			t.Errorf("missing business rule %s (have %v)", r, ps.rules)
 		}
 	}
-	if len(ps.rules) != len(wantRules) || len(wantRules) != 8 {
+	if len(ps.rules) != len(wantRules) || len(wantRules) != 9 {
 		t.Errorf("rules %v, want exactly %v", ps.rules, wantRules)
 	}
 	if ps.rules["sn_hr_core_case/insert_update"] || ps.rules["sn_hr_core_case/delete"] {
@@ -353,7 +365,7 @@ func TestUpdateSet_OtherTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	ps := parseUpdateSet(t, raw)
-	want := []string{"incident/insert_update", "incident/delete", "u_vendor_ticket/insert_update", "u_vendor_ticket/delete"}
+	want := []string{"incident/insert_update", "incident/delete", "u_vendor_ticket/insert_update", "u_vendor_ticket/delete", "sys_attachment/insert_delete"}
 	for _, r := range want {
 		if !ps.rules[r] {
 			t.Errorf("missing business rule %s (have %v)", r, ps.rules)

@@ -3,7 +3,9 @@
  *
  * Sends one record change to the nowbridge receiver (POST /webhooks/servicenow, SPEC §2), signed with
  * the Standard Webhooks scheme. The business rules "nowbridge webhook (insert/update)" and
- * "nowbridge webhook (delete)" call it; their condition is shouldSend().
+ * "nowbridge webhook (delete)" call it; their condition is shouldSend(). The rule "nowbridge webhook
+ * (attachment)" on sys_attachment calls sendAttachment() under shouldSendAttachment(): an attachment
+ * added to or removed from a record of a synced table, as metadata only (never the file).
  *
  * The body must be byte-identical to Go's events.EncodeWebhookBody for the same record (the bridge's
  * simulator emulates this script): keep the property order below, sort `changed` and the record keys,
@@ -54,6 +56,12 @@ NowbridgeWebhook.DEFAULT_FIELDS = {
         'correlation_id,correlation_display,close_notes,active,comments,work_notes'
 };
 
+// The attachment rule's table and the sys_attachment fields it sends in `record`, sorted (Go:
+// snsim.AttachmentWebhookFields, servicenow.AttachmentFields). No content: the bridge downloads the
+// file with the Attachment API. hash (SHA-256 of the file) is skipped on a release without the field.
+NowbridgeWebhook.ATTACHMENT_TABLE = 'sys_attachment';
+NowbridgeWebhook.ATTACHMENT_FIELDS = ['content_type', 'file_name', 'hash', 'size_bytes', 'table_name', 'table_sys_id'];
+
 // Tables sent while nowbridge.tables is empty or missing (Go: servicenow.DefaultSyncedTables).
 NowbridgeWebhook.DEFAULT_TABLES = 'incident';
 
@@ -83,6 +91,20 @@ NowbridgeWebhook.prototype = {
         return skip === '' || this._str(gs.getUserName()) !== skip;
     },
 
+    // Attachment rule condition: like shouldSend, for an attachment (gr, a sys_attachment record)
+    // whose record's table (table_name) nowbridge.tables lists.
+    shouldSendAttachment: function (gr) {
+        if (this._prop('enabled', 'true') === 'false' || !gr) {
+            return false;
+        }
+        if (this._str(gr.getTableName()) !== NowbridgeWebhook.ATTACHMENT_TABLE ||
+            !this.sendsTable(this._str(gr.getValue('table_name')))) {
+            return false;
+        }
+        var skip = this._prop('skip_user', '');
+        return skip === '' || this._str(gs.getUserName()) !== skip;
+    },
+
     // sendsTable reports whether nowbridge.tables lists table (empty or missing: DEFAULT_TABLES).
     sendsTable: function (table) {
         var value = this._prop('tables', '');
@@ -102,20 +124,30 @@ NowbridgeWebhook.prototype = {
         if (action === 'update' && !gr.changes()) {
             return false; // nothing was written: no new version to report
         }
+        return this._deliver(this.buildEvent(gr, action), table, gr.getUniqueValue());
+    },
+
+    // Sends an attachment's insert or delete (action 'insert' or 'delete') as its metadata.
+    sendAttachment: function (gr, action) {
+        return this._deliver(this.buildAttachmentEvent(gr, action), NowbridgeWebhook.ATTACHMENT_TABLE, gr.getUniqueValue());
+    },
+
+    // _deliver encodes, signs and sends event (null: nothing to send). Returns true when the request
+    // was handed to the platform.
+    _deliver: function (event, table, sysID) {
+        if (event === null) {
+            return false;
+        }
         var url = this._prop('webhook_url', '');
         if (url === '') {
             gs.error('nowbridge: property ' + NowbridgeWebhook.PROPERTY_PREFIX +
-                'webhook_url is empty; no webhook sent for ' + table + ' ' + gr.getUniqueValue());
+                'webhook_url is empty; no webhook sent for ' + table + ' ' + sysID);
             return false;
         }
         var keys = this._keys();
         if (keys.length === 0) {
             gs.error('nowbridge: property ' + NowbridgeWebhook.PROPERTY_PREFIX +
-                'webhook_secret is empty or not whsec_<base64>; no webhook sent for ' + table + ' ' + gr.getUniqueValue());
-            return false;
-        }
-        var event = this.buildEvent(gr, action);
-        if (event === null) {
+                'webhook_secret is empty or not whsec_<base64>; no webhook sent for ' + table + ' ' + sysID);
             return false;
         }
         var body = this.encode(event);
@@ -303,6 +335,39 @@ NowbridgeWebhook.prototype = {
             event.changed = changed;
         }
         event.record = sorted;
+        return event;
+    },
+
+    // buildAttachmentEvent returns the SPEC §2 event of an attachment (table sys_attachment, its
+    // sys_id, action insert or delete) whose record holds ATTACHMENT_FIELDS as strings.
+    buildAttachmentEvent: function (gr, action) {
+        var record = {};
+        var fields = NowbridgeWebhook.ATTACHMENT_FIELDS;
+        for (var i = 0; i < fields.length; i++) {
+            var f = fields[i];
+            if (!gr.isValidField(f)) {
+                if (f !== 'hash') {
+                    gs.warn('nowbridge: sys_attachment has no field ' + f + '; it is not sent');
+                }
+                continue;
+            }
+            record[f] = this._str(gr.getValue(f));
+        }
+        var event = {};
+        var instance = this._str(gs.getProperty('instance_name', ''));
+        if (instance !== '') {
+            event.instance = instance;
+        }
+        event.table = NowbridgeWebhook.ATTACHMENT_TABLE;
+        event.sys_id = this._str(gr.getUniqueValue());
+        event.action = action;
+        event.sys_mod_count = this._str(gr.getValue('sys_mod_count'));
+        event.sys_updated_on = this._str(gr.getValue('sys_updated_on'));
+        var by = this._str(gr.getValue('sys_updated_by'));
+        if (by !== '') {
+            event.sys_updated_by = by;
+        }
+        event.record = record;
         return event;
     },
 
