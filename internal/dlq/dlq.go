@@ -318,6 +318,32 @@ func Purge(ctx context.Context, js jetstream.JetStream, pipeline string) (uint64
 	return n, nil
 }
 
+// PurgeThrough removes the dead letters of pipeline ("" for all) up to and
+// including sequence last, and returns how many there were. A purge
+// confirmed by a person who saw the list up to last leaves the dead letters
+// that arrived after it alone.
+func PurgeThrough(ctx context.Context, js jetstream.JetStream, pipeline string, last uint64) (uint64, error) {
+	entries, err := List(ctx, js, pipeline)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, e := range entries {
+		if e.Seq <= last {
+			n++
+		}
+	}
+	st, err := js.Stream(ctx, events.StreamDLQ)
+	if err != nil {
+		return 0, fmt.Errorf("open %s: %w", events.StreamDLQ, err)
+	}
+	// WithPurgeSequence removes the messages below it.
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(filter(pipeline)), jetstream.WithPurgeSequence(last+1)); err != nil {
+		return 0, fmt.Errorf("purge %s through %d: %w", filter(pipeline), last, err)
+	}
+	return n, nil
+}
+
 // alreadyGone reports a delete of a message that is no longer there (the
 // server answers 10057 "no message found").
 func alreadyGone(err error) bool {

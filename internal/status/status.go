@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nowbridge/nowbridge/internal/dlq"
 	"github.com/nowbridge/nowbridge/internal/events"
@@ -45,6 +46,70 @@ type Process struct {
 	Breaker string `json:"breaker,omitempty"`
 	// Extra holds anything else worth a glance (applier, reconcile interval).
 	Extra map[string]string `json:"extra,omitempty"`
+	// Counters are the process's own counts since it started (ReportedCounters:
+	// events ingested, echoes suppressed, conflicts, 429s, ...), so every
+	// replica's work shows in one place.
+	Counters map[string]float64 `json:"counters,omitempty"`
+}
+
+// ReportedCounters are the metrics a process sums into its report's
+// Counters: what an operator compares across replicas at a glance.
+var ReportedCounters = []string{
+	"bridge_ingest_events_published_total",
+	"bridge_echoes_suppressed_total", // both directions; the receiver's share is also bridge_ingest_echoes_total
+	"bridge_apply_applied_total",
+	"bridge_apply_dlq_total",
+	"bridge_writeback_messages_total",
+	"bridge_writeback_dead_letters_total",
+	"conflicts_total",
+	"bridge_servicenow_requests_total",
+	"bridge_servicenow_rate_limited_total",
+	"reconcile_gaps_total",
+}
+
+// CounterLine is the process's counts in a line: ingested, echoes,
+// conflicts, 429s (of all requests), dead letters; "" without counters.
+func (p Process) CounterLine() string {
+	if len(p.Counters) == 0 {
+		return ""
+	}
+	c := func(n string) int64 { return int64(p.Counters[n]) }
+	line := fmt.Sprintf("ingested %d, echoes suppressed %d, applied %d, written back %d, conflicts %d, 429s %d of %d requests, dead letters %d",
+		c("bridge_ingest_events_published_total"), c("bridge_echoes_suppressed_total"),
+		c("bridge_apply_applied_total"), c("bridge_writeback_messages_total"), c("conflicts_total"),
+		c("bridge_servicenow_rate_limited_total"), c("bridge_servicenow_requests_total"),
+		c("bridge_apply_dlq_total")+c("bridge_writeback_dead_letters_total"))
+	if p.Extra["sync_owner"] == "true" {
+		line += " (sync owner)"
+	}
+	return line
+}
+
+// Counters sums every series of each named metric g gathers (all labels
+// together); a name without series is 0.
+func Counters(g prometheus.Gatherer, names []string) (map[string]float64, error) {
+	families, err := g.Gather()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]float64, len(names))
+	for _, n := range names {
+		out[n] = 0
+	}
+	for _, f := range families {
+		if _, ok := out[f.GetName()]; !ok {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			switch {
+			case m.GetCounter() != nil:
+				out[f.GetName()] += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				out[f.GetName()] += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return out, nil
 }
 
 // Reporter keeps one process's report fresh in bridge_state. Each write
@@ -56,6 +121,8 @@ type Reporter struct {
 	Interval time.Duration // default 10s
 	// Snapshot returns the current report; ID and Updated are filled in.
 	Snapshot func() Process
+	// Gatherer, when set, fills the report's Counters (ReportedCounters).
+	Gatherer prometheus.Gatherer
 	Logger   *slog.Logger
 }
 
@@ -77,6 +144,13 @@ func sanitize(s string) string {
 // Publish writes the report once.
 func (r *Reporter) Publish(ctx context.Context) error {
 	p := r.Snapshot()
+	if r.Gatherer != nil {
+		c, err := Counters(r.Gatherer, ReportedCounters)
+		if err != nil {
+			return fmt.Errorf("gather counters: %w", err)
+		}
+		p.Counters = c
+	}
 	p.ID = sanitize(r.ID)
 	p.Updated = time.Now().UTC()
 	b, err := json.Marshal(p)
@@ -118,6 +192,7 @@ func (r *Reporter) Run(ctx context.Context) error {
 type Stream struct {
 	Name      string    `json:"name"`
 	Msgs      uint64    `json:"messages"`
+	LastSeq   uint64    `json:"last_seq"` // grows by each message stored: its rate is the stream's throughput
 	Bytes     uint64    `json:"bytes"`
 	FirstTime time.Time `json:"first_time,omitzero"`
 	LastTime  time.Time `json:"last_time,omitzero"`
@@ -164,7 +239,7 @@ func Collect(ctx context.Context, js jetstream.JetStream, tables []string) (Repo
 			return rep, fmt.Errorf("stream %s: %w", name, err)
 		}
 		rep.Streams = append(rep.Streams, Stream{
-			Name: name, Msgs: info.State.Msgs, Bytes: info.State.Bytes,
+			Name: name, Msgs: info.State.Msgs, LastSeq: info.State.LastSeq, Bytes: info.State.Bytes,
 			FirstTime: info.State.FirstTime, LastTime: info.State.LastTime, Consumers: info.State.Consumers,
 		})
 		lister := st.ListConsumers(ctx)
@@ -284,6 +359,12 @@ func (r Report) WriteText(w io.Writer) error {
 			breaker = "-"
 		}
 		p("%s\t%s\t%s\t%s\t\t\t\n", pr.ID, ago(r.Time, pr.Updated), token, breaker)
+	}
+	// Each process's counts do not fit the columns either.
+	for _, pr := range r.Processes {
+		if line := pr.CounterLine(); line != "" {
+			p("  %s: %s\n", pr.ID, line)
+		}
 	}
 	return tw.Flush()
 }
