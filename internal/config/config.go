@@ -22,6 +22,12 @@ type Config struct {
 	StreamReplicas     int
 	SyncLeaseTTL       time.Duration // how long a dead replica keeps the sync lease (apply, writeback, reconcile)
 
+	// The console (issue 15): its own listener, never the webhook port
+	// ("off": none), and the bearer tokens it asks for (required when the
+	// listener is not loopback; see internal/console/tokens).
+	AdminListen string
+	AdminToken  secret.String
+
 	SNInstanceURL  string
 	SNClientID     string
 	SNClientSecret secret.String
@@ -94,6 +100,13 @@ type Config struct {
 // (com.glide.attachment.max_size, 1024 MB).
 const DefaultAttachmentMaxBytes = 1024 << 20
 
+// DefaultAdminListen is where the console listens unless told otherwise:
+// loopback, reached through a tunnel (8081 is the simulator's).
+const DefaultAdminListen = "127.0.0.1:8090"
+
+// AdminOff is the BRIDGE_ADMIN_LISTEN value that runs no console.
+const AdminOff = "off"
+
 // Default returns the documented defaults.
 func Default() Config {
 	return Config{
@@ -102,6 +115,7 @@ func Default() Config {
 		EmbeddedNATSListen: "127.0.0.1:4222",
 		StreamReplicas:     1,
 		SyncLeaseTTL:       10 * time.Second,
+		AdminListen:        DefaultAdminListen,
 		WebhookTolerance:   5 * time.Minute,
 		MaxBodyBytes:       1 << 20,
 		PublishTimeout:     5 * time.Second,

@@ -46,6 +46,7 @@ func setting(key, env, usage string, b binding) Setting {
 func Settings() []Setting {
 	return slices.Concat(
 		serverSettings(),
+		consoleSettings(),
 		serviceNowSettings(),
 		receiverSettings(),
 		syncSettings(),
@@ -76,6 +77,16 @@ func serverSettings() []Setting {
 			str(func(c *Config) *string { return &c.LogLevel })),
 		setting("shutdown_timeout", "BRIDGE_SHUTDOWN_TIMEOUT", "how long shutdown waits for in-flight work",
 			dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })),
+	}
+}
+
+// consoleSettings are the console's listener and its tokens.
+func consoleSettings() []Setting {
+	return []Setting{
+		setting("admin_listen", "BRIDGE_ADMIN_LISTEN", "the console's listen address (overview, dead letters, record trace), never BRIDGE_LISTEN's port; off: no console. Not loopback: BRIDGE_ADMIN_TOKEN is required",
+			str(func(c *Config) *string { return &c.AdminListen })),
+		setting("admin_token", "BRIDGE_ADMIN_TOKEN", "comma-separated bearer tokens of the console, each a token or name:token (the name is logged with each action), at least 16 characters; required when BRIDGE_ADMIN_LISTEN is not loopback",
+			hidden(func(c *Config) *secret.String { return &c.AdminToken })),
 	}
 }
 

@@ -9,8 +9,10 @@ import (
 	"net/url"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/nowbridge/nowbridge/internal/console/tokens"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
@@ -29,6 +31,7 @@ func (p *problems) add(format string, args ...any) { *p = append(*p, fmt.Errorf(
 func (c *Config) Validate() error {
 	var p problems
 	c.validateServer(&p)
+	c.validateConsole(&p)
 	c.validateServiceNow(&p)
 	c.validateReceiver(&p)
 	c.validateSync(&p)
@@ -72,6 +75,46 @@ func (c *Config) validateServer(p *problems) {
 	if c.ShutdownTimeout <= 0 {
 		p.add("BRIDGE_SHUTDOWN_TIMEOUT: must be positive, got %s", c.ShutdownTimeout)
 	}
+}
+
+// validateConsole checks the console's listener and tokens: a listener
+// other than loopback needs a token, and it never shares the webhook
+// receiver's port.
+func (c *Config) validateConsole(p *problems) {
+	set, parseErr := tokens.Parse(c.AdminToken.Reveal())
+	if parseErr != nil {
+		for _, e := range strings.Split(parseErr.Error(), "\n") {
+			p.add("BRIDGE_ADMIN_TOKEN: %s", e) // the parse errors never hold a token
+		}
+	}
+	if c.AdminListen == AdminOff {
+		return
+	}
+	host, port, err := net.SplitHostPort(c.AdminListen)
+	if err != nil {
+		p.add("BRIDGE_ADMIN_LISTEN: %q is not host:port (or off)", c.AdminListen)
+		return
+	}
+	if lhost, lport, err := net.SplitHostPort(c.Listen); err == nil && port == lport && port != "0" &&
+		(host == lhost || wildcardHost(host) || wildcardHost(lhost)) {
+		p.add("BRIDGE_ADMIN_LISTEN: %s shares BRIDGE_LISTEN's port %s: the console must not be reachable where ServiceNow's webhooks arrive; give it a port of its own (default %s)", c.AdminListen, port, DefaultAdminListen)
+	}
+	if len(set) == 0 && parseErr == nil && !loopbackHost(host) {
+		p.add("BRIDGE_ADMIN_TOKEN: required when BRIDGE_ADMIN_LISTEN (%s) is not a loopback address: whoever reaches that port could retry and purge dead letters; "+
+			"set one (`openssl rand -hex 32`, or BRIDGE_ADMIN_TOKEN_FILE), or listen on 127.0.0.1 and reach the console through a tunnel such as kubectl port-forward", c.AdminListen)
+	}
+}
+
+// wildcardHost reports a listen host that binds every interface.
+func wildcardHost(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+
+// loopbackHost reports a listen host only this machine reaches.
+func loopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 // validateServiceNow checks the instance URL and the known fields; the
