@@ -354,7 +354,7 @@ func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Li
 	}()
 	cfg := devConfig(st, o)
 	b, err := wire(ctx, cfg, st.js, wireOptions{Logger: logger, Registerer: st.reg, ServiceNow: snRequired,
-		Apply: true, LinkBack: true, Writeback: true})
+		Apply: true, LinkBack: true, Writeback: true, Attachments: true})
 	if err != nil {
 		return err
 	}
@@ -374,5 +374,8 @@ func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Li
 	g.Go(func() error { return recv.Serve(ctx, ln, 5*time.Second) })
 	g.Go(func() error { return b.apply.Run(ctx) })
 	g.Go(func() error { return b.writeback.Run(ctx) })
+	if b.attach != nil {
+		g.Go(func() error { return b.attach.Run(ctx) })
+	}
 	return nil
 }

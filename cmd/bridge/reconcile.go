@@ -93,7 +93,7 @@ func runReconcile(ctx context.Context, a *app, cfg config.Config, opts reconcile
 	if err := broker.EnsureAll(ctx, js, cfg.StreamOptions()); err != nil {
 		return err
 	}
-	b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snRequired, Reconcile: true,
+	b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snRequired, Reconcile: true, Attachments: true,
 		Tune: func(c *reconcile.Config) { c.PageSize, c.Overlap = rf.pageSize, rf.overlap }})
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/nowbridge/nowbridge/internal/attach"
 	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/replay"
@@ -160,17 +161,32 @@ func newReplayHandler(ctx context.Context, cfg config.Config, js jetstream.JetSt
 		if err := cfg.RequireServiceNow(); err != nil {
 			return nil, nil, usageError{fmt.Errorf("replay --stream app writes to ServiceNow: %w", err)}
 		}
-		b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snRequired})
+		b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snRequired, Attachments: true})
 		if err != nil {
 			return nil, nil, err
 		}
-		return replay.Writeback{W: b.writer}, b.Close, nil
+		return withAttachments(b, replay.Writeback{W: b.writer}), b.Close, nil
 	}
-	b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: snOff, Apply: true})
+	// Attachment events download from ServiceNow: with its settings, they
+	// replay through the attachment path too.
+	need := snOff
+	if cfg.RequireServiceNow() == nil {
+		need = snIfSet
+	}
+	b, err := wire(ctx, cfg, js, wireOptions{Logger: logger, ServiceNow: need, Apply: true, Attachments: true})
 	if err != nil {
 		return nil, nil, err
 	}
-	return replay.Apply{R: b.apply}, b.Close, nil
+	return withAttachments(b, replay.Apply{R: b.apply}), b.Close, nil
+}
+
+// withAttachments routes a stream's attachment messages to the attachment
+// path when the bridge has one.
+func withAttachments(b *bridge, h replay.Handler) replay.Handler {
+	if b.attach == nil {
+		return h
+	}
+	return attach.Replay{S: b.attach, Next: h}
 }
 
 func writeReplaySummary(w io.Writer, sum replay.Summary) {

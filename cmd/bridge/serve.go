@@ -90,7 +90,7 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	// pipeline's LinkWriter (link-field writes claimed as echoes); its
 	// client is shared with reconcile so both draw on one rate limiter.
 	b, err := wire(ctx, cfg, js, wireOptions{Logger: log, Registerer: reg, ServiceNow: snIfSet,
-		Apply: true, LinkBack: true, Writeback: true, Reconcile: true})
+		Apply: true, LinkBack: true, Writeback: true, Reconcile: true, Attachments: true})
 	if err != nil {
 		return err
 	}
@@ -117,6 +117,9 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 		synced = append(synced, component{"results delivery", b.results.Run})
 	}
 	synced = append(synced, component{"apply", b.apply.Run})
+	if b.attach != nil { // with the ServiceNow settings and BRIDGE_ATTACHMENT_MAX_BYTES > 0
+		synced = append(synced, component{"attachments", b.attach.Run})
+	}
 	owner := newSyncOwnership(js, b.states.KV(), cfg, log, reg)
 	components := []component{
 		{"webhook receiver", func(ctx context.Context) error { return rcv.Serve(ctx, ln, cfg.ShutdownTimeout) }},

@@ -12,9 +12,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nowbridge/nowbridge/internal/apply"
+	"github.com/nowbridge/nowbridge/internal/attach"
 	"github.com/nowbridge/nowbridge/internal/config"
 	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/dedupe"
+	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/outbound"
 	"github.com/nowbridge/nowbridge/internal/reconcile"
@@ -50,6 +52,10 @@ type wireOptions struct {
 	// (bridge reconcile's --page-size and --overlap).
 	Reconcile bool
 	Tune      func(*reconcile.Config)
+	// Attachments builds the attachment pipelines (with the ServiceNow
+	// settings and BRIDGE_ATTACHMENT_MAX_BYTES above 0); the reconciler
+	// then checks the attachments of the records it re-reads.
+	Attachments bool
 }
 
 // bridge is the nowbridge of one configuration, wired once: every command
@@ -73,6 +79,7 @@ type bridge struct {
 	writeback  *outbound.Consumer
 	results    *apply.ResultsDelivery // with BRIDGE_RESULTS_URL
 	reconciler *reconcile.Reconciler
+	attach     *attach.Syncer // with the ServiceNow settings and attachments on
 }
 
 // wire builds the parts o asks for from cfg over js (whose streams and
@@ -129,6 +136,11 @@ func wire(ctx context.Context, cfg config.Config, js jetstream.JetStream, o wire
 			if b.results, err = newResultsDelivery(cfg, js, log, o.Registerer); err != nil {
 				return nil, err
 			}
+		}
+	}
+	if o.Attachments && b.sn != nil && cfg.AttachmentMaxBytes > 0 {
+		if b.attach, err = b.newAttach(ctx, js, o.Registerer); err != nil {
+			return nil, err
 		}
 	}
 	if o.Reconcile && b.sn != nil {
@@ -296,8 +308,26 @@ func (b *bridge) newReconciler(js jetstream.JetStream, reg prometheus.Registerer
 	if u, err := url.Parse(b.cfg.SNInstanceURL); err == nil {
 		rc.Instance, _, _ = strings.Cut(u.Hostname(), ".")
 	}
+	if b.attach != nil {
+		rc.Attachments = b.attach // the attachments of the records a pass re-reads
+	}
 	if tune != nil {
 		tune(&rc)
 	}
 	return reconcile.New(js, b.states.KV(), &reconcile.SNPager{Client: b.sn}, b.states, rc)
+}
+
+// newAttach builds the attachment pipelines over the shared client,
+// mapping and links, with the attachment limits.
+func (b *bridge) newAttach(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (*attach.Syncer, error) {
+	kv, err := js.KeyValue(ctx, events.BucketLinks)
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", events.BucketLinks, err)
+	}
+	return attach.New(ctx, attach.Config{
+		JS: js, ServiceNow: b.sn, Entities: b.mapping, Links: b.links, LinksKV: kv,
+		Limits:      attach.Limits{MaxBytes: b.cfg.AttachmentMaxBytes, Allow: b.cfg.AttachmentTypesAllow, Deny: b.cfg.AttachmentTypesDeny},
+		InstanceURL: b.cfg.SNInstanceURL,
+		Logger:      b.log, Registerer: reg,
+	})
 }

@@ -2,13 +2,13 @@ package attach
 
 import (
 	"context"
-	"errors"
 	"io"
+
+	"github.com/nowbridge/nowbridge/internal/snclient"
 )
 
 // ServiceNow is the Attachment API the pipeline calls; *snclient.Client
-// satisfies it (internal/snclient/attachment.go), the simulator-backed
-// client in tests.
+// satisfies it.
 type ServiceNow interface {
 	// ListAttachments lists the attachments of one record.
 	ListAttachments(ctx context.Context, table, sysID string) ([]Attachment, error)
@@ -26,27 +26,15 @@ type ServiceNow interface {
 }
 
 // Attachment is a sys_attachment record as the Attachment API returns it.
-type Attachment struct {
-	SysID        string
-	FileName     string
-	ContentType  string
-	TableName    string
-	TableSysID   string
-	SizeBytes    int64
-	Hash         string // SHA-256 hex where the instance keeps it, else ""
-	CreatedOn    string
-	DownloadLink string
-}
+type Attachment = snclient.Attachment
 
 // Upload is one file to attach.
-type Upload struct {
-	Table, SysID, FileName, ContentType string
-	Size                                int64
-	Open                                func() (io.ReadCloser, error)
-}
+type Upload = snclient.Upload
 
 // The errors the Attachment API's answers are recognised by.
 var (
-	ErrNotFound           = errors.New("servicenow: not found")
-	ErrAttachmentTooLarge = errors.New("servicenow: attachment larger than the instance allows")
+	ErrNotFound           = snclient.ErrNotFound
+	ErrAttachmentTooLarge = snclient.ErrAttachmentTooLarge
 )
+
+var _ ServiceNow = (*snclient.Client)(nil)

@@ -80,6 +80,14 @@ type Echoes interface {
 	Wrote(table, sysID string, modCount int64) bool
 }
 
+// AttachmentChecker compares a record's attachments in ServiceNow with
+// what the bridge synced and publishes to SN_EVENTS what its webhooks
+// missed (internal/attach's Syncer). found counts the events SN_EVENTS did
+// not hold yet.
+type AttachmentChecker interface {
+	CheckAttachments(ctx context.Context, table, sysID string) (found int, err error)
+}
+
 // Limiter paces requests (ClientShare; golang.org/x/time/rate.Limiter satisfies it too).
 type Limiter interface {
 	Wait(ctx context.Context) error
@@ -118,6 +126,9 @@ type Config struct {
 	// instance's quota so the writeback keeps the rest. Nil: unpaced.
 	Limiter Limiter
 	Echoes  Echoes // optional
+	// Attachments, when set, checks the attachments of every record a pass
+	// re-reads: one Attachment API list per record, paced by Limiter.
+	Attachments AttachmentChecker
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -343,7 +354,7 @@ func (r *Reconciler) Pass(ctx context.Context, table string, opts PassOptions) (
 	}
 	r.cfg.Logger.Log(bg, level, "reconcile pass",
 		"table", table, "pages", sum.Pages, "records_scanned", sum.Scanned, "gaps", sum.Gaps,
-		"deletes", sum.Deletes, "in_flight", sum.InFlight, "echoes", sum.Echoes,
+		"deletes", sum.Deletes, "in_flight", sum.InFlight, "echoes", sum.Echoes, "attachments", sum.Attachments,
 		"from", sum.From, "watermark", sum.Watermark, "duration", sum.Duration, "delete_scan", sum.DeleteScan,
 		"audit_delete", sum.Audit, "hidden", sum.Hidden, "err", err)
 	return sum, err
@@ -502,7 +513,37 @@ func (r *Reconciler) reconcilePage(ctx context.Context, table string, rows []eve
 	if err := r.publish(ctx, gaps, sum); err != nil {
 		return time.Time{}, err
 	}
+	if r.cfg.Attachments != nil {
+		if err := r.checkAttachments(ctx, table, rows, sum); err != nil {
+			return time.Time{}, err
+		}
+	}
 	return newest, nil
+}
+
+// checkAttachments has the attachments of a page's records checked. A
+// record that cannot be checked is logged, not fatal: its next re-read
+// checks it again, and its webhooks are the main way anyway.
+func (r *Reconciler) checkAttachments(ctx context.Context, table string, rows []events.Fields, sum *Summary) error {
+	for _, row := range rows {
+		sysID := row["sys_id"]
+		if !events.ValidSysID(sysID) {
+			continue
+		}
+		if err := r.wait(ctx); err != nil {
+			return err
+		}
+		n, err := r.cfg.Attachments.CheckAttachments(ctx, table, sysID)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.cfg.Logger.Warn("reconcile could not check a record's attachments; its next re-read tries again", "table", table, "sys_id", sysID, "err", err)
+			continue
+		}
+		sum.Attachments += n
+	}
+	return nil
 }
 
 func (r *Reconciler) event(table string, row events.Fields, sysID string, mc int64) *events.SNEvent {

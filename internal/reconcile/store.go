@@ -51,6 +51,9 @@ type Summary struct {
 	UpToDate int `json:"up_to_date"`
 	Echoes   int `json:"echoes"` // versions the bridge itself wrote
 	Deletes  int `json:"deletes"`
+	// Attachments are attachment events (a file added or removed in
+	// ServiceNow) published for the records re-read that SN_EVENTS lacked.
+	Attachments int `json:"attachments,omitempty"`
 	// DeleteScan says how this pass checked for deletes: "presence" (a
 	// presence scan compared every id), "audit" (sys_audit_delete alone,
 	// readable), "hidden: ..." (what it had to read is hidden from the

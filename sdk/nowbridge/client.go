@@ -72,6 +72,8 @@ type Client struct {
 	assigned int64 // the last version Publish assigned
 	recent   *lru[published]
 	seed     maphash.Seed
+
+	att attachmentStore // the attachments' bucket, opened on first use
 }
 
 // published is what the client remembers of a record's last publish.
