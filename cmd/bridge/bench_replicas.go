@@ -104,12 +104,15 @@ type replicasReport struct {
 // replicaSetReport is one configuration's figures, every turn together:
 // one entry per rate in each direction.
 type replicaSetReport struct {
-	Replicas   int              `json:"replicas"`
-	Apply      []*latencyReport `json:"apply"`
-	Writeback  []*latencyReport `json:"writeback"`
-	Webhooks   int64            `json:"webhooks"`        // through the front
-	Failed     int64            `json:"webhooks_failed"` // answered other than 202 after the front's retries
-	PerReplica []int64          `json:"webhooks_per_replica"`
+	Replicas  int              `json:"replicas"`
+	Apply     []*latencyReport `json:"apply"`
+	Writeback []*latencyReport `json:"writeback"`
+	// Webhooks went through the front: the people's changes and the echoes
+	// of the bridge's writes. Failed were answered other than 202 after the
+	// front's retries; PerReplica were answered by each, the owner first.
+	Webhooks   int64   `json:"webhooks"`
+	Failed     int64   `json:"webhooks_failed"`
+	PerReplica []int64 `json:"webhooks_per_replica"`
 }
 
 // replicasRatio compares a figure of three replicas with one's: above 1
@@ -744,10 +747,9 @@ type front struct {
 	client *http.Client
 
 	mu      sync.Mutex
-	targets []string
+	targets []string // the owner first
 	next    int
-	per     map[string]int64 // webhooks answered, by replica URL
-	order   []string         // replica URLs in the order first seen
+	per     []int64 // webhooks answered, by place among the targets
 	total   int64
 	failed  int64
 }
@@ -757,7 +759,7 @@ func startFront() (*front, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &front{url: "http://" + ln.Addr().String(), per: map[string]int64{},
+	f := &front{url: "http://" + ln.Addr().String(),
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}, Timeout: 6 * time.Second}}
 	f.srv = &http.Server{Handler: f, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = f.srv.Serve(ln) }()
@@ -773,23 +775,17 @@ func (f *front) setTargets(urls []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.targets = slices.Clone(urls)
-	for _, u := range urls {
-		if _, ok := f.per[u]; !ok {
-			f.per[u] = 0
-			f.order = append(f.order, u)
-		}
+	for len(f.per) < len(urls) {
+		f.per = append(f.per, 0)
 	}
 }
 
 // counts are the webhooks so far, those not accepted, and the answered
-// ones by replica in the order replicas were first seen.
+// ones by the replica's place among the targets (the owner first).
 func (f *front) counts() (total, failed int64, perReplica []int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, u := range f.order {
-		perReplica = append(perReplica, f.per[u])
-	}
-	return f.total, f.failed, perReplica
+	return f.total, f.failed, slices.Clone(f.per)
 }
 
 func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -806,7 +802,8 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		n := len(f.targets)
-		target := f.targets[f.next%n]
+		place := f.next % n
+		target := f.targets[place]
 		f.next++
 		f.mu.Unlock()
 		req, _ := http.NewRequestWithContext(r.Context(), r.Method, target+r.URL.Path, bytes.NewReader(body))
@@ -818,7 +815,7 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			_ = resp.Body.Close()
 			if status != http.StatusServiceUnavailable {
 				f.mu.Lock()
-				f.per[target]++
+				f.per[place]++
 				f.mu.Unlock()
 				break
 			}
