@@ -98,6 +98,11 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	if err := b.checkServiceNow(ctx); err != nil {
 		return err
 	}
+	con, err := newConsole(cfg, js, b, reg, log) // BRIDGE_ADMIN_LISTEN (console.go)
+	if err != nil {
+		return err
+	}
+	defer con.Close()
 
 	rcv, err := newReceiver(ctx, cfg, nc, secrets, b.echoes, log, reg)
 	if err != nil {
@@ -121,12 +126,15 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 		synced = append(synced, component{"attachments", b.attach.Run})
 	}
 	owner := newSyncOwnership(js, b.states.KV(), cfg, log, reg)
+	report := newStatusReporter(js, b.sn, cfg, owner, log)
+	report.Gatherer = reg // this replica's counters in its report (bridge status, the console)
 	components := []component{
 		{"webhook receiver", func(ctx context.Context) error { return rcv.Serve(ctx, ln, cfg.ShutdownTimeout) }},
 		{"sync owner", func(ctx context.Context) error {
 			return owner.Run(ctx, func(ctx context.Context) error { return runSynced(ctx, synced, log) })
 		}},
-		{"status report", newStatusReporter(js, b.sn, cfg, owner, log).Run},
+		{"status report", report.Run},
+		{"console", con.Run},
 	}
 	log.Info("bridge serving", "listen", ln.Addr().String(), "nats", natsMode(cfg), "tables", cfg.Tables, "components", len(components)+len(synced))
 	return runComponents(ctx, components, log)
