@@ -434,24 +434,25 @@ func (ca *chaosApp) drain(sn *snFront, timeout time.Duration) error {
 		before, err := ca.progress(ctx, sn)
 		if err == nil {
 			var idle bool
-			if idle, why, err = ca.idle(ctx, sn); err == nil {
-				after, err2 := ca.progress(ctx, sn)
-				if err2 == nil && idle && after == before {
+			if idle, why, err = ca.idle(ctx, sn); err == nil && idle {
+				var after string
+				if after, err = ca.progress(ctx, sn); err == nil && after == before {
 					return nil
 				}
-				err = err2
 			}
 		}
 		if err != nil {
 			why = err.Error()
 		}
+		// Not too often: every check is several JetStream API requests,
+		// and the cluster runs in this process.
 		select {
 		case <-ctx.Done():
 			if why == "" {
 				why = "new work arrived during every check"
 			}
 			return fmt.Errorf("not drained within %s: %s", timeout, why)
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
@@ -484,19 +485,10 @@ func (ca *chaosApp) streamInfo(ctx context.Context, name string) (*jetstream.Str
 	return info, nil
 }
 
+// idle checks the cheap stages first and stops at the first busy one.
 func (ca *chaosApp) idle(ctx context.Context, sn *snFront) (bool, string, error) {
 	if err := sn.sim.WaitWebhooks(ctx); err != nil {
 		return false, "", err
-	}
-	for _, name := range []string{events.StreamSN, events.StreamApp} {
-		sinfo, err := ca.streamInfo(ctx, name)
-		if err != nil {
-			return false, "", err
-		}
-		busy, err := ca.busyConsumer(ctx, sinfo, true)
-		if err != nil || busy != "" {
-			return false, busy, err
-		}
 	}
 	info, err := ca.streamInfo(ctx, events.StreamApply)
 	if err != nil {
@@ -508,14 +500,24 @@ func (ca *chaosApp) idle(ctx context.Context, sn *snFront) (bool, string, error)
 	if done < info.State.LastSeq {
 		return false, fmt.Sprintf("the app is at %s sequence %d of %d", events.StreamApply, done, info.State.LastSeq), nil
 	}
+	for _, name := range []string{events.StreamSN, events.StreamApp} {
+		sinfo, err := ca.streamInfo(ctx, name)
+		if err != nil {
+			return false, "", err
+		}
+		busy, err := ca.busyConsumer(ctx, sinfo)
+		if err != nil || busy != "" {
+			return false, busy, err
+		}
+	}
 	return true, "", nil
 }
 
 // busyConsumer names a consumer of the stream with work left: messages
-// pending or unacknowledged, or (one reading the whole stream, when whole)
-// an ack floor below the stream's last message, since right after a
-// publish its pending count may not include it yet.
-func (ca *chaosApp) busyConsumer(ctx context.Context, sinfo *jetstream.StreamInfo, whole bool) (string, error) {
+// pending or unacknowledged, or (one reading the whole stream) an ack
+// floor below the stream's last message, since right after a publish its
+// pending count may not include it yet.
+func (ca *chaosApp) busyConsumer(ctx context.Context, sinfo *jetstream.StreamInfo) (string, error) {
 	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	s, err := ca.js.Stream(lctx, sinfo.Config.Name)
@@ -526,7 +528,7 @@ func (ca *chaosApp) busyConsumer(ctx context.Context, sinfo *jetstream.StreamInf
 	busy := ""
 	for ci := range list.Info() {
 		all := len(ci.Config.FilterSubjects) == 0 && (ci.Config.FilterSubject == "" || slices.Equal([]string{ci.Config.FilterSubject}, sinfo.Config.Subjects))
-		if ci.NumPending > 0 || ci.NumAckPending > 0 || whole && all && ci.AckFloor.Stream < sinfo.State.LastSeq {
+		if ci.NumPending > 0 || ci.NumAckPending > 0 || all && ci.AckFloor.Stream < sinfo.State.LastSeq {
 			busy = fmt.Sprintf("consumer %s on %s: %d pending, %d unacknowledged, acked to %d of %d",
 				ci.Name, sinfo.Config.Name, ci.NumPending, ci.NumAckPending, ci.AckFloor.Stream, sinfo.State.LastSeq)
 		}

@@ -410,11 +410,34 @@ func (r *chaosRun) restart(killed *bridge) {
 	i := slices.Index(r.replicas, killed)
 	env := maps.Clone(r.env)
 	env["BRIDGE_LISTEN"] = strings.TrimPrefix(killed.URL, "http://")
-	b := startBridge(t, killed.DataDir, env)
-	if b.URL != killed.URL {
-		t.Fatalf("the restarted replica listens on %s, want %s", b.URL, killed.URL)
+	// As an orchestrator would: a replica that exits at start (its streams
+	// could not be checked while the restarted node rejoins) is started
+	// again a second later. A crash is never the way to refuse a start.
+	for attempt := 1; ; attempt++ {
+		b := launchBridge(t, killed.DataDir, env)
+		err := b.serving(60 * time.Second)
+		if err == nil {
+			if b.URL != killed.URL {
+				t.Fatalf("the restarted replica listens on %s, want %s", b.URL, killed.URL)
+			}
+			r.replicas[i] = b
+			return
+		}
+		out := b.log.tail(30)
+		if strings.Contains(out, "panic:") {
+			t.Errorf("the restarted replica crashed at start instead of saying why it cannot start:\n%s", out)
+		}
+		select {
+		case <-b.exited:
+		default:
+			t.Fatalf("the restarted replica did not start: %v\n%s", err, out)
+		}
+		if attempt == 3 {
+			t.Fatalf("the restarted replica did not start in %d attempts: %v\n%s", attempt, err, out)
+		}
+		t.Logf("the restarted replica exited at start (attempt %d): %v; starting it again in 1 s\n%s", attempt, err, b.log.tail(3))
+		time.Sleep(time.Second)
 	}
-	r.replicas[i] = b
 }
 
 // logFailover logs how long the sync had no owner after the kill: until a

@@ -188,16 +188,24 @@ func launchBridge(t *testing.T, dataDir string, env map[string]string) *bridge {
 // awaitServing waits until a launched bridge logs that it is serving and
 // notes its addresses.
 func (b *bridge) awaitServing() {
-	t := b.t
-	t.Helper()
-	serving, err := b.log.await(b.exited, 60*time.Second, func(l logLine) bool { return l.Msg == "bridge serving" })
+	b.t.Helper()
+	if err := b.serving(60 * time.Second); err != nil {
+		b.t.Fatalf("the bridge did not start: %v\n%s", err, b.log.tail(20))
+	}
+}
+
+// serving waits up to d until a launched bridge logs that it is serving,
+// or exits, and notes its addresses.
+func (b *bridge) serving(d time.Duration) error {
+	serving, err := b.log.await(b.exited, d, func(l logLine) bool { return l.Msg == "bridge serving" })
 	if err != nil {
-		t.Fatalf("the bridge did not start: %v\n%s", err, b.log.tail(20))
+		return err
 	}
 	b.URL = "http://" + serving.Listen
 	if l, ok := b.log.find(func(l logLine) bool { return l.Msg == "embedded NATS JetStream started" }); ok {
 		b.NATSURL = l.URL
 	}
+	return nil
 }
 
 // runToExit runs serveCmd expecting it to stop by itself (a refused start).
