@@ -364,7 +364,7 @@ func startBridge(ctx context.Context, g *errgroup.Group, st *devStack, ln net.Li
 	}
 	recv, err := inbound.New(inbound.Config{
 		Conn: st.nc, Secrets: []webhook.Secret{st.secret}, Tables: cfg.Tables,
-		Echoes: b.echoes, Logger: logger, Registry: st.reg,
+		Echoes: b.echoes, Trace: b.trace, Logger: logger, Registry: st.reg,
 	})
 	if err != nil {
 		b.Close()

@@ -61,6 +61,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		newReconcileCmd(a),
 		newReplayCmd(a),
 		newDLQCmd(a),
+		newTraceCmd(a),
 		newStatusCmd(a),
 		newDoctorCmd(a),
 		newVersionCmd(a),

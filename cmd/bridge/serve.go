@@ -19,7 +19,6 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/config"
-	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/inbound"
 	"github.com/nowbridge/nowbridge/internal/webhook"
@@ -104,7 +103,7 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 	}
 	defer con.Close()
 
-	rcv, err := newReceiver(ctx, cfg, nc, secrets, b.echoes, log, reg)
+	rcv, err := newReceiver(ctx, cfg, nc, secrets, b, log, reg)
 	if err != nil {
 		return err
 	}
@@ -141,8 +140,9 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 }
 
 // newReceiver builds the webhook receiver from cfg over the process's echo
-// cache, and checks the live SN_EVENTS stream's replay window.
-func newReceiver(ctx context.Context, cfg config.Config, nc *nats.Conn, secrets []webhook.Secret, echoes *dedupe.Cache, log *slog.Logger, reg *prometheus.Registry) (*inbound.Receiver, error) {
+// cache and decision log, and checks the live SN_EVENTS stream's replay
+// window.
+func newReceiver(ctx context.Context, cfg config.Config, nc *nats.Conn, secrets []webhook.Secret, b *bridge, log *slog.Logger, reg *prometheus.Registry) (*inbound.Receiver, error) {
 	var streams []string
 	for _, s := range events.Streams(events.StreamOptions{}) {
 		streams = append(streams, s.Name)
@@ -155,7 +155,8 @@ func newReceiver(ctx context.Context, cfg config.Config, nc *nats.Conn, secrets 
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		PublishTimeout: cfg.PublishTimeout,
 		ReadyStreams:   streams,
-		Echoes:         echoes,
+		Echoes:         b.echoes,
+		Trace:          b.trace,
 		Logger:         log,
 		Registry:       reg,
 

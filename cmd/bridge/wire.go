@@ -22,6 +22,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/reconcile"
 	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/state"
+	"github.com/nowbridge/nowbridge/internal/trace"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
@@ -69,6 +70,8 @@ type bridge struct {
 	states  *state.Store
 	links   *state.Links
 	echoes  *dedupe.Cache
+	// trace is the decision log every part records to (bridge trace).
+	trace *trace.Recorder
 
 	// With the ServiceNow settings (nil otherwise):
 	sn     *snclient.Client
@@ -108,6 +111,11 @@ func wire(ctx context.Context, cfg config.Config, js jetstream.JetStream, o wire
 	// writeback, the apply pipeline's RecordApplied and reconcile; the
 	// mapping tells it each table's journal, derived and insert-filled fields.
 	b.echoes = dedupe.New(dedupe.Config{Size: cfg.DedupeSize, TTL: cfg.DedupeTTL, Tables: b.mapping, Registerer: o.Registerer})
+	// One decision log per process: the receiver, apply, writeback, the
+	// consumers' dead letters, reconcile and replay record to it.
+	if b.trace, err = trace.NewRecorder(trace.RecorderConfig{Conn: js.Conn(), Logger: log, Registerer: o.Registerer}); err != nil {
+		return nil, err
+	}
 
 	switch snErr := cfg.RequireServiceNow(); {
 	case o.ServiceNow == snOff:
@@ -151,9 +159,14 @@ func wire(ctx context.Context, cfg config.Config, js jetstream.JetStream, o wire
 	return b, nil
 }
 
-// Close releases the ServiceNow client once the parts stopped.
+// Close sends the decision log's last entries and releases the ServiceNow
+// client once the parts stopped.
 func (b *bridge) Close() {
-	if b != nil && b.sn != nil {
+	if b == nil {
+		return
+	}
+	b.trace.Close()
+	if b.sn != nil {
 		_ = b.sn.Close()
 	}
 }
@@ -188,7 +201,7 @@ func (b *bridge) wireServiceNow(reg prometheus.Registerer, tool bool) error {
 		return err
 	}
 	b.writer, err = outbound.NewWriter(outbound.Deps{
-		API: b.sn, Mapping: b.mapping, States: b.states, Links: b.links, StateKV: b.states.KV(), Dedupe: b.echoes,
+		API: b.sn, Mapping: b.mapping, States: b.states, Links: b.links, StateKV: b.states.KV(), Dedupe: b.echoes, Trace: b.trace,
 	}, wcfg)
 	return err
 }
@@ -230,7 +243,7 @@ func (b *bridge) newApply(js jetstream.JetStream, link apply.LinkWriter, reg pro
 	}
 	return apply.New(apply.Config{
 		JS: js, Applier: applier, Mapping: b.mapping, States: b.states, Links: b.links,
-		LinkWriter: link, Applied: b.echoes, Echoes: b.echoes,
+		LinkWriter: link, Applied: b.echoes, Echoes: b.echoes, Trace: b.trace,
 		Tuning: consume.Tuning{Workers: apply.DefaultWorkers(applier)},
 		Logger: b.log, Registerer: reg,
 	})
@@ -302,6 +315,7 @@ func (b *bridge) newReconciler(js jetstream.JetStream, reg prometheus.Registerer
 		DeleteScanInterval: b.cfg.DeleteScanInterval,
 		Limiter:            reconcile.ClientShare(b.sn), // at most RateShare of the client's learned budget while the writeback is busy
 		Echoes:             b.echoes,                    // versions the writeback just wrote
+		Trace:              b.trace,                     // gaps and deletes found
 		Logger:             b.log,
 		Registerer:         reg,
 	}

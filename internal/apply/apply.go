@@ -54,6 +54,9 @@ type Result struct {
 	// Duplicate is true when the app side already had this very message
 	// (BRIDGE_APPLY dropped the republished Nats-Msg-Id).
 	Duplicate bool
+	// Seq is the message's BRIDGE_APPLY sequence (the NATS applier; for a
+	// duplicate, the first copy's), 0 when the applier has none.
+	Seq uint64
 }
 
 // Applier hands one message to the app. It returns nil once the app has the

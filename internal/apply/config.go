@@ -12,6 +12,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/state"
+	"github.com/nowbridge/nowbridge/internal/trace"
 )
 
 // Config wires and tunes the apply pipeline. JS, Applier, Mapping, States
@@ -31,6 +32,10 @@ type Config struct {
 	// (dedupe.Cache): with several replicas the webhook may have been
 	// stored by one whose receiver did not know the write. Nil: off.
 	Echoes EchoChecker
+
+	// Trace records each event's outcome in the decision log (bridge
+	// trace); nil records nothing.
+	Trace *trace.Recorder
 
 	Durable string // consumer name (default "apply")
 	// Tuning of the consumer engine; zero values take its defaults, except

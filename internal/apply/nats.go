@@ -32,5 +32,5 @@ func (a *NATSApplier) Apply(ctx context.Context, m *Message) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("publish %s to %s: %w", m.MsgID, events.StreamApply, err) // consume.Classify decides
 	}
-	return Result{Duplicate: ack.Duplicate}, nil
+	return Result{Duplicate: ack.Duplicate, Seq: ack.Sequence}, nil
 }

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/state"
+	"github.com/nowbridge/nowbridge/internal/trace"
 )
 
 // Pipeline is the DLQ pipeline name: dead letters go to bridge.dlq.apply.
@@ -75,6 +78,7 @@ func New(cfg Config) (*Runner, error) {
 		Metrics: consume.Metrics{
 			Retries: r.metrics.retries, DeadLetters: r.metrics.dlq, Redelivered: r.metrics.redelivered, Latency: r.metrics.latency,
 		},
+		Trace: cfg.Trace,
 	})
 	if err != nil {
 		return nil, err
@@ -126,7 +130,7 @@ func (h handler) Handle(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 	if !events.ValidTable(ev.Table) || !events.ValidSysID(ev.SysID) {
 		return permanentf("event has no valid table/sys_id (%q/%q)", ev.Table, ev.SysID)
 	}
-	out, err := r.Handle(ctx, &ev)
+	out, err := r.handle(ctx, &ev, false, origin{source: trace.SourceOf(msg.Headers(), ev.Source), seq: meta.Sequence.Stream, stored: meta.Timestamp})
 	if err == nil && r.log.Enabled(ctx, slog.LevelDebug) {
 		r.log.Debug("event handled", "subject", msg.Subject(), "seq", meta.Sequence.Stream, "table", ev.Table, "sys_id", ev.SysID,
 			"sys_mod_count", int64(ev.SysModCount), "outcome", string(out))
@@ -140,7 +144,7 @@ func (h handler) Handle(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 // the applier's (the app's answer), consume.Permanent ones (an unmappable
 // event), or bridge_state/bridge_links failures, which are worth retrying.
 func (r *Runner) Handle(ctx context.Context, ev *events.SNEvent) (Outcome, error) {
-	return r.handle(ctx, ev, false)
+	return r.handle(ctx, ev, false, origin{source: trace.SourceOf(nil, ev.Source)})
 }
 
 // HandleForced applies the event even when the version guard would skip it
@@ -148,7 +152,64 @@ func (r *Runner) Handle(ctx context.Context, ev *events.SNEvent) (Outcome, error
 // the NATS applier's BRIDGE_APPLY drops a version it stored within its
 // duplicate window (outcome "duplicate").
 func (r *Runner) HandleForced(ctx context.Context, ev *events.SNEvent) (Outcome, error) {
-	return r.handle(ctx, ev, true)
+	return r.handle(ctx, ev, true, origin{source: trace.SourceOf(nil, ev.Source)})
+}
+
+// Replay applies ev, read from SN_EVENTS at seq (stored then) by `bridge
+// replay`, as Handle does (HandleForced with force); the decision log
+// records it with the source replay. A failure is recorded too: nothing
+// retries a replay.
+func (r *Runner) Replay(ctx context.Context, ev *events.SNEvent, seq uint64, stored time.Time, force bool) (Outcome, error) {
+	org := origin{source: trace.SourceReplay, seq: seq, stored: stored}
+	out, err := r.handle(ctx, ev, force, org)
+	if err != nil {
+		e := r.entry(ev, org, trace.Failed, nil, 0)
+		e.Reason = err.Error()
+		r.cfg.Trace.Record(e)
+	}
+	return out, err
+}
+
+// RecordReplaySkip records in the decision log that `bridge replay` left
+// ev (SN_EVENTS seq, stored then) to the version guard, which said why.
+func (r *Runner) RecordReplaySkip(ev *events.SNEvent, seq uint64, stored time.Time, why string) {
+	if r.cfg.Trace == nil {
+		return
+	}
+	e := r.entry(ev, origin{source: trace.SourceReplay, seq: seq, stored: stored}, trace.Stale, nil, 0)
+	e.Reason = "skipped by the version guard: " + why
+	r.cfg.Trace.Record(e)
+}
+
+// origin is where the event handled came from, for the decision log: its
+// source (webhook, reconcile, dlq_retry, replay), its SN_EVENTS sequence
+// and when SN_EVENTS stored it (zero when unknown).
+type origin struct {
+	source string
+	seq    uint64
+	stored time.Time
+}
+
+// entry is the decision log entry of ev's outcome; applySeq is the
+// message's BRIDGE_APPLY sequence (0: none).
+func (r *Runner) entry(ev *events.SNEvent, org origin, decision string, m *Message, applySeq uint64) trace.Entry {
+	e := trace.Entry{
+		Stage: trace.StageApply, Source: org.source, Table: ev.Table, SysID: ev.SysID, Number: ev.Record["number"],
+		Action: ev.Action, Version: int64(ev.SysModCount), Decision: decision, Stored: org.stored,
+	}
+	if m != nil {
+		e.Entity, e.ExternalID = m.Entity, m.ExternalID
+	}
+	if org.seq != 0 || applySeq != 0 {
+		e.Refs = make([]trace.Ref, 0, 2)
+		if applySeq != 0 {
+			e.Refs = append(e.Refs, trace.Ref{Stream: events.StreamApply, Seq: applySeq})
+		}
+		if org.seq != 0 {
+			e.Refs = append(e.Refs, trace.Ref{Stream: events.StreamSN, Seq: org.seq})
+		}
+	}
+	return e
 }
 
 // Stale asks the version guard alone: stale is true when bridge_state
@@ -161,7 +222,7 @@ func (r *Runner) Stale(ctx context.Context, ev *events.SNEvent) (stale bool, app
 	return !cur.Supersedes(int64(ev.SysModCount), ev.Action), cur.Version, nil
 }
 
-func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool) (Outcome, error) {
+func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool, org origin) (Outcome, error) {
 	tbl, ok := r.mapping.ForTable(ev.Table)
 	if !ok {
 		return "", permanentf("table %s has no mapping: add a file for it to BRIDGE_MAPPING_DIR or remove it from BRIDGE_TABLES", ev.Table)
@@ -174,12 +235,22 @@ func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool) (Ou
 	if have && !cur.Supersedes(version, ev.Action) && !force {
 		r.metrics.stale.Inc()
 		r.log.Debug("stale event skipped", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", version, "applied_version", cur.Version)
+		if r.cfg.Trace != nil {
+			e := r.entry(ev, org, trace.Stale, nil, 0)
+			e.Reason = staleReason(cur)
+			r.cfg.Trace.Record(e)
+		}
 		return OutcomeStale, nil
 	}
 	if !force && ev.Source == events.SourceWebhook && r.cfg.Echoes != nil && r.cfg.Echoes.IsEcho(ev) {
 		// Stored by a replica whose receiver did not know the write (the
 		// owner made it): its echo is recognised here, where it is known.
 		r.log.Debug("echo of our own write not applied", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", version)
+		if r.cfg.Trace != nil {
+			e := r.entry(ev, org, trace.EchoSuppressed, nil, 0)
+			e.Reason = "the writeback's own write (stored by a replica whose receiver did not know it): not handed to the app"
+			r.cfg.Trace.Record(e)
+		}
 		return OutcomeEcho, nil
 	}
 	entity, fields, err := r.mapping.ToSaaS(ev.Table, ev.Record)
@@ -232,17 +303,56 @@ func (r *Runner) handle(ctx context.Context, ev *events.SNEvent, force bool) (Ou
 		r.cfg.Applied.RecordApplied(entity, externalID, fields)
 	}
 	if have && !cur.Supersedes(version, ev.Action) {
+		r.traceOutcome(ev, org, out, m, res, "forced past the version guard ("+staleReason(cur)+"); bridge_state stays")
 		return out, nil // forced replay of an older version: the state stays
 	}
 	if err := r.advance(ctx, tbl, ev, cur, rev, have); err != nil {
 		return "", err
 	}
+	r.traceOutcome(ev, org, out, m, res, "")
 	// After the state write, so the writeback finds the version it builds
 	// on and claims its correlation write as an echo.
 	if fixCorrelation && r.cfg.LinkWriter != nil && ev.Action != events.ActionDelete {
 		r.writeCorrelation(ctx, ev.Table, ev.SysID, externalID)
 	}
 	return out, nil
+}
+
+// traceOutcome records what the app did with the version handed to it,
+// with its BRIDGE_APPLY sequence when the applier has one.
+func (r *Runner) traceOutcome(ev *events.SNEvent, org origin, out Outcome, m *Message, res Result, reason string) {
+	if r.cfg.Trace == nil {
+		return
+	}
+	decision := trace.Applied
+	switch out {
+	case OutcomeDuplicate:
+		decision = trace.Duplicate
+		reason = joinReason("BRIDGE_APPLY already held this message id: the app has it", reason)
+	case OutcomeAlreadyNewer:
+		decision = trace.AlreadyNewer
+		reason = joinReason("the app answered 409: it holds a newer version", reason)
+	}
+	e := r.entry(ev, org, decision, m, res.Seq)
+	e.Reason = reason
+	if res.ExternalID != "" {
+		e.ExternalID = res.ExternalID // linked from the app's answer
+	}
+	r.cfg.Trace.Record(e)
+}
+
+func staleReason(cur state.Record) string {
+	if cur.Deleted {
+		return "bridge_state holds the delete of v" + strconv.FormatInt(cur.Version, 10)
+	}
+	return "bridge_state holds v" + strconv.FormatInt(cur.Version, 10)
+}
+
+func joinReason(a, b string) string {
+	if b == "" {
+		return a
+	}
+	return a + "; " + b
 }
 
 // advance moves bridge_state to the event's version, never backwards.

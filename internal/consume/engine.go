@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nowbridge/nowbridge/internal/dlq"
+	"github.com/nowbridge/nowbridge/internal/trace"
 )
 
 // Handler is what a pipeline plugs into the engine.
@@ -93,6 +94,10 @@ type Config struct {
 
 	Logger  *slog.Logger
 	Metrics Metrics
+	// Trace records the engine's decisions about messages the handler
+	// could not handle (dead letters with their BRIDGE_DLQ sequence,
+	// retries) in the decision log; nil records nothing.
+	Trace *trace.Recorder
 }
 
 // Tuning are the engine's knobs, which a pipeline's configuration embeds.
@@ -549,6 +554,7 @@ func (e *Engine) handle(hctx context.Context, it item) (item, bool) {
 		e.pause(p)
 		e.logRetry(it, d.Reason, p, err)
 		e.observeRetry(hctx, it, d, err)
+		e.traceRetry(it, d, err)
 		e.retry(it, p, d.Reason)
 		return item{}, false
 	default:
@@ -559,6 +565,7 @@ func (e *Engine) handle(hctx context.Context, it item) (item, bool) {
 		e.logRetry(it, d.Reason, delay, err)
 		if d.Reason != ReasonCanceled || hctx.Err() == nil {
 			e.observeRetry(hctx, it, d, err)
+			e.traceRetry(it, d, err)
 		}
 		e.retry(it, delay, d.Reason)
 		return item{}, false
@@ -584,6 +591,33 @@ func (e *Engine) observeRetry(ctx context.Context, it item, d Decision, err erro
 	if o, ok := e.cfg.Handler.(Observer); ok {
 		o.Retrying(ctx, it.msg, it.meta, d, err)
 	}
+}
+
+// traceRetry records in the decision log that it.msg is handed back for
+// a later attempt, and why.
+func (e *Engine) traceRetry(it item, d Decision, err error) {
+	if e.cfg.Trace == nil {
+		return
+	}
+	reason := d.Reason
+	if err != nil {
+		reason += ": " + err.Error()
+	}
+	e.cfg.Trace.Consumer(it.msg, it.meta, trace.ConsumerDecision{Pipeline: e.cfg.Pipeline, Decision: trace.Retrying, Reason: reason, Hint: d.Hint, Status: d.Status})
+}
+
+// traceDeadLetter records in the decision log that it.msg was dead-lettered
+// (dlqSeq: its BRIDGE_DLQ sequence, 0 when terminated without one): rejected
+// when the peer refused it (a 4xx), dead_lettered otherwise.
+func (e *Engine) traceDeadLetter(it item, d Decision, cause error, dlqSeq uint64) {
+	if e.cfg.Trace == nil {
+		return
+	}
+	decision := trace.DeadLettered
+	if d.Status >= 400 && d.Status < 500 {
+		decision = trace.Rejected
+	}
+	e.cfg.Trace.Consumer(it.msg, it.meta, trace.ConsumerDecision{Pipeline: e.cfg.Pipeline, Decision: decision, Reason: cause.Error(), Hint: d.Hint, Status: d.Status, DLQSeq: dlqSeq})
 }
 
 // retry hands the message back to be redelivered after delay, and the
@@ -657,7 +691,8 @@ func (e *Engine) deadLetter(it item, d Decision, cause error) bool {
 	out := dlq.NewMessage(e.cfg.Pipeline, it.msg, it.meta, dlq.Failure{Reason: cause.Error(), Status: d.Status, Hint: d.Hint, Response: d.Response})
 	pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := e.js().PublishMsg(pctx, out); err != nil {
+	ack, err := e.js().PublishMsg(pctx, out)
+	if err != nil {
 		e.log.Error("dead letter not stored; the message stays in its stream for a retry", "subject", it.msg.Subject(), "seq", it.meta.Sequence.Stream, "err", err)
 		return false
 	}
@@ -673,6 +708,7 @@ func (e *Engine) deadLetter(it item, d Decision, cause error) bool {
 	if e.cfg.Metrics.DeadLetters != nil {
 		e.cfg.Metrics.DeadLetters.Inc()
 	}
+	e.traceDeadLetter(it, d, cause, ack.Sequence)
 	e.log.Error("message dead-lettered (see `bridge dlq ls`)", "subject", it.msg.Subject(), "seq", it.meta.Sequence.Stream, "key", it.key,
 		"status", d.Status, "reason", cause.Error(), "hint", d.Hint)
 	if err := it.msg.Term(); err != nil {
@@ -695,6 +731,7 @@ func (e *Engine) terminate(it item, d Decision, cause error) bool {
 			return false
 		}
 	}
+	e.traceDeadLetter(it, d, cause, 0)
 	e.log.Error("message refused for good; terminated (no retry can change it)", "subject", it.msg.Subject(), "seq", it.meta.Sequence.Stream, "key", it.key,
 		"reason", cause.Error(), "hint", d.Hint)
 	if err := it.msg.TermWithReason(e.cfg.Pipeline + ": the handler refused the message for good"); err != nil {

@@ -26,6 +26,15 @@ type StreamOptions struct {
 // DefaultResultsMaxAge is how long BRIDGE_RESULTS keeps a result.
 const DefaultResultsMaxAge = 7 * 24 * time.Hour
 
+// BRIDGE_TRACE's bounds: entries older than TraceMaxAge go, and so do a
+// record's oldest beyond TraceMaxPerRecord, and the stream's oldest beyond
+// TraceMaxBytes.
+const (
+	TraceMaxAge       = 7 * 24 * time.Hour
+	TraceMaxBytes     = 1 << 30
+	TraceMaxPerRecord = 200
+)
+
 func (o StreamOptions) withDefaults() StreamOptions {
 	if o.Replicas <= 0 {
 		o.Replicas = 1
@@ -77,12 +86,20 @@ func Streams(o StreamOptions) []jetstream.StreamConfig {
 	results.Duplicates = min(o.DuplicateWindow, o.ResultsMaxAge) // JetStream refuses a window beyond the retention
 	results.MaxMsgs = o.ResultsMaxMsgs
 	results.MaxBytes = o.ResultsMaxBytes
+	// The decision log: a record's story under one subject, bounded per
+	// record, in age and in size (bridge trace; docs/operations.md).
+	trace := base(StreamTrace, "What the bridge decided about each record, per record (bridge trace)", TraceSubjects)
+	trace.MaxAge = TraceMaxAge
+	trace.MaxBytes = TraceMaxBytes
+	trace.MaxMsgsPerSubject = TraceMaxPerRecord
+	trace.Duplicates = time.Minute // entries carry no message id
 	return []jetstream.StreamConfig{
 		base(StreamSN, "ServiceNow record changes from business-rule webhooks and reconcile", SNSubjects),
 		base(StreamApp, "SaaS app changes to write back to ServiceNow", AppSubjects),
 		base(StreamApply, "ServiceNow changes mapped for the SaaS app (NATS applier)", ApplySubjects),
 		dlq,
 		results,
+		trace,
 	}
 }
 

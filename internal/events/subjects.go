@@ -12,6 +12,9 @@ const (
 	StreamApp   = wire.StreamApp
 	StreamApply = wire.StreamApply
 	StreamDLQ   = "BRIDGE_DLQ"
+	// StreamTrace is the decision log (internal/trace): what the bridge
+	// decided about each record, on bridge.trace.<table>.<sys_id>.
+	StreamTrace = "BRIDGE_TRACE"
 
 	BucketLinks = "bridge_links"
 	BucketState = "bridge_state"
@@ -20,6 +23,7 @@ const (
 	AppSubjects   = wire.AppSubjects
 	ApplySubjects = wire.ApplySubjects
 	DLQSubjects   = "bridge.dlq.>"
+	TraceSubjects = "bridge.trace.>"
 )
 
 // Header names the bridge sets on JetStream messages besides Nats-Msg-Id.

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/trace"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
@@ -155,6 +156,9 @@ func (r *Receiver) rejectSignature(c echo.Context, err error) (int, ErrorBody) {
 	return http.StatusUnauthorized, ErrorBody{Error: "invalid signature", Detail: err.Error()}
 }
 
+// echoReason is why the receiver suppressed an echo, in the decision log.
+const echoReason = "the writeback wrote this version itself (the echo cache knows the write): answered 202, not stored, not sent to the app"
+
 // publish stores every event that is not an echo and waits for all acks.
 // bodySize (the webhook's) sizes the stored form's buffer.
 func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int) (Accepted, error) {
@@ -174,6 +178,10 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int
 			res.Echoes++
 			r.m.echoes.WithLabelValues(ev.Table).Inc()
 			r.log.Debug("echo of our own write: not stored", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount))
+			r.cfg.Trace.Record(trace.Entry{
+				Stage: trace.StageIngest, Source: trace.SourceWebhook, Table: ev.Table, SysID: ev.SysID, Number: ev.Record["number"],
+				Action: ev.Action, Version: int64(ev.SysModCount), Decision: trace.EchoSuppressed, Reason: echoReason,
+			})
 			continue
 		}
 		ev.Source = events.SourceWebhook

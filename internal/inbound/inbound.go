@@ -31,6 +31,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/trace"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
@@ -84,6 +85,10 @@ type Config struct {
 	// Echoes, when set, is asked about every event before it is published;
 	// an echo is answered 202 and counted, not stored.
 	Echoes EchoChecker
+	// Trace records the echoes suppressed in the decision log (the one
+	// decision the receiver makes itself; the apply pipeline records each
+	// stored event); nil records nothing.
+	Trace *trace.Recorder
 
 	Logger *slog.Logger
 	// Registry receives the receiver's metrics and is served on /metrics

@@ -10,7 +10,9 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/dedupe"
+	"github.com/nowbridge/nowbridge/internal/dlq"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/trace"
 )
 
 // Pipeline is the DLQ pipeline name: dead letters go to bridge.dlq.writeback.
@@ -26,6 +28,9 @@ type Deps struct {
 	// per-entity-id version bookmark (keys "writeback.<entity>.<id>").
 	StateKV jetstream.KeyValue
 	Dedupe  *dedupe.Cache
+	// Trace records each change's outcome in the decision log (bridge
+	// trace); nil records nothing.
+	Trace *trace.Recorder
 	// CloseCodes picks the close code of resolving writes. Nil: one reading
 	// the instance's choices through API (which must then be a
 	// ChoiceReader, as snclient.Client is), overridden by Config.CloseCode.
@@ -53,6 +58,7 @@ func NewWriter(d Deps, cfg Config) (*Writer, error) {
 	return &Writer{
 		cfg: cfg, api: d.API, mapping: d.Mapping, states: d.States, links: d.Links,
 		progress: progressStore{kv: d.StateKV}, dedupe: d.Dedupe, closeCodes: cc, log: cfg.Logger, metrics: newMetrics(cfg.Registerer),
+		trace: d.Trace,
 	}, nil
 }
 
@@ -106,6 +112,7 @@ func NewConsumer(js jetstream.JetStream, w *Writer) *Consumer {
 		Metrics: consume.Metrics{
 			Retries: w.metrics.retries, DeadLetters: w.metrics.dlq, Paused: w.metrics.paused, Latency: w.metrics.latency,
 		},
+		Trace: w.trace,
 	})
 	return c
 }
@@ -151,6 +158,9 @@ func (h handler) Handle(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 		return classified(err)
 	}
 	ch.Stored, ch.Seq = meta.Timestamp, meta.Sequence.Stream
+	if msg.Headers().Get(dlq.HeaderRetryOf) != "" {
+		ch.Source = trace.SourceDLQRetry
+	}
 	res, err := h.w.Apply(ctx, ch)
 	if err != nil {
 		return classified(err)
@@ -159,14 +169,17 @@ func (h handler) Handle(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 	h.w.log.Debug("app change written back", "subject", msg.Subject(), "seq", meta.Sequence.Stream, "external_id", ch.ExternalID,
 		"outcome", string(res.Outcome), "table", res.Table, "sys_id", res.SysID, "sys_mod_count", res.ModCount, "result", res.Reply.Outcome)
 	if res.Reply.Outcome == "" {
+		h.w.Record(ch, res, 0)
 		return nil // a redelivery whose result the app already has
 	}
-	if err := h.results.publish(ctx, res.Reply, resultMsgID(res.Reply, msg, meta)); err != nil {
+	resultSeq, err := h.results.publish(ctx, res.Reply, resultMsgID(res.Reply, msg, meta))
+	if err != nil {
 		// The change is written and its bookmark holds the result: the
 		// redelivery publishes that same result under the same id.
 		return fmt.Errorf("the change of %s %s v%d is written; its result is not stored yet: %w", ch.Entity, ch.ExternalID, ch.Version, err)
 	}
 	h.results.forget(retryingID(res.Reply, msg, meta))
+	h.w.Record(ch, res, resultSeq)
 	return nil
 }
 

@@ -216,11 +216,12 @@ func newResultSink(js jetstream.JetStream, m *metrics) *resultSink {
 	return &resultSink{js: js, metrics: m, announced: map[string]struct{}{}}
 }
 
-// publish stores r under id and waits for the stream's ack.
-func (s *resultSink) publish(ctx context.Context, r events.Result, id string) error {
+// publish stores r under id and waits for the stream's ack; seq is its
+// BRIDGE_RESULTS sequence (for a duplicate, the first copy's).
+func (s *resultSink) publish(ctx context.Context, r events.Result, id string) (seq uint64, err error) {
 	body, err := json.Marshal(r)
 	if err != nil {
-		return fmt.Errorf("encode result: %w", err)
+		return 0, fmt.Errorf("encode result: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, resultPublishTimeout)
 	defer cancel()
@@ -229,14 +230,14 @@ func (s *resultSink) publish(ctx context.Context, r events.Result, id string) er
 	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(events.StreamResults))
 	if err != nil {
 		s.metrics.resultFailures.Inc()
-		return fmt.Errorf("publish result %s to %s: %w", id, events.StreamResults, err)
+		return 0, fmt.Errorf("publish result %s to %s: %w", id, events.StreamResults, err)
 	}
 	if ack.Duplicate {
 		s.metrics.resultDuplicates.Inc()
 	} else {
 		s.metrics.results.WithLabelValues(r.Outcome).Inc()
 	}
-	return nil
+	return ack.Sequence, nil
 }
 
 // announce reports whether the retrying result id is new to this process,
@@ -286,7 +287,7 @@ func (h handler) Retrying(ctx context.Context, msg jetstream.Msg, meta *jetstrea
 		return
 	}
 	r := h.w.failureReply(ctx, ch, events.OutcomeRetrying, d, err)
-	if perr := h.results.publish(ctx, r, id); perr != nil {
+	if _, perr := h.results.publish(ctx, r, id); perr != nil {
 		h.results.forget(id)
 		h.w.log.Warn("retrying result not stored; the change's final result will follow", "external_id", ch.ExternalID, "version", ch.Version, "err", perr)
 	}
@@ -302,7 +303,7 @@ func (h handler) DeadLettered(ctx context.Context, msg jetstream.Msg, meta *jets
 		return nil
 	}
 	r := h.w.failureReply(ctx, ch, events.OutcomeRejected, d, cause)
-	if err := h.results.publish(ctx, r, resultMsgID(r, msg, meta)); err != nil {
+	if _, err := h.results.publish(ctx, r, resultMsgID(r, msg, meta)); err != nil {
 		return err
 	}
 	h.results.forget(retryingID(r, msg, meta))

@@ -14,6 +14,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/snclient"
 	"github.com/nowbridge/nowbridge/internal/state"
+	"github.com/nowbridge/nowbridge/internal/trace"
 )
 
 // Outcome says what one app change did.
@@ -44,6 +45,10 @@ type Change struct {
 	// of one id are handled in stream order, so an older version at or
 	// before the last sequence handled is a redelivery, not a late change.
 	Seq uint64
+	// Source is where the change came from for the decision log: "" is
+	// the app (trace.SourceApp), else trace.SourceDLQRetry or
+	// trace.SourceReplay.
+	Source string
 
 	linkedNow bool // the message's sys_id linked the record just now
 }
@@ -64,6 +69,11 @@ type Result struct {
 	// redelivery of an earlier one is stale with no Reply (empty Outcome):
 	// the app heard its result before the later change was handled.
 	Reply events.Result
+
+	// Unclaimed says why the write was not claimed as the app's own echo
+	// (a reason of bridge_writeback_unclaimed_total): its version reaches
+	// the app. "" when claimed, or when nothing was written.
+	Unclaimed string
 
 	holdBack string // why the write must not be claimed whatever ServiceNow answers
 	modKnown bool   // ModCount says which version ServiceNow holds
@@ -92,6 +102,7 @@ type Writer struct {
 	closeCodes *CloseCodes
 	log        *slog.Logger
 	metrics    *metrics
+	trace      *trace.Recorder
 }
 
 // permanentError marks a change that can never succeed as it is (bad
@@ -523,6 +534,7 @@ func (w *Writer) finish(ctx context.Context, pend *dedupe.Pending, res *Result, 
 		why = reasonSideEffects
 	}
 	if why != "" {
+		res.Unclaimed = why
 		w.metrics.unclaimed.WithLabelValues(why).Inc()
 		pend.Cancel()
 		w.dedupe.Forget(res.Table, res.SysID, res.ModCount)

@@ -28,6 +28,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/lease"
 	"github.com/nowbridge/nowbridge/internal/snclient"
+	"github.com/nowbridge/nowbridge/internal/trace"
 )
 
 // AuditDeleteTable is where ServiceNow records deletes of audited tables.
@@ -126,6 +127,9 @@ type Config struct {
 	// instance's quota so the writeback keeps the rest. Nil: unpaced.
 	Limiter Limiter
 	Echoes  Echoes // optional
+	// Trace records each gap and delete found, with the SN_EVENTS sequence
+	// it was stored at, in the decision log; nil records nothing.
+	Trace *trace.Recorder
 	// Attachments, when set, checks the attachments of every record a pass
 	// re-reads: one Attachment API list per record, paced by Limiter.
 	Attachments AttachmentChecker
@@ -603,6 +607,7 @@ func (r *Reconciler) publish(ctx context.Context, evs []*events.SNEvent, sum *Su
 					sum.Gaps++
 				}
 				r.m.gaps.WithLabelValues(batch[i].Table, batch[i].Action).Inc()
+				r.traceFound(batch[i], ack.Sequence)
 			case err := <-f.Err():
 				return fmt.Errorf("publish %s to SN_EVENTS: %w", batch[i].MsgID(), err)
 			case <-ctx.Done():
@@ -611,6 +616,25 @@ func (r *Reconciler) publish(ctx context.Context, evs []*events.SNEvent, sum *Su
 		}
 	}
 	return nil
+}
+
+// traceFound records in the decision log that reconcile stored ev, which
+// SN_EVENTS lacked, at seq.
+func (r *Reconciler) traceFound(ev *events.SNEvent, seq uint64) {
+	if r.cfg.Trace == nil {
+		return
+	}
+	e := trace.Entry{
+		Stage: trace.StageReconcile, Source: trace.SourceReconcile, Table: ev.Table, SysID: ev.SysID, Number: ev.Record["number"],
+		Action: ev.Action, Version: int64(ev.SysModCount), Decision: trace.GapFound,
+		Reason: "ServiceNow holds this version and SN_EVENTS did not (its webhook never arrived): stored for the apply pipeline",
+		Refs:   []trace.Ref{{Stream: events.StreamSN, Seq: seq}},
+	}
+	if ev.Action == events.ActionDelete {
+		e.Decision = trace.DeleteFound
+		e.Reason = "the record is gone from ServiceNow and its delete never arrived: a delete event stored for the apply pipeline"
+	}
+	r.cfg.Trace.Record(e)
 }
 
 // RateShare is the part of the ServiceNow client's rate that reconcile

@@ -42,17 +42,21 @@ func (h Apply) Check(ctx context.Context, m Message) (Check, error) {
 	return c, nil
 }
 
-// Handle applies the event; force goes around the guard.
+// Handle applies the event; force goes around the guard. The decision log
+// records the outcome with the source replay.
 func (h Apply) Handle(ctx context.Context, m Message, force bool) (string, error) {
 	ev, err := decodeSN(m)
 	if err != nil {
 		return "", err
 	}
-	var out apply.Outcome
-	if force {
-		out, err = h.R.HandleForced(ctx, ev)
-	} else {
-		out, err = h.R.Handle(ctx, ev)
-	}
+	out, err := h.R.Replay(ctx, ev, m.Seq, m.Time, force)
 	return string(out), err
+}
+
+// Skipped records in the decision log that the replay left the event to
+// the version guard (stale, source replay).
+func (h Apply) Skipped(_ context.Context, m Message, chk Check) {
+	if ev, err := decodeSN(m); err == nil {
+		h.R.RecordReplaySkip(ev, m.Seq, m.Time, chk.Reason)
+	}
 }

@@ -51,6 +51,14 @@ type Handler interface {
 	Handle(ctx context.Context, msg Message, force bool) (outcome string, err error)
 }
 
+// SkipRecorder is what a Handler may also implement to hear of each
+// message the version guard skipped on a replay that is not a dry run (the
+// decision log records it; a dry run decides nothing). A Handler wrapping
+// another should pass it on.
+type SkipRecorder interface {
+	Skipped(ctx context.Context, msg Message, chk Check)
+}
+
 // Selection picks the messages to replay. Zero fields select everything.
 type Selection struct {
 	Stream     string    // events.StreamSN or events.StreamApp
@@ -336,6 +344,9 @@ func one(ctx context.Context, h Handler, m Message, opts Options, sum *Summary) 
 	if chk.Verdict == VerdictSkip && !opts.Force {
 		sum.Skipped++
 		item.Outcome = "skipped"
+		if sr, ok := h.(SkipRecorder); ok {
+			sr.Skipped(ctx, m, chk)
+		}
 		return item, nil
 	}
 	outcome, err := h.Handle(ctx, m, opts.Force)
