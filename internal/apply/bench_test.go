@@ -13,12 +13,14 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/trace"
 )
 
 // benchApply stores b.N events (1,000 records, successive versions) in
 // SN_EVENTS with 8 publishers each waiting for its ack -- the raw JetStream
 // publish rate of this run ("raw_pub/s") -- then times the pipeline draining
-// them through the applier ("events/s"). "of_raw" is their ratio: it
+// them through the applier ("events/s"), recording each outcome in the
+// decision log as the bridge does. "of_raw" is their ratio: it
 // compares runs on a machine whose speed varies (docs/PERFORMANCE.md).
 func benchApply(b *testing.B, newApplier func(e *env) Applier) {
 	e := newEnv(b)
@@ -48,6 +50,12 @@ func benchApply(b *testing.B, newApplier func(e *env) Applier) {
 	cfg := e.testConfig(newApplier(e))
 	cfg.Workers, cfg.Batch, cfg.Registerer = 8, 128, nil
 	benchTuning(&cfg)
+	// As the bridge runs: every outcome recorded in the decision log.
+	rec, err := trace.NewRecorder(trace.RecorderConfig{Conn: e.nc})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.Trace = rec
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
@@ -56,6 +64,7 @@ func benchApply(b *testing.B, newApplier func(e *env) Applier) {
 	elapsed := time.Since(start)
 	b.StopTimer()
 	stop()
+	rec.Close()
 	rate := float64(b.N) / elapsed.Seconds()
 	b.ReportMetric(rate, "events/s")
 	b.ReportMetric(raw, "raw_pub/s")
