@@ -13,6 +13,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/console"
 	"github.com/nowbridge/nowbridge/internal/console/tokens"
 	"github.com/nowbridge/nowbridge/internal/status"
+	"github.com/nowbridge/nowbridge/internal/trace"
 )
 
 // serveConsole is `bridge serve`'s admin console on BRIDGE_ADMIN_LISTEN:
@@ -36,6 +37,7 @@ func newConsole(cfg config.Config, js jetstream.JetStream, b *bridge, reg promet
 	}
 	c, err := console.New(console.Config{
 		JS: js, Tables: cfg.Tables, Tokens: set, Replica: status.DefaultID(),
+		Trace:      trace.NewStore(js, b.states, b.links),
 		Registerer: reg, Logger: log,
 	})
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/nowbridge/nowbridge/internal/dlq"
 	"github.com/nowbridge/nowbridge/internal/status"
+	"github.com/nowbridge/nowbridge/internal/trace"
 )
 
 // maxRows bounds the dead letters one page lists.
@@ -484,7 +485,9 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
 type traceView struct {
 	Query     string
 	Available bool
-	Timeline  *Timeline
+	Timeline  *trace.Timeline
+	State     traceState
+	NotFound  bool
 	Err       string
 }
 
@@ -495,10 +498,14 @@ func (c *Console) trace(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 		tl, err := c.cfg.Trace.Timeline(ctx, v.Query)
 		cancel()
-		if err != nil {
-			v.Err, code = err.Error(), http.StatusNotFound
-		} else {
-			v.Timeline = tl
+		switch {
+		case errors.Is(err, trace.ErrNotFound):
+			v.NotFound, code = true, http.StatusNotFound
+		case err != nil:
+			v.Err, code = err.Error(), http.StatusBadGateway
+			c.log.Warn("console: trace failed", "key", v.Query, "err", err)
+		default:
+			v.Timeline, v.State = tl, stateOf(tl)
 		}
 	}
 	c.renderPage(w, r, code, "trace", principalOf(r), view{Title: "Trace", Data: v})

@@ -2,31 +2,34 @@ package console
 
 import (
 	"context"
-	"encoding/json"
-	"time"
+	"maps"
+	"slices"
+
+	"github.com/nowbridge/nowbridge/internal/trace"
 )
 
-// Tracer finds a record's timeline: internal/trace's Store. Until the
-// decision log is wired, Config.Trace is nil and the trace page says so.
+// Tracer finds a record's timeline: internal/trace's Store. Nil in
+// Config.Trace: the trace page says the trace is not available.
 type Tracer interface {
-	Timeline(ctx context.Context, key string) (*Timeline, error)
+	Timeline(ctx context.Context, key string) (*trace.Timeline, error)
 }
 
-// Timeline mirrors internal/trace.Timeline (issue 15's contract) until that
-// package lands.
-type Timeline struct {
-	Table, SysID, Number, Entity, ExternalID string
-	State                                    any
-	Steps                                    []Step
+// traceState is a timeline's bridge_state and bridge_links entries, laid
+// out for the page.
+type traceState struct {
+	trace.RecordState
+	Fields []field // bridge_state's fields, sorted
 }
 
-// Step mirrors internal/trace.Step.
-type Step struct {
-	Time                    time.Time
-	Stage, Source, Decision string
-	Reason                  string
-	Version, AppVersion     int64
-	Stream                  string
-	Seq                     uint64
-	Message                 json.RawMessage
+type field struct{ Name, Value string }
+
+func stateOf(tl *trace.Timeline) traceState {
+	rs, _ := tl.State.(trace.RecordState)
+	out := traceState{RecordState: rs}
+	if rs.State != nil {
+		for _, k := range slices.Sorted(maps.Keys(rs.State.Fields)) {
+			out.Fields = append(out.Fields, field{k, rs.State.Fields[k]})
+		}
+	}
+	return out
 }

@@ -225,7 +225,7 @@ type Report struct {
 // reconcile passes to show.
 func Collect(ctx context.Context, js jetstream.JetStream, tables []string) (Report, error) {
 	rep := Report{Time: time.Now().UTC(), DLQ: map[string]uint64{}}
-	for _, name := range []string{events.StreamSN, events.StreamApp, events.StreamApply, events.StreamResults, events.StreamDLQ} {
+	for _, name := range []string{events.StreamSN, events.StreamApp, events.StreamApply, events.StreamResults, events.StreamDLQ, events.StreamTrace} {
 		st, err := js.Stream(ctx, name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			rep.Streams = append(rep.Streams, Stream{Name: name, Missing: true})
