@@ -160,13 +160,16 @@ func (s *Syncer) appAdded(ctx context.Context, m *events.AttachmentMessage, rec 
 		f.App = append(f.App, id)
 	}
 	f.Removing = false
-	var got Attachment
-	if f.Uploading != "" {
-		// An earlier attempt may have uploaded it without recording so.
-		got, err = s.findUploaded(ctx, rec, f)
-		if err != nil {
-			return events.Result{}, err
-		}
+	// ServiceNow may hold the content already without the bridge knowing
+	// yet: a person attached the same file (its webhook still on the way,
+	// or lost), or an earlier attempt uploaded it without recording so.
+	got, err := s.findUploaded(ctx, rec, f)
+	if err != nil {
+		return events.Result{}, err
+	}
+	outcome := events.OutcomeCreated
+	if got.SysID != "" && f.Uploading == "" {
+		outcome = events.OutcomeUnchanged // there before the app's add
 	}
 	if got.SysID == "" {
 		f.Uploading = id
@@ -184,10 +187,12 @@ func (s *Syncer) appAdded(ctx context.Context, m *events.AttachmentMessage, rec 
 	if _, err := s.files.save(ctx, rec, rev); err != nil {
 		return events.Result{}, err
 	}
-	s.m.bytes.WithLabelValues(dirToSN).Add(float64(size))
-	s.log.Info("app attachment uploaded to ServiceNow", "entity", m.Entity, "external_id", m.ExternalID, "attachment_id", id,
-		"table", rec.Table, "sys_id", rec.SysID, "attachment_sys_id", got.SysID, "size", size)
-	return s.result(m, rec, events.OutcomeCreated, f), nil
+	if outcome == events.OutcomeCreated {
+		s.m.bytes.WithLabelValues(dirToSN).Add(float64(size))
+		s.log.Info("app attachment uploaded to ServiceNow", "entity", m.Entity, "external_id", m.ExternalID, "attachment_id", id,
+			"table", rec.Table, "sys_id", rec.SysID, "attachment_sys_id", got.SysID, "size", size)
+	}
+	return s.result(m, rec, outcome, f), nil
 }
 
 // upload streams the object to ServiceNow and checks what it stored.
@@ -213,9 +218,10 @@ func (s *Syncer) upload(ctx context.Context, rec *record, f *file, object string
 	return got, nil
 }
 
-// findUploaded looks for the upload an earlier attempt made: an attachment
-// of the record with the file's hash (or, where the instance keeps none,
-// its name and size) that no file holds yet.
+// findUploaded looks for the file's content on the record in ServiceNow:
+// an attachment with the file's hash (or, where the instance keeps none,
+// from an earlier attempt of this upload: its name and size) that no file
+// holds yet.
 func (s *Syncer) findUploaded(ctx context.Context, rec *record, f *file) (Attachment, error) {
 	list, err := s.sn.ListAttachments(ctx, rec.Table, rec.SysID)
 	if err != nil {
@@ -231,7 +237,7 @@ func (s *Syncer) findUploaded(ctx context.Context, rec *record, f *file) (Attach
 			}
 			continue
 		}
-		if a.FileName == f.FileName && a.SizeBytes == f.Size {
+		if f.Uploading != "" && a.FileName == f.FileName && a.SizeBytes == f.Size {
 			return a, nil
 		}
 	}
