@@ -158,7 +158,8 @@ func (r *traceRun) before(tl *trace.Timeline, a, b stepCheck) {
 // simulator and its business rules, the bridge wired as serve wires it)
 // and reads its story back with `bridge trace` after each: a round trip
 // with its echo suppressed, a conflict decided by the policy, a version
-// only reconcile found, a change ServiceNow refused, and a replayed window.
+// only reconcile found, a change ServiceNow refused, a replayed window, and
+// a write not claimed as the app's echo.
 // The record is found by its number, its sys_id and the app's id.
 func TestTrace_ExplainsARecordsWholeStory(t *testing.T) {
 	r := startTraceRun(t)
@@ -265,8 +266,20 @@ func TestTrace_ExplainsARecordsWholeStory(t *testing.T) {
 		step(trace.StageApply, trace.SourceReplay, trace.Duplicate, 1, 0, "BRIDGE_APPLY already held", "forced past the version guard"),
 		step(trace.StageApply, trace.SourceReplay, trace.Duplicate, 2, 0, "BRIDGE_APPLY already held"),
 	)
+	// A write not claimed as the app's echo: ServiceNow computes the
+	// priority from the urgency the app sent (or the app was handed a
+	// version just before): the write's webhook goes on to the app.
+	r.publish(id, 4, time.Now(), map[string]string{"title": "Printer replaced", "status": "new", "urgency": "3", "impact": "3"})
+	written := step(trace.StageWriteback, trace.SourceApp, trace.Written, 3, 4, "updated (PATCH short_description, urgency)")
+	unclaimed := step(trace.StageWriteback, trace.SourceApp, trace.Unclaimed, 3, 4, "its webhook goes to the app")
+	delivered := step(trace.StageApply, trace.SourceWebhook, trace.Applied, 3, 0)
+	tl = r.waitFor(number, written, unclaimed, delivered)
+	if u := tl.Steps[unclaimed.find(tl)]; !strings.HasPrefix(u.Reason, "side_effects: ") && !strings.HasPrefix(u.Reason, "handed_over_just_before: ") {
+		t.Errorf("unclaimed step says %q; want side_effects (priority computed) or handed_over_just_before", u.Reason)
+	}
+
 	text = r.text(number)
-	for _, want := range []string{"conflict", "gap_found", "rejected", "replay", "[BRIDGE_DLQ #"} {
+	for _, want := range []string{"conflict", "gap_found", "rejected", "replay", "[BRIDGE_DLQ #", "unclaimed"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("bridge trace %s lacks %q:\n%s", number, want, text)
 		}

@@ -141,7 +141,7 @@ func wire(ctx context.Context, cfg config.Config, js jetstream.JetStream, o wire
 	if o.Writeback && b.writer != nil {
 		b.writeback = outbound.NewConsumer(js, b.writer)
 		if cfg.ResultsURL != "" {
-			if b.results, err = newResultsDelivery(cfg, js, log, o.Registerer); err != nil {
+			if b.results, err = newResultsDelivery(cfg, js, b.trace, log, o.Registerer); err != nil {
 				return nil, err
 			}
 		}
@@ -289,14 +289,14 @@ func applySecret(cfg config.Config, who string) (webhook.Secret, error) {
 
 // newResultsDelivery POSTs each result of BRIDGE_RESULTS to
 // BRIDGE_RESULTS_URL, signed like the HTTP applier's requests.
-func newResultsDelivery(cfg config.Config, js jetstream.JetStream, log *slog.Logger, reg prometheus.Registerer) (*apply.ResultsDelivery, error) {
+func newResultsDelivery(cfg config.Config, js jetstream.JetStream, rec *trace.Recorder, log *slog.Logger, reg prometheus.Registerer) (*apply.ResultsDelivery, error) {
 	secret, err := applySecret(cfg, "the results delivery (BRIDGE_RESULTS_URL)")
 	if err != nil {
 		return nil, err
 	}
 	return apply.NewResultsDelivery(apply.ResultsConfig{
 		JS: js, URL: cfg.ResultsURL, Secret: secret,
-		Tuning: consume.Tuning{Workers: applyWorkers},
+		Tuning: consume.Tuning{Workers: applyWorkers}, Trace: rec,
 		Logger: log, Registerer: reg,
 	})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/dlq"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/trace"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
@@ -44,6 +45,10 @@ type ResultsConfig struct {
 	// Tuning of the consumer engine, as the apply pipeline's (MaxDeliver
 	// default 100, HandleTimeout default AckWait*2/3).
 	consume.Tuning
+
+	// Trace records the results the app's endpoint refused (dead letters)
+	// and retries in the decision log; nil records nothing.
+	Trace *trace.Recorder
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -137,6 +142,7 @@ func NewResultsDelivery(cfg ResultsConfig) (*ResultsDelivery, error) {
 		Tuning:  cfg.Tuning,
 		Logger:  cfg.Logger,
 		Metrics: m,
+		Trace:   cfg.Trace,
 	})
 	if err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/nowbridge/nowbridge/internal/events"
 )
@@ -40,13 +41,9 @@ func (t *Timeline) WriteText(w io.Writer) error {
 		if st.Deleted {
 			b.WriteString("  deleted")
 		}
-		if len(st.Fields) > 0 {
-			b.WriteString("  ")
-			for i, k := range slices.Sorted(maps.Keys(st.Fields)) {
-				if i > 0 {
-					b.WriteByte(' ')
-				}
-				fmt.Fprintf(&b, "%s=%s", k, short(st.Fields[k], 40))
+		for _, k := range slices.Sorted(maps.Keys(st.Fields)) {
+			if v := st.Fields[k]; v != "" {
+				fmt.Fprintf(&b, " %s=%s", k, short(v, 40))
 			}
 		}
 		b.WriteByte('\n')
@@ -62,7 +59,7 @@ func (t *Timeline) WriteText(w io.Writer) error {
 		return err
 	}
 	if len(t.Steps) == 0 {
-		_, err := fmt.Fprintf(w, "no decisions recorded (the log keeps %s, and the last %d entries of a record)\n", events.TraceMaxAge, events.TraceMaxPerRecord)
+		_, err := fmt.Fprintf(w, "no decisions recorded (the log keeps %s, and the last %d entries of a record)\n", days(events.TraceMaxAge), events.TraceMaxPerRecord)
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -74,7 +71,7 @@ func (t *Timeline) WriteText(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "\n%d steps; the log keeps %s, and the last %d entries of a record\n", len(t.Steps), events.TraceMaxAge, events.TraceMaxPerRecord)
+	_, err := fmt.Fprintf(w, "\n%d steps; the log keeps %s, and the last %d entries of a record\n", len(t.Steps), days(events.TraceMaxAge), events.TraceMaxPerRecord)
 	return err
 }
 
@@ -130,4 +127,12 @@ func short(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// days renders a retention in days when it is whole days.
+func days(d time.Duration) string {
+	if d%(24*time.Hour) == 0 {
+		return strconv.Itoa(int(d/(24*time.Hour))) + " days"
+	}
+	return d.String()
 }

@@ -238,7 +238,7 @@ func TestStore_TimelineOfARecordByNumberSysIDAndExternalID(t *testing.T) {
 	}
 	for _, line := range []string{
 		"record        incident/" + sysA + "  INC0010006",
-		"bridge_state  v1  number=INC0010006 state=2",
+		"bridge_state  v1 number=INC0010006 state=2",
 		"bridge_links  ticket TCK-1 <-> incident/" + sysA,
 		"TIME  ", "STAGE", "DECISION", "REASON",
 		"dlq     app      app v1   rejected         403 Operation Failed hint: grant write [BRIDGE_DLQ #4242 (no longer in the stream)]",
@@ -332,4 +332,76 @@ func TestRecorder_NeverBlocksAndCountsWhatItCannotStore(t *testing.T) {
 		t.Errorf("bridge_trace_write_failures_total = %v after %d entries with NATS gone, want nearly all of them counted", got, n)
 	}
 	r.Record(Entry{Stage: StageApply, Table: "incident", SysID: sysA, Decision: Applied}) // after Close: dropped, no panic
+}
+
+// fetchOne stores a message in stream and reads it back through a consumer,
+// as an engine holds it.
+func (e *env) fetchOne(t *testing.T, stream, subject string, header nats.Header, body string) (jetstream.Msg, *jetstream.MsgMetadata) {
+	t.Helper()
+	seq := e.publish(t, subject, header, body)
+	ctx := context.Background()
+	cons, err := e.js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: seq})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, err := msg.Metadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg, meta
+}
+
+// The engine's decisions name the record from the message itself, and a
+// retry is recorded at the first delivery and each doubling only.
+func TestRecorder_ConsumerDecisionsNameTheRecord(t *testing.T) {
+	e := newEnv(t)
+	rec := e.recorder(t)
+	h := nats.Header{}
+	h.Set(events.HeaderMsgID, "incident:"+sysA+":4:update")
+	h.Set("Bridge-Retry-Of", "BRIDGE_DLQ:7")
+	snMsg, snMeta := e.fetchOne(t, events.StreamSN, "sn.incident.update", h, `{"record":{"number":"INC0010006"}}`)
+	for _, delivered := range []uint64{1, 2, 3, 4, 5, 6, 7, 8} {
+		m := *snMeta
+		m.NumDelivered = delivered
+		rec.Consumer(snMsg, &m, ConsumerDecision{Pipeline: "apply", Decision: Retrying, Reason: "server_error: 503", Status: 503})
+	}
+	rec.Consumer(snMsg, snMeta, ConsumerDecision{Pipeline: "apply", Decision: Rejected, Reason: "the app answered 422", Hint: "fix the mapping", Status: 422, DLQSeq: 3})
+	appMsg, appMeta := e.fetchOne(t, events.StreamApp, "app.ticket.upsert", nil, `{"external_id":"TCK-7","version":5,"fields":{}}`)
+	rec.Consumer(appMsg, appMeta, ConsumerDecision{Pipeline: "writeback", Decision: DeadLettered, Reason: "gave up after 10 deliveries"})
+
+	e.waitEntries(t, RecordSubject("incident", sysA), 5)
+	e.waitEntries(t, AppSubject("ticket", "TCK-7"), 1)
+	store := NewStore(e.js, e.states, e.links)
+	tl, err := store.Timeline(context.Background(), "INC0010006")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var retries []string
+	for _, s := range tl.Steps {
+		switch s.Decision {
+		case Retrying:
+			retries = append(retries, strings.SplitN(s.Reason, ":", 2)[0])
+			if s.Stage != StageApply || s.Source != SourceDLQRetry || s.Version != 4 || s.Action != "update" {
+				t.Errorf("retry step %+v; want apply, dlq_retry (a retried dead letter), v4 update", s)
+			}
+		case Rejected:
+			if s.Stage != StageDLQ || s.Stream != events.StreamDLQ || s.Seq != 3 || !strings.Contains(s.Reason, "apply: the app answered 422") || s.Hint != "fix the mapping" {
+				t.Errorf("dead letter step %+v; want dlq, BRIDGE_DLQ #3, the reason and the hint", s)
+			}
+		}
+	}
+	if want := []string{"delivery 1", "delivery 2", "delivery 4", "delivery 8"}; !reflect.DeepEqual(retries, want) {
+		t.Errorf("retries recorded at %v, want %v", retries, want)
+	}
+	tl, err = store.Timeline(context.Background(), "TCK-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tl.Steps) != 2 || tl.Steps[1].Decision != DeadLettered || tl.Steps[1].AppVersion != 5 || tl.Steps[1].Source != SourceApp {
+		t.Errorf("TCK-7's steps = %+v; want its change stored, then dead-lettered (app v5)", tl.Steps)
+	}
 }
