@@ -508,3 +508,24 @@ func TestConsole_OverviewShowsEveryReplicaAndTheSamplerExportsLagAndDeadLetters(
 		t.Errorf("the overview fragment: %d, want the body alone:\n%s", frag.code, frag.body)
 	}
 }
+
+func TestConsole_RetryAllRetriesEveryDeadLetterOfThePipeline(t *testing.T) {
+	f := newFixture(t, aliceToken)
+	a, b := f.deadLetter("TCK-1", "403", ""), f.deadLetter("TCK-2", "403", "")
+	c := f.client()
+	f.login(c, aliceToken)
+	csrf := hidden(f.do(c, "GET", "/dlq?pipeline=writeback", nil, nil).body)["csrf"]
+	if r := f.do(c, "POST", "/dlq/retry", url.Values{"pipeline": {"writeback"}}, nil); r.code != http.StatusForbidden {
+		t.Fatalf("retry all without the CSRF token: %d, want 403", r.code)
+	}
+	r := f.do(c, "POST", "/dlq/retry", url.Values{"csrf": {csrf}, "pipeline": {"writeback"}}, nil)
+	if r.code != http.StatusSeeOther || r.header.Get("Location") != "/dlq?pipeline=writeback" {
+		t.Fatalf("retry all: %d to %q, want 303 back to the pipeline's list", r.code, r.header.Get("Location"))
+	}
+	if f.present(a) || f.present(b) {
+		t.Fatal("retry all left dead letters behind")
+	}
+	if page := f.do(c, "GET", "/dlq", nil, nil).body; !strings.Contains(page, "2 dead letters retried.") || !strings.Contains(page, `id="no-dead-letters"`) {
+		t.Errorf("after retry all the list should say 2 retried and be empty:\n%s", page)
+	}
+}
