@@ -18,6 +18,7 @@ import (
 	"github.com/nowbridge/nowbridge/internal/consume"
 	"github.com/nowbridge/nowbridge/internal/dlq"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/objstream"
 	"github.com/nowbridge/nowbridge/sdk/wire"
 )
 
@@ -199,7 +200,12 @@ func (s *Syncer) appAdded(ctx context.Context, m *events.AttachmentMessage, rec 
 func (s *Syncer) upload(ctx context.Context, rec *record, f *file, object string, size int64) (Attachment, error) {
 	got, err := s.sn.UploadAttachment(ctx, Upload{
 		Table: rec.Table, SysID: rec.SysID, FileName: f.FileName, ContentType: f.ContentType, Size: size,
-		Open: func() (io.ReadCloser, error) { return s.obj.Get(ctx, object) },
+		// Bounded memory, whatever the size (objstream: nats.go's Get
+		// buffers as far ahead as the server sends).
+		Open: func() (io.ReadCloser, error) {
+			r, _, err := objstream.Open(ctx, s.js, events.BucketAttachments, object)
+			return r, err
+		},
 	})
 	if errors.Is(err, ErrAttachmentTooLarge) {
 		return Attachment{}, consume.Permanent(fmt.Errorf("upload %s to %s/%s: %w", object, rec.Table, rec.SysID, err), HintInstance)

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/nowbridge/nowbridge/internal/objstream"
 	"github.com/nowbridge/nowbridge/sdk/wire"
 )
 
@@ -171,26 +172,24 @@ func (c *Client) attachments(ctx context.Context) (jetstream.ObjectStore, error)
 // streams'), or never there.
 var ErrAttachmentGone = errors.New("attachment object not in the bucket")
 
-// OpenAttachment opens the bytes of an add's object for reading (streamed;
-// close it). The object store checks the digest as the last bytes are read:
-// a mismatch is an error instead of io.EOF, so a file read to its end is
-// whole. m.Digest, when set, must be the object's.
+// OpenAttachment opens the bytes of an add's object for reading, streamed
+// a few chunks ahead at most whatever the file's size (close it). The
+// digest is checked as the last bytes are read: a mismatch is an error
+// instead of io.EOF, so a file read to its end is whole. m.Digest, when
+// set, must be the object's.
 func (c *Client) OpenAttachment(ctx context.Context, m *AttachmentMessage) (io.ReadCloser, error) {
 	if m.Object == "" {
 		return nil, fmt.Errorf("attachment message %s names no object", m.MsgID)
 	}
-	obj, err := c.attachments(ctx)
-	if err != nil {
-		return nil, err
-	}
-	res, err := obj.Get(ctx, m.Object)
+	// objstream reads a few chunks ahead at most, whatever the size.
+	res, info, err := objstream.Open(ctx, c.js, wire.BucketAttachments, m.Object)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrAttachmentGone, m.Object)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s in %s: %w", m.Object, wire.BucketAttachments, err)
 	}
-	if info, ierr := res.Info(); ierr == nil && m.Digest != "" && info.Digest != m.Digest {
+	if m.Digest != "" && info.Digest != m.Digest {
 		_ = res.Close()
 		return nil, fmt.Errorf("object %s holds %s, the message says %s: it was replaced since", m.Object, info.Digest, m.Digest)
 	}
