@@ -64,6 +64,8 @@ var ReportedCounters = []string{
 	"conflicts_total",
 	"bridge_servicenow_requests_total",
 	"bridge_servicenow_rate_limited_total",
+	"bridge_attachment_bytes_total",        // both directions
+	"bridge_attachment_dead_letters_total", // both directions
 	"reconcile_gaps_total",
 }
 
@@ -219,6 +221,8 @@ type Report struct {
 	DLQTotal  uint64              `json:"dlq_total"`
 	Reconcile []reconcile.Summary `json:"reconcile"`
 	Processes []Process           `json:"processes"`
+	// Attachments: bridge_attachments and the files kept in sync.
+	Attachments *Attachments `json:"attachments,omitempty"`
 }
 
 // Collect reads the report from NATS; tables are the synced tables whose
@@ -289,6 +293,9 @@ func Collect(ctx context.Context, js jetstream.JetStream, tables []string) (Repo
 		}
 	}
 	slices.SortFunc(rep.Processes, func(a, b Process) int { return strings.Compare(a.ID, b.ID) })
+	if rep.Attachments, err = collectAttachments(ctx, js); err != nil {
+		return rep, err
+	}
 	return rep, nil
 }
 
@@ -342,6 +349,7 @@ func (r Report) WriteText(w io.Writer) error {
 		}
 		p("  deletes in %s: %s\n", s.Table, line)
 	}
+	r.Attachments.writeText(p, r.Processes)
 	p("\nPROCESS\tUPDATED\tTOKEN EXPIRES\tBREAKER\t\t\t\n")
 	if len(r.Processes) == 0 {
 		p("(no bridge process reporting: token and breaker state are unknown)\t\t\t\t\t\t\n")
