@@ -175,12 +175,7 @@ func (b *bencher) replicas(ctx context.Context) (*replicasReport, error) {
 		return nil, err
 	}
 
-	type figures struct {
-		apply, writeback []journeys // by rate
-		webhooks, failed int64
-		perReplica       []int64
-	}
-	sets := map[int]*figures{1: {}, 3: {}}
+	sets := map[int]*replicaFigures{1: {}, 3: {}}
 	for _, f := range sets {
 		f.apply, f.writeback = make([]journeys, len(ro.rates)), make([]journeys, len(ro.rates))
 	}
@@ -193,38 +188,9 @@ func (b *bencher) replicas(ctx context.Context) (*replicasReport, error) {
 			if err := h.setReplicas(ctx, n, 0); err != nil {
 				return nil, err
 			}
-			f := sets[n]
-			w0, f0, per0 := h.front.counts()
-			for ri, rate := range ro.rates {
-				bb := b.with(rate, turn)
-				what := fmt.Sprintf("turn %d/%d, %d replica(s): ServiceNow change -> apply at %d/s", i+1, turns, n, rate)
-				j, err := bb.applyTurn(ctx, what, h.sim, h.nc, h.obs)
-				if err != nil {
-					return nil, fmt.Errorf("%d replica(s), apply at %d/s: %w", n, rate, err)
-				}
-				f.apply[ri].add(j)
-			}
-			for ri, rate := range ro.rates {
-				bb := b.with(rate, turn)
-				what := fmt.Sprintf("turn %d/%d, %d replica(s): app change -> write at %d/s", i+1, turns, n, rate)
-				j, err := bb.writebackTurn(ctx, what, h.sim, h.nc, h.js, fmt.Sprintf("T%dR%dr%d-", i, n, rate))
-				if err != nil {
-					return nil, fmt.Errorf("%d replica(s), writeback at %d/s: %w", n, rate, err)
-				}
-				f.writeback[ri].add(j)
-			}
-			w1, f1, per1 := h.front.counts()
-			f.webhooks += w1 - w0
-			f.failed += f1 - f0
-			for k := range per1 {
-				if k >= len(f.perReplica) {
-					f.perReplica = append(f.perReplica, 0)
-				}
-				if k < len(per0) {
-					f.perReplica[k] += per1[k] - per0[k]
-				} else {
-					f.perReplica[k] += per1[k]
-				}
+			what := fmt.Sprintf("turn %d/%d, %d replica(s)", i+1, turns, n)
+			if err := h.turn(ctx, b, what, turn, sets[n]); err != nil {
+				return nil, fmt.Errorf("%d replica(s): %w", n, err)
 			}
 		}
 	}
@@ -266,6 +232,46 @@ func (b *bencher) replicas(ctx context.Context) (*replicasReport, error) {
 	}
 	rep.LoadAverageEnd = loadAverage()
 	return rep, nil
+}
+
+// replicaFigures gather one configuration's turns.
+type replicaFigures struct {
+	apply, writeback []journeys // by rate
+	webhooks, failed int64
+	perReplica       []int64
+}
+
+// turn measures apply, then writeback, at each rate for d, adding to f.
+func (h *replicaHarness) turn(ctx context.Context, b *bencher, what string, d time.Duration, f *replicaFigures) error {
+	w0, f0, per0 := h.front.counts()
+	for ri, rate := range b.o.replicas.rates {
+		j, err := b.with(rate, d).applyTurn(ctx, fmt.Sprintf("%s: ServiceNow change -> apply at %d/s", what, rate), h.sim, h.nc, h.obs)
+		if err != nil {
+			return fmt.Errorf("apply at %d/s: %w", rate, err)
+		}
+		f.apply[ri].add(j)
+	}
+	for ri, rate := range b.o.replicas.rates {
+		prefix := fmt.Sprintf("%s-r%d-", randomHex(3), rate) // new records each turn
+		j, err := b.with(rate, d).writebackTurn(ctx, fmt.Sprintf("%s: app change -> write at %d/s", what, rate), h.sim, h.nc, h.js, prefix)
+		if err != nil {
+			return fmt.Errorf("writeback at %d/s: %w", rate, err)
+		}
+		f.writeback[ri].add(j)
+	}
+	w1, f1, per1 := h.front.counts()
+	f.webhooks += w1 - w0
+	f.failed += f1 - f0
+	for k, v := range per1 { // the front's counts only grow
+		if k < len(per0) {
+			v -= per0[k]
+		}
+		if k == len(f.perReplica) {
+			f.perReplica = append(f.perReplica, 0)
+		}
+		f.perReplica[k] += v
+	}
+	return nil
 }
 
 // with is b at another rate and duration (pace and the turns read them).
@@ -342,7 +348,7 @@ type replicaHarness struct {
 	env     map[string]string // every replica's settings but the TTL
 
 	replicas []*replica // running, the sync owner first
-	started  []*replica // every replica of the side-by-side part
+	started  []*replica // every replica setReplicas started
 	cleanup  cleanups
 }
 
@@ -524,7 +530,7 @@ func (h *replicaHarness) setReplicas(ctx context.Context, n int, ttl time.Durati
 			stopReplicas([]*replica{r})
 			return fmt.Errorf("the first replica did not take the sync lease: %w\n%s", err, r.logs.tail(10))
 		}
-		h.replicas = append(h.replicas, r)
+		h.replicas, h.started = append(h.replicas, r), append(h.started, r)
 	}
 	type started struct {
 		r   *replica
@@ -544,7 +550,7 @@ func (h *replicaHarness) setReplicas(ctx context.Context, n int, ttl time.Durati
 			errs = append(errs, s.err)
 			continue
 		}
-		h.replicas = append(h.replicas, s.r)
+		h.replicas, h.started = append(h.replicas, s.r), append(h.started, s.r)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -619,7 +625,6 @@ func (h *replicaHarness) startReplica(ctx context.Context, ttl time.Duration) (*
 		return nil, fmt.Errorf("a replica did not start: %w\n%s", err, r.logs.tail(10))
 	}
 	r.url = "http://" + serving.Listen
-	h.started = append(h.started, r)
 	return r, nil
 }
 
