@@ -56,7 +56,7 @@ type replicasOptions struct {
 }
 
 func (o *replicasOptions) addFlags(f *pflag.FlagSet) {
-	f.IntSliceVar(&o.rates, "rates", []int{300, 1500}, "replicas: offered rates, changes per second, each measured in both directions")
+	f.IntSliceVar(&o.rates, "rates", []int{150, 300, 1000}, "replicas: offered rates, changes per second, each measured in both directions; the first is also the load of the fail-over")
 	f.DurationSliceVar(&o.ttls, "failover-ttls", []time.Duration{10 * time.Second, 3 * time.Second}, "replicas: BRIDGE_SYNC_LEASE_TTL values the owner is killed under")
 	f.IntVar(&o.kills, "failover-kills", 1, "replicas: owner kills per lease TTL")
 	f.DurationVar(&o.settle, "failover-settle", 45*time.Second, "replicas: how long after a kill to wait for every change made before it to be applied (the dead owner's unacknowledged ones come back after apply's 30 s ack wait)")
