@@ -121,7 +121,7 @@ func serve(ctx context.Context, a *app, cfg config.Config) (err error) {
 		synced = append(synced, component{"results delivery", b.results.Run})
 	}
 	synced = append(synced, component{"apply", b.apply.Run})
-	if b.attach != nil { // with the ServiceNow settings and BRIDGE_ATTACHMENT_MAX_BYTES > 0
+	if b.attach != nil { // with the ServiceNow settings
 		synced = append(synced, component{"attachments", b.attach.Run})
 	}
 	owner := newSyncOwnership(js, b.states.KV(), cfg, log, reg)

@@ -54,8 +54,9 @@ type wireOptions struct {
 	Reconcile bool
 	Tune      func(*reconcile.Config)
 	// Attachments builds the attachment pipelines (with the ServiceNow
-	// settings and BRIDGE_ATTACHMENT_MAX_BYTES above 0); the reconciler
-	// then checks the attachments of the records it re-reads.
+	// settings; BRIDGE_ATTACHMENT_MAX_BYTES=0 has them refuse the app's
+	// files and leave ServiceNow's); the reconciler then checks the
+	// attachments of the records it re-reads.
 	Attachments bool
 }
 
@@ -82,7 +83,7 @@ type bridge struct {
 	writeback  *outbound.Consumer
 	results    *apply.ResultsDelivery // with BRIDGE_RESULTS_URL
 	reconciler *reconcile.Reconciler
-	attach     *attach.Syncer // with the ServiceNow settings and attachments on
+	attach     *attach.Syncer // with the ServiceNow settings
 }
 
 // wire builds the parts o asks for from cfg over js (whose streams and
@@ -146,7 +147,7 @@ func wire(ctx context.Context, cfg config.Config, js jetstream.JetStream, o wire
 			}
 		}
 	}
-	if o.Attachments && b.sn != nil && cfg.AttachmentMaxBytes > 0 {
+	if o.Attachments && b.sn != nil {
 		if b.attach, err = b.newAttach(ctx, js, o.Registerer); err != nil {
 			return nil, err
 		}

@@ -49,7 +49,7 @@ const (
 	OutcomeGone      Outcome = "gone"       // ServiceNow no longer has the file
 	OutcomeUnknown   Outcome = "unknown"    // a removal of a file the bridge never synced
 	OutcomeNotSynced Outcome = "not_synced" // an attachment of a table this bridge does not sync
-	OutcomeIgnored   Outcome = "ignored"    // an update of an attachment's record: not synced
+	OutcomeIgnored   Outcome = "ignored"    // an update of an attachment's record, or attachments off: not synced
 )
 
 // Entities names the app entity of each synced table and back

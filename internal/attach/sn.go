@@ -67,6 +67,9 @@ func (s *Syncer) HandleSN(ctx context.Context, ev *events.SNEvent) (Outcome, err
 	if !ok {
 		return OutcomeNotSynced, nil
 	}
+	if s.limits.MaxBytes == 0 {
+		return OutcomeIgnored, nil // attachments are off (BRIDGE_ATTACHMENT_MAX_BYTES=0)
+	}
 	unlock := s.lockRecord(a.Table, a.SysID)
 	defer unlock()
 	rec, rev, err := s.files.load(ctx, a.Table, a.SysID)
