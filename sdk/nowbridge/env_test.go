@@ -22,7 +22,12 @@ import (
 	"github.com/nowbridge/nowbridge/sdk/nowbridge"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// nats.go v1.55.0's ObjectStore.Put (PutAttachment) may leave its
+	// private JetStream context's reconnect watcher blocked for good (see
+	// internal/attach's TestMain).
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"))
+}
 
 // env is one test's real nats-server with the bridge's streams, and an SDK
 // client on it.
