@@ -482,7 +482,7 @@ func TestConsole_OverviewShowsEveryReplicaAndTheSamplerExportsLagAndDeadLetters(
 				}
 			}
 		}
-		if lag == 1 && dead == 1 {
+		if lag == 1 && dead == 1 && len(f.c.sampler.samples()) >= 2 { // two samples draw a sparkline
 			break
 		}
 		if time.Now().After(deadline) {

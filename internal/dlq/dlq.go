@@ -120,20 +120,29 @@ func List(ctx context.Context, js jetstream.JetStream, pipeline string) ([]Entry
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", events.StreamDLQ, err)
 	}
-	info, err := st.Info(ctx)
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(filter(pipeline)))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", events.StreamDLQ, err)
 	}
-	if info.State.Msgs == 0 {
-		return nil, nil
+	if info.State.Msgs == 0 || len(info.State.Subjects) == 0 {
+		return nil, nil // none at all, or none of this pipeline
 	}
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter(pipeline)}})
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", events.StreamDLQ, err)
 	}
 	var out []Entry
+	wait := false
 	for {
-		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second))
+		// What the stream holds now: a batch that waited to fill up would
+		// make every listing take its whole wait. Only when nothing came at
+		// once is one batch waited for.
+		var batch jetstream.MessageBatch
+		if wait {
+			batch, err = cons.Fetch(256, jetstream.FetchMaxWait(time.Second))
+		} else {
+			batch, err = cons.FetchNoWait(256)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", events.StreamDLQ, err)
 		}
@@ -154,9 +163,10 @@ func List(ctx context.Context, js jetstream.JetStream, pipeline string) ([]Entry
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return nil, fmt.Errorf("read %s: %w", events.StreamDLQ, err)
 		}
-		if pending == 0 || n == 0 || ctx.Err() != nil {
+		if pending == 0 || (n == 0 && wait) || ctx.Err() != nil {
 			return out, ctx.Err()
 		}
+		wait = n == 0
 	}
 }
 
