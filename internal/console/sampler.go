@@ -12,9 +12,11 @@ import (
 	"github.com/nowbridge/nowbridge/internal/status"
 )
 
-// Pipelines are the bridge's dead-letter pipelines (bridge.dlq.<pipeline>):
-// the DLQ depth gauge exports each, 0 included, so an alert sees the series.
-var Pipelines = []string{"apply", "writeback", "results"}
+// Pipelines are the bridge's dead-letter pipelines (bridge.dlq.<pipeline>:
+// apply, outbound, apply's results delivery, attach's two): the DLQ depth
+// gauge exports each, 0 included, so an alert sees the series. Another
+// pipeline's dead letters are exported once there are some.
+var Pipelines = []string{"apply", "writeback", "results", "attachment_apply", "attachment_writeback"}
 
 // sample is one status.Collect at a moment.
 type sample struct {
