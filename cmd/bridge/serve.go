@@ -32,8 +32,9 @@ func newServeCmd(a *app) *cobra.Command {
 (POST /webhooks/servicenow, /healthz, /readyz, /metrics) storing events in SN_EVENTS, the
 apply consumer (SN_EVENTS -> the SaaS app, BRIDGE_APPLIER), and — once BRIDGE_SN_INSTANCE_URL,
 BRIDGE_SN_CLIENT_ID and BRIDGE_SN_CLIENT_SECRET are set — the writeback consumer
-(APP_EVENTS -> ServiceNow) and the reconcile loop (every BRIDGE_RECONCILE_INTERVAL).
-With BRIDGE_NATS_URL empty it starts an embedded JetStream server (store under
+(APP_EVENTS -> ServiceNow) and the reconcile loop (every BRIDGE_RECONCILE_INTERVAL),
+and the console on BRIDGE_ADMIN_LISTEN (127.0.0.1:8090: overview, dead letters, record
+trace; BRIDGE_ADMIN_TOKEN). With BRIDGE_NATS_URL empty it starts an embedded JetStream server (store under
 BRIDGE_DATA_DIR, listening on BRIDGE_EMBEDDED_NATS_LISTEN). Every setting is a flag,
 an environment variable and a key of the --config YAML file (flags beat env, env beats file).`,
 		Args: cobra.NoArgs,
