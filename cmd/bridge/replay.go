@@ -58,7 +58,8 @@ changes nothing; --force applies the skipped ones too, after a confirmation
 	// (--stream app): a replay applies exactly as bridge serve does.
 	bindToolFlags(cmd.Flags(), "tables", "mapping-dir", "applier", "apply-url", "apply-secret", "webhook-secrets",
 		"sn-instance-url", "sn-client-id", "sn-client-secret", "sn-rate-limit", "sn-known-fields",
-		"writeback-delete", "writeback-delete-state", "close-code", "conflict-policy", "conflict-policies", "writeback-blind", "writeback-handover-grace")
+		"writeback-delete", "writeback-delete-state", "close-code", "conflict-policy", "conflict-policies", "writeback-blind", "writeback-handover-grace",
+		"attachment-max-bytes", "attachment-types-allow", "attachment-types-deny")
 	f := cmd.Flags()
 	f.StringVar(&rf.stream, "stream", "sn", "sn (SN_EVENTS -> the SaaS app) or app (APP_EVENTS -> ServiceNow)")
 	f.StringVar(&rf.since, "since", "", "messages stored at or after (RFC 3339 or a duration like 2h)")
