@@ -115,4 +115,44 @@ func TestDev_AttachmentsBothWaysAndInStatus(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "ATTACHMENTS") || !strings.Contains(out, "bridge_attachments") || !strings.Contains(out, "copies: 2 in ServiceNow, 2 in the app") {
 		t.Errorf("status: %d\n%s\nwant the attachments' lines", code, out)
 	}
+
+	// bridge replay routes both streams' attachment messages through the
+	// attachment path: nothing is handed over or uploaded again.
+	for k, v := range map[string]string{"BRIDGE_SN_INSTANCE_URL": st.simURL, "BRIDGE_SN_CLIENT_ID": st.clientID, "BRIDGE_SN_CLIENT_SECRET": st.clientSc,
+		"BRIDGE_WEBHOOK_SECRETS": st.secret.Encoded(), "BRIDGE_TABLES": "incident"} {
+		env[k] = v
+	}
+	for len(msgs) > 0 {
+		<-msgs
+	}
+	for _, stream := range []string{"sn", "app"} {
+		code, out, stderr := runTool(t, env, "", "replay", "--stream", stream, "--json")
+		var sum struct {
+			Items []struct{ Subject, Outcome, Error string }
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &sum) != nil {
+			t.Fatalf("replay --stream %s: %d %s %s", stream, code, out, stderr)
+		}
+		seen := 0
+		for _, it := range sum.Items {
+			if strings.Contains(it.Subject, "attachment") {
+				seen++
+				if it.Error != "" {
+					t.Errorf("replay --stream %s: %s failed: %s", stream, it.Subject, it.Error)
+				}
+			}
+		}
+		if seen == 0 {
+			t.Errorf("replay --stream %s replayed no attachment message: %s", stream, out)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	for len(msgs) > 0 {
+		if m := <-msgs; m.Subject == "bridge.apply.ticket.attachment" || (strings.HasPrefix(m.Subject, "bridge.result.") && bytes.Contains(m.Data, []byte(`"outcome":"created"`))) {
+			t.Errorf("the replay handed over or uploaded again: %s %s", m.Subject, m.Data)
+		}
+	}
+	if n := len(st.sim.Attachments("incident", created.SysID)); n != 2 {
+		t.Errorf("after the replay the incident has %d attachments, want still 2", n)
+	}
 }
