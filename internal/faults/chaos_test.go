@@ -127,7 +127,8 @@ type chaosRun struct {
 	mapping  *mapping.Set
 	rng      *rand.Rand
 	recs     []chaosRecord
-	bySysID  map[string]int // table/sys_id -> index in recs
+	bySysID  map[string]int   // table/sys_id -> index in recs
+	reported map[*bridge]bool // replicas that stopped by themselves, reported
 
 	rounds, changes, appChanges, humanChanges, kills int
 	human                                            []humanVersion
@@ -153,7 +154,7 @@ func newChaosRun(t *testing.T) *chaosRun {
 	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
 	r := &chaosRun{t: t, ctx: ctx, cl: runNATSCluster(t), sn: newSNFront(t), lb: newWebhookLB(t),
-		rng: rand.New(rand.NewPCG(7, 11)), bySysID: map[string]int{}}
+		rng: rand.New(rand.NewPCG(7, 11)), bySysID: map[string]int{}, reported: map[*bridge]bool{}}
 	fields := map[string][]string{}
 	var tables []string
 	for _, tb := range chaosTables {
@@ -315,7 +316,9 @@ func (r *chaosRun) round(round int, chaos bool) {
 		// writeback's ack wait, the SN events it held after the apply's.
 		drainFor = 90 * time.Second
 	}
-	if err := r.app.drain(r.sn, drainFor); err != nil {
+	err := r.app.drain(r.sn, drainFor)
+	r.checkNoneExited(round)
+	if err != nil {
 		t.Fatalf("round %d: %v\nits changes: %s\nreplicas:%s", round, err, clip(log, 60), r.ownerReport())
 	}
 	if chaos {
@@ -329,6 +332,7 @@ func (r *chaosRun) round(round int, chaos bool) {
 	writes := slices.Clone(r.sn.writes[firstWrite:])
 	r.sn.mu.Unlock()
 	perRecord := map[int]int{}
+	byRecord := map[int][]snWrite{}
 	for _, w := range writes {
 		if !w.committed() {
 			continue
@@ -339,6 +343,7 @@ func (r *chaosRun) round(round int, chaos bool) {
 			continue
 		}
 		perRecord[i]++
+		byRecord[i] = append(byRecord[i], w)
 	}
 	var wrong []string
 	for i, rec := range r.recs {
@@ -347,11 +352,11 @@ func (r *chaosRun) round(round int, chaos bool) {
 			want = 1
 		}
 		if got := perRecord[i]; got != want {
-			wrong = append(wrong, fmt.Sprintf("%s written %d times, want %d (the app changed it: %v)", rec.key, got, want, appEdited[i]))
+			wrong = append(wrong, fmt.Sprintf("%s written %d times, want %d (the app changed it: %v)%s", rec.key, got, want, appEdited[i], r.describe(rec, byRecord[i], began, killedAt)))
 		}
 	}
 	if len(wrong) > 0 {
-		t.Errorf("round %d: %d records not written to ServiceNow once per app change: %s", round, len(wrong), clip(wrong, 10))
+		t.Errorf("round %d: %d records not written to ServiceNow once per app change: %s\nthe round's changes: %s", round, len(wrong), clip(wrong, 10), clip(log, 200))
 	}
 
 	// No echo: the app gets the people's changes and the writes not
@@ -376,6 +381,27 @@ func (r *chaosRun) round(round int, chaos bool) {
 	if chaos {
 		r.logFailover(killedAt)
 	}
+}
+
+// describe lists a record's writes of a round (when, by which token, the
+// answer, what was sent) and its change in the round.
+func (r *chaosRun) describe(rec chaosRecord, writes []snWrite, began, killedAt time.Time) string {
+	out := ""
+	for _, w := range writes {
+		at := "+" + w.At.Sub(began).Round(time.Millisecond).String() + " into the round"
+		if !killedAt.IsZero() {
+			at += ", " + w.At.Sub(killedAt).Round(time.Millisecond).String() + " from the kill"
+		}
+		out += fmt.Sprintf("\n\t\t%s %s by token …%s answered %d: %v", w.Method, at, w.Token, w.Status, w.Fields)
+	}
+	r.app.mu.Lock()
+	defer r.app.mu.Unlock()
+	for _, m := range r.app.received {
+		if m.key == rec.key && !m.stored.Before(began) {
+			out += fmt.Sprintf("\n\t\tapplied %s %v", m.id, m.fields)
+		}
+	}
+	return out
 }
 
 // killOwnerAndLeader kills the replica owning the sync with SIGKILL and
@@ -488,6 +514,24 @@ func (r *chaosRun) logFailover(killedAt time.Time) {
 	// a node at the same moment.
 	if limit := chaosLeaseTTL + 2*time.Second; gap > limit {
 		t.Errorf("the sync had no owner for %s after the owner was killed, want within %s (lease TTL %s)", gap, limit, chaosLeaseTTL)
+	}
+}
+
+// checkNoneExited: no replica stopped by itself (a kill replaces the
+// killed one before the round drains).
+func (r *chaosRun) checkNoneExited(round int) {
+	for i, b := range r.replicas {
+		select {
+		case <-b.exited:
+		default:
+			continue
+		}
+		if r.reported[b] {
+			continue
+		}
+		r.reported[b] = true
+		why, _ := b.log.find(func(l logLine) bool { return l.Level == "ERROR" || strings.HasPrefix(l.raw, "panic:") })
+		r.t.Errorf("round %d: replica %d stopped by itself (nothing killed it): %s\n%s", round, i, why.raw, b.log.tail(5))
 	}
 }
 

@@ -30,6 +30,7 @@ type snWrite struct {
 	Method string
 	Table  string
 	At     time.Time         // when the front received it
+	Token  string            // the end of its bearer token: which bridge process sent it
 	SysID  string            // PATCH: from the path
 	Fields map[string]string // the request body
 	Status int               // answerLost: committed, the connection dropped before the answer
@@ -131,7 +132,8 @@ func (f *snFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var raw map[string]any
 	_ = json.Unmarshal(body, &raw)
 	table, _, _ = strings.Cut(table, "/")
-	wr := snWrite{Method: r.Method, Table: table, At: time.Now(), Fields: map[string]string{}}
+	auth := r.Header.Get("Authorization")
+	wr := snWrite{Method: r.Method, Table: table, At: time.Now(), Token: auth[max(0, len(auth)-6):], Fields: map[string]string{}}
 	for k, v := range raw {
 		wr.Fields[k] = fmt.Sprint(v)
 	}
