@@ -130,6 +130,10 @@ type Tuning struct {
 	// finish before their context is cancelled (default 10s): an abandoned
 	// call would only be redone by the next owner.
 	StopGrace time.Duration
+	// SetupWait is how long Run keeps trying to create its consumer while
+	// JetStream does not answer (a stream leader being elected after a node
+	// was lost, a restart) before it gives up (default 1m).
+	SetupWait time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -156,6 +160,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StopGrace <= 0 {
 		c.StopGrace = 10 * time.Second
+	}
+	if c.SetupWait <= 0 {
+		c.SetupWait = time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -254,10 +261,10 @@ type item struct {
 
 // Run consumes until ctx ends, then stops pulling, hands back the messages
 // not started and waits for the ones being handled (StopGrace at most). An
-// error means the consumer could not be created at start (a missing stream,
-// no JetStream): a setup to fix, not to retry.
+// error means the consumer could not be created within SetupWait (a missing
+// stream, no JetStream): a setup to fix.
 func (e *Engine) Run(ctx context.Context) error {
-	cons, err := e.js().CreateOrUpdateConsumer(ctx, e.cfg.Stream, e.ConsumerConfig())
+	cons, err := e.createConsumer(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -291,6 +298,31 @@ func (e *Engine) Run(ctx context.Context) error {
 	beating.Wait()
 	e.unpin()
 	return nil
+}
+
+// createConsumer creates or updates the durable consumer, trying again with
+// jittered backoff for SetupWait while JetStream does not answer: a cluster
+// electing a stream leader after losing a node refuses for a few seconds,
+// and a replica must not stop over that (with one sync owner, it would hand
+// every record's work to another after a lease TTL, for nothing).
+func (e *Engine) createConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	deadline := time.Now().Add(e.cfg.SetupWait)
+	delay := 100 * time.Millisecond
+	for {
+		cons, err := e.js().CreateOrUpdateConsumer(ctx, e.cfg.Stream, e.ConsumerConfig())
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			return cons, err
+		}
+		wait := delay/2 + rand.N(delay/2+1)
+		e.log.Warn("consumer not created yet; trying again", "consumer", e.cfg.Consumer.Durable, "stream", e.cfg.Stream,
+			"retry_in", wait, "gives_up_at", deadline.Format(time.RFC3339), "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
 }
 
 // unpin releases the consumer's pin at stop when this engine holds it.

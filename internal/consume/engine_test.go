@@ -582,6 +582,7 @@ func TestEngine_MissingStreamIsAStartUpErrorAStopIsNot(t *testing.T) {
 	h := newHarness(t)
 	cfg := h.config(func(context.Context, jetstream.Msg, *jetstream.MsgMetadata) error { return nil })
 	cfg.Stream = "NO_SUCH_STREAM"
+	cfg.SetupWait = 500 * time.Millisecond
 	e, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -594,6 +595,50 @@ func TestEngine_MissingStreamIsAStartUpErrorAStopIsNot(t *testing.T) {
 	cancel()
 	if err := e.Run(ctx); err != nil {
 		t.Errorf("Run with a cancelled context = %v, want nil", err)
+	}
+}
+
+// TestEngine_WaitsOutAStreamThatIsNotThereYet: JetStream refusing to create
+// the consumer for a while (a cluster electing a stream leader after losing
+// a node) is waited out within SetupWait, not a reason to stop.
+func TestEngine_WaitsOutAStreamThatIsNotThereYet(t *testing.T) {
+	h := newHarness(t)
+	var handled atomic.Int32
+	cfg := h.config(func(context.Context, jetstream.Msg, *jetstream.MsgMetadata) error { handled.Add(1); return nil })
+	cfg.Stream = "LATE"
+	cfg.Consumer.FilterSubject = "late.>"
+	cfg.SetupWait = 20 * time.Second
+	e, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	time.Sleep(700 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned %v while the stream was missing, want it to wait", err)
+	default:
+	}
+	if _, err := h.js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "LATE", Subjects: []string{"late.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg("late.1")
+	msg.Header.Set("Test-Key", "k")
+	if _, err := h.js.PublishMsg(t.Context(), msg); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for handled.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the message was not handled within 15s of the stream appearing")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v after cancel, want nil", err)
 	}
 }
 
