@@ -110,6 +110,7 @@ func fillBench(b *testing.B, e *env, records, versions int) {
 		})
 	}
 	const workers, batch = 2, 512
+	wait := jetstream.WithStallWait(time.Minute) // the server sets the pace
 	type pending struct {
 		i, v int
 		f    jetstream.PubAckFuture
@@ -134,13 +135,13 @@ func fillBench(b *testing.B, e *env, records, versions int) {
 						Entity: "ticket", ExternalID: fmt.Sprint("TCK-", p.i+1), Action: "update", Version: int64(p.v), Decision: Applied,
 						Stored: time.Now(), Refs: []Ref{{Stream: events.StreamSN, Seq: seq}},
 					}
-					if _, err := js.PublishMsgAsync(&nats.Msg{Subject: entry.Subject(), Data: entry.appendJSON(nil)}); err != nil {
+					if _, err := js.PublishMsgAsync(&nats.Msg{Subject: entry.Subject(), Data: entry.appendJSON(nil)}, wait); err != nil {
 						fail(err)
 						return
 					}
 					if p.v == 0 {
 						idx := fmt.Appendf(nil, `{"table":"incident","sys_id":%q}`, benchSysID(p.i))
-						if _, err := js.PublishMsgAsync(&nats.Msg{Subject: NumberSubject(benchNumber(p.i)), Data: idx}); err != nil {
+						if _, err := js.PublishMsgAsync(&nats.Msg{Subject: NumberSubject(benchNumber(p.i)), Data: idx}, wait); err != nil {
 							fail(err)
 							return
 						}
@@ -153,7 +154,7 @@ func fillBench(b *testing.B, e *env, records, versions int) {
 					if stopped.Load() {
 						return
 					}
-					f, err := js.PublishMsgAsync(&nats.Msg{Subject: "sn.incident.update", Data: event(i, v)})
+					f, err := js.PublishMsgAsync(&nats.Msg{Subject: "sn.incident.update", Data: event(i, v)}, wait)
 					if err != nil {
 						fail(err)
 						return
@@ -178,9 +179,10 @@ func fillBench(b *testing.B, e *env, records, versions int) {
 	}
 }
 
-// naiveScan reads the whole of BRIDGE_TRACE with an ordered consumer and
-// counts the entries on subject: what reading a record's story costs
-// without a subject per record.
+// naiveScan reads the whole of BRIDGE_TRACE with a pull consumer of its
+// own (no acks) and counts the entries on subject: what reading a record's
+// story costs without a subject per record. The consumer is deleted after,
+// so nothing it had asked for is still on its way while Timeline is timed.
 func naiveScan(b *testing.B, e *env, subject string) int {
 	b.Helper()
 	ctx := context.Background()
@@ -189,33 +191,35 @@ func naiveScan(b *testing.B, e *env, subject string) int {
 		b.Fatal(err)
 	}
 	last := st.CachedInfo().State.LastSeq
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{AckPolicy: jetstream.AckNonePolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+		InactiveThreshold: time.Minute})
 	if err != nil {
 		b.Fatal(err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer it.Stop()
+	defer func() { _ = st.DeleteConsumer(ctx, cons.CachedInfo().Name) }()
 	found := 0
 	for {
-		msg, err := it.Next()
+		batch, err := cons.Fetch(4096, jetstream.FetchMaxWait(10*time.Second))
 		if err != nil {
 			b.Fatal(err)
 		}
-		if msg.Subject() == subject {
-			if _, err := decodeEntry(msg.Data()); err != nil {
+		for msg := range batch.Messages() {
+			if msg.Subject() == subject {
+				if _, err := decodeEntry(msg.Data()); err != nil {
+					b.Fatal(err)
+				}
+				found++
+			}
+			meta, err := msg.Metadata()
+			if err != nil {
 				b.Fatal(err)
 			}
-			found++
+			if meta.Sequence.Stream >= last {
+				return found
+			}
 		}
-		meta, err := msg.Metadata()
-		if err != nil {
+		if err := batch.Error(); err != nil {
 			b.Fatal(err)
-		}
-		if meta.Sequence.Stream >= last {
-			return found
 		}
 	}
 }
