@@ -197,14 +197,16 @@ func webhookSecrets(cfg config.Config) ([]webhook.Secret, error) {
 // closeNATS drains the connection, then stops the embedded server.
 func openNATS(ctx context.Context, cfg config.Config, log *slog.Logger, options ...broker.ConnectOption) (nc *nats.Conn, js jetstream.JetStream, closeNATS func(), err error) {
 	var stops []func()
-	closeNATS = func() {
+	// A local: an error return sets the named results (closeNATS, nc) to
+	// nil before the deferred clean-up runs.
+	stopAll := func() {
 		for i := len(stops) - 1; i >= 0; i-- {
 			stops[i]()
 		}
 	}
 	defer func() {
 		if err != nil {
-			closeNATS()
+			stopAll()
 		}
 	}()
 	natsURL := cfg.NATSURL.Reveal()
@@ -216,11 +218,12 @@ func openNATS(ctx context.Context, cfg config.Config, log *slog.Logger, options 
 		stops = append(stops, func() { stopEmbedded(srv, log) }) // after the drain
 		natsURL = srv.ClientURL()
 	}
-	if nc, err = broker.Connect(ctx, natsURL, "nowbridge serve", log, options...); err != nil {
+	conn, err := broker.Connect(ctx, natsURL, "nowbridge serve", log, options...)
+	if err != nil {
 		return nil, nil, nil, err
 	}
-	stops = append(stops, func() { drain(nc, cfg.ShutdownTimeout, log) })
-	if js, err = jetstream.New(nc); err != nil {
+	stops = append(stops, func() { drain(conn, cfg.ShutdownTimeout, log) })
+	if js, err = jetstream.New(conn); err != nil {
 		return nil, nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -229,7 +232,7 @@ func openNATS(ctx context.Context, cfg config.Config, log *slog.Logger, options 
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%w (BRIDGE_STREAM_REPLICAS=%d needs at least that many JetStream servers)", err, cfg.StreamReplicas)
 	}
-	return nc, js, closeNATS, nil
+	return conn, js, stopAll, nil
 }
 
 // runComponents runs every component until ctx ends or one fails.

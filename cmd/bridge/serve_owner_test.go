@@ -128,3 +128,23 @@ func TestServe_OneReplicaOwnsApplyAndAStandbyTakesOver(t *testing.T) {
 	}
 	b.shutdown(t)
 }
+
+// TestServe_TooFewServersForTheReplicasIsAnErrorNotAPanic: a start-up
+// failure after connecting to NATS (streams with 3 replicas on one server)
+// exits with the error and what to do, after closing the connection.
+func TestServe_TooFewServersForTheReplicasIsAnErrorNotAPanic(t *testing.T) {
+	s := natstest.RunServer(t)
+	env := map[string]string{
+		"BRIDGE_WEBHOOK_SECRETS": webhook.NewSecret([]byte("serve-owner-secret-0123456789abcd")).Encoded(),
+		"BRIDGE_NATS_URL":        s.ClientURL(),
+		"BRIDGE_STREAM_REPLICAS": "3",
+	}
+	var errb lockedBuffer
+	code := run(t.Context(), []string{"serve", "--listen", "127.0.0.1:0"}, func(k string) string { return env[k] }, strings.NewReader(""), io.Discard, &errb)
+	if code == 0 || !strings.Contains(errb.String(), "needs at least that many JetStream servers") {
+		t.Fatalf("serve with 3 replicas on one server: exit %d, stderr:\n%s\nwant a non-zero exit naming the cause", code, errb.String())
+	}
+	if strings.Contains(errb.String(), "panic") {
+		t.Fatalf("serve panicked:\n%s", errb.String())
+	}
+}
