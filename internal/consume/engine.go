@@ -132,7 +132,8 @@ type Tuning struct {
 	StopGrace time.Duration
 	// SetupWait is how long Run keeps trying to create its consumer while
 	// JetStream does not answer (a stream leader being elected after a node
-	// was lost, a restart) before it gives up (default 1m).
+	// was lost, a restart) before it gives up (default 1m). A missing
+	// stream is an error at once.
 	SetupWait time.Duration
 }
 
@@ -310,7 +311,8 @@ func (e *Engine) createConsumer(ctx context.Context) (jetstream.Consumer, error)
 	delay := 100 * time.Millisecond
 	for {
 		cons, err := e.js().CreateOrUpdateConsumer(ctx, e.cfg.Stream, e.ConsumerConfig())
-		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+		// A missing stream is a setup to fix, not a stall to wait out.
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) || errors.Is(err, jetstream.ErrStreamNotFound) {
 			return cons, err
 		}
 		wait := delay/2 + rand.N(delay/2+1)

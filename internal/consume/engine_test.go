@@ -582,7 +582,6 @@ func TestEngine_MissingStreamIsAStartUpErrorAStopIsNot(t *testing.T) {
 	h := newHarness(t)
 	cfg := h.config(func(context.Context, jetstream.Msg, *jetstream.MsgMetadata) error { return nil })
 	cfg.Stream = "NO_SUCH_STREAM"
-	cfg.SetupWait = 500 * time.Millisecond
 	e, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -598,41 +597,59 @@ func TestEngine_MissingStreamIsAStartUpErrorAStopIsNot(t *testing.T) {
 	}
 }
 
-// TestEngine_WaitsOutAStreamThatIsNotThereYet: JetStream refusing to create
-// the consumer for a while (a cluster electing a stream leader after losing
-// a node) is waited out within SetupWait, not a reason to stop.
-func TestEngine_WaitsOutAStreamThatIsNotThereYet(t *testing.T) {
-	h := newHarness(t)
+// TestEngine_WaitsOutJetStreamNotAnswering: JetStream not answering when the
+// consumer is created (a cluster electing a stream leader after losing a
+// node, a server restarting) is waited out within SetupWait, not a reason
+// to stop.
+func TestEngine_WaitsOutJetStreamNotAnswering(t *testing.T) {
+	opts := natstest.Options(t.TempDir())
+	s := natstest.RunServerWithOptions(t, opts)
+	_, js := natstest.Connect(t, s)
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: testStream, Subjects: []string{"work.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, js: js,
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "retries_total"}, []string{"reason"}),
+		dead:    prometheus.NewCounter(prometheus.CounterOpts{Name: "dead_letters_total"}),
+		paused:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "paused"}),
+	}
 	var handled atomic.Int32
 	cfg := h.config(func(context.Context, jetstream.Msg, *jetstream.MsgMetadata) error { handled.Add(1); return nil })
-	cfg.Stream = "LATE"
-	cfg.Consumer.FilterSubject = "late.>"
-	cfg.SetupWait = 20 * time.Second
+	cfg.SetupWait = 30 * time.Second
 	e, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.Shutdown() // JetStream gone when the engine starts
+	s.WaitForShutdown()
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
-	time.Sleep(700 * time.Millisecond)
+	time.Sleep(1500 * time.Millisecond)
 	select {
 	case err := <-done:
-		t.Fatalf("Run returned %v while the stream was missing, want it to wait", err)
+		t.Fatalf("Run returned %v while JetStream did not answer, want it to wait", err)
 	default:
 	}
-	if _, err := h.js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "LATE", Subjects: []string{"late.>"}}); err != nil {
-		t.Fatal(err)
+	natstest.Restart(t, s, opts)
+	msg := nats.NewMsg("work.1")
+	msg.Header.Set(headerKey, "k")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		pctx, pcancel := context.WithTimeout(t.Context(), 2*time.Second)
+		_, err := js.PublishMsg(pctx, msg)
+		pcancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("publish after the restart: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	msg := nats.NewMsg("late.1")
-	msg.Header.Set("Test-Key", "k")
-	if _, err := h.js.PublishMsg(t.Context(), msg); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(15 * time.Second)
 	for handled.Load() == 0 {
 		if time.Now().After(deadline) {
-			t.Fatal("the message was not handled within 15s of the stream appearing")
+			t.Fatal("the message was not handled within 20s of JetStream answering again")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
