@@ -8,7 +8,7 @@
 // # Where entries go
 //
 //	bridge.trace.<table>.<sys_id>              every entry about a ServiceNow record
-//	bridge.trace.app.<entity>.<id-token>       an app change not linked to a record (yet)
+//	bridge.trace.app.<entity>.<id-token>       an app change not tied to a record when decided
 //	bridge.trace.index.number.<number-token>   {"table","sys_id"}: the number index
 //
 // A token is the id itself when it is made of [A-Za-z0-9_-], else "=" and
@@ -130,8 +130,12 @@ const (
 // RecordSubject is a ServiceNow record's subject.
 func RecordSubject(table, sysID string) string { return subjectPrefix + table + "." + sysID }
 
-// AppSubject is the subject of an app id's entries from before it was linked.
-func AppSubject(entity, externalID string) string { return appPrefix + entity + "." + Token(externalID) }
+// AppSubject is the subject of an app id's entries the bridge could not
+// tie to a record when it decided (before the id was linked, or a failed
+// change naming no sys_id); Store reads it with the record's once linked.
+func AppSubject(entity, externalID string) string {
+	return appPrefix + entity + "." + Token(externalID)
+}
 
 // NumberSubject is the number index entry of a record number.
 func NumberSubject(number string) string { return numberPrefix + Token(number) }
