@@ -157,7 +157,7 @@ func (h handler) Handle(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 	if err != nil {
 		return classified(err)
 	}
-	ch.Stored, ch.Seq = meta.Timestamp, meta.Sequence.Stream
+	ch.Stored, ch.Seq, ch.Delivered = meta.Timestamp, meta.Sequence.Stream, meta.NumDelivered
 	if msg.Headers().Get(dlq.HeaderRetryOf) != "" {
 		ch.Source = trace.SourceDLQRetry
 	}

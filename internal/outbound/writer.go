@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -45,6 +46,10 @@ type Change struct {
 	// of one id are handled in stream order, so an older version at or
 	// before the last sequence handled is a redelivery, not a late change.
 	Seq uint64
+	// Delivered is how many times JetStream has delivered the message (1:
+	// first time). A redelivered change may have been written by an
+	// attempt whose answer was lost.
+	Delivered uint64
 	// Source is where the change came from for the decision log: "" is
 	// the app (trace.SourceApp), else trace.SourceDLQRetry or
 	// trace.SourceReplay.
@@ -375,6 +380,9 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 	if err != nil {
 		return err
 	}
+	if journal, err = w.journalNotWritten(ctx, ch, res.Table, res.SysID, journal); err != nil {
+		return err
+	}
 	in, err := w.updateInput(ctx, ch, res.Table, res.SysID, plain, journal, st, haveState)
 	if err != nil {
 		return err
@@ -393,6 +401,47 @@ func (w *Writer) update(ctx context.Context, ch Change, res *Result) error {
 		return nil
 	}
 	return w.patch(ctx, ch, res, in, p.Patch, st, haveState, claim)
+}
+
+// JournalReader lists a record's journal entries (snclient.Client does).
+type JournalReader interface {
+	JournalEntries(ctx context.Context, table, sysID, field string, since time.Time, limit int) ([]string, error)
+}
+
+// journalNotWritten drops from a redelivered change the journal entries an
+// earlier attempt already appended. Plain fields a retry compares with the
+// record (read before writing), but a journal entry is appended whatever
+// the record shows: after a crash between ServiceNow's commit and the
+// bookmark, or an answer lost on the way, the retry would add it again. So
+// a change delivered before asks sys_journal_field for entries of the field
+// created since the change was stored, and drops an entry whose text is
+// there. (An app that sends the same text twice within that time on one
+// record, and has the second change redelivered, gets it once.)
+func (w *Writer) journalNotWritten(ctx context.Context, ch Change, table, sysID string, journal map[string]string) (map[string]string, error) {
+	jr, ok := w.api.(JournalReader)
+	if len(journal) == 0 || ch.Stored.IsZero() || !ok {
+		return journal, nil
+	}
+	// A crashed bridge's change comes back after the ack wait, and its
+	// delivery count is not always kept (a consumer updated at restart
+	// shows 1): a change older than half the ack wait is checked too.
+	if ch.Delivered <= 1 && time.Since(ch.Stored) < w.cfg.AckWait/2 {
+		return journal, nil
+	}
+	out := maps.Clone(journal)
+	for f, v := range journal {
+		// ServiceNow keeps times to the second: a second's margin.
+		entries, err := jr.JournalEntries(ctx, table, sysID, f, ch.Stored.Add(-time.Second), 100)
+		if err != nil {
+			return nil, fmt.Errorf("check whether an earlier attempt wrote the %s entry: %w", f, err)
+		}
+		if slices.Contains(entries, v) {
+			delete(out, f)
+			w.log.Info("journal entry already written by an earlier attempt; not appended again",
+				"table", table, "sys_id", sysID, "field", f, "external_id", ch.ExternalID, "version", ch.Version, "deliveries", ch.Delivered)
+		}
+	}
+	return out, nil
 }
 
 // holdBack decides whether the write must reach the app as news because of

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nowbridge/nowbridge/internal/events"
 )
@@ -391,4 +392,26 @@ func decodeOne(b []byte) (Record, error) {
 		return nil, fmt.Errorf("decoding the answer: no result object")
 	}
 	return env.Result, nil
+}
+
+// JournalEntries returns the values of the entries of a record's journal
+// field (comments, work_notes) created at or after since, oldest first, at
+// most limit. They are rows of sys_journal_field, which the least-privilege
+// user may read for records it may read (servicenow-facts.md). A write that
+// appended an entry and lost its answer (a crash, a dropped connection) is
+// retried only after asking this, so the entry is not appended twice.
+func (c *Client) JournalEntries(ctx context.Context, table, sysID, field string, since time.Time, limit int) ([]string, error) {
+	p, err := c.List(ctx, "sys_journal_field", ListOptions{
+		Query: And(Field("element_id").EQ(sysID), Field("element").EQ(field), Field("name").EQ(table),
+			Field("sys_created_on").GTE(since)).OrderBy("sys_created_on"),
+		Fields: []string{"value"}, Limit: limit, NoCount: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("journal of %s/%s %s: %w", table, sysID, field, err)
+	}
+	out := make([]string, 0, len(p.Records))
+	for _, r := range p.Records {
+		out = append(out, r["value"].Value)
+	}
+	return out, nil
 }
