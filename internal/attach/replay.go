@@ -95,3 +95,11 @@ func (h Replay) Handle(ctx context.Context, m replay.Message, force bool) (strin
 	}
 	return r.Outcome, nil
 }
+
+// Skipped passes the version guard's skips of record messages on to Next,
+// which records them in the decision log (replay.SkipRecorder).
+func (h Replay) Skipped(ctx context.Context, m replay.Message, chk replay.Check) {
+	if sr, ok := h.Next.(replay.SkipRecorder); ok && !h.mine(m) {
+		sr.Skipped(ctx, m, chk)
+	}
+}
