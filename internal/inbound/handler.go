@@ -193,25 +193,14 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int
 			events.HeaderMsgID:  {ev.MsgID()},
 			events.HeaderSource: {events.SourceWebhook},
 		}}
-		if len(evs) == 1 {
-			// One event: a request and its reply, without the async
-			// future's hand-off through the ack subscription's goroutine.
-			pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
-			ack, err := r.js.PublishMsg(pctx, msg)
-			cancel()
-			if err != nil {
-				return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
-			}
-			r.countStored(&res, ev, ack)
-			r.m.publishSeconds.Observe(time.Since(start).Seconds())
-			return res, nil
-		}
 		f, err := r.js.PublishMsgAsync(msg)
 		if err != nil {
 			return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
 		}
 		futures[i] = f
 	}
+	// Building the arguments of a disabled debug line still allocates.
+	debug := r.log.Enabled(ctx, slog.LevelDebug)
 	for i, f := range futures {
 		if f == nil {
 			continue
@@ -219,7 +208,17 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int
 		ev := &evs[i]
 		select {
 		case ack := <-f.Ok():
-			r.countStored(&res, ev, ack)
+			if ack.Duplicate {
+				res.Duplicates++
+				r.m.duplicates.WithLabelValues(ev.Table).Inc()
+			} else {
+				res.Accepted++
+				r.m.published.WithLabelValues(ev.Table).Inc()
+			}
+			if debug {
+				r.log.Debug("event stored", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount),
+					"subject", ev.Subject(), "seq", ack.Sequence, "duplicate", ack.Duplicate)
+			}
 		case err := <-f.Err():
 			return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
 		case <-timeout.C:
@@ -230,22 +229,6 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int
 	}
 	r.m.publishSeconds.Observe(time.Since(start).Seconds())
 	return res, nil
-}
-
-// countStored counts a stored event (or a duplicate) in res and the metrics.
-func (r *Receiver) countStored(res *Accepted, ev *events.SNEvent, ack *jetstream.PubAck) {
-	if ack.Duplicate {
-		res.Duplicates++
-		r.m.duplicates.WithLabelValues(ev.Table).Inc()
-	} else {
-		res.Accepted++
-		r.m.published.WithLabelValues(ev.Table).Inc()
-	}
-	// Building the arguments of a disabled debug line still allocates.
-	if r.log.Enabled(context.Background(), slog.LevelDebug) {
-		r.log.Debug("event stored", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount),
-			"subject", ev.Subject(), "seq", ack.Sequence, "duplicate", ack.Duplicate)
-	}
 }
 
 func (r *Receiver) handleHealth(c echo.Context) error {
