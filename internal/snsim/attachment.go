@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/jsonw"
 )
 
 // The Attachment API (see doc.go's "Attachments" and
@@ -654,9 +655,9 @@ func appendMetadata(b []byte, rec Record, apiBase string, withHash, header bool)
 			if !first {
 				b = append(b, ',')
 			}
-			b = appendString(b, name)
+			b = jsonw.AppendString(b, name)
 			b = append(b, ':')
-			b = appendString(b, v)
+			b = jsonw.AppendString(b, v)
 		}
 		first = false
 	}
@@ -666,7 +667,7 @@ func appendMetadata(b []byte, rec Record, apiBase string, withHash, header bool)
 // appendASCIIString is appendString with every non-ASCII character escaped.
 func appendASCIIString(b []byte, s string) []byte {
 	start := len(b)
-	b = appendString(b, s)
+	b = jsonw.AppendString(b, s)
 	if !hasNonASCII(b[start:]) {
 		return b
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/jsonw"
 )
 
 // apiPath is a parsed Table API path.
@@ -464,7 +465,7 @@ func (s *Server) appendRecord(b []byte, t *table, r *row, p params, hidden map[s
 			b = append(b, ',')
 		}
 		first = false
-		b = appendString(b, f.name)
+		b = jsonw.AppendString(b, f.name)
 		b = append(b, ':')
 		b = s.appendValue(b, t, r, f, r.vals[i], p, tableBase)
 	}
@@ -498,31 +499,31 @@ func (s *Server) appendValue(b []byte, t *table, r *row, f *field, v string, p p
 		case "true":
 			d := s.refDisplay(f.ref, v)
 			if p.excludeRef {
-				return appendString(b, d)
+				return jsonw.AppendString(b, d)
 			}
 			b = append(b, `{"display_value":`...)
-			b = appendString(b, d)
+			b = jsonw.AppendString(b, d)
 			b = append(b, `,"link":`...)
-			b = appendString(b, link)
+			b = jsonw.AppendString(b, link)
 			return append(b, '}')
 		case "all":
 			b = append(b, `{"display_value":`...)
-			b = appendString(b, s.refDisplay(f.ref, v))
+			b = jsonw.AppendString(b, s.refDisplay(f.ref, v))
 			if !p.excludeRef {
 				b = append(b, `,"link":`...)
-				b = appendString(b, link)
+				b = jsonw.AppendString(b, link)
 			}
 			b = append(b, `,"value":`...)
-			b = appendString(b, v)
+			b = jsonw.AppendString(b, v)
 			return append(b, '}')
 		}
 		if p.excludeRef {
-			return appendString(b, v)
+			return jsonw.AppendString(b, v)
 		}
 		b = append(b, `{"link":`...)
-		b = appendString(b, link)
+		b = jsonw.AppendString(b, link)
 		b = append(b, `,"value":`...)
-		b = appendString(b, v)
+		b = jsonw.AppendString(b, v)
 		return append(b, '}')
 	case typeJournal:
 		// Raw reads of a journal field are empty; display values hold the
@@ -532,14 +533,14 @@ func (s *Server) appendValue(b []byte, t *table, r *row, f *field, v string, p p
 		}
 		d := s.formatJournal(s.journalLocked(r.id(t), f.name), f.label)
 		if p.display == "true" {
-			return appendString(b, d)
+			return jsonw.AppendString(b, d)
 		}
 		b = append(b, `{"display_value":`...)
-		b = appendString(b, d)
+		b = jsonw.AppendString(b, d)
 		return append(b, `,"value":""}`...)
 	}
 	if p.display == "false" {
-		return appendString(b, v)
+		return jsonw.AppendString(b, v)
 	}
 	d := v
 	if f.labels != nil {
@@ -548,12 +549,12 @@ func (s *Server) appendValue(b []byte, t *table, r *row, f *field, v string, p p
 		}
 	}
 	if p.display == "true" {
-		return appendString(b, d)
+		return jsonw.AppendString(b, d)
 	}
 	b = append(b, `{"display_value":`...)
-	b = appendString(b, d)
+	b = jsonw.AppendString(b, d)
 	b = append(b, `,"value":`...)
-	b = appendString(b, v)
+	b = jsonw.AppendString(b, v)
 	return append(b, '}')
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/jsonw"
 )
 
 // RecorderConfig configures a Recorder. Conn is required; zero values of
@@ -221,7 +222,7 @@ func (r *Recorder) index(e *Entry) {
 		clear(r.indexed)
 	}
 	r.indexed[key] = time.Now()
-	data := append(append(append(append([]byte(`{"table":`), appendString(nil, e.Table)...), `,"sys_id":`...), appendString(nil, e.SysID)...), '}')
+	data := append(append(append(append([]byte(`{"table":`), jsonw.AppendString(nil, e.Table)...), `,"sys_id":`...), jsonw.AppendString(nil, e.SysID)...), '}')
 	if _, err := r.js.PublishMsgAsync(&nats.Msg{Subject: NumberSubject(e.Number), Data: data}, jetstream.WithStallWait(stallWait)); err != nil {
 		delete(r.indexed, key)
 		r.fail(NumberSubject(e.Number), err)

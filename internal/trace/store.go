@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/jsonw"
 	"github.com/nowbridge/nowbridge/internal/state"
 )
 
@@ -443,7 +444,7 @@ func (s *Store) getSeq(ctx context.Context, stream string, seq uint64) (*rawMsg,
 
 // lastFor reads the last message of a subject; nil when there is none.
 func (s *Store) lastFor(ctx context.Context, stream, subject string) (*rawMsg, error) {
-	return s.directGet(ctx, stream, `{"last_by_subj":`+string(appendString(nil, subject))+`}`)
+	return s.directGet(ctx, stream, `{"last_by_subj":`+string(jsonw.AppendString(nil, subject))+`}`)
 }
 
 func (s *Store) directGet(ctx context.Context, stream, req string) (*rawMsg, error) {
@@ -481,7 +482,7 @@ func (s *Store) readSubject(ctx context.Context, stream, subject string, limit i
 	var out []rawMsg
 	from := uint64(0)
 	for len(out) < limit {
-		req := `{"seq":` + strconv.FormatUint(from, 10) + `,"next_by_subj":` + string(appendString(nil, subject)) +
+		req := `{"seq":` + strconv.FormatUint(from, 10) + `,"next_by_subj":` + string(jsonw.AppendString(nil, subject)) +
 			`,"batch":` + strconv.Itoa(min(readBatch, limit-len(out))) + `}`
 		if err := s.nc.PublishRequest(s.api+".DIRECT.GET."+stream, inbox, []byte(req)); err != nil {
 			return nil, fmt.Errorf("read %s %s: %w", stream, subject, err)
@@ -533,7 +534,7 @@ func parseDirect(m *nats.Msg) *rawMsg {
 func (s *Store) subjects(ctx context.Context, stream, filter string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	resp, err := s.nc.RequestWithContext(ctx, s.api+".STREAM.INFO."+stream, []byte(`{"subjects_filter":`+string(appendString(nil, filter))+`}`))
+	resp, err := s.nc.RequestWithContext(ctx, s.api+".STREAM.INFO."+stream, []byte(`{"subjects_filter":`+string(jsonw.AppendString(nil, filter))+`}`))
 	if err != nil {
 		return nil, fmt.Errorf("look up %s in %s: %w", filter, stream, err)
 	}

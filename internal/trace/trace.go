@@ -25,9 +25,9 @@ import (
 	"encoding/json"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/jsonw"
 )
 
 // Stages: the part of the bridge that decided.
@@ -165,7 +165,7 @@ func (e *Entry) appendJSON(b []byte) []byte {
 	b = append(b, `{"time":"`...)
 	b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","stage":`...)
-	b = appendString(b, e.Stage)
+	b = jsonw.AppendString(b, e.Stage)
 	b = appendField(b, "source", e.Source)
 	b = appendField(b, "table", e.Table)
 	b = appendField(b, "sys_id", e.SysID)
@@ -180,7 +180,7 @@ func (e *Entry) appendJSON(b []byte) []byte {
 		b = strconv.AppendInt(b, e.AppVersion, 10)
 	}
 	b = append(b, `,"decision":`...)
-	b = appendString(b, e.Decision)
+	b = jsonw.AppendString(b, e.Decision)
 	b = appendField(b, "reason", e.Reason)
 	b = appendField(b, "hint", e.Hint)
 	if !e.Stored.IsZero() {
@@ -195,7 +195,7 @@ func (e *Entry) appendJSON(b []byte) []byte {
 				b = append(b, ',')
 			}
 			b = append(b, `{"stream":`...)
-			b = appendString(b, r.Stream)
+			b = jsonw.AppendString(b, r.Stream)
 			b = append(b, `,"seq":`...)
 			b = strconv.AppendUint(b, r.Seq, 10)
 			b = append(b, '}')
@@ -219,49 +219,5 @@ func appendField(b []byte, name, v string) []byte {
 	b = append(b, ',', '"')
 	b = append(b, name...)
 	b = append(b, '"', ':')
-	return appendString(b, v)
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string; invalid UTF-8 becomes U+FFFD.
-func appendString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i++
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
+	return jsonw.AppendString(b, v)
 }
