@@ -218,8 +218,11 @@ func (v *Validator) DecodeWebhook(body []byte) (Webhook, error) {
 	out := make([]SNEvent, len(elems))
 	var problems []Problem
 	for i, raw := range elems {
-		if ok, _ := decodeFast(raw, &out[i]); ok && v.valid(&out[i]) {
-			continue
+		// A single object already failed the fast path above.
+		if array {
+			if ok, _ := decodeFast(raw, &out[i]); ok && v.valid(&out[i]) {
+				continue
+			}
 		}
 		out[i] = SNEvent{}
 		prefix := ""
