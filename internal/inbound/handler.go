@@ -3,6 +3,7 @@ package inbound
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +17,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/trace"
@@ -39,47 +39,107 @@ type ErrorBody struct {
 	Diagnosis string `json:"diagnosis,omitempty"`
 }
 
-func (r *Receiver) handleWebhook(c echo.Context) error {
-	req := c.Request()
+// ServeHTTP answers webhooks itself and hands every other request (the
+// instance self-test, health, readiness, metrics, unknown routes) to Echo.
+// The webhook route is the receiver's hot path: it skips Echo's router,
+// context and middleware chain and keeps their effects (drain header,
+// request count, panic recovery, the JSON error shape) in serveWebhook.
+func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if req.Method != http.MethodPost || req.URL.Path != Path ||
+		events.IsSelfTestID(req.Header.Get(webhook.HeaderID)) && !r.closing.Load() {
+		r.e.ServeHTTP(w, req)
+		return
+	}
+	status := http.StatusInternalServerError
+	defer func() {
+		if status == http.StatusAccepted {
+			r.m.accepted.Inc() // the usual answer, without a label lookup
+		} else {
+			r.m.requests.WithLabelValues(Path, strconv.Itoa(status)).Inc()
+		}
+	}()
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			r.logPanic(req, v)
+			status = http.StatusInternalServerError
+			writeJSON(w, status, ErrorBody{Error: "internal error"})
+		}
+	}()
+	if r.draining.Load() {
+		w.Header().Set(echo.HeaderConnection, "close")
+	}
+	status = r.serveWebhook(w, req)
+}
+
+// serveWebhook stores a webhook's events and answers; it returns the status
+// it answered.
+func (r *Receiver) serveWebhook(w http.ResponseWriter, req *http.Request) int {
 	if r.closing.Load() {
 		// The last moments of a shutdown: tell the sender to come back
 		// (to this bridge once restarted, or another one) and let it go
 		// quiet before the listener closes (see Serve).
-		c.Response().Header().Set("Retry-After", r.retryAfter)
-		return fail(c, http.StatusServiceUnavailable, "shutting down", "the bridge is stopping; retry the whole body later")
-	}
-	if events.IsSelfTestID(req.Header.Get(webhook.HeaderID)) {
-		return r.handleSelfTest(c)
+		w.Header().Set("Retry-After", r.retryAfter)
+		return writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: "shutting down", Detail: "the bridge is stopping; retry the whole body later"})
 	}
 	if !isJSON(req.Header.Get(echo.HeaderContentType)) {
-		return fail(c, http.StatusUnsupportedMediaType, "unsupported content type", "send Content-Type: application/json")
+		return writeJSON(w, http.StatusUnsupportedMediaType, ErrorBody{Error: "unsupported content type", Detail: "send Content-Type: application/json"})
 	}
 	body, err := r.readBody(req)
 	if err != nil {
-		return err
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			if eb, ok := he.Message.(ErrorBody); ok {
+				return writeJSON(w, he.Code, eb)
+			}
+		}
+		return writeJSON(w, http.StatusBadRequest, ErrorBody{Error: "unreadable body"})
 	}
-	if status, e := r.verify(c, body); status != 0 {
-		return fail(c, status, e.Error, e.Detail)
+	if status, e := r.verify(req, body); status != 0 {
+		return writeJSON(w, status, e)
 	}
 	wh, err := r.validator.DecodeWebhook(body)
 	if err != nil {
 		var verr *events.ValidationError
 		if errors.As(err, &verr) {
-			return fail(c, http.StatusUnprocessableEntity, "invalid event", verr.Problems)
+			return writeJSON(w, http.StatusUnprocessableEntity, ErrorBody{Error: "invalid event", Detail: verr.Problems})
 		}
-		return fail(c, http.StatusBadRequest, "malformed body", err.Error())
+		return writeJSON(w, http.StatusBadRequest, ErrorBody{Error: "malformed body", Detail: err.Error()})
 	}
 	res, err := r.publish(req.Context(), &wh, len(body))
 	if err != nil {
 		r.m.publishFailures.Inc()
 		r.log.Warn("webhook not stored: answering 503", "webhook_id", req.Header.Get(webhook.HeaderID), "events", len(wh.Events),
-			"client_ip", c.RealIP(), "err", err)
-		c.Response().Header().Set("Retry-After", r.retryAfter)
-		return fail(c, http.StatusServiceUnavailable, "event store unavailable",
-			"JetStream did not acknowledge every event; retry the whole body later (events already stored are de-duplicated)")
+			"client_ip", r.clientIP(req), "err", err)
+		w.Header().Set("Retry-After", r.retryAfter)
+		return writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: "event store unavailable",
+			Detail: "JetStream did not acknowledge every event; retry the whole body later (events already stored are de-duplicated)"})
 	}
-	return c.JSONBlob(http.StatusAccepted, res.appendJSON(make([]byte, 0, 64)))
+	w.Header()[echo.HeaderContentType] = jsonContentType
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write(res.appendJSON(make([]byte, 0, 64)))
+	return http.StatusAccepted
 }
+
+// jsonContentType is the Content-Type of every answer; net/http only reads
+// a header's values, so one slice serves every request.
+var jsonContentType = []string{echo.MIMEApplicationJSON}
+
+// writeJSON answers v as Echo's c.JSON would (the same header and bytes)
+// and returns status.
+func writeJSON(w http.ResponseWriter, status int, v any) int {
+	w.Header()[echo.HeaderContentType] = jsonContentType
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+	return status
+}
+
+// clientIP is the request's client as the IPExtractor sees it (see
+// ipExtractor): by default the connection's address, never a header the
+// sender wrote.
+func (r *Receiver) clientIP(req *http.Request) string { return r.e.IPExtractor(req) }
 
 // appendJSON appends a's JSON form and a newline, as c.JSON writes it,
 // without encoding/json's reflection on every webhook.
@@ -125,20 +185,19 @@ func (r *Receiver) readBody(req *http.Request) ([]byte, error) {
 }
 
 // verify checks the signature; a non-zero status means rejected.
-func (r *Receiver) verify(c echo.Context, body []byte) (int, ErrorBody) {
-	h := c.Request().Header
+func (r *Receiver) verify(req *http.Request, body []byte) (int, ErrorBody) {
+	h := req.Header
 	err := r.verifier.Verify(h.Get(webhook.HeaderID), h.Get(webhook.HeaderTimestamp), h.Get(webhook.HeaderSignature), body)
 	if err == nil {
 		return 0, ErrorBody{}
 	}
-	return r.rejectSignature(c, err)
+	return r.rejectSignature(req, err)
 }
 
 // rejectSignature counts and logs a failed verification and builds its 401.
-// The log names the client as the IPExtractor sees it (see ipExtractor): by
-// default the connection's address, never a header the sender wrote.
-func (r *Receiver) rejectSignature(c echo.Context, err error) (int, ErrorBody) {
-	h := c.Request().Header
+// The log names the client as clientIP sees it.
+func (r *Receiver) rejectSignature(req *http.Request, err error) (int, ErrorBody) {
+	h := req.Header
 	reason := "signature"
 	switch {
 	case errors.Is(err, webhook.ErrMissingHeaders):
@@ -151,7 +210,7 @@ func (r *Receiver) rejectSignature(c echo.Context, err error) (int, ErrorBody) {
 		reason = "no_secrets"
 	}
 	r.m.signatureFailures.WithLabelValues(reason).Inc()
-	r.log.Warn("webhook rejected", "reason", reason, "webhook_id", truncate(h.Get(webhook.HeaderID), 120), "client_ip", c.RealIP())
+	r.log.Warn("webhook rejected", "reason", reason, "webhook_id", truncate(h.Get(webhook.HeaderID), 120), "client_ip", r.clientIP(req))
 	// The webhook errors name what was wrong, never key material.
 	return http.StatusUnauthorized, ErrorBody{Error: "invalid signature", Detail: err.Error()}
 }
@@ -159,55 +218,70 @@ func (r *Receiver) rejectSignature(c echo.Context, err error) (int, ErrorBody) {
 // echoReason is why the receiver suppressed an echo, in the decision log.
 const echoReason = "the writeback wrote this version itself (the echo cache knows the write): answered 202, not stored, not sent to the app"
 
-// publish stores every event that is not an echo and waits for all acks.
-// bodySize (the webhook's) sizes the stored form's buffer.
-func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int) (Accepted, error) {
-	var res Accepted
+// publish stores every event that is not an echo and waits for all acks
+// (see store.go). bodySize (the webhook's) sizes the stored form's buffer.
+func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int) (res Accepted, err error) {
+	// down first: a drop after this load closes it (see acker.watchStatus).
+	down := r.acks.downSignal()
 	if !r.nc.IsConnected() {
 		return res, fmt.Errorf("NATS is %s", r.nc.Status())
 	}
+	slot, err := r.acks.get(ctx)
+	if err != nil {
+		return res, err
+	}
+	outstanding := 0
+	defer func() { r.acks.put(slot, outstanding == 0) }()
 	// A timer rather than a context with a deadline: a third of the cost.
 	timeout := time.NewTimer(r.cfg.PublishTimeout)
 	defer timeout.Stop()
 	start := time.Now()
-	evs := wh.Events
-	futures := make([]jetstream.PubAckFuture, len(evs))
-	for i := range evs {
-		ev := &evs[i]
-		if r.cfg.Echoes != nil && r.cfg.Echoes.IsEcho(ev) {
-			res.Echoes++
-			r.m.echoes.WithLabelValues(ev.Table).Inc()
-			r.log.Debug("echo of our own write: not stored", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount))
-			r.cfg.Trace.Record(trace.Entry{
-				Stage: trace.StageIngest, Source: trace.SourceWebhook, Table: ev.Table, SysID: ev.SysID, Number: ev.Record["number"],
-				Action: ev.Action, Version: int64(ev.SysModCount), Decision: trace.EchoSuppressed, Reason: echoReason,
-			})
-			continue
-		}
-		ev.Source = events.SourceWebhook
-		data := wh.AppendStored(make([]byte, 0, bodySize/len(evs)+128), i)
-		// No Nats-Expected-Stream: JetStream stores every header with the
-		// message, and consumers that copy headers onto a republish (dead
-		// letters) would be refused; streams cannot overlap anyway.
-		msg := &nats.Msg{Subject: ev.Subject(), Data: data, Header: nats.Header{
-			events.HeaderMsgID:  {ev.MsgID()},
-			events.HeaderSource: {events.SourceWebhook},
-		}}
-		f, err := r.js.PublishMsgAsync(msg)
-		if err != nil {
-			return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
-		}
-		futures[i] = f
-	}
 	// Building the arguments of a disabled debug line still allocates.
 	debug := r.log.Enabled(ctx, slog.LevelDebug)
-	for i, f := range futures {
-		if f == nil {
-			continue
+	evs := wh.Events
+	for next := 0; next < len(evs) || outstanding > 0; {
+		// Publish while the slot has room, then take one ack.
+		for ; next < len(evs) && outstanding < ackWindow; next++ {
+			ev := &evs[next]
+			if r.cfg.Echoes != nil && r.cfg.Echoes.IsEcho(ev) {
+				res.Echoes++
+				r.m.echoes.WithLabelValues(ev.Table).Inc()
+				r.log.Debug("echo of our own write: not stored", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount))
+				r.cfg.Trace.Record(trace.Entry{
+					Stage: trace.StageIngest, Source: trace.SourceWebhook, Table: ev.Table, SysID: ev.SysID, Number: ev.Record["number"],
+					Action: ev.Action, Version: int64(ev.SysModCount), Decision: trace.EchoSuppressed, Reason: echoReason,
+				})
+				continue
+			}
+			ev.Source = events.SourceWebhook
+			// No Nats-Expected-Stream: JetStream stores every header with the
+			// message, and consumers that copy headers onto a republish (dead
+			// letters) would be refused; streams cannot overlap anyway.
+			msg := &nats.Msg{Subject: ev.Subject(), Reply: slot.reply(next), Data: wh.AppendStored(make([]byte, 0, bodySize/len(evs)+128), next),
+				Header: nats.Header{
+					events.HeaderMsgID:  {ev.MsgID()},
+					events.HeaderSource: {events.SourceWebhook},
+				}}
+			if err := r.nc.PublishMsg(msg); err != nil {
+				return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
+			}
+			outstanding++
 		}
-		ev := &evs[i]
+		if outstanding == 0 {
+			break // the rest were echoes
+		}
 		select {
-		case ack := <-f.Ok():
+		case m := <-slot.ch:
+			outstanding--
+			i := slot.eventIndex(m.Subject)
+			if i < 0 || i >= len(evs) {
+				return res, fmt.Errorf("an ack arrived on %q, which names no event of this webhook", m.Subject)
+			}
+			ev := &evs[i]
+			ack, err := parseAck(m)
+			if err != nil {
+				return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
+			}
 			if ack.Duplicate {
 				res.Duplicates++
 				r.m.duplicates.WithLabelValues(ev.Table).Inc()
@@ -217,14 +291,18 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int
 			}
 			if debug {
 				r.log.Debug("event stored", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount),
-					"subject", ev.Subject(), "seq", ack.Sequence, "duplicate", ack.Duplicate)
+					"subject", ev.Subject(), "stream", ack.Stream, "seq", ack.Seq, "duplicate", ack.Duplicate)
 			}
-		case err := <-f.Err():
-			return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
+		case <-down:
+			if r.nc.IsConnected() {
+				down = nil // reconnected before this request began; wait for its acks
+				continue
+			}
+			return res, errDisconnected
 		case <-timeout.C:
-			return res, fmt.Errorf("publish %s: no ack within %s", ev.MsgID(), r.cfg.PublishTimeout)
+			return res, fmt.Errorf("no ack for %d of %d events within %s", outstanding, len(evs), r.cfg.PublishTimeout)
 		case <-ctx.Done():
-			return res, fmt.Errorf("publish %s: %w", ev.MsgID(), ctx.Err())
+			return res, fmt.Errorf("awaiting acks: %w", ctx.Err())
 		}
 	}
 	r.m.publishSeconds.Observe(time.Since(start).Seconds())
@@ -295,19 +373,27 @@ func (r *Receiver) recoverJSON(next echo.HandlerFunc) echo.HandlerFunc {
 			if v == http.ErrAbortHandler {
 				panic(v)
 			}
-			where := ""
-			if pc, file, line, ok := runtime.Caller(2); ok {
-				where = fmt.Sprintf("%s:%d", file, line)
-				if fn := runtime.FuncForPC(pc); fn != nil {
-					where = fn.Name() + " " + where
-				}
-			}
-			r.log.Error("panic while handling a request", "method", c.Request().Method, "path", c.Request().URL.Path,
-				"panic", truncate(fmt.Sprint(v), 200), "at", where)
+			r.logPanic(c.Request(), v)
 			err = &echo.HTTPError{Code: http.StatusInternalServerError, Message: ErrorBody{Error: "internal error"}}
 		}()
 		return next(c)
 	}
+}
+
+// logPanic logs a recovered panic: what and where, no stack trace. It is
+// called from the deferred function that recovered v.
+func (r *Receiver) logPanic(req *http.Request, v any) {
+	where := ""
+	// 0 is logPanic, 1 the deferred function, 2 the runtime's panic, 3
+	// the function that panicked.
+	if pc, file, line, ok := runtime.Caller(3); ok {
+		where = fmt.Sprintf("%s:%d", file, line)
+		if fn := runtime.FuncForPC(pc); fn != nil {
+			where = fn.Name() + " " + where
+		}
+	}
+	r.log.Error("panic while handling a request", "method", req.Method, "path", req.URL.Path,
+		"panic", truncate(fmt.Sprint(v), 200), "at", where)
 }
 
 // countRequests records the status of every answer, errors included.

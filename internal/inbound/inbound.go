@@ -56,7 +56,9 @@ type Config struct {
 	PublishTimeout time.Duration // how long to wait for every ack (default 5s)
 	RetryAfter     time.Duration // Retry-After of a 503 (default 5s)
 	// MaxPendingAcks bounds publishes awaiting an ack across all requests
-	// (default 16384); beyond it a request waits briefly, then gets 503.
+	// (default 16384): MaxPendingAcks/16 requests store events at once, each
+	// with up to 16 acks outstanding (see store.go); beyond it a request
+	// waits briefly for a free slot, then gets 503.
 	MaxPendingAcks int
 
 	// MaxConnections caps the connections open at once (default 1024);
@@ -146,6 +148,7 @@ type Receiver struct {
 	cfg        Config
 	nc         *nats.Conn
 	js         jetstream.JetStream
+	acks       *acker
 	verifier   *webhook.Verifier
 	validator  *events.Validator
 	log        *slog.Logger
@@ -169,11 +172,8 @@ func New(cfg Config) (*Receiver, error) {
 		return nil, errors.New("inbound: at least one webhook secret is required (BRIDGE_WEBHOOK_SECRETS)")
 	}
 	cfg = cfg.withDefaults()
-	// A context of its own: the async-ack timeout drops futures whose ack
-	// never comes (server gone), so nothing accumulates while NATS is down.
-	js, err := jetstream.New(cfg.Conn,
-		jetstream.WithPublishAsyncMaxPending(cfg.MaxPendingAcks),
-		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout))
+	// For stream checks; events are stored through acks (store.go).
+	js, err := jetstream.New(cfg.Conn)
 	if err != nil {
 		return nil, fmt.Errorf("inbound: jetstream: %w", err)
 	}
@@ -185,6 +185,7 @@ func New(cfg Config) (*Receiver, error) {
 		cfg:      cfg,
 		nc:       cfg.Conn,
 		js:       js,
+		acks:     newAcker(cfg.Conn, cfg.MaxPendingAcks),
 		verifier: &webhook.Verifier{Secrets: cfg.Secrets, Tolerance: cfg.Tolerance, Now: cfg.Now},
 		// sys_attachment whatever BRIDGE_TABLES says: the attachment
 		// business rule sends only those of synced tables' records.
@@ -207,7 +208,9 @@ func (r *Receiver) routes() *echo.Echo {
 	e.IPExtractor = ipExtractor(r.cfg.TrustedProxies)
 	// Count outside recover: a panic is counted as its 500.
 	e.Use(r.closeWhileDraining, r.countRequests, r.recoverJSON)
-	e.POST(Path, r.handleWebhook)
+	// Only self-tests reach Echo's webhook route: ServeHTTP answers
+	// every other webhook itself.
+	e.POST(Path, r.handleSelfTest)
 	e.GET("/healthz", r.handleHealth)
 	e.GET("/readyz", r.handleReady)
 	metrics := echo.WrapHandler(promhttp.HandlerFor(r.cfg.Registry, promhttp.HandlerOpts{ErrorLog: slogPrinter{r.log}}))
@@ -216,7 +219,7 @@ func (r *Receiver) routes() *echo.Echo {
 }
 
 // Handler is the receiver as an http.Handler (all endpoints).
-func (r *Receiver) Handler() http.Handler { return r.e }
+func (r *Receiver) Handler() http.Handler { return r }
 
 // Serve answers HTTP on ln until ctx is cancelled, then drains and shuts
 // down within shutdownTimeout. It returns nil after a clean shutdown.
@@ -244,7 +247,7 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, shutdownTimeout t
 	lim := newLimitListener(ln, r.cfg.MaxConnections, r.m)
 	conns := newConnTracker()
 	srv := &http.Server{
-		Handler:           r.e,
+		Handler:           r,
 		ReadHeaderTimeout: r.cfg.ReadHeaderTimeout,
 		ReadTimeout:       r.cfg.ReadTimeout,
 		// From the end of the headers: the body, the publish and the answer.

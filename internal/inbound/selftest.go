@@ -69,7 +69,7 @@ func (r *Receiver) handleSelfTest(c echo.Context) (err error) {
 	}
 	h := req.Header
 	if verr := r.verifier.Verify(h.Get(webhook.HeaderID), h.Get(webhook.HeaderTimestamp), h.Get(webhook.HeaderSignature), body); verr != nil {
-		status, e := r.rejectSignature(c, verr)
+		status, e := r.rejectSignature(req, verr)
 		e.SelfTest = true
 		e.Diagnosis, e.Detail = r.diagnose(h, body, verr)
 		result = e.Diagnosis
