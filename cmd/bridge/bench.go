@@ -26,8 +26,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nowbridge/nowbridge/internal/broker"
+	"github.com/nowbridge/nowbridge/internal/dedupe"
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/inbound"
+	"github.com/nowbridge/nowbridge/internal/mapping"
 	"github.com/nowbridge/nowbridge/internal/snsim"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
@@ -369,8 +371,9 @@ func startIngestStack(ctx context.Context) (_ *ingestStack, err error) {
 		return nil, err
 	}
 	st := &ingestStack{js: js, url: ns.ClientURL(), secret: webhook.NewSecret([]byte(randomHex(16)))}
+	// With an echo cache, as `bridge serve` runs it: every webhook is checked.
 	rcv, err := inbound.New(inbound.Config{Conn: nc, Secrets: []webhook.Secret{st.secret}, Tables: []string{"incident"},
-		Logger: quiet, Registry: prometheus.NewRegistry()})
+		Echoes: dedupe.New(dedupe.Config{Tables: mapping.Default(nil)}), Logger: quiet, Registry: prometheus.NewRegistry()})
 	if err != nil {
 		return nil, err
 	}

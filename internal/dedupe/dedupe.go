@@ -263,13 +263,18 @@ func (c *Cache) removePending(p *Pending) {
 // IsEcho reports whether a ServiceNow event was caused by the bridge's own
 // write: a version we recorded, or a write still in flight whose fields the
 // event's changed fields match. A match is counted in the echo metric.
-func (c *Cache) IsEcho(ev *events.SNEvent) bool {
+func (c *Cache) IsEcho(ev *events.SNEvent) bool { return c.IsEchoOf(ev, nil) }
+
+// IsEchoOf is IsEcho for an event whose record is read on demand: record,
+// when not nil, returns it, and is called only when a write in flight must
+// be compared with the event (the receiver leaves most records unread).
+func (c *Cache) IsEchoOf(ev *events.SNEvent, record func() events.Fields) bool {
 	mc := int64(ev.SysModCount)
 	if exp, ok := c.written.Get(versionKey(ev.Table, ev.SysID, mc)); ok && c.now().UnixNano() < exp {
 		c.echoes.WithLabelValues(DirServiceNow).Inc()
 		return true
 	}
-	if c.matchPending(ev) {
+	if c.matchPending(ev, record) {
 		c.RecordWrite(ev.Table, ev.SysID, mc)
 		c.echoes.WithLabelValues(DirServiceNow).Inc()
 		return true
@@ -277,7 +282,7 @@ func (c *Cache) IsEcho(ev *events.SNEvent) bool {
 	return false
 }
 
-func (c *Cache) matchPending(ev *events.SNEvent) bool {
+func (c *Cache) matchPending(ev *events.SNEvent, record func() events.Fields) bool {
 	if ev.Action == events.ActionDelete {
 		// A delete's webhook is matched by version only: its record may be empty.
 		c.mu.Lock()
@@ -293,11 +298,22 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 	now := c.now()
 	mc := int64(ev.SysModCount)
 	t := c.table(ev.Table)
+	var rec events.Fields
+	read := false
+	fields := func() events.Fields {
+		if !read {
+			rec, read = ev.Record, true
+			if record != nil {
+				rec = record()
+			}
+		}
+		return rec
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, p := range c.pending[pendKey{ev.Table, ev.SysID, false}] {
 		if now.Before(p.expires) && p.fields != nil && (p.version == anyVersion || p.version == mc) &&
-			fieldsMatch(t, p.fields, ev) && unchangedMatch(t, p.unchanged, ev) {
+			fieldsMatch(t, p.fields, fields(), ev.Changed) && unchangedMatch(t, p.unchanged, fields()) {
 			p.matched = mc
 			return true
 		}
@@ -308,9 +324,9 @@ func (c *Cache) matchPending(ev *events.SNEvent) bool {
 	if t.LinkField == "" || ev.Action != events.ActionInsert {
 		return false
 	}
-	if corr := ev.Record[t.LinkField]; corr != "" {
+	if corr := fields()[t.LinkField]; corr != "" {
 		for _, p := range c.pending[pendKey{ev.Table, corr, true}] {
-			if now.Before(p.expires) && p.fields != nil && insertMatch(t, p.fields, ev) {
+			if now.Before(p.expires) && p.fields != nil && insertMatch(t, p.fields, fields(), ev.Changed) {
 				p.matched = mc
 				return true
 			}
@@ -331,13 +347,13 @@ func valueMatch(t *mapping.Table, field, written, got string) bool {
 // fieldsMatch: the event holds every value we wrote (a value ServiceNow did
 // not keep is news for the app), and every field it says changed was written
 // by us (derived fields aside).
-func fieldsMatch(t *mapping.Table, written map[string]string, ev *events.SNEvent) bool {
+func fieldsMatch(t *mapping.Table, written, record map[string]string, changed []string) bool {
 	for f, v := range written {
-		if got, ok := ev.Record[f]; ok && !valueMatch(t, f, v, got) {
+		if got, ok := record[f]; ok && !valueMatch(t, f, v, got) {
 			return false
 		}
 	}
-	for _, f := range ev.Changed {
+	for _, f := range changed {
 		if _, ours := written[f]; !ours && !t.Kind(f).Derived() {
 			return false
 		}
@@ -346,9 +362,9 @@ func fieldsMatch(t *mapping.Table, written map[string]string, ev *events.SNEvent
 }
 
 // unchangedMatch: the event shows every value the write was to leave alone.
-func unchangedMatch(t *mapping.Table, unchanged map[string]string, ev *events.SNEvent) bool {
+func unchangedMatch(t *mapping.Table, unchanged, record map[string]string) bool {
 	for f, v := range unchanged {
-		if got, ok := ev.Record[f]; ok && got != v && !t.Kind(f).Journal() {
+		if got, ok := record[f]; ok && got != v && !t.Kind(f).Journal() {
 			return false
 		}
 	}
@@ -357,14 +373,14 @@ func unchangedMatch(t *mapping.Table, unchanged map[string]string, ev *events.SN
 
 // insertMatch: every value we sent is in the inserted record, and every
 // other changed field is one the platform fills on insert (or derived).
-func insertMatch(t *mapping.Table, written map[string]string, ev *events.SNEvent) bool {
+func insertMatch(t *mapping.Table, written, record map[string]string, changed []string) bool {
 	for f, v := range written {
-		if got, ok := ev.Record[f]; ok && !valueMatch(t, f, v, got) {
+		if got, ok := record[f]; ok && !valueMatch(t, f, v, got) {
 			return false
 		}
 	}
-	for _, f := range ev.Changed {
-		if _, ours := written[f]; ours || ev.Record[f] == "" {
+	for _, f := range changed {
+		if _, ours := written[f]; ours || record[f] == "" {
 			continue
 		}
 		if k := t.Kind(f); !k.Derived() && !k.FilledOnInsert() {

@@ -376,3 +376,35 @@ func TestLastHandOver_TimeAndReplacedValuesNotTheAppsOwn(t *testing.T) {
 		t.Errorf("Applied = %v after the merge", got)
 	}
 }
+
+// IsEchoOf reads the record only when a write in flight must be compared
+// with it, and then decides exactly as IsEcho does with the record in hand.
+func TestIsEchoOf_ReadsTheRecordOnlyWhenAWriteIsInFlight(t *testing.T) {
+	c := New(Config{Tables: incidentOnly})
+	reads := 0
+	record := func(rec map[string]string) func() events.Fields {
+		return func() events.Fields { reads++; return rec }
+	}
+	lazy := func(action string, mc int64, changed []string) *events.SNEvent {
+		e := ev(action, mc, changed, nil)
+		return e
+	}
+	if c.IsEchoOf(lazy("update", 3, []string{"state"}), record(map[string]string{"state": "2"})) || reads != 0 {
+		t.Fatalf("nothing written or in flight: echo reported or the record read (%d reads)", reads)
+	}
+	c.RecordWrite("incident", sysID, 4)
+	if !c.IsEchoOf(lazy("update", 4, []string{"state"}), record(map[string]string{"state": "2"})) || reads != 0 {
+		t.Fatalf("a written version: not an echo, or the record read (%d reads)", reads)
+	}
+	p := c.BeginWrite("incident", sysID, "", map[string]string{"state": "2"})
+	defer p.Cancel()
+	if c.IsEchoOf(lazy("update", 5, []string{"state"}), record(map[string]string{"state": "3"})) {
+		t.Fatal("a write in flight of state 2: an event with state 3 is not its echo")
+	}
+	if !c.IsEchoOf(lazy("update", 6, []string{"state"}), record(map[string]string{"state": "2"})) {
+		t.Fatal("a write in flight of state 2: an event with state 2 is its echo")
+	}
+	if reads != 2 {
+		t.Fatalf("the record was read %d times for 2 events compared with a write in flight, want once each", reads)
+	}
+}

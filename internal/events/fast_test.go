@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzDecodeFast holds the receiver's fast path to the general one: whatever
@@ -32,10 +33,31 @@ func FuzzDecodeFast(f *testing.F) {
 	}
 	v := NewValidator([]string{"incident"})
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		var fast SNEvent
-		ok, verbatim := decodeFast(raw, &fast)
+		var fast, lazy SNEvent
+		ok, verbatim, none := decodeFast(raw, &fast, false)
+		lok, lverbatim, rec := decodeFast(raw, &lazy, true)
+		if none.raw != nil {
+			t.Fatalf("decodeFast left a record unread without being asked to")
+		}
+		if lok != ok || ok && lverbatim != verbatim {
+			t.Fatalf("lazy decodeFast: ok %v verbatim %v; eager: ok %v verbatim %v", lok, lverbatim, ok, verbatim)
+		}
 		if !ok {
 			return
+		}
+		// The lazy read is the eager one with its record read later.
+		if rec.raw != nil {
+			if lazy.Record != nil || rec.members != len(fast.Record) {
+				t.Fatalf("record left unread: e.Record %v, %d members; eager read %d", lazy.Record, rec.members, len(fast.Record))
+			}
+			lazy.Record = rec.read()
+		}
+		if !reflect.DeepEqual(fast, lazy) {
+			t.Fatalf("lazy decodeFast read %q as\n%#v\neager as\n%#v", raw, lazy, fast)
+		}
+		lazy.Record = nil
+		if rec.raw != nil && v.valid(&lazy, rec) != v.valid(&fast, lazyRecord{}) {
+			t.Fatalf("valid of the unread record %v, of the read one %v", v.valid(&lazy, rec), v.valid(&fast, lazyRecord{}))
 		}
 		var slow SNEvent
 		problems, err := decodeOne(trimSpace(raw), &slow, "")
@@ -45,7 +67,7 @@ func FuzzDecodeFast(f *testing.F) {
 		if !reflect.DeepEqual(fast, slow) {
 			t.Fatalf("fast path read %q as\n%#v\nthe general path as\n%#v", raw, fast, slow)
 		}
-		if !v.valid(&fast) {
+		if !v.valid(&fast, lazyRecord{}) {
 			return
 		}
 		if ps := v.Validate(&fast, ""); len(ps) > 0 {
@@ -58,6 +80,9 @@ func FuzzDecodeFast(f *testing.F) {
 		if (w.verbatim != nil) != verbatim {
 			t.Fatalf("verbatim %v, but the webhook keeps the body: %v", verbatim, w.verbatim != nil)
 		}
+		if got := w.Record(0); !reflect.DeepEqual(got, fast.Record) {
+			t.Fatalf("Webhook.Record(0) = %#v, want %#v", got, fast.Record)
+		}
 		// The stored form, whichever way it is written, is the same event
 		// with the webhook's source.
 		stored := w.AppendStored(nil, 0)
@@ -67,6 +92,11 @@ func FuzzDecodeFast(f *testing.F) {
 		}
 		want := fast
 		want.Source = SourceWebhook
+		// An empty "changed" is left out of a re-encoded stored form
+		// (omitempty): the same event, read back as nil.
+		if len(want.Changed) == 0 && len(back.Changed) == 0 {
+			want.Changed, back.Changed = nil, nil
+		}
 		if !reflect.DeepEqual(back, want) {
 			t.Fatalf("stored form %s reads as\n%#v\nwant\n%#v", stored, back, want)
 		}
@@ -108,7 +138,7 @@ func TestValid_AgreesWithValidate(t *testing.T) {
 			e := good()
 			mutate(&e)
 			problems := v.Validate(&e, "")
-			if v.valid(&e) && len(problems) > 0 {
+			if v.valid(&e, lazyRecord{}) && len(problems) > 0 {
 				t.Fatalf("valid passed what Validate refuses: %+v", problems)
 			}
 			// valid may send a valid event to Validate (a length it counts in
@@ -119,9 +149,32 @@ func TestValid_AgreesWithValidate(t *testing.T) {
 				}
 				return
 			}
-			if !v.valid(&e) && len(problems) == 0 {
+			if !v.valid(&e, lazyRecord{}) && len(problems) == 0 {
 				t.Fatalf("valid refused an event Validate accepts")
 			}
 		})
+	}
+}
+
+// plainSNTime never takes what time.ParseInLocation refuses; on the usual
+// form it takes exactly what it takes.
+func TestPlainSNTime_AgreesWithTimeParse(t *testing.T) {
+	for _, s := range []string{
+		"2026-11-28 10:00:00", "2024-02-29 23:59:59", "2025-02-29 10:00:00", "2026-04-31 10:00:00",
+		"2026-13-01 10:00:00", "2026-00-01 10:00:00", "2026-01-00 10:00:00", "2026-01-01 24:00:00",
+		"2026-01-01 10:60:00", "2026-01-01 10:00:60", "0000-01-01 00:00:00", "9999-12-31 23:59:59",
+		"2026-01-01T10:00:00", "2026/01/01 10:00:00", "2026-01-01 1:00:000", "2026-01-01 10:00:0a",
+		"+026-01-01 10:00:00", "2026-01-01 10:00:00.5", "2026-1-01 10:00:00",
+	} {
+		_, err := time.ParseInLocation(SNTimeLayout, s, time.UTC)
+		if plainSNTime(s) && err != nil {
+			t.Errorf("plainSNTime(%q) true, time.ParseInLocation refuses it: %v", s, err)
+		}
+		if len(s) == len(SNTimeLayout) && s[10] == ' ' && err == nil && !plainSNTime(s) {
+			t.Errorf("plainSNTime(%q) false, time.ParseInLocation takes it", s)
+		}
+		if validSNTime(s) != (err == nil) {
+			t.Errorf("validSNTime(%q) = %v, time.ParseInLocation err %v", s, validSNTime(s), err)
+		}
 	}
 }

@@ -150,6 +150,9 @@ func message(fe validator.FieldError) string {
 // (422) naming each bad field with its array index.
 func (v *Validator) DecodeBody(body []byte) ([]SNEvent, error) {
 	w, err := v.DecodeWebhook(body)
+	for i := range w.Events {
+		w.Record(i)
+	}
 	return w.Events, err
 }
 
@@ -159,6 +162,21 @@ type Webhook struct {
 	// verbatim is the body of its one event when those bytes can be stored
 	// as they are: read in full by the fast path, each key once, no source.
 	verbatim []byte
+	// record is the one event's record while unread (see Record).
+	record lazyRecord
+}
+
+// Record returns Events[i].Record. DecodeWebhook leaves a single event's
+// record unread when it can be stored as sent; Record reads it the first
+// time it is asked for (an echo check may need it). Like AppendStored, it
+// reads the body DecodeWebhook was given, which must not have changed.
+func (w *Webhook) Record(i int) Fields {
+	e := &w.Events[i]
+	if i == 0 && w.record.raw != nil {
+		e.Record = w.record.read()
+		w.record = lazyRecord{}
+	}
+	return e.Record
 }
 
 // AppendStored appends the stored form of Events[i], as the receiver stores
@@ -172,12 +190,14 @@ func (w *Webhook) AppendStored(b []byte, i int) []byte {
 		b = append(b, w.verbatim[:end]...)
 		return append(b, `,"source":"`+SourceWebhook+`"}`...)
 	}
+	w.Record(i)
 	e := w.Events[i]
 	e.Source = SourceWebhook
 	return AppendStored(b, &e)
 }
 
-// DecodeWebhook is DecodeBody, keeping what AppendStored needs.
+// DecodeWebhook is DecodeBody, keeping what AppendStored needs and leaving
+// a single event's record unread until asked for (see Record).
 func (v *Validator) DecodeWebhook(body []byte) (Webhook, error) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
@@ -186,8 +206,8 @@ func (v *Validator) DecodeWebhook(body []byte) (Webhook, error) {
 	if body[0] == '{' {
 		// The usual body: one event, read and checked without reflection.
 		var e SNEvent
-		if ok, verbatim := decodeFast(body, &e); ok && v.valid(&e) {
-			w := Webhook{Events: []SNEvent{e}}
+		if ok, verbatim, rec := decodeFast(body, &e, true); ok && v.valid(&e, rec) {
+			w := Webhook{Events: []SNEvent{e}, record: rec}
 			if verbatim {
 				w.verbatim = body
 			}
@@ -220,7 +240,7 @@ func (v *Validator) DecodeWebhook(body []byte) (Webhook, error) {
 	for i, raw := range elems {
 		// A single object already failed the fast path above.
 		if array {
-			if ok, _ := decodeFast(raw, &out[i]); ok && v.valid(&out[i]) {
+			if ok, _, _ := decodeFast(raw, &out[i], false); ok && v.valid(&out[i], lazyRecord{}) {
 				continue
 			}
 		}

@@ -1,7 +1,6 @@
 package inbound
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,12 +10,13 @@ import (
 	"mime"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
-	"github.com/nats-io/nats.go"
 
 	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/trace"
@@ -87,7 +87,14 @@ func (r *Receiver) serveWebhook(w http.ResponseWriter, req *http.Request) int {
 	if !isJSON(req.Header.Get(echo.HeaderContentType)) {
 		return writeJSON(w, http.StatusUnsupportedMediaType, ErrorBody{Error: "unsupported content type", Detail: "send Content-Type: application/json"})
 	}
-	body, err := r.readBody(req)
+	pooled := bodies.Get().(*[]byte)
+	body, err := r.readBody(req, (*pooled)[:0])
+	defer func() {
+		if cap(body) <= maxPooledBody {
+			*pooled = body[:0]
+			bodies.Put(pooled)
+		}
+	}()
 	if err != nil {
 		var he *echo.HTTPError
 		if errors.As(err, &he) {
@@ -108,7 +115,7 @@ func (r *Receiver) serveWebhook(w http.ResponseWriter, req *http.Request) int {
 		}
 		return writeJSON(w, http.StatusBadRequest, ErrorBody{Error: "malformed body", Detail: err.Error()})
 	}
-	res, err := r.publish(req.Context(), &wh, len(body))
+	res, err := r.publish(req.Context(), &wh)
 	if err != nil {
 		r.m.publishFailures.Inc()
 		r.log.Warn("webhook not stored: answering 503", "webhook_id", req.Header.Get(webhook.HeaderID), "events", len(wh.Events),
@@ -158,9 +165,10 @@ func isJSON(contentType string) bool {
 	return err == nil && mt == "application/json"
 }
 
-// readBody reads at most MaxBodyBytes. Content-Length only serves to reject
-// early; the limit holds for chunked or lying bodies too.
-func (r *Receiver) readBody(req *http.Request) ([]byte, error) {
+// readBody reads at most MaxBodyBytes into buf (grown as needed).
+// Content-Length only serves to reject early and to size buf; the limit
+// holds for chunked or lying bodies too.
+func (r *Receiver) readBody(req *http.Request, buf []byte) ([]byte, error) {
 	limit := r.cfg.MaxBodyBytes
 	tooLarge := func() error {
 		return &echo.HTTPError{Code: http.StatusRequestEntityTooLarge, Message: ErrorBody{
@@ -169,20 +177,34 @@ func (r *Receiver) readBody(req *http.Request) ([]byte, error) {
 	if req.ContentLength > limit {
 		return nil, tooLarge()
 	}
-	size := req.ContentLength
-	if size < 0 || size > limit {
-		size = 512
+	if n := int(req.ContentLength) + 1; req.ContentLength >= 0 && cap(buf) < n {
+		buf = make([]byte, 0, n)
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size+1))
-	n, err := buf.ReadFrom(io.LimitReader(req.Body, limit+1))
-	if err != nil {
-		return nil, &echo.HTTPError{Code: http.StatusBadRequest, Message: ErrorBody{Error: "unreadable body", Detail: "the request body could not be read"}, Internal: err}
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, 512)
+		}
+		n, err := req.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return nil, tooLarge()
+		}
+		switch {
+		case err == io.EOF:
+			return buf, nil
+		case err != nil:
+			return nil, &echo.HTTPError{Code: http.StatusBadRequest, Message: ErrorBody{Error: "unreadable body", Detail: "the request body could not be read"}, Internal: err}
+		}
 	}
-	if n > limit {
-		return nil, tooLarge()
-	}
-	return buf.Bytes(), nil
 }
+
+// bodies keeps webhook body buffers for reuse: a body is read, verified,
+// decoded and stored within its request, and nothing keeps its bytes after
+// (decoded strings are copies).
+var bodies = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// maxPooledBody bounds the buffers bodies keeps.
+const maxPooledBody = 64 << 10
 
 // verify checks the signature; a non-zero status means rejected.
 func (r *Receiver) verify(req *http.Request, body []byte) (int, ErrorBody) {
@@ -219,8 +241,8 @@ func (r *Receiver) rejectSignature(req *http.Request, err error) (int, ErrorBody
 const echoReason = "the writeback wrote this version itself (the echo cache knows the write): answered 202, not stored, not sent to the app"
 
 // publish stores every event that is not an echo and waits for all acks
-// (see store.go). bodySize (the webhook's) sizes the stored form's buffer.
-func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int) (res Accepted, err error) {
+// (see store.go).
+func (r *Receiver) publish(ctx context.Context, wh *events.Webhook) (res Accepted, err error) {
 	// down first: a drop after this load closes it (see acker.watchStatus).
 	down := r.acks.downSignal()
 	if !r.nc.IsConnected() {
@@ -232,9 +254,11 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int
 	}
 	outstanding := 0
 	defer func() { r.acks.put(slot, outstanding == 0) }()
-	// A timer rather than a context with a deadline: a third of the cost.
-	timeout := time.NewTimer(r.cfg.PublishTimeout)
-	defer timeout.Stop()
+	// The slot's timer rather than a context with a deadline: a third of
+	// the cost. The request's context is not watched: a sender that hung
+	// up is not waited for longer than this, and its events are stored
+	// all the same.
+	timeout := slot.startTimer(r.cfg.PublishTimeout)
 	start := time.Now()
 	// Building the arguments of a disabled debug line still allocates.
 	debug := r.log.Enabled(ctx, slog.LevelDebug)
@@ -243,12 +267,12 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int
 		// Publish while the slot has room, then take one ack.
 		for ; next < len(evs) && outstanding < ackWindow; next++ {
 			ev := &evs[next]
-			if r.cfg.Echoes != nil && r.cfg.Echoes.IsEcho(ev) {
+			if i := next; r.cfg.Echoes != nil && r.cfg.Echoes.IsEchoOf(ev, func() events.Fields { return wh.Record(i) }) {
 				res.Echoes++
 				r.m.echoes.WithLabelValues(ev.Table).Inc()
 				r.log.Debug("echo of our own write: not stored", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount))
 				r.cfg.Trace.Record(trace.Entry{
-					Stage: trace.StageIngest, Source: trace.SourceWebhook, Table: ev.Table, SysID: ev.SysID, Number: ev.Record["number"],
+					Stage: trace.StageIngest, Source: trace.SourceWebhook, Table: ev.Table, SysID: ev.SysID, Number: wh.Record(next)["number"],
 					Action: ev.Action, Version: int64(ev.SysModCount), Decision: trace.EchoSuppressed, Reason: echoReason,
 				})
 				continue
@@ -257,11 +281,8 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int
 			// No Nats-Expected-Stream: JetStream stores every header with the
 			// message, and consumers that copy headers onto a republish (dead
 			// letters) would be refused; streams cannot overlap anyway.
-			msg := &nats.Msg{Subject: ev.Subject(), Reply: slot.reply(next), Data: wh.AppendStored(make([]byte, 0, bodySize/len(evs)+128), next),
-				Header: nats.Header{
-					events.HeaderMsgID:  {ev.MsgID()},
-					events.HeaderSource: {events.SourceWebhook},
-				}}
+			i := next
+			msg := slot.message(ev.Subject(), slot.reply(i), ev.MsgID(), func(b []byte) []byte { return wh.AppendStored(b, i) })
 			if err := r.nc.PublishMsg(msg); err != nil {
 				return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
 			}
@@ -299,10 +320,8 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook, bodySize int
 				continue
 			}
 			return res, errDisconnected
-		case <-timeout.C:
+		case <-timeout:
 			return res, fmt.Errorf("no ack for %d of %d events within %s", outstanding, len(evs), r.cfg.PublishTimeout)
-		case <-ctx.Done():
-			return res, fmt.Errorf("awaiting acks: %w", ctx.Err())
 		}
 	}
 	r.m.publishSeconds.Observe(time.Since(start).Seconds())

@@ -41,7 +41,9 @@ const Path = "/webhooks/servicenow"
 // EchoChecker recognises events that are the bridge's own ServiceNow writes
 // coming back (echo suppression). internal/dedupe's Cache satisfies it.
 type EchoChecker interface {
-	IsEcho(ev *events.SNEvent) bool
+	// IsEchoOf calls record for the event's record only if it needs it:
+	// most records are stored as sent and never read by the receiver.
+	IsEchoOf(ev *events.SNEvent, record func() events.Fields) bool
 }
 
 // Config configures a Receiver. Conn and Secrets are required; zero values

@@ -58,7 +58,7 @@ func (r *Receiver) handleSelfTest(c echo.Context) (err error) {
 		return refuse(http.StatusUnsupportedMediaType, events.SelfTestContentType, "unsupported content type",
 			fmt.Sprintf("the self-test was sent with Content-Type %.80q; send application/json; charset=utf-8", ct))
 	}
-	body, err := r.readBody(req)
+	body, err := r.readBody(req, nil)
 	if err != nil {
 		result = events.SelfTestTooLarge
 		var he *echo.HTTPError

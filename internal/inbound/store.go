@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/nowbridge/nowbridge/internal/events"
 	"github.com/nowbridge/nowbridge/internal/jsonscan"
 )
 
@@ -49,6 +50,46 @@ type ackSlot struct {
 	ch      chan *nats.Msg
 	replyTo string // prefix.n.
 	replies [ackWindow]string
+
+	// Reused by each request holding the slot: nats.go encodes a message
+	// (header, data) into its buffer before PublishMsg returns.
+	msg   nats.Msg
+	msgID []string // the header's Nats-Msg-Id value
+	data  []byte
+	timer *time.Timer
+}
+
+// maxKeptData bounds the stored-form buffer a slot keeps between requests.
+const maxKeptData = 64 << 10
+
+// message is the slot's message for one event; data is written into it by
+// appendData.
+func (s *ackSlot) message(subject, reply, msgID string, appendData func([]byte) []byte) *nats.Msg {
+	s.msgID[0] = msgID
+	s.data = appendData(s.data[:0])
+	s.msg.Subject, s.msg.Reply, s.msg.Data = subject, reply, s.data
+	return &s.msg
+}
+
+// startTimer arms the slot's timer for d (stopped by stopTimer).
+func (s *ackSlot) startTimer(d time.Duration) <-chan time.Time {
+	if s.timer == nil {
+		s.timer = time.NewTimer(d)
+	} else {
+		s.timer.Reset(d) // since Go 1.23 no stale tick survives Stop or Reset
+	}
+	return s.timer.C
+}
+
+// release readies the slot for its next request.
+func (s *ackSlot) release() {
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	if cap(s.data) > maxKeptData {
+		s.data = nil
+	}
+	s.msg.Data = nil
 }
 
 // reply is the reply subject for the event at index i of a body.
@@ -165,7 +206,11 @@ func (a *acker) get(ctx context.Context) (*ackSlot, error) {
 }
 
 func (a *acker) newSlot() (*ackSlot, error) {
-	s := &ackSlot{ch: make(chan *nats.Msg, ackWindow)}
+	s := &ackSlot{ch: make(chan *nats.Msg, ackWindow), msgID: make([]string, 1)}
+	s.msg.Header = nats.Header{
+		events.HeaderMsgID:  s.msgID,
+		events.HeaderSource: {events.SourceWebhook},
+	}
 	s.replyTo = a.prefix + strconv.FormatInt(a.nextID.Add(1), 10) + "."
 	for i := range s.replies {
 		s.replies[i] = s.replyTo + strconv.Itoa(i)
@@ -182,6 +227,7 @@ func (a *acker) newSlot() (*ackSlot, error) {
 // due is dropped instead (its late acks must not reach the next request),
 // and a fresh one is made in its place for whoever waits.
 func (a *acker) put(s *ackSlot, settled bool) {
+	s.release()
 	if settled {
 		a.pool <- s // never blocks: at most max slots exist
 		return

@@ -9,7 +9,9 @@ package jsonscan
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"math/bits"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -32,7 +34,7 @@ func String(b []byte, all string, i int) (string, int, bool) {
 		return "", 0, false
 	}
 	start, ascii := i+1, true
-	for j := start; j < len(b); j++ {
+	for j := plainRun(b, start); j < len(b); j = plainRun(b, j+1) {
 		c := b[j]
 		switch {
 		case c == '"':
@@ -295,4 +297,161 @@ func digits(b []byte, i int, number bool) (int64, int, bool) {
 		return 0, 0, false
 	}
 	return n, i, true
+}
+
+// SkipString checks the string literal at b[i] as String reads it, without
+// building its value, and returns the index after it. ok true promises that
+// String reads it too; ok false promises nothing: read it with String (a lone
+// surrogate, say, which encoding/json reads as U+FFFD).
+func SkipString(b []byte, i int) (int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return 0, false
+	}
+	// UTF-8 is checked per run between escapes: an escape decodes to whole
+	// characters, so the value is valid exactly when every run is.
+	run, ascii := i+1, true
+	for j := run; j < len(b); {
+		j = plainRun(b, j)
+		if j >= len(b) {
+			break
+		}
+		c := b[j]
+		switch {
+		case c == '"':
+			if !ascii && !utf8.Valid(b[run:j]) {
+				return 0, false
+			}
+			return j + 1, true
+		case c < 0x20:
+			return 0, false
+		case c == '\\':
+			if !ascii && !utf8.Valid(b[run:j]) {
+				return 0, false
+			}
+			if j+1 >= len(b) {
+				return 0, false
+			}
+			switch b[j+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				j += 2
+			case 'u':
+				_, size, ok := escapedRune(b, j)
+				if !ok {
+					return 0, false
+				}
+				j += size
+			default:
+				return 0, false
+			}
+			run, ascii = j, true
+			continue
+		case c >= utf8.RuneSelf:
+			ascii = false
+		}
+		j++
+	}
+	return 0, false
+}
+
+// plainRun returns the index of the first byte at or after j that is not
+// plain printable ASCII ('"', '\\', a control byte or a byte of a multi-byte
+// character), or len(b): eight bytes at a time while they are plain.
+func plainRun(b []byte, j int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for ; j+8 <= len(b); j += 8 {
+		x := binary.LittleEndian.Uint64(b[j:])
+		// A byte's high bit in special is set if the byte is below 0x20,
+		// is '"' or '\\', or has its own high bit set (the usual SWAR
+		// tests for a zero byte in x-0x20, x^'"' and x^'\\').
+		special := (x - ones*0x20) | (x ^ (ones * '"') - ones) | (x ^ (ones * '\\') - ones) | x
+		if special &= highs; special != 0 {
+			// Borrows only run upwards from a byte that is special
+			// itself, so the lowest marked byte is the first special one.
+			return j + bits.TrailingZeros64(special)/8
+		}
+	}
+	for ; j < len(b); j++ {
+		if c := b[j]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
+			return j
+		}
+	}
+	return j
+}
+
+// maxShapeMembers bounds the objects ObjectShape checks; larger ones are
+// left to ObjectOnce.
+const maxShapeMembers = 256
+
+// ObjectShape checks the object at b[i] as ObjectOnce reads it — every value
+// a string — without building it, and returns the index after its '}' and
+// its member count. ok true promises that ObjectOnce reads it with every key
+// once. ok false promises nothing: read it with ObjectOnce (it refuses a
+// repeated key, a key with an escape, whose repeats only a decoder can see,
+// more than maxShapeMembers members, and whatever SkipString refuses).
+func ObjectShape(b []byte, i int) (next, members int, ok bool) {
+	if i >= len(b) || b[i] != '{' {
+		return 0, 0, false
+	}
+	i = Space(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, 0, true
+	}
+	// The keys seen, by hash: an open-addressed table of 1 + the offset of
+	// each key's opening quote, twice as large as the members it may hold.
+	var seen [2 * maxShapeMembers]uint32
+	for {
+		if members == maxShapeMembers {
+			return 0, 0, false
+		}
+		end, ok := SkipString(b, i)
+		if !ok {
+			return 0, 0, false
+		}
+		key := b[i+1 : end-1]
+		if bytes.IndexByte(key, '\\') >= 0 || !addKey(&seen, b, i, key) {
+			return 0, 0, false
+		}
+		members++
+		i = Space(b, end)
+		if i >= len(b) || b[i] != ':' {
+			return 0, 0, false
+		}
+		if end, ok = SkipString(b, Space(b, i+1)); !ok {
+			return 0, 0, false
+		}
+		i = Space(b, end)
+		if i >= len(b) {
+			return 0, 0, false
+		}
+		switch b[i] {
+		case ',':
+			i = Space(b, i+1)
+		case '}':
+			return i + 1, members, true
+		default:
+			return 0, 0, false
+		}
+	}
+}
+
+// addKey records key (whose literal opens at b[at]) in seen, and reports
+// false if an equal key is there already.
+func addKey(seen *[2 * maxShapeMembers]uint32, b []byte, at int, key []byte) bool {
+	h := uint32(2166136261) // FNV-1a
+	for _, c := range key {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	mask := uint32(len(seen) - 1)
+	for slot := h & mask; ; slot = (slot + 1) & mask {
+		s := seen[slot]
+		if s == 0 {
+			seen[slot] = uint32(at) + 1
+			return true
+		}
+		// The other key's literal has no escape either: its bytes are it.
+		other := b[s:]
+		if len(other) > len(key) && other[len(key)] == '"' && bytes.Equal(other[:len(key)], key) {
+			return false
+		}
+	}
 }

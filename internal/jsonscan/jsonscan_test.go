@@ -52,3 +52,61 @@ func TestUint(t *testing.T) {
 		t.Error(`UintText("4 ") accepted trailing text`)
 	}
 }
+
+// FuzzObjectShape holds the checks that build nothing to the readers that
+// build: whatever SkipString or ObjectShape accepts, String or ObjectOnce
+// reads, ending at the same byte, with as many members, each key once.
+func FuzzObjectShape(f *testing.F) {
+	for _, s := range []string{
+		`{}`,
+		`{"number":"INC0001","comments":"2026-11-28 - Beth\nLooking into it","state":"2"}`,
+		`{"a":"1","a":"2"}`,
+		`{"a":"1","\u0061":"2"}`,
+		`{"a":"\ud83d\ude00","b":"\ud83d"}`,
+		`{"caf\u00e9":"x", "café" : "y" }`,
+		`{"a":"é","b":"\xff"}`,
+		`{"a":1}`,
+		`"just a string"`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		all := string(b)
+		if next, ok := SkipString(b, 0); ok {
+			_, want, wok := String(b, all, 0)
+			if !wok || want != next {
+				t.Fatalf("SkipString(%q) = %d, true; String: %d, %v", b, next, want, wok)
+			}
+		}
+		next, members, ok := ObjectShape(b, 0)
+		if !ok {
+			return
+		}
+		m, want, once, wok := ObjectOnce(b, all, 0)
+		if !wok || want != next || !once || len(m) != members {
+			t.Fatalf("ObjectShape(%q) = %d, %d members; ObjectOnce: next %d, %d members, once %v, ok %v", b, next, members, want, len(m), once, wok)
+		}
+	})
+}
+
+// plainRun finds the first byte that is not plain printable ASCII, whatever
+// the bytes around it (the word-at-a-time test must never miss one or stop
+// early).
+func FuzzPlainRun(f *testing.F) {
+	f.Add([]byte(`abcdefgh"ijklmnop`), 0)
+	f.Add([]byte("abc\x1fdefghijklmnop\\"), 1)
+	f.Add([]byte("\x00\x00\x00\x00\x00\x00\x00\x00a\""), 0)
+	f.Add([]byte(`abcdefghijklmnopé`), 3)
+	f.Fuzz(func(t *testing.T, b []byte, j int) {
+		if j < 0 || j > len(b) {
+			return
+		}
+		want := j
+		for want < len(b) && b[want] >= 0x20 && b[want] != '"' && b[want] != '\\' && b[want] < 0x80 {
+			want++
+		}
+		if got := plainRun(b, j); got != want {
+			t.Fatalf("plainRun(%q, %d) = %d, want %d", b, j, got, want)
+		}
+	})
+}
