@@ -60,6 +60,14 @@ func Acquire(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue,
 		return l, nil
 	}
 	if !errors.Is(err, jetstream.ErrKeyExists) {
+		// The entry may have been stored with the answer lost (ctx ended
+		// on the way): take it back out rather than hold it unknowingly
+		// until it expires.
+		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if rev, ours := l.stillOurs(bg); ours {
+			_ = kv.Delete(bg, key, jetstream.LastRevision(rev))
+		}
 		return nil, fmt.Errorf("acquire lease %s: %w", key, err)
 	}
 	e, gerr := kv.Get(ctx, key)
@@ -92,8 +100,14 @@ func (l *Lease) Renew(ctx context.Context) error {
 	ack, err := l.js.Publish(ctx, subject, l.value(),
 		jetstream.WithExpectLastSequencePerSubject(l.rev), jetstream.WithMsgTTL(l.ttl))
 	if err != nil {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if wrongRevision(err) {
+			// An earlier renewal may have been stored with its ack lost
+			// (its context ended on the way): then the entry is still ours,
+			// at a later revision, and is renewed from there.
+			if rev, ok := l.stillOurs(ctx); ok && rev != l.rev {
+				l.rev = rev
+				return l.Renew(ctx)
+			}
 			return fmt.Errorf("renew lease %s: %w (it expired or was taken over)", l.key, ErrHeld)
 		}
 		return fmt.Errorf("renew lease %s: %w", l.key, err)
@@ -104,5 +118,34 @@ func (l *Lease) Renew(ctx context.Context) error {
 
 // Release gives the lease up if it is still ours.
 func (l *Lease) Release(ctx context.Context) error {
-	return l.kv.Delete(ctx, l.key, jetstream.LastRevision(l.rev))
+	err := l.kv.Delete(ctx, l.key, jetstream.LastRevision(l.rev))
+	if err != nil && wrongRevision(err) {
+		// A renewal stored with its ack lost (see Renew): delete the
+		// entry at its revision if it is still this lease.
+		if rev, ok := l.stillOurs(ctx); ok {
+			return l.kv.Delete(ctx, l.key, jetstream.LastRevision(rev))
+		}
+	}
+	return err
+}
+
+// stillOurs reports whether the entry is this very lease (its holder and
+// since), and its revision.
+func (l *Lease) stillOurs(ctx context.Context) (uint64, bool) {
+	e, err := l.kv.Get(ctx, l.key)
+	if err != nil {
+		return 0, false
+	}
+	var v value
+	if json.Unmarshal(e.Value(), &v) != nil {
+		return 0, false
+	}
+	return e.Revision(), v.Holder == l.holder && v.Since.Equal(l.since)
+}
+
+// wrongRevision reports whether a write was refused for the entry's
+// revision: someone (perhaps this lease, see Renew) wrote it since.
+func wrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
