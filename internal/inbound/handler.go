@@ -46,7 +46,7 @@ type ErrorBody struct {
 // request count, panic recovery, the JSON error shape) in serveWebhook.
 func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if req.Method != http.MethodPost || req.URL.Path != Path ||
-		events.IsSelfTestID(req.Header.Get(webhook.HeaderID)) && !r.closing.Load() {
+		events.IsSelfTestID(webhook.ID(req.Header)) && !r.closing.Load() {
 		r.e.ServeHTTP(w, req)
 		return
 	}
@@ -161,6 +161,10 @@ func (a Accepted) appendJSON(b []byte) []byte {
 }
 
 func isJSON(contentType string) bool {
+	// The forms senders use, without parsing (and allocating) per request.
+	if strings.EqualFold(contentType, "application/json") || strings.EqualFold(contentType, "application/json; charset=utf-8") {
+		return true
+	}
 	mt, _, err := mime.ParseMediaType(contentType)
 	return err == nil && mt == "application/json"
 }
@@ -209,7 +213,8 @@ const maxPooledBody = 64 << 10
 // verify checks the signature; a non-zero status means rejected.
 func (r *Receiver) verify(req *http.Request, body []byte) (int, ErrorBody) {
 	h := req.Header
-	err := r.verifier.Verify(h.Get(webhook.HeaderID), h.Get(webhook.HeaderTimestamp), h.Get(webhook.HeaderSignature), body)
+	id, ts, sig := webhook.Headers(h)
+	err := r.verifier.Verify(id, ts, sig, body)
 	if err == nil {
 		return 0, ErrorBody{}
 	}

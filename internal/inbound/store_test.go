@@ -218,3 +218,15 @@ func FuzzScanAck(f *testing.F) {
 		}
 	})
 }
+
+func TestIsJSON_FastFormsAgreeWithParsing(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/json": true, "Application/JSON": true, "application/json; charset=utf-8": true,
+		"application/json; charset=UTF-8": true, "application/json;charset=utf-8": true, "application/json ; charset=latin1": true,
+		"text/plain": false, "application/jsonx": false, "": false, "application/json; charset": false,
+	} {
+		if got := isJSON(ct); got != want {
+			t.Errorf("isJSON(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}

@@ -27,6 +27,30 @@ const (
 	HeaderSignature = "webhook-signature"
 )
 
+// The header names as net/http stores them: reading a header under its
+// canonical key skips canonicalising (and allocating) the name per request.
+var (
+	keyID        = http.CanonicalHeaderKey(HeaderID)
+	keyTimestamp = http.CanonicalHeaderKey(HeaderTimestamp)
+	keySignature = http.CanonicalHeaderKey(HeaderSignature)
+)
+
+// Headers returns the id, timestamp and signature headers of h (each its
+// first value, "" if absent), as h.Get would.
+func Headers(h http.Header) (id, timestamp, signature string) {
+	return first(h[keyID]), first(h[keyTimestamp]), first(h[keySignature])
+}
+
+// ID returns h's webhook-id header, as h.Get(HeaderID) would.
+func ID(h http.Header) string { return first(h[keyID]) }
+
+func first(vs []string) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	return vs[0]
+}
+
 const secretPrefix = "whsec_"
 
 // Errors returned by Verify. They never contain key material.
@@ -180,17 +204,18 @@ func (v *Verifier) Verify(id, timestamp, signature string, body []byte) error {
 		return ErrTimestampSkew
 	}
 	var small [2][sha256.Size]byte
-	macs := make([][]byte, len(v.Secrets))
+	var smallMacs [2][]byte
+	macs := smallMacs[:0]
 	for i, s := range v.Secrets {
 		var b []byte
 		if i < len(small) {
 			b = small[i][:0]
 		}
-		macs[i] = s.mac(b, id, timestamp, body)
+		macs = append(macs, s.mac(b, id, timestamp, body))
 	}
 	matched := false
 	var got [sha256.Size + 3]byte
-	for _, entry := range strings.Fields(signature) {
+	for entry := range strings.FieldsSeq(signature) {
 		version, sig, found := strings.Cut(entry, ",")
 		if !found || version != "v1" || base64.StdEncoding.DecodedLen(len(sig)) > len(got) {
 			continue

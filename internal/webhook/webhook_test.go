@@ -145,3 +145,22 @@ func TestSetHeaders_RoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Headers reads what h.Get reads, whatever case the sender wrote.
+func TestHeaders_AsGetReadsThem(t *testing.T) {
+	for _, h := range []http.Header{
+		{},
+		{"Webhook-Id": {"a", "b"}, "Webhook-Timestamp": {"1"}, "Webhook-Signature": {"v1,x"}},
+		{"Webhook-Id": {""}},
+	} {
+		id, ts, sig := Headers(h)
+		if id != h.Get(HeaderID) || ts != h.Get(HeaderTimestamp) || sig != h.Get(HeaderSignature) || ID(h) != h.Get(HeaderID) {
+			t.Errorf("Headers(%v) = %q %q %q, h.Get reads %q %q %q", h, id, ts, sig, h.Get(HeaderID), h.Get(HeaderTimestamp), h.Get(HeaderSignature))
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://127.0.0.1/", nil)
+	req.Header.Set("WEBHOOK-ID", "msg_1") // net/http canonicalises what it parses and what Set is given
+	if ID(req.Header) != "msg_1" {
+		t.Errorf("ID = %q, want msg_1", ID(req.Header))
+	}
+}
