@@ -58,9 +58,10 @@ type Config struct {
 	PublishTimeout time.Duration // how long to wait for every ack (default 5s)
 	RetryAfter     time.Duration // Retry-After of a 503 (default 5s)
 	// MaxPendingAcks bounds publishes awaiting an ack across all requests
-	// (default 16384): MaxPendingAcks/16 requests store events at once, each
-	// with up to 16 acks outstanding (see store.go); beyond it a request
-	// waits briefly for a free slot, then gets 503.
+	// (default 16384): MaxPendingAcks/16 requests (at least MaxConnections)
+	// store events at once, each with up to 16 acks outstanding (see
+	// store.go); beyond it a request waits briefly for a free slot, then
+	// gets 503.
 	MaxPendingAcks int
 
 	// MaxConnections caps the connections open at once (default 1024);
@@ -187,7 +188,7 @@ func New(cfg Config) (*Receiver, error) {
 		cfg:      cfg,
 		nc:       cfg.Conn,
 		js:       js,
-		acks:     newAcker(cfg.Conn, cfg.MaxPendingAcks),
+		acks:     newAcker(cfg.Conn, cfg.MaxPendingAcks, cfg.MaxConnections),
 		verifier: &webhook.Verifier{Secrets: cfg.Secrets, Tolerance: cfg.Tolerance, Now: cfg.Now},
 		// sys_attachment whatever BRIDGE_TABLES says: the attachment
 		// business rule sends only those of synced tables' records.

@@ -127,8 +127,10 @@ type acker struct {
 	down atomic.Pointer[chan struct{}]
 }
 
-func newAcker(nc *nats.Conn, maxPending int) *acker {
-	slots := max(1, maxPending/ackWindow)
+// newAcker makes room for maxPending acks outstanding at once, and at least
+// one request per connection (maxConns).
+func newAcker(nc *nats.Conn, maxPending, maxConns int) *acker {
+	slots := max(1, maxPending/ackWindow, maxConns)
 	a := &acker{nc: nc, prefix: nc.NewInbox() + ".", pool: make(chan *ackSlot, slots), max: int32(slots)}
 	up := make(chan struct{})
 	a.down.Store(&up)

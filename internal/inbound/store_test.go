@@ -230,3 +230,46 @@ func TestIsJSON_FastFormsAgreeWithParsing(t *testing.T) {
 		}
 	}
 }
+
+// With every slot busy a request waits for one to come back, and is
+// answered 503 only if none does within slotWait.
+func TestStore_RequestsWaitForAFreeSlot(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxPendingAcks, c.MaxConnections, c.PublishTimeout = ackWindow, 1, time.Second })
+	if h.rcv.acks.max != 1 {
+		t.Fatalf("%d slots, want 1 for this test", h.rcv.acks.max)
+	}
+	block := make(chan struct{})
+	responder(t, h, func(n int64, m *nats.Msg) []byte {
+		if strings.Contains(string(m.Data), sysID(99)) {
+			<-block // the slot's holder waits until the test lets go
+		}
+		time.Sleep(10 * time.Millisecond)
+		return []byte(`{"stream":"SN_EVENTS","seq":1}`)
+	})
+	// Five at once share the one slot in turn.
+	results := make(chan response, 5)
+	for i := range 5 {
+		go func() { results <- h.send(mustJSON(t, event(i, 1))) }()
+	}
+	for range 5 {
+		if r := <-results; r.status != http.StatusAccepted {
+			t.Fatalf("answer %d %s, want 202 (waiting for the slot)", r.status, r.body)
+		}
+	}
+	// A holder that keeps the slot: the next request gives up after slotWait.
+	held := make(chan response, 1)
+	go func() { held <- h.send(mustJSON(t, event(99, 1))) }()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	r := h.send(mustJSON(t, event(100, 1)))
+	if r.status != http.StatusServiceUnavailable || time.Since(start) < slotWait {
+		t.Fatalf("answer %d after %s, want 503 after waiting %s for the slot", r.status, time.Since(start), slotWait)
+	}
+	if !strings.Contains(h.logs.String(), "MaxPendingAcks") {
+		t.Errorf("the 503's log does not name MaxPendingAcks:\n%s", h.logs.String())
+	}
+	close(block)
+	if r := <-held; r.status != http.StatusAccepted {
+		t.Fatalf("the slot's holder: answer %d %s, want 202", r.status, r.body)
+	}
+}
