@@ -1,13 +1,20 @@
 package inbound
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nowbridge/nowbridge/internal/broker"
 	"github.com/nowbridge/nowbridge/internal/events"
+	"github.com/nowbridge/nowbridge/internal/natstest"
 	"github.com/nowbridge/nowbridge/internal/webhook"
 )
 
@@ -78,4 +85,50 @@ func BenchmarkVerifyDecodeValidate_Batch100(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkReceiver_Batch100 posts bodies of 100 events to a receiver on a
+// real JetStream, 8 at a time: the path a burst of business-rule events
+// takes, with up to ackWindow acks outstanding at once (store.go).
+//
+//	go test -run='^$' -bench=Receiver_Batch100 -benchmem ./internal/inbound
+func BenchmarkReceiver_Batch100(b *testing.B) {
+	s := natstest.RunServer(b)
+	nc, js := natstest.Connect(b, s)
+	if err := broker.EnsureAll(b.Context(), js, events.StreamOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	rcv, err := New(Config{Conn: nc, Secrets: []webhook.Secret{secretA}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(rcv.Handler())
+	defer srv.Close()
+	var seq atomic.Int64
+	b.SetParallelism(4) // 8 senders on 2 CPUs
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			base := int(seq.Add(100))
+			batch := make([]any, 100)
+			for i := range batch {
+				batch[i] = event(base+i, 1)
+			}
+			body, _ := json.Marshal(batch)
+			req, _ := http.NewRequest(http.MethodPost, srv.URL+Path, bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			webhook.SetHeaders(req.Header, secretA, "batch-"+strconv.Itoa(base), time.Now(), body)
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusAccepted {
+				b.Errorf("answer %d", resp.StatusCode)
+				return
+			}
+		}
+	})
 }

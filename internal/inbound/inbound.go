@@ -58,8 +58,8 @@ type Config struct {
 	PublishTimeout time.Duration // how long to wait for every ack (default 5s)
 	RetryAfter     time.Duration // Retry-After of a 503 (default 5s)
 	// MaxPendingAcks bounds publishes awaiting an ack across all requests
-	// (default 16384): MaxPendingAcks/16 requests (at least MaxConnections)
-	// store events at once, each with up to 16 acks outstanding (see
+	// (default 16384): MaxPendingAcks/64 requests (at least MaxConnections)
+	// store events at once, each with up to 64 acks outstanding (see
 	// store.go); beyond it a request waits briefly for a free slot, then
 	// gets 503.
 	MaxPendingAcks int

@@ -33,7 +33,7 @@ import (
 // ackWindow is how many acks one request awaits at most at once: the size of
 // its slot's channel. A channel subscription drops a message its channel
 // cannot take, so a slot never has more publishes outstanding than this.
-const ackWindow = 16
+const ackWindow = 64
 
 // slotWait is how long a request waits for a free slot when every slot is
 // busy (MaxPendingAcks outstanding) before it is answered 503.
@@ -49,7 +49,7 @@ type ackSlot struct {
 	sub     *nats.Subscription
 	ch      chan *nats.Msg
 	replyTo string // prefix.n.
-	replies [ackWindow]string
+	replies [16]string // the first reply subjects, made once (most bodies hold one event)
 
 	// Reused by each request holding the slot: nats.go encodes a message
 	// (header, data) into its buffer before PublishMsg returns.

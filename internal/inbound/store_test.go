@@ -43,7 +43,7 @@ func responder(t *testing.T, h *harness, answer func(n int64, m *nats.Msg) []byt
 
 func TestStore_EveryEventOfABatchGetsItsOwnAck(t *testing.T) {
 	h := newHarness(t, nil)
-	// A batch larger than one slot's window: 40 events, each answered
+	// A batch larger than one slot's window: 100 events, each answered
 	// with a duplicate flag of its own, in reverse order of arrival within
 	// each window (acks need not come back in order).
 	responder(t, h, func(_ int64, m *nats.Msg) []byte {
@@ -54,7 +54,7 @@ func TestStore_EveryEventOfABatchGetsItsOwnAck(t *testing.T) {
 		dup := strings.HasSuffix(ev["sys_id"].(string), "1") // every event whose sys_id ends in 1
 		return []byte(`{"stream":"SN_EVENTS","seq":7,"duplicate":` + map[bool]string{true: "true", false: "false"}[dup] + `}`)
 	})
-	batch := make([]any, 40)
+	batch := make([]any, 100)
 	dups := 0
 	for i := range batch {
 		batch[i] = event(i, 1)
@@ -62,7 +62,7 @@ func TestStore_EveryEventOfABatchGetsItsOwnAck(t *testing.T) {
 			dups++
 		}
 	}
-	wantAccepted(t, h.send(mustJSON(t, batch)), 40-dups, dups, 0)
+	wantAccepted(t, h.send(mustJSON(t, batch)), 100-dups, dups, 0)
 }
 
 func TestStore_RefusalsAndSilenceAnswer503(t *testing.T) {
