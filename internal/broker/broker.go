@@ -204,7 +204,10 @@ func redactURL(u string) string {
 // EnsureStreams creates each stream or updates it to the given config.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfgs []jetstream.StreamConfig) error {
 	for _, cfg := range cfgs {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+		if err := retrying(ctx, func(ctx context.Context) error {
+			_, err := js.CreateOrUpdateStream(ctx, cfg)
+			return err
+		}); err != nil {
 			return fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
 		}
 	}
@@ -214,7 +217,10 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfgs []jetstream
 // EnsureBuckets creates each KV bucket or updates it.
 func EnsureBuckets(ctx context.Context, js jetstream.JetStream, cfgs []jetstream.KeyValueConfig) error {
 	for _, cfg := range cfgs {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+		if err := retrying(ctx, func(ctx context.Context) error {
+			_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+			return err
+		}); err != nil {
 			return fmt.Errorf("create or update KV bucket %s: %w", cfg.Bucket, err)
 		}
 	}
@@ -224,11 +230,57 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, cfgs []jetstream
 // EnsureObjectStores creates each object store bucket or updates it.
 func EnsureObjectStores(ctx context.Context, js jetstream.JetStream, cfgs []jetstream.ObjectStoreConfig) error {
 	for _, cfg := range cfgs {
-		if _, err := js.CreateOrUpdateObjectStore(ctx, cfg); err != nil {
+		if err := retrying(ctx, func(ctx context.Context) error {
+			_, err := js.CreateOrUpdateObjectStore(ctx, cfg)
+			return err
+		}); err != nil {
 			return fmt.Errorf("create or update object store %s: %w", cfg.Bucket, err)
 		}
 	}
 	return nil
+}
+
+// ensureAttempt bounds one create-or-update request. A JetStream cluster
+// that is still electing its leaders (every node just started, or one just
+// died) may answer "temporarily unavailable", or drop a request without
+// answering: such a request is retried until ctx ends instead of being
+// waited for until then.
+var ensureAttempt = 5 * time.Second
+
+// retrying calls call until it succeeds, fails for good, or ctx ends (then
+// the last error is returned).
+func retrying(ctx context.Context, call func(context.Context) error) error {
+	delay := 100 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, ensureAttempt)
+		err := call(actx)
+		cancel()
+		if err == nil || !unavailable(err) || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(delay/2 + rand.N(delay/2+1)) // jittered: replicas starting together spread out
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// unavailable reports whether err says JetStream could not answer yet
+// rather than that it refused the request.
+func unavailable(err error) bool {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrJetStreamNotEnabled):
+		return true
+	case errors.As(err, &apiErr):
+		return apiErr.Code == 503 // e.g. 10008 JetStream system temporarily unavailable
+	}
+	return false
 }
 
 // EnsureAll creates the bridge's streams and buckets (SPEC §3), the

@@ -274,3 +274,41 @@ func TestConnect_ResumesWithinASecondOfTheServerReturning(t *testing.T) {
 		t.Logf("reconnected %s after the server came back", d.Round(time.Millisecond))
 	}
 }
+
+// Stream set-up rides out a JetStream that cannot answer yet (a cluster
+// electing its leaders) and gives up at once on a refusal.
+func TestRetrying_UnavailableUntilReadyRefusalAtOnce(t *testing.T) {
+	defer func(d time.Duration) { ensureAttempt = d }(ensureAttempt)
+	ensureAttempt = 50 * time.Millisecond
+	calls := 0
+	err := retrying(t.Context(), func(ctx context.Context) error {
+		calls++
+		switch calls {
+		case 1:
+			<-ctx.Done() // a request the cluster dropped
+			return ctx.Err()
+		case 2:
+			return &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}
+		case 3:
+			return jetstream.ErrJetStreamNotEnabled // no responders yet
+		}
+		return nil
+	})
+	if err != nil || calls != 4 {
+		t.Fatalf("retrying = %v after %d calls, want success on the 4th", err, calls)
+	}
+
+	calls = 0
+	refusal := &jetstream.APIError{Code: 400, ErrorCode: 10058, Description: "stream name already in use with a different configuration"}
+	if err := retrying(t.Context(), func(context.Context) error { calls++; return refusal }); !errors.Is(err, refusal) || calls != 1 {
+		t.Fatalf("a refusal: %v after %d calls, want it returned after one", err, calls)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = retrying(ctx, func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
+		t.Fatalf("never available: %v after %s, want the deadline's error when ctx ends", err, time.Since(start))
+	}
+}
