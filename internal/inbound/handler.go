@@ -118,7 +118,7 @@ func (r *Receiver) serveWebhook(w http.ResponseWriter, req *http.Request) int {
 	res, err := r.publish(req.Context(), &wh)
 	if err != nil {
 		r.m.publishFailures.Inc()
-		r.log.Warn("webhook not stored: answering 503", "webhook_id", req.Header.Get(webhook.HeaderID), "events", len(wh.Events),
+		r.log.Warn("webhook not stored: answering 503", "webhook_id", webhook.ID(req.Header), "events", len(wh.Events),
 			"client_ip", r.clientIP(req), "err", err)
 		w.Header().Set("Retry-After", r.retryAfter)
 		return writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: "event store unavailable",
@@ -237,7 +237,7 @@ func (r *Receiver) rejectSignature(req *http.Request, err error) (int, ErrorBody
 		reason = "no_secrets"
 	}
 	r.m.signatureFailures.WithLabelValues(reason).Inc()
-	r.log.Warn("webhook rejected", "reason", reason, "webhook_id", truncate(h.Get(webhook.HeaderID), 120), "client_ip", r.clientIP(req))
+	r.log.Warn("webhook rejected", "reason", reason, "webhook_id", truncate(webhook.ID(h), 120), "client_ip", r.clientIP(req))
 	// The webhook errors name what was wrong, never key material.
 	return http.StatusUnauthorized, ErrorBody{Error: "invalid signature", Detail: err.Error()}
 }
@@ -271,13 +271,14 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook) (res Accepte
 	for next := 0; next < len(evs) || outstanding > 0; {
 		// Publish while the slot has room, then take one ack.
 		for ; next < len(evs) && outstanding < ackWindow; next++ {
-			ev := &evs[next]
-			if i := next; r.cfg.Echoes != nil && r.cfg.Echoes.IsEchoOf(ev, func() events.Fields { return wh.Record(i) }) {
+			i := next
+			ev := &evs[i]
+			if r.cfg.Echoes != nil && r.cfg.Echoes.IsEchoOf(ev, func() events.Fields { return wh.Record(i) }) {
 				res.Echoes++
 				r.m.echoes.WithLabelValues(ev.Table).Inc()
 				r.log.Debug("echo of our own write: not stored", "table", ev.Table, "sys_id", ev.SysID, "sys_mod_count", int64(ev.SysModCount))
 				r.cfg.Trace.Record(trace.Entry{
-					Stage: trace.StageIngest, Source: trace.SourceWebhook, Table: ev.Table, SysID: ev.SysID, Number: wh.Record(next)["number"],
+					Stage: trace.StageIngest, Source: trace.SourceWebhook, Table: ev.Table, SysID: ev.SysID, Number: wh.Record(i)["number"],
 					Action: ev.Action, Version: int64(ev.SysModCount), Decision: trace.EchoSuppressed, Reason: echoReason,
 				})
 				continue
@@ -286,7 +287,6 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook) (res Accepte
 			// No Nats-Expected-Stream: JetStream stores every header with the
 			// message, and consumers that copy headers onto a republish (dead
 			// letters) would be refused; streams cannot overlap anyway.
-			i := next
 			msg := slot.message(ev.Subject(), slot.reply(i), ev.MsgID(), func(b []byte) []byte { return wh.AppendStored(b, i) })
 			if err := r.nc.PublishMsg(msg); err != nil {
 				return res, fmt.Errorf("publish %s: %w", ev.MsgID(), err)
@@ -320,10 +320,6 @@ func (r *Receiver) publish(ctx context.Context, wh *events.Webhook) (res Accepte
 					"subject", ev.Subject(), "stream", ack.Stream, "seq", ack.Seq, "duplicate", ack.Duplicate)
 			}
 		case <-down:
-			if r.nc.IsConnected() {
-				down = nil // reconnected before this request began; wait for its acks
-				continue
-			}
 			return res, errDisconnected
 		case <-timeout:
 			return res, fmt.Errorf("no ack for %d of %d events within %s", outstanding, len(evs), r.cfg.PublishTimeout)

@@ -48,7 +48,7 @@ var errDisconnected = errors.New("NATS disconnected while awaiting the ack")
 type ackSlot struct {
 	sub     *nats.Subscription
 	ch      chan *nats.Msg
-	replyTo string // prefix.n.
+	replyTo string     // prefix.n.
 	replies [16]string // the first reply subjects, made once (most bodies hold one event)
 
 	// Reused by each request holding the slot: nats.go encodes a message
@@ -163,10 +163,20 @@ func (a *acker) watchStatus() {
 	}()
 }
 
-// downSignal is closed once the connection drops (or has dropped: a
-// request that loads it during a reconnect finds it closed, checks the
-// connection and waits on).
-func (a *acker) downSignal() <-chan struct{} { return *a.down.Load() }
+// downSignal is closed once the connection drops. Loaded already closed
+// while the connection is up again (the watcher has not yet installed a
+// fresh one), it is nil: that drop was before this request's publishes.
+func (a *acker) downSignal() <-chan struct{} {
+	d := *a.down.Load()
+	select {
+	case <-d:
+		if a.nc.IsConnected() {
+			return nil
+		}
+	default:
+	}
+	return d
+}
 
 func (a *acker) markDown() {
 	d := *a.down.Load()

@@ -273,3 +273,18 @@ func TestStore_RequestsWaitForAFreeSlot(t *testing.T) {
 		t.Fatalf("the slot's holder: answer %d %s, want 202", r.status, r.body)
 	}
 }
+
+// A drop the status watcher has recorded but the connection has already
+// recovered from is not this request's: its wait is not cut short by it.
+func TestAcker_StaleDownSignalIsNotWatched(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.rcv.acks
+	if a.downSignal() == nil {
+		t.Fatal("an open connection's down signal is nil, want one to watch")
+	}
+	a.markDown() // as the watcher does on a drop; the connection is up again
+	if d := a.downSignal(); d != nil {
+		t.Fatal("a closed down signal while connected is handed out: the request would answer 503 at once")
+	}
+	wantAccepted(t, h.send(mustJSON(t, event(1, 1))), 1, 0, 0)
+}
